@@ -1,0 +1,92 @@
+//! HTTP API, served by every replica from the watch-maintained cache.
+
+use crate::metrics::Metrics;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use protocol::runtime::etcd::AssignmentRx;
+use protocol::runtime::http::{metrics_response, not_found, rejection, ApiError};
+use protocol::{partition_for, UserId};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest long-poll a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub assignment: AssignmentRx,
+    pub metrics: Metrics,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/route", get(route))
+        .route("/v1/assignment", get(assignment))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct RouteQuery {
+    user_id: String,
+}
+
+async fn route(State(s): State<AppState>, q: Result<Query<RouteQuery>, QueryRejection>) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| rejection(e.status(), e.body_text()))?;
+    let user = UserId::new(q.user_id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    s.metrics.route_requests.inc();
+    let a = s.assignment.borrow().clone().ok_or_else(|| ApiError::unavailable("no assignment published yet"))?;
+    let partition = partition_for(user.as_str(), a.partitions);
+    let owner = a
+        .owner(partition)
+        .ok_or_else(|| ApiError::unavailable(format!("partition {partition} has no owner")))?;
+    Ok(Json(json!({
+        "user_id": user,
+        "partition": partition,
+        "server_id": owner.server_id,
+        "ws_url": owner.ws_url,
+        "epoch": a.epoch,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct AssignmentQuery {
+    after_epoch: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// With `after_epoch`, waits (up to `wait_ms`) for a newer epoch; on time-out
+/// it answers with the current map, whose epoch tells the client nothing changed.
+async fn assignment(State(s): State<AppState>, q: Result<Query<AssignmentQuery>, QueryRejection>) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| rejection(e.status(), e.body_text()))?;
+    let mut rx = s.assignment.clone();
+    if let Some(after) = q.after_epoch {
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
+        let newer = |a: &Option<Arc<protocol::Assignment>>| a.as_ref().is_some_and(|a| a.epoch > after);
+        let _ = tokio::time::timeout(wait, rx.wait_for(newer)).await;
+    }
+    let a = rx.borrow().clone().ok_or_else(|| ApiError::unavailable("no assignment published yet"))?;
+    Ok(Json(&*a).into_response())
+}
+
+async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match s.assignment.borrow().as_ref() {
+        Some(a) => Ok(Json(json!({"status": "ready", "epoch": a.epoch}))),
+        None => Err(ApiError::unavailable("no assignment yet")),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    metrics_response(&s.registry)
+}

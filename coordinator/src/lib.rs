@@ -1,0 +1,78 @@
+//! The coordinator: turns live messaging servers into the partition map
+//! (DESIGN.md §1, §5, §7) and serves it over HTTP.
+
+pub mod assign;
+mod config;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod topic;
+
+pub use config::Config;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use protocol::runtime::etcd::{connect_retrying, spawn_assignment_watch};
+use protocol::EtcdLayout;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Binds `config.listen` and runs until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to bind {}", config.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Starts on an already bound listener (tests bind port 0) and returns its address.
+pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let listener = TcpListener::bind(config.listen).await.context("failed to bind")?;
+    let addr = listener.local_addr()?;
+    Ok((addr, tokio::spawn(serve(config, listener, shutdown))))
+}
+
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let layout = EtcdLayout::new(&config.etcd_prefix);
+    let id = config.coordinator_id();
+    info!(coordinator = %id, addr = %listener.local_addr()?, "coordinator starting");
+    let Some(client) = connect_retrying(&config.etcd_endpoints, &shutdown).await else { return Ok(()) };
+
+    let metrics = metrics::Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let (assignment, watch_task) = spawn_assignment_watch(client.clone(), layout.clone(), shutdown.clone());
+
+    let mut tasks = JoinSet::new();
+    let elector = leader::Elector { client, layout, config, id, metrics: metrics.clone() };
+    tasks.spawn(elector.run(shutdown.clone()));
+    tasks.spawn(observe_metrics(assignment.clone(), metrics.clone(), shutdown.clone()));
+    let state = http::AppState { assignment, metrics, registry: Arc::new(registry) };
+    let token = shutdown.clone();
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .context("http server failed")?;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    watch_task.abort();
+    info!("coordinator stopped");
+    Ok(())
+}
+
+async fn observe_metrics(mut rx: protocol::runtime::etcd::AssignmentRx, m: metrics::Metrics, cancel: CancellationToken) {
+    loop {
+        if let Some(a) = rx.borrow_and_update().clone() {
+            m.observe(&a);
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! WebSocket frames (DESIGN.md §4): one JSON object per text frame, tagged by
+//! `type`. Decoding is two-step — envelope first, then the concrete frame — so
+//! every failure maps to the right stable error code, unknown fields are
+//! ignored, and a request's `id` is echoed even when the rest is invalid.
+
+use crate::cursor::Cursor;
+use crate::ids::{ClientMsgId, ConversationId, DeviceId, MsgId, UserId};
+use crate::record::Kind;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// Stable snake_case error codes of DESIGN.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    InvalidField,
+    NotMember,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// WebSocket close codes of DESIGN.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    Unauthorized = 4001,
+    NoHello = 4002,
+    ProtocolViolation = 4003,
+    TooSlow = 4004,
+    PartitionMoved = 4005,
+    Draining = 4006,
+    RateLimited = 4008,
+    TooLarge = 1009,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+    pub fn from_code(code: u16) -> Option<Self> {
+        use CloseCode::*;
+        [Unauthorized, NoHello, ProtocolViolation, TooSlow, PartitionMoved, Draining, RateLimited, TooLarge]
+            .into_iter()
+            .find(|c| c.code() == code)
+    }
+}
+
+/// Where a `send` goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    User(UserId),
+    Conversation(ConversationId),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+}
+
+/// The `send` frame; also the body of `POST /v1/messages` (where `type` may be absent).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Send {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub client_msg_id: ClientMsgId,
+    pub to: Target,
+    pub body: Box<RawValue>,
+    #[serde(default)]
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Hello(Hello),
+    Send(Send),
+}
+
+/// Why a client frame was refused; `id` is the request's, when it had one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    pub id: Option<Value>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type", default)]
+    ty: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+fn envelope(text: &str) -> Result<(String, Option<Value>), FrameError> {
+    // serde would happily read a struct from a JSON array: only objects are frames.
+    if !text.trim_start().starts_with('{') {
+        return Err(FrameError {
+            id: None,
+            code: ErrorCode::BadJson,
+            message: "frame is not a json object".into(),
+        });
+    }
+    let env: Envelope = serde_json::from_str(text).map_err(|e| FrameError {
+        id: None,
+        code: ErrorCode::BadJson,
+        message: format!("frame is not a json object: {e}"),
+    })?;
+    match env.ty {
+        Some(Value::String(ty)) => Ok((ty, env.id)),
+        _ => Err(FrameError {
+            id: env.id,
+            code: ErrorCode::InvalidField,
+            message: "frame needs a string \"type\"".into(),
+        }),
+    }
+}
+
+fn concrete<'a, T: Deserialize<'a>>(text: &'a str, id: &Option<Value>) -> Result<T, FrameError> {
+    serde_json::from_str(text).map_err(|e| FrameError {
+        id: id.clone(),
+        code: ErrorCode::InvalidField,
+        message: e.to_string(),
+    })
+}
+
+impl ClientFrame {
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let (ty, id) = envelope(text)?;
+        match ty.as_str() {
+            "hello" => Ok(ClientFrame::Hello(concrete(text, &id)?)),
+            "send" => {
+                let send: Send = concrete(text, &id)?;
+                send.check_body()?;
+                Ok(ClientFrame::Send(send))
+            }
+            other => Err(FrameError {
+                id,
+                code: ErrorCode::UnknownType,
+                message: format!("unknown frame type {other:?}"),
+            }),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl Send {
+    pub fn check_body(&self) -> Result<(), FrameError> {
+        if self.body.get().len() > crate::MAX_BODY_BYTES {
+            return Err(FrameError {
+                id: self.id.clone(),
+                code: ErrorCode::TooLarge,
+                message: format!("body exceeds {} bytes", crate::MAX_BODY_BYTES),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub server_id: String,
+    pub partition: u32,
+    pub epoch: u64,
+    pub resumed: bool,
+    pub cursor: Cursor,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub msg_id: MsgId,
+    pub conversation_id: ConversationId,
+    pub from: UserId,
+    pub from_device: DeviceId,
+    pub kind: Kind,
+    pub body: Box<RawValue>,
+    pub sent_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+    pub replay: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Synced {
+    pub cursor: Cursor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    #[serde(default)]
+    pub id: Option<Value>,
+    pub client_msg_id: ClientMsgId,
+    pub msg_id: MsgId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Redirect {
+    pub server_id: String,
+    pub ws_url: String,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome(Welcome),
+    Message(Message),
+    Synced(Synced),
+    Ack(Ack),
+    Error(ErrorFrame),
+    Redirect(Redirect),
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(e: FrameError) -> Self {
+        ServerFrame::Error(ErrorFrame { id: e.id, code: e.code, message: e.message })
+    }
+}
+
+impl ServerFrame {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Client-side decode. Unknown frame types are an error the caller may
+    /// choose to ignore, so that new server frames don't break old clients.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let (ty, id) = envelope(text)?;
+        Ok(match ty.as_str() {
+            "welcome" => ServerFrame::Welcome(concrete(text, &id)?),
+            "message" => ServerFrame::Message(concrete(text, &id)?),
+            "synced" => ServerFrame::Synced(concrete(text, &id)?),
+            "ack" => ServerFrame::Ack(concrete(text, &id)?),
+            "error" => ServerFrame::Error(concrete(text, &id)?),
+            "redirect" => ServerFrame::Redirect(concrete(text, &id)?),
+            other => {
+                return Err(FrameError {
+                    id,
+                    code: ErrorCode::UnknownType,
+                    message: format!("unknown frame type {other:?}"),
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! The Kafka record (DESIGN.md §3): one per partition holding a recipient.
+
+use crate::ids::{ConversationId, DeviceId, MsgId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Persisted and replayable.
+    #[default]
+    Chat,
+    /// Live only: typing, presence, locations.
+    Ephemeral,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat",
+            Kind::Ephemeral => "ephemeral",
+        }
+    }
+}
+
+/// Unknown fields are ignored on decode so that older readers keep working
+/// while newer writers roll out; an incompatible change bumps `v`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub v: u32,
+    pub msg_id: MsgId,
+    pub kind: Kind,
+    pub conversation_id: ConversationId,
+    pub sender: UserId,
+    pub sender_device: DeviceId,
+    pub recipients: Vec<UserId>,
+    /// Kept as raw JSON: servers relay it without re-parsing.
+    pub body: Box<RawValue>,
+    pub sent_at_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is not valid json for version {RECORD_VERSION}: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("record version {0} is newer than this reader ({RECORD_VERSION})")]
+    Version(u32),
+}
+
+impl Record {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let rec: Record = serde_json::from_slice(bytes)?;
+        if rec.v != RECORD_VERSION {
+            return Err(RecordError::Version(rec.v));
+        }
+        Ok(rec)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising owned, already-validated data into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_design_example_and_ignores_unknown_fields() {
+        let json = r#"{"v":1,"msg_id":"6f1c3c1e-9a57-5d8e-8f1b-0e2b7c1a2b3c","kind":"chat",
+            "conversation_id":"c1","sender":"alice","sender_device":"phone",
+            "recipients":["bob","carol"],"body":{"text":"hi"},"sent_at_ms":1763700000000,
+            "future_field":[1,2,3]}"#;
+        let rec = Record::decode(json.as_bytes()).unwrap();
+        assert_eq!(rec.kind, Kind::Chat);
+        assert_eq!(rec.recipients.len(), 2);
+        assert_eq!(rec.body.get(), r#"{"text":"hi"}"#);
+        let again = Record::decode(&rec.encode()).unwrap();
+        assert_eq!(again.msg_id, rec.msg_id);
+        assert_eq!(again.body.get(), rec.body.get());
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert!(Record::decode(b"not json").is_err());
+        assert!(Record::decode(br#"{"v":1}"#).is_err());
+        let v2 = r#"{"v":2,"msg_id":"6f1c3c1e-9a57-5d8e-8f1b-0e2b7c1a2b3c","kind":"chat",
+            "conversation_id":"c1","sender":"a","sender_device":"d","recipients":[],
+            "body":null,"sent_at_ms":0}"#;
+        assert!(matches!(Record::decode(v2.as_bytes()), Err(RecordError::Version(2))));
+        let bad_user = r#"{"v":1,"msg_id":"6f1c3c1e-9a57-5d8e-8f1b-0e2b7c1a2b3c","kind":"chat",
+            "conversation_id":"c1","sender":"a b","sender_device":"d","recipients":[],
+            "body":null,"sent_at_ms":0}"#;
+        assert!(Record::decode(bad_user.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,58 @@
+# Shared helpers for ./dev and .ci/run. Sourced, not executed.
+set -euo pipefail
+
+SB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Expensive artefacts (broker binary, base rootfs, cargo target for CI) live
+# outside the clone so a fresh clone on the same machine reuses them.
+SB_CACHE="${SWITCHBOARD_CACHE:-/var/cache/switchboard}"
+TANSU_VERSION="0.6.0"
+TANSU_BIN="$SB_CACHE/tansu-$TANSU_VERSION/bin/tansu"
+APT_PACKAGES=(etcd-server postgresql protobuf-compiler debootstrap curl)
+
+log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
+die() { printf '[dev] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_apt_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # The Debian packages start system-wide daemons; tests run their own.
+  for svc in etcd postgresql; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      as_root systemctl stop "$svc" || true
+    fi
+  done
+}
+
+ensure_tansu() {
+  if [ -x "$TANSU_BIN" ]; then return; fi
+  log "building tansu $TANSU_VERSION (cold: ~12 minutes, cached in $SB_CACHE)"
+  mkdir -p "$SB_CACHE"
+  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore \
+    --root "$SB_CACHE/tansu-$TANSU_VERSION" >"$SB_CACHE/tansu-build.log" 2>&1 \
+    || { tail -n 40 "$SB_CACHE/tansu-build.log" >&2; die "tansu build failed"; }
+}
+
+# The Debian mirror this machine's apt already uses; never hard-coded.
+debian_mirror() {
+  local uri=""
+  if [ -d /etc/apt/sources.list.d ]; then
+    uri="$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)"
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri="$(awk '/^deb /{print $2}' /etc/apt/sources.list | grep -v security | head -n1 || true)"
+  fi
+  [ -n "$uri" ] || die "cannot find the Debian mirror in the apt configuration"
+  echo "$uri"
+}
+
+content_hash() { cat "$@" | sha256sum | cut -c1-12; }
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }

@@ -1,0 +1,173 @@
+//! One set of real infrastructure per test run — a Kafka-protocol broker
+//! (tansu), etcd and PostgreSQL — started with testcontainers from the images
+//! `./dev` builds locally. Tests isolate themselves by topic, etcd prefix and
+//! database instead of sharing state.
+//!
+//! The containers use the host network and listen on free loopback ports: the
+//! broker must advertise the address clients dial, and that is only known
+//! once a port is chosen, so port mapping would not do.
+
+use crate::{free_port, wait_until};
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use testcontainers::core::ContainerAsync;
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{GenericImage, ImageExt};
+
+pub const IMAGE_TAG: &str = "local";
+const PG_PASSWORD: &str = "switchboard";
+
+pub struct Infra {
+    pub run_id: String,
+    /// `host:port` of the Kafka-protocol broker.
+    pub kafka: String,
+    /// `http://host:port` of etcd.
+    pub etcd: String,
+    pg_port: u16,
+    pg_admin: PgPool,
+    containers: Vec<ContainerAsync<GenericImage>>,
+    counter: AtomicU64,
+}
+
+fn image(name: &str) -> GenericImage {
+    GenericImage::new(format!("switchboard/{name}"), IMAGE_TAG.to_owned())
+}
+
+impl Infra {
+    pub async fn start() -> anyhow::Result<Self> {
+        let run_id = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let label = |r: testcontainers::ContainerRequest<GenericImage>, what: &str| {
+            r.with_network("host")
+                .with_label("switchboard.test-run", run_id.as_str())
+                .with_container_name(format!("sb-test-{run_id}-{what}"))
+        };
+        let (kp, ep, pp) = (free_port()?, free_port()?, free_port()?);
+        let kafka = format!("127.0.0.1:{kp}");
+        let broker = label(image("tansu").with_cmd(tansu_cmd(&kafka)), "tansu").start();
+        let etcd_url = format!("http://127.0.0.1:{ep}");
+        let etcd = label(
+            image("etcd")
+                .with_env_var("ETCD_LISTEN_CLIENT_URLS", etcd_url.as_str())
+                .with_env_var("ETCD_ADVERTISE_CLIENT_URLS", etcd_url.as_str())
+                .with_env_var("ETCD_LISTEN_PEER_URLS", format!("http://127.0.0.1:{}", free_port()?)),
+            "etcd",
+        )
+        .start();
+        let pg = label(
+            image("postgres")
+                .with_env_var("POSTGRES_PORT", pp.to_string())
+                .with_cmd(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=500"]),
+            "postgres",
+        )
+        .start();
+        let (broker, etcd, pg) = tokio::join!(broker, etcd, pg);
+        let containers = vec![
+            broker.context("failed to start the broker container (did ./dev build the images?)")?,
+            etcd.context("failed to start the etcd container")?,
+            pg.context("failed to start the postgres container")?,
+        ];
+        let pg_admin = wait_for_postgres(pp).await?;
+        wait_for_etcd(&etcd_url).await?;
+        wait_for_kafka(&kafka).await?;
+        eprintln!("[infra] run {run_id}: broker (tansu) at {kafka}, etcd at {etcd_url}, PostgreSQL at 127.0.0.1:{pp}");
+        Ok(Self { run_id, kafka, etcd: etcd_url, pg_port: pp, pg_admin, containers, counter: AtomicU64::new(0) })
+    }
+
+    pub async fn stop(self) {
+        for c in self.containers {
+            let _ = c.rm().await;
+        }
+    }
+
+    /// A name unique within this run, safe for topics, databases and etcd.
+    pub fn unique(&self, base: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let clean: String = base.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        format!("{clean}_{n}_{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+    }
+
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        vec![self.etcd.clone()]
+    }
+
+    /// Creates a fresh database and returns its URL.
+    pub async fn database(&self, base: &str) -> anyhow::Result<String> {
+        let name = self.unique(base).to_lowercase();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&self.pg_admin)
+            .await
+            .context("failed to create test database")?;
+        Ok(self.database_url(&name))
+    }
+
+    pub fn database_url(&self, name: &str) -> String {
+        format!("postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{}/{name}", self.pg_port)
+    }
+
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.kafka).create()?;
+        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for r in admin.create_topics([&t], &AdminOptions::new()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn tansu_cmd(addr: &str) -> Vec<String> {
+    let url = format!("tcp://{addr}");
+    ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+async fn wait_for_postgres(port: u16) -> anyhow::Result<PgPool> {
+    let url = format!("postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{port}/postgres");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match PgPoolOptions::new().max_connections(4).connect(&url).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(anyhow::anyhow!("postgres did not accept connections within 60s: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn wait_for_etcd(url: &str) -> anyhow::Result<()> {
+    let endpoints = vec![url.to_owned()];
+    wait_until("etcd answers", Duration::from_secs(60), || async {
+        match protocol::runtime::etcd::connect(&endpoints).await {
+            Ok(mut c) => c.get("/ping", None).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await
+}
+
+async fn wait_for_kafka(addr: &str) -> anyhow::Result<()> {
+    let addr = addr.to_owned();
+    wait_until("the broker answers metadata", Duration::from_secs(60), || {
+        let addr = addr.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let c: Result<rdkafka::consumer::BaseConsumer, _> =
+                    ClientConfig::new().set("bootstrap.servers", &addr).create();
+                c.map(|c| rdkafka::consumer::Consumer::fetch_metadata(&c, None, Duration::from_secs(2)).is_ok())
+                    .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false)
+        }
+    })
+    .await
+}

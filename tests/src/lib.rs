@@ -1,0 +1,55 @@
+//! Test harness: real infrastructure in containers, services in-process.
+
+pub mod docker_compat;
+pub mod infra;
+
+pub use infra::Infra;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` every 50 ms until it returns true or `within` has passed.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {within:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub mod services;
+pub use services::ServiceHandle;
+
+/// A coordinator config for tests: fast lease and debounce, isolated prefix.
+pub fn coordinator_config(infra: &Infra, prefix: &str, topic: &str, partitions: u32) -> coordinator::Config {
+    coordinator::Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        etcd_endpoints: infra.etcd_endpoints(),
+        etcd_prefix: prefix.to_owned(),
+        kafka_brokers: infra.kafka.clone(),
+        topic: topic.to_owned(),
+        partitions,
+        replication_factor: 1,
+        coordinator_id: None,
+        lease_ttl_secs: 2,
+        debounce_ms: 200,
+    }
+}
+
+pub fn start_coordinator(name: &str, config: coordinator::Config) -> anyhow::Result<ServiceHandle> {
+    ServiceHandle::start(name, move |listener, cancel| coordinator::serve(config, listener, cancel))
+}
