@@ -18,7 +18,11 @@ fn eligible(servers: &BTreeMap<String, ServerInfo>) -> Vec<(&str, u64)> {
         .collect()
 }
 
-fn quotas(eligible: &[(&str, u64)], held: &BTreeMap<&str, usize>, partitions: u32) -> BTreeMap<String, usize> {
+fn quotas(
+    eligible: &[(&str, u64)],
+    held: &BTreeMap<&str, usize>,
+    partitions: u32,
+) -> BTreeMap<String, usize> {
     let p = u64::from(partitions);
     let total: u64 = eligible.iter().map(|(_, w)| w).sum();
     let mut quota: BTreeMap<String, usize> = BTreeMap::new();
@@ -39,7 +43,11 @@ fn quotas(eligible: &[(&str, u64)], held: &BTreeMap<&str, usize>, partitions: u3
 }
 
 /// Every partition gets an owner whenever a live non-draining server exists.
-pub fn assign(prev: &[Option<String>], servers: &BTreeMap<String, ServerInfo>, partitions: u32) -> Owners {
+pub fn assign(
+    prev: &[Option<String>],
+    servers: &BTreeMap<String, ServerInfo>,
+    partitions: u32,
+) -> Owners {
     let eligible = eligible(servers);
     if eligible.is_empty() {
         return vec![None; partitions as usize];
@@ -55,7 +63,9 @@ pub fn assign(prev: &[Option<String>], servers: &BTreeMap<String, ServerInfo>, p
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
     let mut owners: Owners = vec![None; partitions as usize];
     for (p, slot) in owners.iter_mut().enumerate() {
-        let Some(Some(id)) = prev.get(p) else { continue };
+        let Some(Some(id)) = prev.get(p) else {
+            continue;
+        };
         let have = count.entry(id.as_str()).or_default();
         if quota.get(id).is_some_and(|q| *have < *q) {
             *have += 1;
@@ -65,7 +75,12 @@ pub fn assign(prev: &[Option<String>], servers: &BTreeMap<String, ServerInfo>, p
     for slot in owners.iter_mut().filter(|s| s.is_none()) {
         let best = quota
             .iter()
-            .map(|(id, q)| (q.saturating_sub(count.get(id.as_str()).copied().unwrap_or(0)), id))
+            .map(|(id, q)| {
+                (
+                    q.saturating_sub(count.get(id.as_str()).copied().unwrap_or(0)),
+                    id,
+                )
+            })
             .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)));
         if let Some((_, id)) = best {
             *count.entry(id.as_str()).or_default() += 1;

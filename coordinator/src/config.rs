@@ -9,16 +9,29 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// etcd endpoints, comma separated.
-    #[arg(long, env = "SWITCHBOARD_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Key prefix of every Switchboard key in etcd.
     #[arg(long, env = "SWITCHBOARD_ETCD_PREFIX", default_value = "/switchboard")]
     pub etcd_prefix: String,
     /// Kafka bootstrap servers.
-    #[arg(long, env = "SWITCHBOARD_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_brokers: String,
     /// The message topic.
-    #[arg(long, env = "SWITCHBOARD_TOPIC", default_value = "switchboard.messages")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TOPIC",
+        default_value = "switchboard.messages"
+    )]
     pub topic: String,
     /// Partitions to create the topic with; an existing topic's own count wins.
     #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 12)]
@@ -44,16 +57,28 @@ impl Config {
             return Err("--etcd-endpoints must name at least one endpoint".into());
         }
         if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.len() < 2 {
-            return Err(format!("--etcd-prefix must start with '/' (got {:?})", self.etcd_prefix));
+            return Err(format!(
+                "--etcd-prefix must start with '/' (got {:?})",
+                self.etcd_prefix
+            ));
         }
         if !(1..=100_000).contains(&self.partitions) {
-            return Err(format!("--partitions must be 1..=100000 (got {})", self.partitions));
+            return Err(format!(
+                "--partitions must be 1..=100000 (got {})",
+                self.partitions
+            ));
         }
         if !(1..=300).contains(&self.lease_ttl_secs) {
-            return Err(format!("--lease-ttl-secs must be 1..=300 (got {})", self.lease_ttl_secs));
+            return Err(format!(
+                "--lease-ttl-secs must be 1..=300 (got {})",
+                self.lease_ttl_secs
+            ));
         }
         if self.debounce_ms > 60_000 {
-            return Err(format!("--debounce-ms must be at most 60000 (got {})", self.debounce_ms));
+            return Err(format!(
+                "--debounce-ms must be at most 60000 (got {})",
+                self.debounce_ms
+            ));
         }
         if self.topic.is_empty() || self.kafka_brokers.is_empty() {
             return Err("--topic and --kafka-brokers must not be empty".into());
@@ -65,9 +90,12 @@ impl Config {
     }
 
     pub fn coordinator_id(&self) -> String {
-        self.coordinator_id
-            .clone()
-            .unwrap_or_else(|| format!("coordinator-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
+        self.coordinator_id.clone().unwrap_or_else(|| {
+            format!(
+                "coordinator-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        })
     }
 }
 
@@ -85,7 +113,10 @@ mod tests {
             vec!["coordinator", "--lease-ttl-secs", "0"],
             vec!["coordinator", "--debounce-ms", "100000"],
         ] {
-            assert!(Config::parse_from(args.clone()).validate().is_err(), "{args:?}");
+            assert!(
+                Config::parse_from(args.clone()).validate().is_err(),
+                "{args:?}"
+            );
         }
     }
 }

@@ -41,11 +41,18 @@ struct RouteQuery {
     user_id: String,
 }
 
-async fn route(State(s): State<AppState>, q: Result<Query<RouteQuery>, QueryRejection>) -> Result<Response, ApiError> {
+async fn route(
+    State(s): State<AppState>,
+    q: Result<Query<RouteQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| rejection(e.status(), e.body_text()))?;
     let user = UserId::new(q.user_id).map_err(|e| ApiError::invalid(e.to_string()))?;
     s.metrics.route_requests.inc();
-    let a = s.assignment.borrow().clone().ok_or_else(|| ApiError::unavailable("no assignment published yet"))?;
+    let a = s
+        .assignment
+        .borrow()
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("no assignment published yet"))?;
     let partition = partition_for(user.as_str(), a.partitions);
     let owner = a
         .owner(partition)
@@ -68,15 +75,22 @@ struct AssignmentQuery {
 
 /// With `after_epoch`, waits (up to `wait_ms`) for a newer epoch; on time-out
 /// it answers with the current map, whose epoch tells the client nothing changed.
-async fn assignment(State(s): State<AppState>, q: Result<Query<AssignmentQuery>, QueryRejection>) -> Result<Response, ApiError> {
+async fn assignment(
+    State(s): State<AppState>,
+    q: Result<Query<AssignmentQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| rejection(e.status(), e.body_text()))?;
     let mut rx = s.assignment.clone();
     if let Some(after) = q.after_epoch {
         let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
-        let newer = |a: &Option<Arc<protocol::Assignment>>| a.as_ref().is_some_and(|a| a.epoch > after);
+        let newer =
+            |a: &Option<Arc<protocol::Assignment>>| a.as_ref().is_some_and(|a| a.epoch > after);
         let _ = tokio::time::timeout(wait, rx.wait_for(newer)).await;
     }
-    let a = rx.borrow().clone().ok_or_else(|| ApiError::unavailable("no assignment published yet"))?;
+    let a = rx
+        .borrow()
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("no assignment published yet"))?;
     Ok(Json(&*a).into_response())
 }
 

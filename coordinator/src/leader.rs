@@ -5,7 +5,10 @@ use crate::assign::assign;
 use crate::metrics::Metrics;
 use crate::topic;
 use crate::Config;
-use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, LeaderKey, Txn, TxnOp, WatchOptions, WatchStream};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, LeaderKey, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
 use protocol::runtime::Backoff;
 use protocol::{Assignment, EtcdLayout, ServerInfo};
 use std::collections::BTreeMap;
@@ -51,9 +54,18 @@ impl Elector {
     }
 
     async fn term(&mut self, cancel: &CancellationToken) -> Result<(), LeaderError> {
-        let lease = self.client.lease_grant(self.config.lease_ttl_secs, None).await?.id();
+        let lease = self
+            .client
+            .lease_grant(self.config.lease_ttl_secs, None)
+            .await?
+            .id();
         let lost = cancel.child_token();
-        let keeper = tokio::spawn(keep_alive(self.client.clone(), lease, self.config.lease_ttl_secs, lost.clone()));
+        let keeper = tokio::spawn(keep_alive(
+            self.client.clone(),
+            lease,
+            self.config.lease_ttl_secs,
+            lost.clone(),
+        ));
         let result = self.campaign_and_lead(lease, &lost).await;
         lost.cancel();
         keeper.abort();
@@ -62,13 +74,19 @@ impl Elector {
         result
     }
 
-    async fn campaign_and_lead(&mut self, lease: i64, lost: &CancellationToken) -> Result<(), LeaderError> {
+    async fn campaign_and_lead(
+        &mut self,
+        lease: i64,
+        lost: &CancellationToken,
+    ) -> Result<(), LeaderError> {
         let election = self.layout.election();
         let resp = tokio::select! {
             r = self.client.campaign(election.as_str(), self.id.as_str(), lease) => r?,
             _ = lost.cancelled() => return Err(LeaderError::LeaseLost),
         };
-        let Some(key) = resp.leader().cloned() else { return Err(LeaderError::LeaseLost) };
+        let Some(key) = resp.leader().cloned() else {
+            return Err(LeaderError::LeaseLost);
+        };
         info!(coordinator = %self.id, "became leader");
         self.metrics.is_leader.set(1);
         tokio::select! {
@@ -79,12 +97,25 @@ impl Elector {
 
     async fn lead(&mut self, key: &LeaderKey, lost: &CancellationToken) -> Result<(), LeaderError> {
         let c = &self.config;
-        let partitions = topic::ensure_topic(&c.kafka_brokers, &c.topic, c.partitions, c.replication_factor).await?;
+        let partitions = topic::ensure_topic(
+            &c.kafka_brokers,
+            &c.topic,
+            c.partitions,
+            c.replication_factor,
+        )
+        .await?;
         let log_epoch = topic::ensure_log_epoch(&mut self.client, &self.layout).await?;
-        let mut current = read_assignment(&mut self.client, &self.layout).await?.unwrap_or_else(|| Assignment::empty(partitions));
+        let mut current = read_assignment(&mut self.client, &self.layout)
+            .await?
+            .unwrap_or_else(|| Assignment::empty(partitions));
         let (mut servers, rev) = read_servers(&mut self.client, &self.layout).await?;
-        let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
-        let mut watch = self.client.watch(self.layout.servers_prefix(), Some(opts)).await?;
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let mut watch = self
+            .client
+            .watch(self.layout.servers_prefix(), Some(opts))
+            .await?;
         loop {
             if let Some(next) = next_assignment(&current, &servers, partitions, &log_epoch) {
                 write_fenced(&mut self.client, &self.layout, key, &next).await?;
@@ -118,7 +149,11 @@ pub fn next_assignment(
     partitions: u32,
     log_epoch: &str,
 ) -> Option<Assignment> {
-    let prev: &[Option<String>] = if current.partitions == partitions { &current.owners } else { &[] };
+    let prev: &[Option<String>] = if current.partitions == partitions {
+        &current.owners
+    } else {
+        &[]
+    };
     let owners = assign(prev, servers, partitions);
     let unchanged = current.epoch > 0
         && owners == current.owners
@@ -136,10 +171,20 @@ pub fn next_assignment(
 
 /// Writes `next` only while `key` (our election key) still exists with its
 /// original revision: a deposed leader's write fails instead of clobbering.
-pub async fn write_fenced(client: &mut Client, layout: &EtcdLayout, key: &LeaderKey, next: &Assignment) -> Result<(), LeaderError> {
-    let json = serde_json::to_vec(next).map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+pub async fn write_fenced(
+    client: &mut Client,
+    layout: &EtcdLayout,
+    key: &LeaderKey,
+    next: &Assignment,
+) -> Result<(), LeaderError> {
+    let json =
+        serde_json::to_vec(next).map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
     let txn = Txn::new()
-        .when([Compare::create_revision(key.key(), CompareOp::Equal, key.rev())])
+        .when([Compare::create_revision(
+            key.key(),
+            CompareOp::Equal,
+            key.rev(),
+        )])
         .and_then([TxnOp::put(layout.assignment_key(), json, None)]);
     if client.txn(txn).await?.succeeded() {
         Ok(())
@@ -148,15 +193,26 @@ pub async fn write_fenced(client: &mut Client, layout: &EtcdLayout, key: &Leader
     }
 }
 
-pub async fn read_assignment(client: &mut Client, layout: &EtcdLayout) -> Result<Option<Assignment>, LeaderError> {
+pub async fn read_assignment(
+    client: &mut Client,
+    layout: &EtcdLayout,
+) -> Result<Option<Assignment>, LeaderError> {
     let resp = client.get(layout.assignment_key(), None).await?;
-    Ok(resp.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    Ok(resp
+        .kvs()
+        .first()
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
 }
 
 /// Live registrations and the revision they were read at.
-pub async fn read_servers(client: &mut Client, layout: &EtcdLayout) -> Result<(BTreeMap<String, ServerInfo>, i64), LeaderError> {
+pub async fn read_servers(
+    client: &mut Client,
+    layout: &EtcdLayout,
+) -> Result<(BTreeMap<String, ServerInfo>, i64), LeaderError> {
     let prefix = layout.servers_prefix();
-    let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+    let resp = client
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut servers = BTreeMap::new();
     for kv in resp.kvs() {
@@ -174,17 +230,27 @@ pub async fn read_servers(client: &mut Client, layout: &EtcdLayout) -> Result<(B
 
 /// Returns after a membership event followed by `debounce` of quiet
 /// collection, so a burst becomes one epoch.
-async fn wait_for_change(watch: &mut WatchStream, debounce: Duration, lost: &CancellationToken) -> Result<(), LeaderError> {
+async fn wait_for_change(
+    watch: &mut WatchStream,
+    debounce: Duration,
+    lost: &CancellationToken,
+) -> Result<(), LeaderError> {
     loop {
         let msg = tokio::select! {
             m = watch.message() => m?,
             _ = lost.cancelled() => return Err(LeaderError::LeaseLost),
         };
-        let Some(msg) = msg else { return Err(etcd_client::Error::WatchError("server watch ended".into()).into()) };
+        let Some(msg) = msg else {
+            return Err(etcd_client::Error::WatchError("server watch ended".into()).into());
+        };
         if msg.canceled() {
             return Err(etcd_client::Error::WatchError("server watch cancelled".into()).into());
         }
-        if msg.events().iter().any(|e| matches!(e.event_type(), EventType::Put | EventType::Delete)) {
+        if msg
+            .events()
+            .iter()
+            .any(|e| matches!(e.event_type(), EventType::Put | EventType::Delete))
+        {
             break;
         }
     }

@@ -30,29 +30,55 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// Starts on an already bound listener (tests bind port 0) and returns its address.
-pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let listener = TcpListener::bind(config.listen).await.context("failed to bind")?;
+pub async fn spawn(
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .context("failed to bind")?;
     let addr = listener.local_addr()?;
     Ok((addr, tokio::spawn(serve(config, listener, shutdown))))
 }
 
-pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let layout = EtcdLayout::new(&config.etcd_prefix);
     let id = config.coordinator_id();
     info!(coordinator = %id, addr = %listener.local_addr()?, "coordinator starting");
-    let Some(client) = connect_retrying(&config.etcd_endpoints, &shutdown).await else { return Ok(()) };
+    let Some(client) = connect_retrying(&config.etcd_endpoints, &shutdown).await else {
+        return Ok(());
+    };
 
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let (assignment, watch_task) = spawn_assignment_watch(client.clone(), layout.clone(), shutdown.clone());
+    let (assignment, watch_task) =
+        spawn_assignment_watch(client.clone(), layout.clone(), shutdown.clone());
 
     let mut tasks = JoinSet::new();
-    let elector = leader::Elector { client, layout, config, id, metrics: metrics.clone() };
+    let elector = leader::Elector {
+        client,
+        layout,
+        config,
+        id,
+        metrics: metrics.clone(),
+    };
     tasks.spawn(elector.run(shutdown.clone()));
-    tasks.spawn(observe_metrics(assignment.clone(), metrics.clone(), shutdown.clone()));
-    let state = http::AppState { assignment, metrics, registry: Arc::new(registry) };
+    tasks.spawn(observe_metrics(
+        assignment.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let state = http::AppState {
+        assignment,
+        metrics,
+        registry: Arc::new(registry),
+    };
     let token = shutdown.clone();
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move { token.cancelled().await })
@@ -65,7 +91,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
     Ok(())
 }
 
-async fn observe_metrics(mut rx: protocol::runtime::etcd::AssignmentRx, m: metrics::Metrics, cancel: CancellationToken) {
+async fn observe_metrics(
+    mut rx: protocol::runtime::etcd::AssignmentRx,
+    m: metrics::Metrics,
+    cancel: CancellationToken,
+) {
     loop {
         if let Some(a) = rx.borrow_and_update().clone() {
             m.observe(&a);

@@ -25,14 +25,46 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("switchboard_coordinator");
-        r.register("epoch", "Epoch of the assignment this replica serves", self.epoch.clone());
-        r.register("servers", "Live messaging servers in the assignment", self.servers.clone());
-        r.register("partitions_owned", "Partitions owned per server", self.partitions_owned.clone());
-        r.register("unowned_partitions", "Partitions without an owner", self.unowned_partitions.clone());
-        r.register("reassigned_partitions", "Partitions whose owner changed (leader only)", self.reassigned.clone());
-        r.register("assignments_published", "Assignments written by this replica as leader", self.published.clone());
-        r.register("is_leader", "1 while this replica leads", self.is_leader.clone());
-        r.register("route_requests", "GET /v1/route requests served", self.route_requests.clone());
+        r.register(
+            "epoch",
+            "Epoch of the assignment this replica serves",
+            self.epoch.clone(),
+        );
+        r.register(
+            "servers",
+            "Live messaging servers in the assignment",
+            self.servers.clone(),
+        );
+        r.register(
+            "partitions_owned",
+            "Partitions owned per server",
+            self.partitions_owned.clone(),
+        );
+        r.register(
+            "unowned_partitions",
+            "Partitions without an owner",
+            self.unowned_partitions.clone(),
+        );
+        r.register(
+            "reassigned_partitions",
+            "Partitions whose owner changed (leader only)",
+            self.reassigned.clone(),
+        );
+        r.register(
+            "assignments_published",
+            "Assignments written by this replica as leader",
+            self.published.clone(),
+        );
+        r.register(
+            "is_leader",
+            "1 while this replica leads",
+            self.is_leader.clone(),
+        );
+        r.register(
+            "route_requests",
+            "GET /v1/route requests served",
+            self.route_requests.clone(),
+        );
     }
 
     pub fn observe(&self, a: &Assignment) {
@@ -40,8 +72,13 @@ impl Metrics {
         self.servers.set(a.servers.len() as i64);
         self.partitions_owned.clear();
         for (server, n) in a.loads() {
-            self.partitions_owned.get_or_create(&ServerLabel { server: server.to_owned() }).set(n as i64);
+            self.partitions_owned
+                .get_or_create(&ServerLabel {
+                    server: server.to_owned(),
+                })
+                .set(n as i64);
         }
-        self.unowned_partitions.set(a.owners.iter().filter(|o| o.is_none()).count() as i64);
+        self.unowned_partitions
+            .set(a.owners.iter().filter(|o| o.is_none()).count() as i64);
     }
 }

@@ -15,7 +15,10 @@ pub enum TopicError {
     #[error("kafka unavailable: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("failed to create topic {topic}: {code}")]
-    Create { topic: String, code: RDKafkaErrorCode },
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("topic {0} has no partitions in the broker's metadata")]
     Missing(String),
     #[error("etcd unavailable: {0}")]
@@ -23,12 +26,21 @@ pub enum TopicError {
 }
 
 /// Creates the topic if needed and returns its real partition count.
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: u32, replication: i32) -> Result<u32, TopicError> {
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+    replication: i32,
+) -> Result<u32, TopicError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("socket.timeout.ms", "5000")
         .create()?;
-    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(replication));
+    let new = NewTopic::new(
+        topic,
+        partitions as i32,
+        TopicReplication::Fixed(replication),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics([&new], &opts).await? {
         match result {
@@ -39,8 +51,15 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: u32, replicati
     }
     let topic_owned = topic.to_owned();
     let count = tokio::task::spawn_blocking(move || {
-        let md = admin.inner().fetch_metadata(Some(&topic_owned), Duration::from_secs(5))?;
-        Ok::<usize, rdkafka::error::KafkaError>(md.topics().first().map(|t| t.partitions().len()).unwrap_or(0))
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(&topic_owned), Duration::from_secs(5))?;
+        Ok::<usize, rdkafka::error::KafkaError>(
+            md.topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .unwrap_or(0),
+        )
     })
     .await
     .map_err(|_| TopicError::Missing(topic.to_owned()))??;
@@ -48,13 +67,21 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: u32, replicati
         return Err(TopicError::Missing(topic.to_owned()));
     }
     if count as u32 != partitions {
-        warn!(topic, configured = partitions, actual = count, "topic exists with another partition count; using the topic's");
+        warn!(
+            topic,
+            configured = partitions,
+            actual = count,
+            "topic exists with another partition count; using the topic's"
+        );
     }
     Ok(count as u32)
 }
 
 /// Writes a fresh log epoch once (create-if-absent) and returns the stored one.
-pub async fn ensure_log_epoch(client: &mut Client, layout: &EtcdLayout) -> Result<String, TopicError> {
+pub async fn ensure_log_epoch(
+    client: &mut Client,
+    layout: &EtcdLayout,
+) -> Result<String, TopicError> {
     let key = layout.log_epoch_key();
     let fresh = uuid::Uuid::new_v4().simple().to_string();
     let txn = Txn::new()

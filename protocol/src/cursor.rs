@@ -18,7 +18,10 @@ pub struct CursorError;
 
 impl Cursor {
     pub fn new(log_epoch: impl Into<String>, offset: i64) -> Self {
-        Self { log_epoch: log_epoch.into(), offset }
+        Self {
+            log_epoch: log_epoch.into(),
+            offset,
+        }
     }
 }
 
@@ -29,7 +32,9 @@ impl std::str::FromStr for Cursor {
         let offset: i64 = offset.parse().map_err(|_| CursorError)?;
         let epoch_ok = !epoch.is_empty()
             && epoch.len() <= 64
-            && epoch.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && epoch
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !epoch_ok || offset < -1 {
             return Err(CursorError);
         }

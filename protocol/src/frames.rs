@@ -56,9 +56,18 @@ impl CloseCode {
     }
     pub fn from_code(code: u16) -> Option<Self> {
         use CloseCode::*;
-        [Unauthorized, NoHello, ProtocolViolation, TooSlow, PartitionMoved, Draining, RateLimited, TooLarge]
-            .into_iter()
-            .find(|c| c.code() == code)
+        [
+            Unauthorized,
+            NoHello,
+            ProtocolViolation,
+            TooSlow,
+            PartitionMoved,
+            Draining,
+            RateLimited,
+            TooLarge,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
     }
 }
 
@@ -248,7 +257,11 @@ pub enum ServerFrame {
 
 impl From<FrameError> for ServerFrame {
     fn from(e: FrameError) -> Self {
-        ServerFrame::Error(ErrorFrame { id: e.id, code: e.code, message: e.message })
+        ServerFrame::Error(ErrorFrame {
+            id: e.id,
+            code: e.code,
+            message: e.message,
+        })
     }
 }
 

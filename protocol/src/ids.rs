@@ -180,7 +180,13 @@ mod tests {
 
     #[test]
     fn good_ids() {
-        for s in ["a", "alice", "bob@example.com", "u:1.2_3-4", &"x".repeat(128)] {
+        for s in [
+            "a",
+            "alice",
+            "bob@example.com",
+            "u:1.2_3-4",
+            &"x".repeat(128),
+        ] {
             assert!(UserId::new(s).is_ok(), "{s}");
             assert!(ConversationId::new(s).is_ok(), "{s}");
         }
@@ -191,14 +197,28 @@ mod tests {
 
     #[test]
     fn bad_ids() {
-        for s in ["", "has space", "slash/", "comma,", "ünïcode", &"x".repeat(129), "a\nb"] {
+        for s in [
+            "",
+            "has space",
+            "slash/",
+            "comma,",
+            "ünïcode",
+            &"x".repeat(129),
+            "a\nb",
+        ] {
             assert!(UserId::new(s).is_err(), "{s:?}");
         }
         assert!(DeviceId::new("x".repeat(65)).is_err());
         assert!(ClientMsgId::new("").is_err());
         assert!(ClientMsgId::new("x".repeat(129)).is_err());
         assert!(ClientMsgId::new("tab\there").is_err());
-        for s in ["dm:bob,alice", "dm:alice", "dm:alice,alice", "dm:a b,c", "dm:"] {
+        for s in [
+            "dm:bob,alice",
+            "dm:alice",
+            "dm:alice,alice",
+            "dm:a b,c",
+            "dm:",
+        ] {
             assert_eq!(ConversationId::new(s), Err(IdError::BadDirect), "{s}");
         }
     }
@@ -218,7 +238,10 @@ mod tests {
         assert_eq!(c.as_str(), "dm:amy,zed");
         assert_eq!(c, ConversationId::direct(&b, &a));
         assert_eq!(c.direct_members(), Some((b, a)));
-        assert!(ConversationId::new("room1").unwrap().direct_members().is_none());
+        assert!(ConversationId::new("room1")
+            .unwrap()
+            .direct_members()
+            .is_none());
     }
 
     #[test]

@@ -7,7 +7,9 @@ pub struct EtcdLayout {
 
 impl EtcdLayout {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.trim_end_matches('/').to_owned() }
+        Self {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
     }
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -48,6 +50,9 @@ mod tests {
         assert_eq!(l.server_key("s1"), "/sb/servers/s1");
         assert!(l.server_key("s1").starts_with(&l.servers_prefix()));
         assert_eq!(l.assignment_key(), "/sb/assignment");
-        assert_eq!(EtcdLayout::default().election(), "/switchboard/coordinator/leader");
+        assert_eq!(
+            EtcdLayout::default().election(),
+            "/switchboard/coordinator/leader"
+        );
     }
 }

@@ -90,7 +90,10 @@ mod tests {
         let v2 = r#"{"v":2,"msg_id":"6f1c3c1e-9a57-5d8e-8f1b-0e2b7c1a2b3c","kind":"chat",
             "conversation_id":"c1","sender":"a","sender_device":"d","recipients":[],
             "body":null,"sent_at_ms":0}"#;
-        assert!(matches!(Record::decode(v2.as_bytes()), Err(RecordError::Version(2))));
+        assert!(matches!(
+            Record::decode(v2.as_bytes()),
+            Err(RecordError::Version(2))
+        ));
         let bad_user = r#"{"v":1,"msg_id":"6f1c3c1e-9a57-5d8e-8f1b-0e2b7c1a2b3c","kind":"chat",
             "conversation_id":"c1","sender":"a b","sender_device":"d","recipients":[],
             "body":null,"sent_at_ms":0}"#;

@@ -27,7 +27,12 @@ async fn register(etcd: &mut Client, layout: &EtcdLayout, id: &str) -> anyhow::R
         draining: false,
     };
     let opts = etcd_client::PutOptions::new().with_lease(lease);
-    etcd.put(layout.server_key(id), serde_json::to_vec(&info)?, Some(opts)).await?;
+    etcd.put(
+        layout.server_key(id),
+        serde_json::to_vec(&info)?,
+        Some(opts),
+    )
+    .await?;
     let (mut keeper, mut stream) = etcd.lease_keep_alive(lease).await?;
     let keeper = tokio::spawn(async move {
         loop {
@@ -37,13 +42,25 @@ async fn register(etcd: &mut Client, layout: &EtcdLayout, id: &str) -> anyhow::R
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    Ok(Member { info, lease, keeper })
+    Ok(Member {
+        info,
+        lease,
+        keeper,
+    })
 }
 
 async fn set_draining(etcd: &mut Client, layout: &EtcdLayout, m: &Member) -> anyhow::Result<()> {
-    let info = ServerInfo { draining: true, ..m.info.clone() };
+    let info = ServerInfo {
+        draining: true,
+        ..m.info.clone()
+    };
     let opts = etcd_client::PutOptions::new().with_lease(m.lease);
-    etcd.put(layout.server_key(&info.server_id), serde_json::to_vec(&info)?, Some(opts)).await?;
+    etcd.put(
+        layout.server_key(&info.server_id),
+        serde_json::to_vec(&info)?,
+        Some(opts),
+    )
+    .await?;
     Ok(())
 }
 
@@ -55,7 +72,11 @@ async fn assignment(base: &str) -> anyhow::Result<Option<Assignment>> {
     Ok(Some(resp.json().await?))
 }
 
-async fn wait_assignment(base: &str, within: Duration, pred: impl Fn(&Assignment) -> bool) -> anyhow::Result<Assignment> {
+async fn wait_assignment(
+    base: &str,
+    within: Duration,
+    pred: impl Fn(&Assignment) -> bool,
+) -> anyhow::Result<Assignment> {
     let mut found = None;
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -72,7 +93,10 @@ async fn wait_assignment(base: &str, within: Duration, pred: impl Fn(&Assignment
 
 fn balanced(a: &Assignment) -> bool {
     let loads = a.loads();
-    let (min, max) = (loads.values().min().copied().unwrap_or(0), loads.values().max().copied().unwrap_or(0));
+    let (min, max) = (
+        loads.values().min().copied().unwrap_or(0),
+        loads.values().max().copied().unwrap_or(0),
+    );
     a.owners.iter().all(Option::is_some) && max - min <= 1
 }
 
@@ -80,7 +104,10 @@ fn owners_of(a: &Assignment, id: &str) -> Vec<u32> {
     a.partitions_of(id)
 }
 
-async fn setup(infra: &Infra, name: &str) -> anyhow::Result<(EtcdLayout, coordinator::Config, Client)> {
+async fn setup(
+    infra: &Infra,
+    name: &str,
+) -> anyhow::Result<(EtcdLayout, coordinator::Config, Client)> {
     let prefix = format!("/{}", infra.unique(name));
     let cfg = coordinator_config(infra, &prefix, &infra.unique(name), 12);
     let etcd = protocol::runtime::etcd::connect(&infra.etcd_endpoints()).await?;
@@ -94,28 +121,53 @@ pub async fn three_servers_join_drain_and_crash(infra: Arc<Infra>) -> anyhow::Re
     let s1 = register(&mut etcd, &layout, "s1").await?;
     let s2 = register(&mut etcd, &layout, "s2").await?;
     let s3 = register(&mut etcd, &layout, "s3").await?;
-    let a = wait_assignment(&base, Duration::from_secs(20), |a| a.servers.len() == 3 && balanced(a)).await?;
+    let a = wait_assignment(&base, Duration::from_secs(20), |a| {
+        a.servers.len() == 3 && balanced(a)
+    })
+    .await?;
     anyhow::ensure!(a.loads().values().all(|n| *n == 4), "loads {:?}", a.loads());
 
     let t = Instant::now();
     set_draining(&mut etcd, &layout, &s2).await?;
-    let b = wait_assignment(&base, Duration::from_secs(5), |b| b.epoch > a.epoch && owners_of(b, "s2").is_empty()).await?;
+    let b = wait_assignment(&base, Duration::from_secs(5), |b| {
+        b.epoch > a.epoch && owners_of(b, "s2").is_empty()
+    })
+    .await?;
     let drain_time = t.elapsed();
-    anyhow::ensure!(drain_time < Duration::from_secs(1), "drain took {drain_time:?}");
+    anyhow::ensure!(
+        drain_time < Duration::from_secs(1),
+        "drain took {drain_time:?}"
+    );
     for p in a.moved_to(&b) {
-        anyhow::ensure!(a.owners[p as usize].as_deref() == Some("s2"), "partition {p} moved but was not s2's");
+        anyhow::ensure!(
+            a.owners[p as usize].as_deref() == Some("s2"),
+            "partition {p} moved but was not s2's"
+        );
     }
     anyhow::ensure!(b.owners.iter().all(Option::is_some));
 
     let t = Instant::now();
     s3.keeper.abort(); // crash: the lease is not revoked, it expires
-    let c = wait_assignment(&base, Duration::from_secs(10), |c| !c.servers.contains_key("s3")).await?;
+    let c = wait_assignment(&base, Duration::from_secs(10), |c| {
+        !c.servers.contains_key("s3")
+    })
+    .await?;
     let crash_time = t.elapsed();
-    anyhow::ensure!(crash_time <= Duration::from_secs(TTL as u64 + 1), "crash noticed after {crash_time:?}");
+    anyhow::ensure!(
+        crash_time <= Duration::from_secs(TTL as u64 + 1),
+        "crash noticed after {crash_time:?}"
+    );
     for p in b.moved_to(&c) {
-        anyhow::ensure!(b.owners[p as usize].as_deref() == Some("s3"), "partition {p} moved but was not s3's");
+        anyhow::ensure!(
+            b.owners[p as usize].as_deref() == Some("s3"),
+            "partition {p} moved but was not s3's"
+        );
     }
-    anyhow::ensure!(c.owners.iter().all(|o| o.as_deref() == Some("s1")), "s1 should own all: {:?}", c.owners);
+    anyhow::ensure!(
+        c.owners.iter().all(|o| o.as_deref() == Some("s1")),
+        "s1 should own all: {:?}",
+        c.owners
+    );
     eprintln!("    drain re-published in {drain_time:?}, crash noticed in {crash_time:?}");
     drop((s1, s2));
     coord.stop().await;
@@ -124,12 +176,19 @@ pub async fn three_servers_join_drain_and_crash(infra: Arc<Infra>) -> anyhow::Re
 
 async fn is_leader(base: &str) -> bool {
     match reqwest::get(format!("{base}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default().lines().any(|l| l.trim() == "switchboard_coordinator_is_leader 1"),
+        Ok(r) => r
+            .text()
+            .await
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"),
         Err(_) => false,
     }
 }
 
-pub async fn leader_failover_keeps_routes_and_fences_stale_writes(infra: Arc<Infra>) -> anyhow::Result<()> {
+pub async fn leader_failover_keeps_routes_and_fences_stale_writes(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
     let (layout, cfg, mut etcd) = setup(&infra, "failover").await?;
     let a = start_coordinator("coord-a", cfg.clone())?;
     let b = start_coordinator("coord-b", cfg)?;
@@ -149,8 +208,14 @@ pub async fn leader_failover_keeps_routes_and_fences_stale_writes(infra: Arc<Inf
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::ensure!(leader_found.is_some(), "no single leader within 10s");
-    let (leader, survivor) = if leader_found == Some(true) { (a, b) } else { (b, a) };
-    let before = assignment(&survivor.url()).await?.ok_or_else(|| anyhow::anyhow!("no map"))?;
+    let (leader, survivor) = if leader_found == Some(true) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let before = assignment(&survivor.url())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no map"))?;
     let route_url = format!("{}/v1/route?user_id=alice", survivor.url());
     leader.kill().await;
     let _s3 = register(&mut etcd, &layout, "s3").await?;
@@ -159,15 +224,30 @@ pub async fn leader_failover_keeps_routes_and_fences_stale_writes(infra: Arc<Inf
     let mut route_failures = 0;
     let mut published = None;
     while Instant::now() < deadline && published.is_none() {
-        if !reqwest::get(&route_url).await.map(|r| r.status().is_success()).unwrap_or(false) {
+        if !reqwest::get(&route_url)
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+        {
             route_failures += 1;
         }
-        published = assignment(&survivor.url()).await?.filter(|x| x.epoch > before.epoch && x.servers.len() == 3);
+        published = assignment(&survivor.url())
+            .await?
+            .filter(|x| x.epoch > before.epoch && x.servers.len() == 3);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::ensure!(published.is_some(), "the survivor never published the new membership");
-    anyhow::ensure!(route_failures == 0, "/v1/route failed {route_failures} times during failover");
-    anyhow::ensure!(is_leader(&survivor.url()).await, "survivor does not report leadership");
+    anyhow::ensure!(
+        published.is_some(),
+        "the survivor never published the new membership"
+    );
+    anyhow::ensure!(
+        route_failures == 0,
+        "/v1/route failed {route_failures} times during failover"
+    );
+    anyhow::ensure!(
+        is_leader(&survivor.url()).await,
+        "survivor does not report leadership"
+    );
     survivor.stop().await;
     stale_write_is_fenced(&infra, &mut etcd).await
 }
@@ -189,9 +269,15 @@ async fn stale_write_is_fenced(infra: &Infra, etcd: &mut Client) -> anyhow::Resu
     let mut stale = Assignment::empty(4);
     stale.epoch = 2;
     let res = coordinator::leader::write_fenced(etcd, &layout, &key, &stale).await;
-    anyhow::ensure!(matches!(res, Err(coordinator::leader::LeaderError::Deposed)), "stale write was not rejected: {res:?}");
+    anyhow::ensure!(
+        matches!(res, Err(coordinator::leader::LeaderError::Deposed)),
+        "stale write was not rejected: {res:?}"
+    );
     let stored = coordinator::leader::read_assignment(etcd, &layout).await?;
-    anyhow::ensure!(stored.map(|a| a.epoch) == Some(1), "stale write changed the stored map");
+    anyhow::ensure!(
+        stored.map(|a| a.epoch) == Some(1),
+        "stale write changed the stored map"
+    );
     Ok(())
 }
 
@@ -203,11 +289,18 @@ pub async fn long_poll_returns_on_change_and_times_out(infra: Arc<Infra>) -> any
     let a = wait_assignment(&base, Duration::from_secs(20), |a| a.servers.len() == 1).await?;
 
     let t = Instant::now();
-    let r = reqwest::get(format!("{base}/v1/assignment?after_epoch={}&wait_ms=300", a.epoch)).await?;
+    let r = reqwest::get(format!(
+        "{base}/v1/assignment?after_epoch={}&wait_ms=300",
+        a.epoch
+    ))
+    .await?;
     let same: Assignment = r.json().await?;
     let waited = t.elapsed();
     anyhow::ensure!(same.epoch == a.epoch, "epoch changed unexpectedly");
-    anyhow::ensure!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "timed out after {waited:?}");
+    anyhow::ensure!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "timed out after {waited:?}"
+    );
 
     let url = format!("{base}/v1/assignment?after_epoch={}&wait_ms=20000", a.epoch);
     let poll = tokio::spawn(async move { (reqwest::get(url).await, Instant::now()) });
@@ -218,7 +311,10 @@ pub async fn long_poll_returns_on_change_and_times_out(infra: Arc<Infra>) -> any
     let next: Assignment = resp?.json().await?;
     anyhow::ensure!(next.epoch > a.epoch, "long-poll returned an old epoch");
     let lag = answered_at.duration_since(changed_at);
-    anyhow::ensure!(lag < Duration::from_secs(2), "long-poll answered {lag:?} after the change");
+    anyhow::ensure!(
+        lag < Duration::from_secs(2),
+        "long-poll answered {lag:?} after the change"
+    );
     coord.stop().await;
     Ok(())
 }
@@ -227,9 +323,16 @@ pub async fn route_api_validates_and_answers(infra: Arc<Infra>) -> anyhow::Resul
     let (layout, cfg, mut etcd) = setup(&infra, "route").await?;
     let coord = start_coordinator("coord", cfg)?;
     let base = coord.url();
-    wait_until("the coordinator publishes a map", Duration::from_secs(20), || async {
-        reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().is_success()).unwrap_or(false)
-    })
+    wait_until(
+        "the coordinator publishes a map",
+        Duration::from_secs(20),
+        || async {
+            reqwest::get(format!("{base}/readyz"))
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        },
+    )
     .await?;
     let r = reqwest::get(format!("{base}/v1/route?user_id=alice")).await?;
     anyhow::ensure!(r.status() == 503, "route without servers: {}", r.status());
@@ -240,16 +343,34 @@ pub async fn route_api_validates_and_answers(infra: Arc<Infra>) -> anyhow::Resul
         let r = reqwest::get(format!("{base}/v1/route?{bad}")).await?;
         anyhow::ensure!(r.status() == 400, "{bad}: {}", r.status());
         let body: serde_json::Value = r.json().await?;
-        anyhow::ensure!(body["code"] == "invalid_field" && body["message"].is_string(), "{bad}: {body}");
+        anyhow::ensure!(
+            body["code"] == "invalid_field" && body["message"].is_string(),
+            "{bad}: {body}"
+        );
     }
     let _s1 = register(&mut etcd, &layout, "s1").await?;
     wait_assignment(&base, Duration::from_secs(20), |a| a.servers.len() == 1).await?;
-    let body: serde_json::Value = reqwest::get(format!("{base}/v1/route?user_id=alice")).await?.json().await?;
+    let body: serde_json::Value = reqwest::get(format!("{base}/v1/route?user_id=alice"))
+        .await?
+        .json()
+        .await?;
     let expected = protocol::partition_for("alice", 12);
-    anyhow::ensure!(body["partition"] == expected && body["server_id"] == "s1", "{body}");
-    anyhow::ensure!(body["ws_url"] == "ws://s1.test/v1/ws" && body["epoch"].as_u64().is_some(), "{body}");
-    let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
-    anyhow::ensure!(metrics.contains("switchboard_coordinator_epoch"), "metrics: {metrics}");
+    anyhow::ensure!(
+        body["partition"] == expected && body["server_id"] == "s1",
+        "{body}"
+    );
+    anyhow::ensure!(
+        body["ws_url"] == "ws://s1.test/v1/ws" && body["epoch"].as_u64().is_some(),
+        "{body}"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    anyhow::ensure!(
+        metrics.contains("switchboard_coordinator_epoch"),
+        "metrics: {metrics}"
+    );
     let r = reqwest::get(format!("{base}/nope")).await?;
     anyhow::ensure!(r.status() == 404);
     coord.stop().await;

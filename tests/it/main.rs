@@ -4,6 +4,7 @@
 //! of infrastructure is started before the tests and removed after them.
 
 mod coordinator;
+mod messaging;
 mod smoke;
 
 use harness::{docker_compat, Infra};
@@ -33,6 +34,8 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::long_poll_returns_on_change_and_times_out,
         coordinator::route_api_validates_and_answers,
+        messaging::dm_and_group_reach_every_device,
+        messaging::resume_on_new_owner_after_partition_moved,
     ]
 }
 
@@ -40,12 +43,18 @@ fn main() -> ExitCode {
     let args = Arguments::from_args();
     let tests = all_tests();
     if args.list {
-        let trials = tests.into_iter().map(|(n, _)| Trial::test(n.replace(" ", ""), || Ok(()))).collect();
+        let trials = tests
+            .into_iter()
+            .map(|(n, _)| Trial::test(n.replace(" ", ""), || Ok(())))
+            .collect();
         return libtest_mimic::run(&args, trials).exit_code();
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -85,7 +94,10 @@ async fn start_infra() -> anyhow::Result<Infra> {
 }
 
 fn run_one(infra: Arc<Infra>, f: TestFn) -> Result<(), libtest_mimic::Failed> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let outcome = rt.block_on(async { tokio::time::timeout(TEST_TIMEOUT, f(infra)).await });
     rt.shutdown_background();
     match outcome {

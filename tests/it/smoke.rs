@@ -17,10 +17,20 @@ pub async fn broker_etcd_and_postgres_answer(infra: Arc<Infra>) -> anyhow::Resul
         .set("acks", "all")
         .create()?;
     let delivered = producer
-        .send(FutureRecord::to(&topic).partition(1).key("k").payload("hello"), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&topic)
+                .partition(1)
+                .key("k")
+                .payload("hello"),
+            Duration::from_secs(10),
+        )
         .await
         .map_err(|(e, _)| e)?;
-    anyhow::ensure!(delivered.partition == 1, "wrong partition {}", delivered.partition);
+    anyhow::ensure!(
+        delivered.partition == 1,
+        "wrong partition {}",
+        delivered.partition
+    );
 
     let brokers = infra.kafka.clone();
     let got = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {

@@ -14,7 +14,8 @@ const ENGINE_SOCKET: &str = "/var/run/docker.sock";
 /// The engine's highest API version, e.g. `(1, 41)`.
 pub async fn engine_api_version(socket: &Path) -> std::io::Result<(u32, u32)> {
     let mut s = UnixStream::connect(socket).await?;
-    s.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n").await?;
+    s.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
@@ -23,7 +24,9 @@ pub async fn engine_api_version(socket: &Path) -> std::io::Result<(u32, u32)> {
         .nth(1)
         .and_then(|r| r.split('"').next())
         .ok_or_else(|| std::io::Error::other("no ApiVersion in /version"))?;
-    let (maj, min) = v.split_once('.').ok_or_else(|| std::io::Error::other("bad ApiVersion"))?;
+    let (maj, min) = v
+        .split_once('.')
+        .ok_or_else(|| std::io::Error::other("bad ApiVersion"))?;
     Ok((maj.parse().unwrap_or(1), min.parse().unwrap_or(0)))
 }
 
@@ -36,7 +39,9 @@ pub async fn docker_host(dir: &Path) -> std::io::Result<String> {
     }
     let target = format!("/v{maj}.{min:02}/").into_bytes();
     if target.len() != CLIENT_VERSION.len() {
-        return Err(std::io::Error::other(format!("cannot relay to engine API {maj}.{min}")));
+        return Err(std::io::Error::other(format!(
+            "cannot relay to engine API {maj}.{min}"
+        )));
     }
     let path: PathBuf = dir.join("docker.sock");
     let _ = std::fs::remove_file(&path);
@@ -107,7 +112,10 @@ mod tests {
     fn rewrites_every_occurrence_in_place() {
         let mut b = b"GET /v1.53/containers/json HTTP/1.1\r\n\r\nPOST /v1.53/x".to_vec();
         super::rewrite(&mut b, b"/v1.41/");
-        assert_eq!(b, b"GET /v1.41/containers/json HTTP/1.1\r\n\r\nPOST /v1.41/x".to_vec());
+        assert_eq!(
+            b,
+            b"GET /v1.41/containers/json HTTP/1.1\r\n\r\nPOST /v1.41/x".to_vec()
+        );
         assert_eq!(super::partial_match_len(b"GET /v1."), 4);
         assert_eq!(super::partial_match_len(b"\r\n\r\n"), 0);
     }

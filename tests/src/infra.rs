@@ -41,7 +41,11 @@ fn image(name: &str) -> GenericImage {
 
 impl Infra {
     pub async fn start() -> anyhow::Result<Self> {
-        let run_id = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let run_id = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
         let label = |r: testcontainers::ContainerRequest<GenericImage>, what: &str| {
             r.with_network("host")
                 .with_label("switchboard.test-run", run_id.as_str())
@@ -55,14 +59,24 @@ impl Infra {
             image("etcd")
                 .with_env_var("ETCD_LISTEN_CLIENT_URLS", etcd_url.as_str())
                 .with_env_var("ETCD_ADVERTISE_CLIENT_URLS", etcd_url.as_str())
-                .with_env_var("ETCD_LISTEN_PEER_URLS", format!("http://127.0.0.1:{}", free_port()?)),
+                .with_env_var(
+                    "ETCD_LISTEN_PEER_URLS",
+                    format!("http://127.0.0.1:{}", free_port()?),
+                ),
             "etcd",
         )
         .start();
         let pg = label(
             image("postgres")
                 .with_env_var("POSTGRES_PORT", pp.to_string())
-                .with_cmd(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=500"]),
+                .with_cmd([
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "max_connections=500",
+                ]),
             "postgres",
         )
         .start();
@@ -76,7 +90,15 @@ impl Infra {
         wait_for_etcd(&etcd_url).await?;
         wait_for_kafka(&kafka).await?;
         eprintln!("[infra] run {run_id}: broker (tansu) at {kafka}, etcd at {etcd_url}, PostgreSQL at 127.0.0.1:{pp}");
-        Ok(Self { run_id, kafka, etcd: etcd_url, pg_port: pp, pg_admin, containers, counter: AtomicU64::new(0) })
+        Ok(Self {
+            run_id,
+            kafka,
+            etcd: etcd_url,
+            pg_port: pp,
+            pg_admin,
+            containers,
+            counter: AtomicU64::new(0),
+        })
     }
 
     pub async fn stop(self) {
@@ -88,8 +110,14 @@ impl Infra {
     /// A name unique within this run, safe for topics, databases and etcd.
     pub fn unique(&self, base: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let clean: String = base.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        format!("{clean}_{n}_{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+        let clean: String = base
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!(
+            "{clean}_{n}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        )
     }
 
     pub fn etcd_endpoints(&self) -> Vec<String> {
@@ -107,12 +135,16 @@ impl Infra {
     }
 
     pub fn database_url(&self, name: &str) -> String {
-        format!("postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{}/{name}", self.pg_port)
+        format!(
+            "postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{}/{name}",
+            self.pg_port
+        )
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.kafka).create()?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .create()?;
         let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         for r in admin.create_topics([&t], &AdminOptions::new()).await? {
             r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t}: {e}"))?;
@@ -123,10 +155,18 @@ impl Infra {
 
 fn tansu_cmd(addr: &str) -> Vec<String> {
     let url = format!("tcp://{addr}");
-    ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 async fn wait_for_postgres(port: u16) -> anyhow::Result<PgPool> {
@@ -136,7 +176,9 @@ async fn wait_for_postgres(port: u16) -> anyhow::Result<PgPool> {
         match PgPoolOptions::new().max_connections(4).connect(&url).await {
             Ok(pool) => return Ok(pool),
             Err(e) if std::time::Instant::now() >= deadline => {
-                return Err(anyhow::anyhow!("postgres did not accept connections within 60s: {e}"))
+                return Err(anyhow::anyhow!(
+                    "postgres did not accept connections within 60s: {e}"
+                ))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -156,18 +198,29 @@ async fn wait_for_etcd(url: &str) -> anyhow::Result<()> {
 
 async fn wait_for_kafka(addr: &str) -> anyhow::Result<()> {
     let addr = addr.to_owned();
-    wait_until("the broker answers metadata", Duration::from_secs(60), || {
-        let addr = addr.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let c: Result<rdkafka::consumer::BaseConsumer, _> =
-                    ClientConfig::new().set("bootstrap.servers", &addr).create();
-                c.map(|c| rdkafka::consumer::Consumer::fetch_metadata(&c, None, Duration::from_secs(2)).is_ok())
+    wait_until(
+        "the broker answers metadata",
+        Duration::from_secs(60),
+        || {
+            let addr = addr.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let c: Result<rdkafka::consumer::BaseConsumer, _> =
+                        ClientConfig::new().set("bootstrap.servers", &addr).create();
+                    c.map(|c| {
+                        rdkafka::consumer::Consumer::fetch_metadata(
+                            &c,
+                            None,
+                            Duration::from_secs(2),
+                        )
+                        .is_ok()
+                    })
                     .unwrap_or(false)
-            })
-            .await
-            .unwrap_or(false)
-        }
-    })
+                })
+                .await
+                .unwrap_or(false)
+            }
+        },
+    )
     .await
 }

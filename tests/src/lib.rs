@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on loopback (bound, read, released).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Polls `check` every 50 ms until it returns true or `within` has passed.
@@ -35,7 +37,12 @@ pub mod services;
 pub use services::ServiceHandle;
 
 /// A coordinator config for tests: fast lease and debounce, isolated prefix.
-pub fn coordinator_config(infra: &Infra, prefix: &str, topic: &str, partitions: u32) -> coordinator::Config {
+pub fn coordinator_config(
+    infra: &Infra,
+    prefix: &str,
+    topic: &str,
+    partitions: u32,
+) -> coordinator::Config {
     coordinator::Config {
         listen: ([127, 0, 0, 1], 0).into(),
         etcd_endpoints: infra.etcd_endpoints(),
@@ -51,5 +58,12 @@ pub fn coordinator_config(infra: &Infra, prefix: &str, topic: &str, partitions: 
 }
 
 pub fn start_coordinator(name: &str, config: coordinator::Config) -> anyhow::Result<ServiceHandle> {
-    ServiceHandle::start(name, move |listener, cancel| coordinator::serve(config, listener, cancel))
+    ServiceHandle::start(name, move |listener, cancel| {
+        coordinator::serve(config, listener, cancel)
+    })
 }
+
+pub mod client;
+pub mod stack;
+pub use client::{Event, WsClient};
+pub use stack::Stack;

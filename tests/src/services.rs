@@ -46,7 +46,13 @@ impl ServiceHandle {
             rt.shutdown_background();
         })?;
         let addr = addr_rx.recv()??;
-        Ok(Self { name: name.to_owned(), addr, cancel, kill: Some(kill_tx), thread: Some(thread) })
+        Ok(Self {
+            name: name.to_owned(),
+            addr,
+            cancel,
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        })
     }
 
     pub fn url(&self) -> String {

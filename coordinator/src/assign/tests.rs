@@ -12,7 +12,9 @@ fn server(id: &str, weight: u32, draining: bool) -> ServerInfo {
 }
 
 fn fleet(n: usize) -> BTreeMap<String, ServerInfo> {
-    (0..n).map(|i| (format!("s{i:03}"), server(&format!("s{i:03}"), 1, false))).collect()
+    (0..n)
+        .map(|i| (format!("s{i:03}"), server(&format!("s{i:03}"), 1, false)))
+        .collect()
 }
 
 fn loads(owners: &Owners) -> BTreeMap<String, usize> {

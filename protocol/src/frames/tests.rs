@@ -8,26 +8,49 @@ fn err(text: &str) -> FrameError {
 #[test]
 fn hello_round_trip() {
     let text = r#"{"type":"hello","token":"t","device_id":"phone","cursor":"e:7","extra":1}"#;
-    let ClientFrame::Hello(h) = ClientFrame::parse(text).unwrap() else { panic!("not hello") };
+    let ClientFrame::Hello(h) = ClientFrame::parse(text).unwrap() else {
+        panic!("not hello")
+    };
     assert_eq!(h.cursor, Some(Cursor::new("e", 7)));
     let again = ClientFrame::parse(&ClientFrame::Hello(h.clone()).to_json()).unwrap();
     assert!(matches!(again, ClientFrame::Hello(x) if x.device_id == h.device_id));
     let minimal = ClientFrame::parse(r#"{"type":"hello","token":"t"}"#).unwrap();
-    assert!(matches!(minimal, ClientFrame::Hello(Hello { device_id: None, cursor: None, .. })));
+    assert!(matches!(
+        minimal,
+        ClientFrame::Hello(Hello {
+            device_id: None,
+            cursor: None,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn send_round_trip() {
     let text = r#"{"type":"send","id":5,"client_msg_id":"m1","to":{"conversation":"dm:a,b"},"body":{"text":"hi"}}"#;
-    let ClientFrame::Send(s) = ClientFrame::parse(text).unwrap() else { panic!("not send") };
+    let ClientFrame::Send(s) = ClientFrame::parse(text).unwrap() else {
+        panic!("not send")
+    };
     assert_eq!(s.kind, Kind::Chat);
     assert_eq!(s.id, Some(json!(5)));
     assert_eq!(s.body.get(), r#"{"text":"hi"}"#);
     let json = ClientFrame::Send(s).to_json();
-    let ClientFrame::Send(s2) = ClientFrame::parse(&json).unwrap() else { panic!("not send") };
-    assert_eq!(s2.to, Target::Conversation(ConversationId::new("dm:a,b").unwrap()));
-    let eph = r#"{"type":"send","client_msg_id":"m","to":{"user":"bob"},"body":1,"kind":"ephemeral"}"#;
-    assert!(matches!(ClientFrame::parse(eph), Ok(ClientFrame::Send(Send { kind: Kind::Ephemeral, .. }))));
+    let ClientFrame::Send(s2) = ClientFrame::parse(&json).unwrap() else {
+        panic!("not send")
+    };
+    assert_eq!(
+        s2.to,
+        Target::Conversation(ConversationId::new("dm:a,b").unwrap())
+    );
+    let eph =
+        r#"{"type":"send","client_msg_id":"m","to":{"user":"bob"},"body":1,"kind":"ephemeral"}"#;
+    assert!(matches!(
+        ClientFrame::parse(eph),
+        Ok(ClientFrame::Send(Send {
+            kind: Kind::Ephemeral,
+            ..
+        }))
+    ));
 }
 
 #[test]
@@ -38,20 +61,43 @@ fn malformed_frames_get_stable_codes() {
     assert_eq!(err(r#"{"token":"x"}"#).code, ErrorCode::InvalidField);
     assert_eq!(err(r#"{"type":7}"#).code, ErrorCode::InvalidField);
     let unknown = err(r#"{"type":"subscribe","id":"r1"}"#);
-    assert_eq!((unknown.code, unknown.id), (ErrorCode::UnknownType, Some(json!("r1"))));
+    assert_eq!(
+        (unknown.code, unknown.id),
+        (ErrorCode::UnknownType, Some(json!("r1")))
+    );
     let wrong = err(r#"{"type":"send","id":"r2","client_msg_id":5,"to":{"user":"b"},"body":1}"#);
-    assert_eq!((wrong.code, wrong.id), (ErrorCode::InvalidField, Some(json!("r2"))));
-    assert_eq!(err(r#"{"type":"send","client_msg_id":"m","to":{"user":"b c"},"body":1}"#).code, ErrorCode::InvalidField);
-    assert_eq!(err(r#"{"type":"send","client_msg_id":"m","to":{"group":"g"},"body":1}"#).code, ErrorCode::InvalidField);
-    assert_eq!(err(r#"{"type":"send","client_msg_id":"m","to":{"user":"b"}}"#).code, ErrorCode::InvalidField);
-    assert_eq!(err(r#"{"type":"send","client_msg_id":"m","to":{"user":"b"},"body":1,"kind":"loud"}"#).code, ErrorCode::InvalidField);
-    assert_eq!(err(r#"{"type":"hello","token":"t","cursor":"nope"}"#).code, ErrorCode::InvalidField);
+    assert_eq!(
+        (wrong.code, wrong.id),
+        (ErrorCode::InvalidField, Some(json!("r2")))
+    );
+    assert_eq!(
+        err(r#"{"type":"send","client_msg_id":"m","to":{"user":"b c"},"body":1}"#).code,
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        err(r#"{"type":"send","client_msg_id":"m","to":{"group":"g"},"body":1}"#).code,
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        err(r#"{"type":"send","client_msg_id":"m","to":{"user":"b"}}"#).code,
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        err(r#"{"type":"send","client_msg_id":"m","to":{"user":"b"},"body":1,"kind":"loud"}"#).code,
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        err(r#"{"type":"hello","token":"t","cursor":"nope"}"#).code,
+        ErrorCode::InvalidField
+    );
 }
 
 #[test]
 fn oversize_body_is_too_large() {
     let body = "x".repeat(crate::MAX_BODY_BYTES);
-    let text = format!(r#"{{"type":"send","id":1,"client_msg_id":"m","to":{{"user":"b"}},"body":"{body}"}}"#);
+    let text = format!(
+        r#"{{"type":"send","id":1,"client_msg_id":"m","to":{{"user":"b"}},"body":"{body}"}}"#
+    );
     let e = err(&text);
     assert_eq!((e.code, e.id), (ErrorCode::TooLarge, Some(json!(1))));
 }
@@ -71,23 +117,53 @@ fn server_frames_round_trip() {
     });
     let json = msg.to_json();
     assert!(json.starts_with(r#"{"type":"message","#), "{json}");
-    let ServerFrame::Message(m) = ServerFrame::parse(&json).unwrap() else { panic!("{json}") };
-    assert_eq!((m.body.get(), m.replay, m.cursor), (r#"{"t":1}"#, true, Some(Cursor::new("e", 9))));
+    let ServerFrame::Message(m) = ServerFrame::parse(&json).unwrap() else {
+        panic!("{json}")
+    };
+    assert_eq!(
+        (m.body.get(), m.replay, m.cursor),
+        (r#"{"t":1}"#, true, Some(Cursor::new("e", 9)))
+    );
 
     let frames = [
-        ServerFrame::Synced(Synced { cursor: Cursor::new("e", 3) }),
-        ServerFrame::Ack(Ack { id: Some(json!("x")), client_msg_id: ClientMsgId::new("c").unwrap(), msg_id: MsgId(uuid::Uuid::nil()) }),
-        ServerFrame::Error(ErrorFrame { id: None, code: ErrorCode::NotMember, message: "no".into() }),
-        ServerFrame::Redirect(Redirect { server_id: "s2".into(), ws_url: "ws://h/v1/ws".into(), epoch: 4 }),
+        ServerFrame::Synced(Synced {
+            cursor: Cursor::new("e", 3),
+        }),
+        ServerFrame::Ack(Ack {
+            id: Some(json!("x")),
+            client_msg_id: ClientMsgId::new("c").unwrap(),
+            msg_id: MsgId(uuid::Uuid::nil()),
+        }),
+        ServerFrame::Error(ErrorFrame {
+            id: None,
+            code: ErrorCode::NotMember,
+            message: "no".into(),
+        }),
+        ServerFrame::Redirect(Redirect {
+            server_id: "s2".into(),
+            ws_url: "ws://h/v1/ws".into(),
+            epoch: 4,
+        }),
     ];
     for f in frames {
         let json = f.to_json();
         let back = ServerFrame::parse(&json).unwrap();
         assert_eq!(back.to_json(), json);
     }
-    let err_json = ServerFrame::Error(ErrorFrame { id: None, code: ErrorCode::RateLimited, message: "m".into() }).to_json();
-    assert_eq!(err_json, r#"{"type":"error","code":"rate_limited","message":"m"}"#);
-    assert_eq!(ServerFrame::parse(r#"{"type":"future"}"#).unwrap_err().code, ErrorCode::UnknownType);
+    let err_json = ServerFrame::Error(ErrorFrame {
+        id: None,
+        code: ErrorCode::RateLimited,
+        message: "m".into(),
+    })
+    .to_json();
+    assert_eq!(
+        err_json,
+        r#"{"type":"error","code":"rate_limited","message":"m"}"#
+    );
+    assert_eq!(
+        ServerFrame::parse(r#"{"type":"future"}"#).unwrap_err().code,
+        ErrorCode::UnknownType
+    );
 }
 
 #[test]

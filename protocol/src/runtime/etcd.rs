@@ -102,7 +102,9 @@ async fn watch_once(
             return Err(etcd_client::Error::WatchError("watch stream ended".into()));
         };
         if msg.canceled() {
-            return Err(etcd_client::Error::WatchError("watch cancelled by etcd".into()));
+            return Err(etcd_client::Error::WatchError(
+                "watch cancelled by etcd".into(),
+            ));
         }
         for ev in msg.events() {
             if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {

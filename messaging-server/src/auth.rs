@@ -1,0 +1,100 @@
+//! Client authentication (DESIGN.md §6): a JWT whose `sub` is the user id.
+
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use protocol::UserId;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid token: {0}")]
+    Token(#[from] jsonwebtoken::errors::Error),
+    #[error("token subject is not a valid user id: {0}")]
+    Subject(#[from] protocol::IdError),
+    #[error("no token")]
+    Missing,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    key: Option<(DecodingKey, Validation)>,
+}
+
+impl Authenticator {
+    pub fn new(secret: Option<&str>, public_key_pem: Option<&str>) -> Result<Self, AuthError> {
+        let key = match (public_key_pem, secret) {
+            (Some(pem), _) => Some((DecodingKey::from_rsa_pem(pem.as_bytes())?, Algorithm::RS256)),
+            (None, Some(s)) => Some((DecodingKey::from_secret(s.as_bytes()), Algorithm::HS256)),
+            (None, None) => None,
+        };
+        Ok(Self {
+            key: key.map(|(k, alg)| {
+                let mut v = Validation::new(alg);
+                v.set_required_spec_claims(&["sub", "exp"]);
+                v.leeway = 5;
+                (k, v)
+            }),
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let (key, validation) = self.key.as_ref().ok_or(AuthError::Missing)?;
+        let data = decode::<Claims>(token, key, validation)?;
+        Ok(UserId::new(data.claims.sub)?)
+    }
+
+    /// `Authorization: Bearer <jwt>`.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<UserId, AuthError> {
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AuthError::Missing)?;
+        self.verify(token.trim())
+    }
+}
+
+/// Mints an HS256 token: used by the development stack and the tests.
+pub fn mint_hs256(secret: &str, user: &str, ttl_secs: u64) -> Result<String, AuthError> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + ttl_secs;
+    let claims = serde_json::json!({ "sub": user, "exp": exp });
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &key,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_good_tokens_and_refuses_bad_ones() {
+        let secret = "0123456789abcdef0123";
+        let auth = Authenticator::new(Some(secret), None).unwrap();
+        let good = mint_hs256(secret, "alice", 60).unwrap();
+        assert_eq!(auth.verify(&good).unwrap().as_str(), "alice");
+        assert!(auth.verify_header(Some(&format!("Bearer {good}"))).is_ok());
+        assert!(auth
+            .verify(&mint_hs256("another-secret-123456", "alice", 60).unwrap())
+            .is_err());
+        assert!(auth.verify("garbage").is_err());
+        assert!(auth
+            .verify(&mint_hs256(secret, "bad user", 60).unwrap())
+            .is_err());
+        let claims = serde_json::json!({"sub": "alice", "exp": 1});
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        let expired =
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        assert!(auth.verify(&expired).is_err());
+        assert!(auth.verify_header(None).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! HTTP: the WebSocket upgrade, sends over HTTP, conversations, history.
+
+use crate::state::AppState;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use protocol::runtime::http::{metrics_response, not_found, ApiError};
+use protocol::{ConversationId, DeviceId, ErrorCode, FrameError, UserId};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws))
+        .route("/v1/messages", post(post_message))
+        .route(
+            "/v1/conversations",
+            post(create_conversation).get(my_conversations),
+        )
+        .route(
+            "/v1/conversations/{id}/members/{user}",
+            put(add_member).delete(remove_member),
+        )
+        .route("/v1/conversations/{id}/messages", get(history))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(s): St| async move { metrics_response(&s.registry) }),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Response {
+    let max = s.config.max_frame_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| crate::session::run(socket, s))
+}
+
+fn user(s: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    let header = headers.get("authorization").and_then(|h| h.to_str().ok());
+    s.auth
+        .verify_header(header)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
+}
+
+fn frame_error(e: FrameError) -> ApiError {
+    let status = match e.code {
+        ErrorCode::NotMember => StatusCode::FORBIDDEN,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.code.as_str(), e.message)
+}
+
+fn db(e: crate::store::StoreError) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+fn conversation(id: &str) -> Result<ConversationId, ApiError> {
+    ConversationId::new(id).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+async fn post_message(
+    State(s): St,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    let sender = user(&s, &headers)?;
+    let send: protocol::frames::Send = serde_json::from_str(&body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "bad_json"
+        } else {
+            "invalid_field"
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    })?;
+    let device = DeviceId::new("http").map_err(|e| ApiError::internal(e.to_string()))?;
+    let msg_id = crate::send::send(&s, &sender, &device, send)
+        .await
+        .map_err(frame_error)?;
+    Ok(Json(json!({ "msg_id": msg_id })).into_response())
+}
+
+#[derive(Deserialize)]
+struct CreateConversation {
+    conversation_id: Option<String>,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+async fn create_conversation(
+    State(s): St,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    let creator = user(&s, &headers)?;
+    let req: CreateConversation =
+        serde_json::from_str(&body).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let id = match req.conversation_id {
+        Some(id) => conversation(&id)?,
+        None => conversation(&format!("c-{}", uuid::Uuid::new_v4().simple()))?,
+    };
+    if id.is_direct() {
+        return Err(ApiError::invalid(
+            "direct conversations (dm:a,b) exist implicitly",
+        ));
+    }
+    let mut members = vec![creator.clone()];
+    for m in req.members {
+        let u = UserId::new(m).map_err(|e| ApiError::invalid(e.to_string()))?;
+        if !members.contains(&u) {
+            members.push(u);
+        }
+    }
+    if !s
+        .store
+        .create_conversation(&id, &creator, &members)
+        .await
+        .map_err(db)?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("conversation {id} exists"),
+        ));
+    }
+    let body = json!({ "conversation_id": id, "members": members });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn require_member(s: &AppState, id: &ConversationId, u: &UserId) -> Result<(), ApiError> {
+    match s.store.members(id).await.map_err(db)? {
+        None => Err(ApiError::not_found(format!("no conversation {id}"))),
+        Some(m) if m.contains(u) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_member",
+            format!("not a member of {id}"),
+        )),
+    }
+}
+
+async fn add_member(
+    State(s): St,
+    headers: HeaderMap,
+    Path((id, member)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let caller = user(&s, &headers)?;
+    let id = conversation(&id)?;
+    let member = UserId::new(member).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if id.is_direct() {
+        return Err(ApiError::invalid("direct conversations have fixed members"));
+    }
+    require_member(&s, &id, &caller).await?;
+    s.store.add_member(&id, &member).await.map_err(db)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_member(
+    State(s): St,
+    headers: HeaderMap,
+    Path((id, member)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let caller = user(&s, &headers)?;
+    let id = conversation(&id)?;
+    let member = UserId::new(member).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if id.is_direct() {
+        return Err(ApiError::invalid("direct conversations have fixed members"));
+    }
+    require_member(&s, &id, &caller).await?;
+    if !s.store.remove_member(&id, &member).await.map_err(db)? {
+        return Err(ApiError::not_found(format!(
+            "{member} is not a member of {id}"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn my_conversations(State(s): St, headers: HeaderMap) -> Result<Response, ApiError> {
+    let u = user(&s, &headers)?;
+    let list = s.store.conversations_of(&u).await.map_err(db)?;
+    let items: Vec<_> = list
+        .into_iter()
+        .map(|(id, members)| json!({"conversation_id": id, "members": members}))
+        .collect();
+    Ok(Json(json!({ "conversations": items })).into_response())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    before: Option<String>,
+    limit: Option<i64>,
+}
+
+fn parse_before(token: &str) -> Result<(i64, uuid::Uuid), ApiError> {
+    let bad = || ApiError::invalid("before must be a next_before token from a previous page");
+    let (at, id) = token.split_once('_').ok_or_else(bad)?;
+    Ok((
+        at.parse().map_err(|_| bad())?,
+        id.parse().map_err(|_| bad())?,
+    ))
+}
+
+async fn history(
+    State(s): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let u = user(&s, &headers)?;
+    let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let id = conversation(&id)?;
+    require_member(&s, &id, &u).await?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1..=500"));
+    }
+    let before = q.before.as_deref().map(parse_before).transpose()?;
+    let rows = s.store.history(&id, before, limit).await.map_err(db)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| {
+            rows.last()
+                .map(|r| format!("{}_{}", r.sent_at_ms, r.msg_id))
+        })
+        .flatten();
+    let messages: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value =
+                serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null);
+            json!({"msg_id": r.msg_id, "conversation_id": r.conversation_id, "from": r.sender,
+                   "from_device": r.sender_device, "body": body, "sent_at_ms": r.sent_at_ms})
+        })
+        .collect();
+    Ok(Json(json!({ "messages": messages, "next_before": next })).into_response())
+}
+
+async fn readyz(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.is_ready() {
+        Ok(Json(
+            json!({"status": "ready", "server_id": s.info.server_id}),
+        ))
+    } else {
+        Err(ApiError::unavailable(
+            "not registered, draining, or no partition map yet",
+        ))
+    }
+}

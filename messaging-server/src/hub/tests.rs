@@ -1,0 +1,134 @@
+use super::*;
+use serde_json::value::RawValue;
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+fn did(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+fn record(kind: Kind, sender: &str, device: &str, to: &[&str]) -> Record {
+    Record {
+        v: 1,
+        msg_id: protocol::MsgId(uuid::Uuid::new_v4()),
+        kind,
+        conversation_id: protocol::ConversationId::new("room").unwrap(),
+        sender: uid(sender),
+        sender_device: did(device),
+        recipients: to.iter().map(|u| uid(u)).collect(),
+        body: RawValue::from_string("1".into()).unwrap(),
+        sent_at_ms: 0,
+    }
+}
+
+fn frame(n: i64) -> Utf8Bytes {
+    Utf8Bytes::from(n.to_string())
+}
+
+fn drain(h: &mut DeviceHandle) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Ok(f) = h.rx.try_recv() {
+        v.push(f.to_string());
+    }
+    v
+}
+
+#[test]
+fn unserved_partition_is_refused() {
+    let hub = Hub::new(16);
+    assert_eq!(
+        hub.register(&uid("a"), &did("d"), 3, false).err(),
+        Some(NotServed(3))
+    );
+}
+
+#[test]
+fn every_device_of_every_recipient_gets_it_and_ephemeral_skips_sender_device() {
+    let hub = Hub::new(16);
+    hub.open_partition(0, 10);
+    let (mut a1, from) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
+    let (mut a2, _) = hub.register(&uid("a"), &did("2"), 0, false).unwrap();
+    let (mut b1, _) = hub.register(&uid("b"), &did("1"), 0, false).unwrap();
+    assert_eq!(from, 10);
+    let d = hub.dispatch(
+        0,
+        10,
+        &record(Kind::Chat, "a", "1", &["a", "b"]),
+        &frame(10),
+    );
+    assert_eq!(d.delivered, 3);
+    hub.dispatch(
+        0,
+        11,
+        &record(Kind::Ephemeral, "a", "1", &["a", "b"]),
+        &frame(11),
+    );
+    assert_eq!(drain(&mut a1), vec!["10"]);
+    assert_eq!(drain(&mut a2), vec!["10", "11"]);
+    assert_eq!(drain(&mut b1), vec!["10", "11"]);
+}
+
+#[test]
+fn re_read_records_are_not_delivered_twice() {
+    let hub = Hub::new(16);
+    hub.open_partition(0, 5);
+    let (mut a, _) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
+    for o in [5, 6, 5, 6, 7] {
+        hub.dispatch(0, o, &record(Kind::Chat, "x", "x", &["a"]), &frame(o));
+    }
+    assert_eq!(drain(&mut a), vec!["5", "6", "7"]);
+}
+
+#[test]
+fn replay_seam_has_no_gap_and_no_duplicate() {
+    let hub = Hub::new(16);
+    hub.open_partition(0, 0);
+    for o in 0..3 {
+        hub.dispatch(0, o, &record(Kind::Chat, "x", "x", &["a"]), &frame(o));
+    }
+    let (mut a, live_from) = hub.register(&uid("a"), &did("1"), 0, true).unwrap();
+    assert_eq!(live_from, 3);
+    for o in 3..6 {
+        hub.dispatch(0, o, &record(Kind::Chat, "x", "x", &["a"]), &frame(o));
+    }
+    assert!(drain(&mut a).is_empty(), "nothing goes out while replaying");
+    // The replay read up to offset 3 (it may overlap the live stream).
+    let buffered: Vec<String> = hub
+        .finish_replay(&uid("a"), a.id, 3)
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(buffered, vec!["4", "5"]);
+    hub.dispatch(0, 6, &record(Kind::Chat, "x", "x", &["a"]), &frame(6));
+    assert_eq!(drain(&mut a), vec!["6"]);
+}
+
+#[test]
+fn overflow_closes_with_4004_and_partition_loss_closes_its_devices() {
+    let hub = Hub::new(16);
+    hub.open_partition(0, 0);
+    hub.open_partition(1, 0);
+    let (mut slow, _) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
+    let (mut other, _) = hub.register(&uid("b"), &did("1"), 1, false).unwrap();
+    for o in 0..17 {
+        hub.dispatch(0, o, &record(Kind::Chat, "x", "x", &["a"]), &frame(o));
+    }
+    assert_eq!(
+        slow.close.try_recv().map(|c| c.code).ok(),
+        Some(CloseCode::TooSlow)
+    );
+    hub.close_partition(1, |_| Close {
+        code: CloseCode::PartitionMoved,
+        frame: None,
+        reason: "moved",
+    });
+    assert_eq!(
+        other.close.try_recv().map(|c| c.code).ok(),
+        Some(CloseCode::PartitionMoved)
+    );
+    assert!(!hub.is_open(1));
+    hub.unregister(&uid("a"), slow.id);
+    hub.unregister(&uid("b"), other.id);
+    assert_eq!(hub.connections(), 0);
+}

@@ -1,0 +1,254 @@
+//! Kafka: the idempotent producer, the live consumer (manual `assign()` of
+//! exactly this server's partitions) and bounded log reads for resume.
+
+use crate::frame::live_frame;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use protocol::{Record, UserId};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub fn producer(brokers: &str, extra: &[String]) -> Result<FutureProducer, KafkaError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "10000");
+    for (k, v) in extra.iter().filter_map(|kv| kv.split_once('=')) {
+        c.set(k.trim(), v.trim());
+    }
+    c.create()
+}
+
+/// Sends one record to an explicit partition and waits for acks=all.
+pub async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    partition: u32,
+    key: &str,
+    payload: &[u8],
+) -> Result<i64, KafkaError> {
+    let rec = FutureRecord::to(topic)
+        .partition(partition as i32)
+        .key(key)
+        .payload(payload);
+    p.send(rec, Duration::from_secs(10))
+        .await
+        .map(|d| d.offset)
+        .map_err(|(e, _)| e)
+}
+
+fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        // assign() needs a group id, but offsets are never committed.
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+pub fn live_consumer(brokers: &str, server_id: &str) -> Result<StreamConsumer, KafkaError> {
+    // EOF tells when a newly gained partition has caught up with the log.
+    consumer_config(brokers, &format!("switchboard-server-{server_id}"))
+        .set("enable.partition.eof", "true")
+        .create()
+}
+
+/// Partition changes for the consumer task, from the ownership watcher.
+#[derive(Debug)]
+pub enum Ownership {
+    Gain(u32),
+    Lose(u32, crate::hub::Close),
+    LoseAll(crate::hub::Close),
+}
+
+pub struct LiveConsumer {
+    pub consumer: Arc<StreamConsumer>,
+    /// Gained partitions still catching up: next offset seen so far, and since when.
+    pub opening: std::collections::HashMap<u32, (i64, Instant)>,
+    pub topic: String,
+    pub hub: Arc<Hub>,
+    pub metrics: Metrics,
+    pub log_epoch: Arc<std::sync::RwLock<String>>,
+}
+
+impl LiveConsumer {
+    pub async fn run(mut self, mut ctrl: mpsc::Receiver<Ownership>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                m = self.consumer.recv() => match m {
+                    Ok(msg) => {
+                        let (p, o) = (msg.partition() as u32, msg.offset());
+                        match self.opening.get_mut(&p) {
+                            Some((next, _)) => *next = (*next).max(o + 1),
+                            None => self.dispatch(p, o, msg.payload().unwrap_or_default()),
+                        }
+                    }
+                    Err(KafkaError::PartitionEOF(p)) => self.opened(p as u32),
+                    Err(e) => {
+                        warn!(error = %e, "consume failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = tick.tick() => self.open_stragglers(),
+                c = ctrl.recv() => match c {
+                    Some(c) => self.apply(c).await,
+                    None => return,
+                },
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Caught up: sessions may start, their live stream beginning here.
+    fn opened(&mut self, p: u32) {
+        if let Some((next, _)) = self.opening.remove(&p) {
+            self.hub.open_partition(p, next);
+            info!(partition = p, start = next, "serving partition");
+        }
+    }
+
+    /// A partition that never reports EOF (an idle broker may not) opens anyway.
+    fn open_stragglers(&mut self) {
+        let late: Vec<u32> = self
+            .opening
+            .iter()
+            .filter(|(_, (_, t))| t.elapsed() > Duration::from_secs(3))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in late {
+            warn!(
+                partition = p,
+                "no end-of-partition from the broker; opening anyway"
+            );
+            self.opened(p);
+        }
+    }
+
+    fn dispatch(&self, partition: u32, offset: i64, payload: &[u8]) {
+        let record = match Record::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.decode_failures.inc();
+                warn!(partition, offset, error = %e, "skipping undecodable record");
+                return;
+            }
+        };
+        let epoch = self.log_epoch.read().map(|e| e.clone()).unwrap_or_default();
+        let frame = live_frame(&record, &epoch, offset);
+        let d = self.hub.dispatch(partition, offset, &record, &frame);
+        self.metrics.deliveries.inc_by(d.delivered as u64);
+        self.metrics.overflows.inc_by(d.overflowed as u64);
+        self.metrics.set_position(partition, offset);
+    }
+
+    async fn apply(&mut self, change: Ownership) {
+        match change {
+            Ownership::Gain(p) => {
+                if let Err(e) = self.gain(p).await {
+                    warn!(partition = p, error = %e, "failed to take partition; will retry on the next epoch");
+                }
+            }
+            Ownership::Lose(p, close) => {
+                self.opening.remove(&p);
+                self.hub.close_partition(p, |_| close.clone());
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.topic, p as i32);
+                if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+                    warn!(partition = p, error = %e, "unassign failed");
+                }
+                info!(partition = p, "released partition");
+            }
+            Ownership::LoseAll(close) => {
+                self.opening.clear();
+                self.hub.close_all(|_, _| close.clone());
+                if let Err(e) = self.consumer.unassign() {
+                    warn!(error = %e, "unassign failed");
+                }
+            }
+        }
+    }
+
+    /// Starts reading at the log's reported end. The local broker may report
+    /// an end that is too low, so sessions wait until the consumer reaches
+    /// the real end (partition EOF), tracked from the records themselves.
+    async fn gain(&mut self, p: u32) -> Result<(), KafkaError> {
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, p as i32, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, p as i32, Offset::Offset(high))?;
+        self.consumer.incremental_assign(&tpl)?;
+        self.opening.insert(p, (high, Instant::now()));
+        Ok(())
+    }
+}
+
+/// First offset still in the log for `partition`.
+pub async fn log_start(brokers: &str, topic: &str, partition: u32) -> Result<i64, KafkaError> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = consumer_config(&brokers, "switchboard-resume").create()?;
+        c.fetch_watermarks(&topic, partition as i32, Duration::from_secs(5))
+            .map(|(low, _)| low)
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
+}
+
+/// Reads `range` of `partition` and returns the chat records for `user`.
+pub async fn read_range(
+    brokers: &str,
+    topic: &str,
+    partition: u32,
+    range: std::ops::Range<i64>,
+    user: &UserId,
+) -> Result<Vec<(i64, Record)>, KafkaError> {
+    let (brokers, topic, user) = (brokers.to_owned(), topic.to_owned(), user.clone());
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = consumer_config(&brokers, "switchboard-resume").create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition as i32, Offset::Offset(range.start))?;
+        c.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            let Some(m) = c.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m?;
+            if m.offset() >= range.end {
+                return Ok(out);
+            }
+            if let Ok(r) = Record::decode(m.payload().unwrap_or_default()) {
+                if r.kind == protocol::Kind::Chat && r.recipients.contains(&user) {
+                    out.push((m.offset(), r));
+                }
+            }
+            if m.offset() + 1 >= range.end {
+                return Ok(out);
+            }
+        }
+        Err(KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+        ))
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
+}

@@ -1,0 +1,23 @@
+use clap::Parser;
+use messaging_server::Config;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    if let Err(reason) = config.validate() {
+        eprintln!("messaging-server: invalid configuration: {reason}");
+        return std::process::ExitCode::from(2);
+    }
+    protocol::runtime::init_tracing();
+    tracing::info!(?config, "effective configuration");
+    let shutdown = CancellationToken::new();
+    protocol::runtime::cancel_on_signal(shutdown.clone());
+    match messaging_server::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("messaging server failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Registration in etcd under a lease, and turning assignment epochs into
+//! partition gains and losses for the consumer.
+
+use crate::frame::text;
+use crate::hub::Close;
+use crate::kafka::Ownership;
+use crate::state::AppState;
+use etcd_client::{Client, PutOptions};
+use protocol::frames::Redirect;
+use protocol::runtime::Backoff;
+use protocol::{Assignment, CloseCode, EtcdLayout, ServerFrame};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Keeps this server registered; re-registers after losing the lease.
+/// Returns the live lease id when `stop` fires so the drain can revoke it.
+pub async fn run_registration(
+    state: Arc<AppState>,
+    mut client: Client,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
+) -> Option<i64> {
+    let layout = EtcdLayout::new(&state.config.etcd_prefix);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+    loop {
+        let is_draining = *draining.borrow();
+        let lease = match register(&mut client, &layout, &state, is_draining).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "registration failed, retrying");
+                if !backoff.wait(&stop).await {
+                    return None;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        state.registered.send_replace(true);
+        info!(server = %state.info.server_id, lease, "registered");
+        let lost = keep_alive(&mut client, lease, &layout, &state, &mut draining, &stop).await;
+        if !lost {
+            // Last step of a drain: the registration disappears at once.
+            let _ = tokio::time::timeout(Duration::from_secs(3), client.lease_revoke(lease)).await;
+            state.registered.send_replace(false);
+            return Some(lease);
+        }
+        warn!(server = %state.info.server_id, "registration lease lost; closing sessions until re-registered");
+        state.registered.send_replace(false);
+    }
+}
+
+async fn register(
+    client: &mut Client,
+    layout: &EtcdLayout,
+    state: &AppState,
+    draining: bool,
+) -> Result<i64, etcd_client::Error> {
+    let lease = client
+        .lease_grant(state.config.lease_ttl_secs, None)
+        .await?
+        .id();
+    put_info(client, layout, state, lease, draining).await?;
+    Ok(lease)
+}
+
+async fn put_info(
+    client: &mut Client,
+    layout: &EtcdLayout,
+    state: &AppState,
+    lease: i64,
+    draining: bool,
+) -> Result<(), etcd_client::Error> {
+    let info = protocol::ServerInfo {
+        draining,
+        ..state.info.clone()
+    };
+    let json =
+        serde_json::to_vec(&info).map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+    client
+        .put(
+            layout.server_key(&info.server_id),
+            json,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Returns true when the lease is lost, false when `stop` fired.
+async fn keep_alive(
+    client: &mut Client,
+    lease: i64,
+    layout: &EtcdLayout,
+    state: &AppState,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
+) -> bool {
+    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
+        return true;
+    };
+    let every = Duration::from_millis((state.config.lease_ttl_secs as u64 * 1000 / 3).max(100));
+    loop {
+        if keeper.keep_alive().await.is_err() {
+            return true;
+        }
+        match tokio::time::timeout(every * 2, stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+            _ => return true,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            r = draining.changed() => {
+                let now = *draining.borrow();
+                if r.is_ok() && put_info(client, layout, state, lease, now).await.is_err() {
+                    return true;
+                }
+            }
+            _ = stop.cancelled() => return false,
+        }
+    }
+}
+
+fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> Close {
+    let draining = state.is_draining() || !*state.registered.borrow();
+    let code = if draining {
+        CloseCode::Draining
+    } else {
+        CloseCode::PartitionMoved
+    };
+    let frame = a.and_then(|a| {
+        let owner = a
+            .owner(partition)
+            .filter(|o| o.server_id != state.info.server_id)?;
+        Some(text(&ServerFrame::Redirect(Redirect {
+            server_id: owner.server_id.clone(),
+            ws_url: owner.ws_url.clone(),
+            epoch: a.epoch,
+        })))
+    });
+    Close {
+        code,
+        frame,
+        reason: if draining {
+            "server draining"
+        } else {
+            "partition moved"
+        },
+    }
+}
+
+/// Turns each new epoch (and registration changes) into gains and losses.
+pub async fn run_ownership(
+    state: Arc<AppState>,
+    tx: mpsc::Sender<Ownership>,
+    stop: CancellationToken,
+) {
+    let mut rx = state.assignment_rx.clone();
+    let mut registered = state.registered.subscribe();
+    let mut owned: BTreeSet<u32> = BTreeSet::new();
+    loop {
+        let a = rx.borrow_and_update().clone();
+        if let Some(a) = &a {
+            if let Ok(mut e) = state.log_epoch.write() {
+                e.clone_from(&a.log_epoch);
+            }
+        }
+        let mine: BTreeSet<u32> = match (&a, *registered.borrow_and_update()) {
+            (Some(a), true) => a.partitions_of(&state.info.server_id).into_iter().collect(),
+            _ => BTreeSet::new(),
+        };
+        for p in owned.difference(&mine) {
+            let _ = tx
+                .send(Ownership::Lose(*p, close_for(&state, a.as_deref(), *p)))
+                .await;
+        }
+        for p in mine.difference(&owned) {
+            let _ = tx.send(Ownership::Gain(*p)).await;
+        }
+        if owned != mine {
+            info!(epoch = a.as_ref().map(|a| a.epoch), partitions = ?mine, "ownership changed");
+        }
+        owned = mine;
+        state.metrics.owned_partitions.set(owned.len() as i64);
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            r = registered.changed() => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Closes every session with 4006 and a redirect to its partition's new owner.
+pub fn close_all_for_drain(state: &AppState) {
+    let a = state.assignment();
+    state
+        .hub
+        .close_all(|_, p| close_for(state, a.as_deref(), p));
+}

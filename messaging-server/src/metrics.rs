@@ -1,0 +1,139 @@
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub sends: Counter,
+    pub send_errors: Family<CodeLabel, Counter>,
+    pub deliveries: Counter,
+    pub replayed: Counter,
+    pub resumes: Counter,
+    pub overflows: Counter,
+    pub closes: Family<CodeLabel, Counter>,
+    pub decode_failures: Counter,
+    pub position: Family<PartitionLabel, Gauge>,
+    pub owned_partitions: Gauge,
+    pub send_ack_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections: Gauge::default(),
+            sends: Counter::default(),
+            send_errors: Family::default(),
+            deliveries: Counter::default(),
+            replayed: Counter::default(),
+            resumes: Counter::default(),
+            overflows: Counter::default(),
+            closes: Family::default(),
+            decode_failures: Counter::default(),
+            position: Family::default(),
+            owned_partitions: Gauge::default(),
+            send_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("switchboard_server");
+        r.register(
+            "connections",
+            "Open WebSocket sessions",
+            self.connections.clone(),
+        );
+        r.register(
+            "sends",
+            "Messages accepted (acked after Kafka)",
+            self.sends.clone(),
+        );
+        r.register(
+            "send_errors",
+            "Sends refused, by error code",
+            self.send_errors.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Frames queued to devices live",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "replayed",
+            "Frames sent during resume replays",
+            self.replayed.clone(),
+        );
+        r.register(
+            "resumes",
+            "Sessions that resumed from a cursor",
+            self.resumes.clone(),
+        );
+        r.register(
+            "queue_overflows",
+            "Devices closed with 4004 because their queue overflowed",
+            self.overflows.clone(),
+        );
+        r.register(
+            "closes",
+            "Connections closed by the server, by close code",
+            self.closes.clone(),
+        );
+        r.register(
+            "decode_failures",
+            "Consumed records that could not be decoded",
+            self.decode_failures.clone(),
+        );
+        r.register(
+            "partition_position",
+            "Last offset consumed per owned partition",
+            self.position.clone(),
+        );
+        r.register(
+            "owned_partitions",
+            "Partitions this server serves",
+            self.owned_partitions.clone(),
+        );
+        r.register(
+            "send_ack_seconds",
+            "Time from a send frame to its ack",
+            self.send_ack_seconds.clone(),
+        );
+    }
+
+    pub fn set_position(&self, partition: u32, offset: i64) {
+        self.position
+            .get_or_create(&PartitionLabel { partition })
+            .set(offset);
+    }
+
+    pub fn close(&self, code: u16) {
+        self.closes
+            .get_or_create(&CodeLabel {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn send_error(&self, code: &str) {
+        self.send_errors
+            .get_or_create(&CodeLabel {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,186 @@
+//! The consumer-group loop. It runs on its own thread: rebalance callbacks
+//! fire inside `poll`, and they must block to write the pending batch (on
+//! revoke) and to read the stored offsets (on assign) before anything else
+//! is consumed.
+
+use crate::batch::{stored_offsets, Batch};
+use crate::metrics::{Metrics, PartitionLabel};
+use crate::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub struct Ctx {
+    pub pool: PgPool,
+    pub topic: String,
+    pub handle: Handle,
+    pub metrics: Metrics,
+    pub cancel: CancellationToken,
+    pub pending: Mutex<Batch>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let offsets = self.retry("read stored offsets", || {
+                    stored_offsets(&self.pool, &self.topic, &parts)
+                });
+                for (p, next) in offsets.unwrap_or_default() {
+                    let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(next));
+                }
+                info!(partitions = ?parts, "assigned; resuming from the offsets stored in PostgreSQL");
+                self.metrics.assigned_partitions.set(parts.len() as i64);
+                if let Err(e) = consumer.assign(tpl) {
+                    warn!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.flush();
+                self.metrics.assigned_partitions.set(0);
+                if let Err(e) = consumer.unassign() {
+                    warn!(error = %e, "unassign failed");
+                }
+            }
+            other => warn!(error = ?other, "rebalance error"),
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+impl Ctx {
+    /// Retries `op` with backoff until it works or shutdown: an outage
+    /// stalls consumption (back-pressure) instead of losing anything.
+    fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.handle.block_on(op()) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    self.metrics.write_failures.inc();
+                    warn!(error = %e, retry_in = ?delay, "failed to {what}; PostgreSQL unavailable?");
+                }
+            }
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Writes the pending batch (rows and offsets in one transaction).
+    pub fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        if self
+            .retry("write a batch", || pending.write(&self.pool, &self.topic))
+            .is_none()
+        {
+            return;
+        }
+        let m = &self.metrics;
+        m.transaction_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.batch_records.observe(pending.records as f64);
+        m.records.inc_by(pending.records as u64);
+        m.rows.inc_by(pending.rows() as u64);
+        m.skipped_ephemeral.inc_by(pending.skipped as u64);
+        m.decode_failures.inc_by(pending.undecodable as u64);
+        *pending = Batch::default();
+    }
+}
+
+pub fn create(config: &Config, ctx: Ctx) -> KafkaResult<BaseConsumer<Ctx>> {
+    let consumer: BaseConsumer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("session.timeout.ms", "10000")
+        .create_with_context(ctx)?;
+    consumer.subscribe(&[&config.topic])?;
+    Ok(consumer)
+}
+
+/// Consumes until cancelled, writing a batch when it is full or old enough.
+pub fn run(consumer: BaseConsumer<Ctx>, config: &Config) {
+    let ctx = consumer.context();
+    let max_age = Duration::from_millis(config.batch_ms);
+    let mut oldest: Option<Instant> = None;
+    let mut lag_checked = Instant::now();
+    while !ctx.cancel.is_cancelled() {
+        match consumer.poll(max_age.min(Duration::from_millis(100))) {
+            Some(Ok(m)) => {
+                let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending.add(m.partition(), m.offset(), m.payload().unwrap_or_default());
+                oldest.get_or_insert_with(Instant::now);
+            }
+            Some(Err(e)) => warn!(error = %e, "consume failed"),
+            None => {}
+        }
+        let full = ctx
+            .pending
+            .lock()
+            .map(|p| p.records >= config.batch_max)
+            .unwrap_or(false);
+        if full || oldest.is_some_and(|t| t.elapsed() >= max_age) {
+            ctx.flush();
+            oldest = None;
+        }
+        if lag_checked.elapsed() > Duration::from_secs(5) {
+            report_lag(&consumer, &config.topic);
+            lag_checked = Instant::now();
+        }
+    }
+    ctx.flush();
+}
+
+/// Lag for the dashboards only: the high watermark is never used for correctness.
+fn report_lag(consumer: &BaseConsumer<Ctx>, topic: &str) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    let metrics = &consumer.context().metrics;
+    for e in positions.elements() {
+        let Offset::Offset(pos) = e.offset() else {
+            continue;
+        };
+        if let Ok((_, high)) =
+            consumer.fetch_watermarks(topic, e.partition(), Duration::from_millis(500))
+        {
+            metrics
+                .lag
+                .get_or_create(&PartitionLabel {
+                    partition: e.partition(),
+                })
+                .set((high - pos).max(0));
+        }
+    }
+    drop(positions);
+}

@@ -1,0 +1,92 @@
+//! The persister (DESIGN.md §1): every `chat` record into PostgreSQL exactly
+//! once in effect, its Kafka offsets stored in the same transaction.
+
+pub mod batch;
+mod config;
+mod consumer;
+pub mod metrics;
+
+pub use config::Config;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use protocol::runtime::http::{metrics_response, not_found};
+use protocol::runtime::Backoff;
+use sqlx::postgres::PgPoolOptions;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to bind {}", config.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    info!(addr = %listener.local_addr()?, topic = %config.topic, "persister starting");
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&config.database_url)
+        .context("invalid database url")?;
+    let metrics = metrics::Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move { metrics_response(&registry) }),
+        )
+        .fallback(not_found);
+    let token = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match sqlx::migrate!("../migrations").run(&pool).await {
+            Ok(()) => break,
+            Err(e) => warn!(error = %e, "database not ready for migrations, retrying"),
+        }
+        if !backoff.wait(&shutdown).await {
+            return Ok(());
+        }
+    }
+    let ctx = consumer::Ctx {
+        pool,
+        topic: config.topic.clone(),
+        handle: tokio::runtime::Handle::current(),
+        metrics,
+        cancel: shutdown.clone(),
+        pending: Mutex::new(batch::Batch::default()),
+    };
+    let consumer = consumer::create(&config, ctx).context("failed to create the Kafka consumer")?;
+    let worker = std::thread::Builder::new()
+        .name("persister-consumer".into())
+        .spawn(move || consumer::run(consumer, &config))
+        .context("failed to start the consumer thread")?;
+    shutdown.cancelled().await;
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let _ = http.await;
+    info!("persister stopped");
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! A whole Switchboard in-process: coordinator, messaging servers and
+//! persister, sharing one topic, etcd prefix and database of the test run.
+
+use crate::{coordinator_config, start_coordinator, wait_until, Infra, ServiceHandle};
+use protocol::{Assignment, Cursor};
+use std::time::Duration;
+
+pub const JWT_SECRET: &str = "switchboard-test-secret-0123456789";
+
+pub struct Stack {
+    pub prefix: String,
+    pub topic: String,
+    pub database_url: String,
+    pub partitions: u32,
+    pub coordinator: ServiceHandle,
+    pub servers: Vec<ServiceHandle>,
+    pub persister: Option<ServiceHandle>,
+    kafka: String,
+    etcd: Vec<String>,
+    next_server: usize,
+}
+
+impl Stack {
+    pub async fn start(
+        infra: &Infra,
+        name: &str,
+        servers: usize,
+        persister: bool,
+    ) -> anyhow::Result<Self> {
+        let prefix = format!("/{}", infra.unique(name));
+        let topic = infra.unique(name);
+        let database_url = infra.database(name).await?;
+        let partitions = 8;
+        let coordinator = start_coordinator(
+            &format!("{name}-coord"),
+            coordinator_config(infra, &prefix, &topic, partitions),
+        )?;
+        let mut stack = Self {
+            prefix,
+            topic,
+            database_url,
+            partitions,
+            coordinator,
+            servers: Vec::new(),
+            persister: None,
+            kafka: infra.kafka.clone(),
+            etcd: infra.etcd_endpoints(),
+            next_server: 0,
+        };
+        for _ in 0..servers {
+            stack.add_server(|_| {})?;
+        }
+        if persister {
+            stack.start_persister()?;
+        }
+        stack.wait_settled(servers).await?;
+        Ok(stack)
+    }
+
+    pub fn server_config(&self, id: &str) -> messaging_server::Config {
+        use clap::Parser;
+        let mut c = messaging_server::Config::parse_from(["messaging-server"]);
+        c.listen = ([127, 0, 0, 1], 0).into();
+        c.server_id = Some(id.to_owned());
+        c.etcd_endpoints = self.etcd.clone();
+        c.etcd_prefix = self.prefix.clone();
+        c.lease_ttl_secs = 2;
+        c.kafka_brokers = self.kafka.clone();
+        c.topic = self.topic.clone();
+        c.kafka_producer_config = vec!["batch.num.messages=1".into()];
+        c.database_url = self.database_url.clone();
+        c.jwt_secret = Some(JWT_SECRET.to_owned());
+        c.drain_timeout_secs = 5;
+        c
+    }
+
+    pub fn add_server(
+        &mut self,
+        tweak: impl FnOnce(&mut messaging_server::Config),
+    ) -> anyhow::Result<String> {
+        self.next_server += 1;
+        let id = format!("ms{}", self.next_server);
+        let mut config = self.server_config(&id);
+        tweak(&mut config);
+        let handle = ServiceHandle::start(&id, move |l, c| messaging_server::serve(config, l, c))?;
+        self.servers.push(handle);
+        Ok(id)
+    }
+
+    pub fn start_persister(&mut self) -> anyhow::Result<()> {
+        use clap::Parser;
+        let mut c = persister::Config::parse_from(["persister"]);
+        c.listen = ([127, 0, 0, 1], 0).into();
+        c.kafka_brokers = self.kafka.clone();
+        c.topic = self.topic.clone();
+        c.group_id = format!("{}-persister", self.topic);
+        c.database_url = self.database_url.clone();
+        c.batch_ms = 20;
+        self.persister = Some(ServiceHandle::start("persister", move |l, cancel| {
+            persister::serve(c, l, cancel)
+        })?);
+        Ok(())
+    }
+
+    pub async fn assignment(&self) -> anyhow::Result<Assignment> {
+        Ok(
+            reqwest::get(format!("{}/v1/assignment", self.coordinator.url()))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?,
+        )
+    }
+
+    /// Waits until `n` servers own every partition and all of them are ready.
+    pub async fn wait_settled(&self, n: usize) -> anyhow::Result<()> {
+        let base = self.coordinator.url();
+        let servers: Vec<String> = self.servers.iter().map(|s| s.url()).collect();
+        wait_until("the stack is settled", Duration::from_secs(60), || async {
+            let Ok(r) = reqwest::get(format!("{base}/v1/assignment")).await else {
+                return false;
+            };
+            let Ok(a) = r.json::<Assignment>().await else {
+                return false;
+            };
+            let owners_live = a.servers.values().filter(|s| !s.draining).count() == n
+                && a.owners.iter().all(Option::is_some);
+            let mut ready = true;
+            for s in &servers {
+                ready &= reqwest::get(format!("{s}/readyz"))
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+            }
+            owners_live && ready
+        })
+        .await
+    }
+
+    pub async fn route(&self, user: &str) -> anyhow::Result<(String, String)> {
+        let v: serde_json::Value = reqwest::get(format!(
+            "{}/v1/route?user_id={user}",
+            self.coordinator.url()
+        ))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+        let ws = v["ws_url"].as_str().unwrap_or_default().to_owned();
+        let id = v["server_id"].as_str().unwrap_or_default().to_owned();
+        Ok((id, ws))
+    }
+
+    pub fn token(user: &str) -> String {
+        messaging_server::auth::mint_hs256(JWT_SECRET, user, 3600).unwrap_or_default()
+    }
+
+    pub fn server_http(&self, id: &str) -> Option<String> {
+        self.servers.iter().find(|s| s.name == id).map(|s| s.url())
+    }
+
+    pub fn take_server(&mut self, id: &str) -> Option<ServiceHandle> {
+        let i = self.servers.iter().position(|s| s.name == id)?;
+        Some(self.servers.remove(i))
+    }
+
+    /// Users whose partitions are owned by two different servers.
+    pub async fn users_on_distinct_servers(&self, base: &str) -> anyhow::Result<(String, String)> {
+        let a = self.assignment().await?;
+        let owner = |u: &str| a.owners[protocol::partition_for(u, a.partitions) as usize].clone();
+        let first = format!("{base}-a");
+        for i in 0..1000 {
+            let u = format!("{base}-b{i}");
+            if owner(&u) != owner(&first) {
+                return Ok((first, u));
+            }
+        }
+        anyhow::bail!("no two users on distinct servers")
+    }
+
+    pub async fn stop(self) {
+        for s in self.servers {
+            s.stop().await;
+        }
+        if let Some(p) = self.persister {
+            p.stop().await;
+        }
+        self.coordinator.stop().await;
+    }
+}
+
+pub fn cursor_of(f: &protocol::ServerFrame) -> Option<Cursor> {
+    match f {
+        protocol::ServerFrame::Message(m) => m.cursor.clone(),
+        protocol::ServerFrame::Welcome(w) => Some(w.cursor.clone()),
+        protocol::ServerFrame::Synced(s) => Some(s.cursor.clone()),
+        _ => None,
+    }
+}
