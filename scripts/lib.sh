@@ -7,7 +7,9 @@ SB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SB_CACHE="${SWITCHBOARD_CACHE:-/var/cache/switchboard}"
 TANSU_VERSION="0.6.0"
 TANSU_BIN="$SB_CACHE/tansu-$TANSU_VERSION/bin/tansu"
-APT_PACKAGES=(etcd-server postgresql protobuf-compiler debootstrap curl)
+# Host tools only: etcd and PostgreSQL run in images built from Debian's
+# packages (scripts/images/base.packages), not on the host.
+APT_PACKAGES=(protobuf-compiler debootstrap curl docker-compose)
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
 die() { printf '[dev] error: %s\n' "$*" >&2; exit 1; }
@@ -24,12 +26,18 @@ ensure_apt_packages() {
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
-  # The Debian packages start system-wide daemons; tests run their own.
-  for svc in etcd postgresql; do
-    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
-      as_root systemctl stop "$svc" || true
-    fi
+}
+
+ensure_toolchain() {
+  command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup)"
+  local have; have="$(rustup component list --installed 2>/dev/null || true)"
+  for c in rustfmt clippy; do
+    grep -q "^$c" <<<"$have" || rustup component add "$c" >/dev/null
   done
+}
+
+ensure_docker() {
+  docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (is dockerd running?)"
 }
 
 ensure_tansu() {

@@ -81,6 +81,10 @@ pub struct Config {
     /// Longest wait for the coordinator to move partitions away on drain.
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS", default_value_t = 15)]
     pub drain_timeout_secs: u64,
+    /// Write the bound port here once listening (health checks of servers
+    /// started on port 0, e.g. scaled docker-compose replicas).
+    #[arg(long, env = "SWITCHBOARD_PORT_FILE")]
+    pub port_file: Option<std::path::PathBuf>,
     /// Refuse to start without a JWT key (production).
     #[arg(long, env = "SWITCHBOARD_REQUIRE_JWT_SECRET", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_jwt_secret: bool,
@@ -123,6 +127,7 @@ impl fmt::Debug for Config {
             .field("hello_timeout_secs", &self.hello_timeout_secs)
             .field("ping_secs", &self.ping_secs)
             .field("drain_timeout_secs", &self.drain_timeout_secs)
+            .field("port_file", &self.port_file)
             .finish()
     }
 }

@@ -63,6 +63,9 @@ pub async fn serve(
     let bound: SocketAddr = listener.local_addr()?;
     let (ws_url, http_url) = config.urls(bound);
     let server_id = config.server_id();
+    if let Some(path) = &config.port_file {
+        std::fs::write(path, bound.port().to_string()).with_context(|| format!("failed to write {}", path.display()))?;
+    }
     info!(server = %server_id, %ws_url, "messaging server starting");
     let auth = auth::Authenticator::new(
         config.jwt_secret.as_deref(),
