@@ -64,7 +64,8 @@ pub async fn serve(
     let (ws_url, http_url) = config.urls(bound);
     let server_id = config.server_id();
     if let Some(path) = &config.port_file {
-        std::fs::write(path, bound.port().to_string()).with_context(|| format!("failed to write {}", path.display()))?;
+        std::fs::write(path, bound.port().to_string())
+            .with_context(|| format!("failed to write {}", path.display()))?;
     }
     info!(server = %server_id, %ws_url, "messaging server starting");
     let auth = auth::Authenticator::new(
