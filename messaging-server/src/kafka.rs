@@ -59,11 +59,31 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
     c
 }
 
-pub fn live_consumer(brokers: &str, server_id: &str) -> Result<StreamConsumer, KafkaError> {
-    // EOF tells when a newly gained partition has caught up with the log.
+/// End-of-partition is expected on the live consumer (it says a gained
+/// partition has caught up), so it is not reported as an error.
+pub struct LiveContext;
+
+impl rdkafka::ClientContext for LiveContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode;
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            warn!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LiveContext {}
+
+pub type LiveStream = StreamConsumer<LiveContext>;
+
+pub fn live_consumer(brokers: &str, server_id: &str) -> Result<LiveStream, KafkaError> {
     consumer_config(brokers, &format!("switchboard-server-{server_id}"))
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(LiveContext)
 }
 
 /// Partition changes for the consumer task, from the ownership watcher.
@@ -75,7 +95,7 @@ pub enum Ownership {
 }
 
 pub struct LiveConsumer {
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<LiveStream>,
     /// Gained partitions still catching up: next offset seen so far, and since when.
     pub opening: std::collections::HashMap<u32, (i64, Instant)>,
     pub topic: String,

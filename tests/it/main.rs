@@ -5,6 +5,7 @@
 
 mod coordinator;
 mod messaging;
+mod persister;
 mod smoke;
 
 use harness::{docker_compat, Infra};
@@ -36,6 +37,10 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         coordinator::route_api_validates_and_answers,
         messaging::dm_and_group_reach_every_device,
         messaging::resume_on_new_owner_after_partition_moved,
+        messaging::bad_input_gets_its_code,
+        messaging::history_pages_return_every_message_once,
+        messaging::drain_under_traffic_loses_nothing,
+        persister::exactly_once_across_kills_and_replicas,
     ]
 }
 

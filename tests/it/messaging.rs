@@ -239,3 +239,327 @@ pub async fn resume_on_new_owner_after_partition_moved(infra: Arc<Infra>) -> any
     stack.stop().await;
     Ok(())
 }
+
+async fn expect_error(
+    c: &mut WsClient,
+    code: protocol::ErrorCode,
+) -> anyhow::Result<protocol::frames::ErrorFrame> {
+    match c.frame(T).await? {
+        ServerFrame::Error(e) if e.code == code => Ok(e),
+        other => anyhow::bail!("expected error {code:?}, got {other:?}"),
+    }
+}
+
+/// Every bad input of DESIGN.md §4 gets its error or close code, and the
+/// connection survives where §4 says it does.
+pub async fn bad_input_gets_its_code(infra: Arc<Infra>) -> anyhow::Result<()> {
+    use protocol::ErrorCode::*;
+    let stack = Stack::start_with(&infra, "bad", 1, false, |c| {
+        c.hello_timeout_secs = 1;
+        c.sends_per_sec = 1;
+        c.send_burst = 3;
+    })
+    .await?;
+    let (_, ws) = stack.route("alice").await?;
+    let mut c = WsClient::connect(&ws).await?;
+    anyhow::ensure!(
+        c.closed(Duration::from_secs(5)).await? == Some(4002),
+        "no hello"
+    );
+    let mut c = WsClient::connect(&ws).await?;
+    anyhow::ensure!(
+        matches!(
+            c.hello("garbage", "d", None).await?,
+            Event::Closed(Some(4001))
+        ),
+        "bad token"
+    );
+    let mut c = WsClient::connect(&ws).await?;
+    anyhow::ensure!(
+        matches!(
+            c.hello(&Stack::expired_token("alice"), "d", None).await?,
+            Event::Closed(Some(4001))
+        ),
+        "expired token"
+    );
+    let mut c = WsClient::connect(&ws).await?;
+    c.send_text(r#"{"type":"send"}"#).await?;
+    anyhow::ensure!(c.closed(T).await? == Some(4001), "first frame not a hello");
+
+    let mut c = connect(&stack, "alice", "d1").await?;
+    c.send_text("{").await?;
+    expect_error(&mut c, BadJson).await?;
+    c.send_text(r#"{"type":"nope","id":"x"}"#).await?;
+    anyhow::ensure!(expect_error(&mut c, UnknownType).await?.id == Some(json!("x")));
+    c.send_text(r#"{"type":"send","id":1,"client_msg_id":5,"to":{"user":"bob"},"body":1}"#)
+        .await?;
+    anyhow::ensure!(expect_error(&mut c, InvalidField).await?.id == Some(json!(1)));
+    c.send_text(send(
+        2,
+        "big",
+        json!({"user": "bob"}),
+        json!("x".repeat(70 * 1024)),
+    ))
+    .await?;
+    anyhow::ensure!(expect_error(&mut c, TooLarge).await?.id == Some(json!(2)));
+    c.send_text(send(3, "ok", json!({"user": "bob"}), json!(1)))
+        .await?;
+    anyhow::ensure!(
+        ack_of(&mut c).await?.id == Some(json!(3)),
+        "the connection did not survive bad frames"
+    );
+
+    // Burst of 3 with one used: two more pass, then rate_limited, then 4008.
+    let mut limited = 0;
+    for i in 0..60u64 {
+        c.send_text(send(
+            10 + i,
+            &format!("r{i}"),
+            json!({"user": "bob"}),
+            json!(i),
+        ))
+        .await?;
+    }
+    let code = loop {
+        match c.next(T).await? {
+            Event::Frame(ServerFrame::Error(e)) if e.code == RateLimited => limited += 1,
+            Event::Frame(_) => {}
+            Event::Closed(code) => break code,
+        }
+    };
+    anyhow::ensure!(
+        limited > 0 && code == Some(4008),
+        "rate limit: {limited} errors, close {code:?}"
+    );
+
+    let mut c = connect(&stack, "alice", "d2").await?;
+    for _ in 0..11 {
+        c.send_text("{").await?;
+    }
+    anyhow::ensure!(
+        c.closed(T).await? == Some(4003),
+        "repeated errors must close with 4003"
+    );
+    let mut c = connect(&stack, "alice", "d3").await?;
+    c.send_text("x".repeat(200 * 1024)).await?;
+    anyhow::ensure!(
+        c.closed(T).await? == Some(1009),
+        "an oversize frame must close with 1009"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+pub async fn history_pages_return_every_message_once(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let stack = Stack::start(&infra, "history", 1, true).await?;
+    let base = stack.servers[0].url();
+    let http = reqwest::Client::new();
+    let alice = Stack::token("alice");
+    let r = http
+        .post(format!("{base}/v1/conversations"))
+        .bearer_auth(&alice)
+        .json(&json!({"conversation_id": "room", "members": ["bob"]}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201);
+    let mut sent = HashSet::new();
+    for i in 0..25 {
+        let body = json!({"client_msg_id": format!("h{i}"), "to": {"conversation": "room"}, "body": {"i": i}});
+        let v: serde_json::Value = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(&alice)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        sent.insert(v["msg_id"].as_str().unwrap_or_default().to_owned());
+    }
+    let bob = Stack::token("bob");
+    let page = |before: Option<String>| {
+        let (http, base, bob) = (http.clone(), base.clone(), bob.clone());
+        async move {
+            let mut url = format!("{base}/v1/conversations/room/messages?limit=10");
+            if let Some(b) = before {
+                url.push_str(&format!("&before={b}"));
+            }
+            let v: serde_json::Value = http
+                .get(url)
+                .bearer_auth(&bob)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok(v)
+        }
+    };
+    harness::wait_until(
+        "the persister wrote all 25",
+        Duration::from_secs(30),
+        || async {
+            let url = format!("{base}/v1/conversations/room/messages?limit=100");
+            let Ok(r) = http.get(url).bearer_auth(&bob).send().await else {
+                return false;
+            };
+            r.json::<serde_json::Value>()
+                .await
+                .map(|v| v["messages"].as_array().map(Vec::len) == Some(25))
+                .unwrap_or(false)
+        },
+    )
+    .await?;
+    let (mut seen, mut before, mut pages, mut last_at) = (Vec::new(), None, 0, i64::MAX);
+    loop {
+        let v = page(before.clone()).await?;
+        pages += 1;
+        for m in v["messages"].as_array().cloned().unwrap_or_default() {
+            let at = m["sent_at_ms"].as_i64().unwrap_or_default();
+            anyhow::ensure!(at <= last_at, "history not newest first");
+            last_at = at;
+            seen.push(m["msg_id"].as_str().unwrap_or_default().to_owned());
+        }
+        match v["next_before"].as_str() {
+            Some(b) => before = Some(b.to_owned()),
+            None => break,
+        }
+    }
+    let unique: HashSet<String> = seen.iter().cloned().collect();
+    anyhow::ensure!(
+        seen.len() == 25 && unique == sent && pages == 3,
+        "{} seen in {pages} pages",
+        seen.len()
+    );
+    let r = http
+        .get(format!("{base}/v1/conversations/room/messages"))
+        .bearer_auth(Stack::token("carol"))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 403, "non-member read history: {}", r.status());
+    let r = http
+        .get(format!("{base}/v1/conversations/nope/messages"))
+        .bearer_auth(&bob)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 404);
+    let r = http
+        .get(format!("{base}/v1/conversations/room/messages?before=zzz"))
+        .bearer_auth(&bob)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 400);
+    let r = http
+        .get(format!("{base}/v1/conversations/room/messages"))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 401);
+    stack.stop().await;
+    Ok(())
+}
+
+/// SIGTERM-equivalent graceful stop of a server under traffic: its clients
+/// are redirected and resume on the new owners; no chat message is lost.
+pub async fn drain_under_traffic_loses_nothing(infra: Arc<Infra>) -> anyhow::Result<()> {
+    use harness::{DeviceRunner, Received};
+    use std::sync::Mutex;
+    use tokio_util::sync::CancellationToken;
+    let mut stack = Stack::start(&infra, "drain", 3, true).await?;
+    let stop = CancellationToken::new();
+    let users: Vec<String> = (0..8).map(|i| format!("rcv{i}")).collect();
+    let mut inboxes = Vec::new();
+    let mut tasks = Vec::new();
+    for u in &users {
+        let out = Arc::new(Mutex::new(Received::default()));
+        let runner = DeviceRunner {
+            coordinator: stack.coordinator.url(),
+            user: u.clone(),
+            device: "phone".into(),
+            token: Stack::token(u),
+        };
+        tasks.push(tokio::spawn(runner.run(out.clone(), stop.clone())));
+        inboxes.push(out);
+    }
+    for inbox in &inboxes {
+        harness::wait_until("receivers connected", T, || async {
+            inbox.lock().map(|o| o.sessions > 0).unwrap_or(false)
+        })
+        .await?;
+    }
+    let victim = stack.servers[0].name.clone();
+    let http = reqwest::Client::new();
+    let token = Stack::token("sender");
+    let mut expected: Vec<Vec<protocol::MsgId>> = vec![Vec::new(); users.len()];
+    let mut stopping = None;
+    for i in 0..240usize {
+        if i == 60 {
+            let handle = stack
+                .take_server(&victim)
+                .ok_or_else(|| anyhow::anyhow!("no victim"))?;
+            stopping = Some(tokio::spawn(handle.stop()));
+        }
+        let to = i % users.len();
+        let body =
+            json!({"client_msg_id": format!("c{i}"), "to": {"user": users[to]}, "body": {"i": i}});
+        let msg_id = loop {
+            // Retry on another live server with the same client_msg_id: the same msg_id.
+            let target = stack.servers[i % stack.servers.len()].url();
+            match http
+                .post(format!("{target}/v1/messages"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => {
+                    break r.json::<serde_json::Value>().await?["msg_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .parse()?
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        expected[to].push(protocol::MsgId(msg_id));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(s) = stopping {
+        s.await?;
+    }
+    for (inbox, want) in inboxes.iter().zip(&expected) {
+        let done = || async {
+            inbox
+                .lock()
+                .map(|o| want.iter().all(|m| o.unique.contains(m)))
+                .unwrap_or(false)
+        };
+        if harness::wait_until("every message delivered", Duration::from_secs(30), done)
+            .await
+            .is_err()
+        {
+            let o = inbox.lock().map(|o| format!("{o:?}")).unwrap_or_default();
+            anyhow::bail!("lost messages; receiver state: {}", &o[..o.len().min(2000)]);
+        }
+    }
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let moved: usize = inboxes
+        .iter()
+        .filter_map(|i| {
+            i.lock()
+                .ok()
+                .map(|o| usize::from(o.close_codes.contains(&Some(4006))))
+        })
+        .sum();
+    let resumed: usize = inboxes
+        .iter()
+        .filter_map(|i| i.lock().ok().map(|o| o.resumed))
+        .sum();
+    let sent: usize = expected.iter().map(Vec::len).sum();
+    eprintln!("    {sent} chat messages, 0 lost; {moved} receivers closed with 4006 and {resumed} resumed sessions");
+    anyhow::ensure!(moved > 0, "no receiver was on the drained server");
+    stack.stop().await;
+    Ok(())
+}

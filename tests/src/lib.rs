@@ -67,3 +67,9 @@ pub mod client;
 pub mod stack;
 pub use client::{Event, WsClient};
 pub use stack::Stack;
+
+pub mod process;
+pub use process::Process;
+
+pub mod receiver;
+pub use receiver::{DeviceRunner, Received};

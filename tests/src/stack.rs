@@ -27,6 +27,17 @@ impl Stack {
         servers: usize,
         persister: bool,
     ) -> anyhow::Result<Self> {
+        Self::start_with(infra, name, servers, persister, |_| {}).await
+    }
+
+    /// Like `start`, with `tweak` applied to every messaging server's config.
+    pub async fn start_with(
+        infra: &Infra,
+        name: &str,
+        servers: usize,
+        persister: bool,
+        tweak: impl Fn(&mut messaging_server::Config),
+    ) -> anyhow::Result<Self> {
         let prefix = format!("/{}", infra.unique(name));
         let topic = infra.unique(name);
         let database_url = infra.database(name).await?;
@@ -48,7 +59,7 @@ impl Stack {
             next_server: 0,
         };
         for _ in 0..servers {
-            stack.add_server(|_| {})?;
+            stack.add_server(&tweak)?;
         }
         if persister {
             stack.start_persister()?;
@@ -153,6 +164,13 @@ impl Stack {
 
     pub fn token(user: &str) -> String {
         messaging_server::auth::mint_hs256(JWT_SECRET, user, 3600).unwrap_or_default()
+    }
+
+    /// A correctly signed token that expired an hour ago.
+    pub fn expired_token(user: &str) -> String {
+        let claims = serde_json::json!({ "sub": user, "exp": 1_000_000_000u64 });
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
     }
 
     pub fn server_http(&self, id: &str) -> Option<String> {

@@ -1,0 +1,72 @@
+//! Our service binaries as real child processes, for tests that must kill
+//! one (`SIGKILL`) or stop it the way an orchestrator does (`SIGTERM`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::process::{Child, Command};
+
+/// The binary `name` next to the test executable (`./dev test` builds them).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or_else(|| anyhow::anyhow!("unexpected test binary location"))?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is not built: run `cargo build --bins` (./dev test does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+pub struct Process {
+    pub name: String,
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(name: &str, envs: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary(name)?);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        Ok(Self {
+            name: name.to_owned(),
+            child: cmd.spawn()?,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `kill -9`: no drain, no flush, no lease revoke.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// `SIGTERM`, then waits for a clean exit; returns the exit code.
+    pub async fn terminate(mut self) -> anyhow::Result<Option<i32>> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await?;
+        }
+        Ok(self.child.wait().await?.code())
+    }
+}
