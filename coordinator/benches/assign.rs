@@ -10,7 +10,13 @@ fn fleet(n: usize) -> BTreeMap<String, ServerInfo> {
     (0..n)
         .map(|i| {
             let id = format!("server-{i:04}");
-            let info = ServerInfo { server_id: id.clone(), ws_url: format!("ws://{id}/v1/ws"), http_url: format!("http://{id}"), weight: 1, draining: false };
+            let info = ServerInfo {
+                server_id: id.clone(),
+                ws_url: format!("ws://{id}/v1/ws"),
+                http_url: format!("http://{id}"),
+                weight: 1,
+                draining: false,
+            };
             (id, info)
         })
         .collect()
@@ -27,7 +33,11 @@ fn time(label: &str, runs: usize, mut f: impl FnMut()) {
     samples.sort();
     let p50 = samples[runs / 2];
     let p99 = samples[runs * 99 / 100];
-    println!("{label:<40} p50 {:>9.1} µs   p99 {:>9.1} µs", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+    println!(
+        "{label:<40} p50 {:>9.1} µs   p99 {:>9.1} µs",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
 }
 
 fn main() {
@@ -43,9 +53,19 @@ fn main() {
         s.draining = true;
     }
     println!("assignment function, P={p}, {n} servers");
-    time("from scratch", 500, || drop(std::hint::black_box(assign(&[], &servers, p))));
-    time("unchanged membership", 500, || drop(std::hint::black_box(assign(&base, &servers, p))));
-    time("one server joins", 500, || drop(std::hint::black_box(assign(&base, &joined, p))));
-    time("one server leaves", 500, || drop(std::hint::black_box(assign(&base, &left, p))));
-    time("one server drains", 500, || drop(std::hint::black_box(assign(&base, &drained, p))));
+    time("from scratch", 500, || {
+        drop(std::hint::black_box(assign(&[], &servers, p)))
+    });
+    time("unchanged membership", 500, || {
+        drop(std::hint::black_box(assign(&base, &servers, p)))
+    });
+    time("one server joins", 500, || {
+        drop(std::hint::black_box(assign(&base, &joined, p)))
+    });
+    time("one server leaves", 500, || {
+        drop(std::hint::black_box(assign(&base, &left, p)))
+    });
+    time("one server drains", 500, || {
+        drop(std::hint::black_box(assign(&base, &drained, p)))
+    });
 }

@@ -90,6 +90,15 @@ impl Hub {
         self.lock().next_offset.contains_key(&partition)
     }
 
+    /// Served partitions with the next offset each will deliver.
+    pub fn positions(&self) -> Vec<(u32, i64)> {
+        self.lock()
+            .next_offset
+            .iter()
+            .map(|(p, o)| (*p, *o))
+            .collect()
+    }
+
     pub fn connections(&self) -> usize {
         self.lock().connections
     }

@@ -107,6 +107,7 @@ pub struct LiveConsumer {
 impl LiveConsumer {
     pub async fn run(mut self, mut ctrl: mpsc::Receiver<Ownership>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 m = self.consumer.recv() => match m {
@@ -124,6 +125,7 @@ impl LiveConsumer {
                     }
                 },
                 _ = tick.tick() => self.open_stragglers(),
+                _ = lag_tick.tick() => self.report_lag(),
                 c = ctrl.recv() => match c {
                     Some(c) => self.apply(c).await,
                     None => return,
@@ -156,6 +158,30 @@ impl LiveConsumer {
             );
             self.opened(p);
         }
+    }
+
+    /// Lag for dashboards only: the broker's high watermark is never used
+    /// for delivery decisions.
+    fn report_lag(&self) {
+        let (consumer, topic, metrics) = (
+            self.consumer.clone(),
+            self.topic.clone(),
+            self.metrics.clone(),
+        );
+        let positions = self.hub.positions();
+        tokio::task::spawn_blocking(move || {
+            metrics.lag.clear();
+            for (p, next) in positions {
+                if let Ok((_, high)) =
+                    consumer.fetch_watermarks(&topic, p as i32, Duration::from_millis(500))
+                {
+                    metrics
+                        .lag
+                        .get_or_create(&crate::metrics::PartitionLabel { partition: p })
+                        .set((high - next).max(0));
+                }
+            }
+        });
     }
 
     fn dispatch(&self, partition: u32, offset: i64, payload: &[u8]) {

@@ -125,7 +125,10 @@ async fn keep_alive(
 }
 
 fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> Close {
-    let draining = state.is_draining() || !*state.registered.borrow();
+    // A map without us means etcd dropped our registration, whichever of the
+    // two watches (lease keep-alive, assignment) noticed first.
+    let dropped = a.is_some_and(|a| !a.servers.contains_key(&state.info.server_id));
+    let draining = state.is_draining() || !*state.registered.borrow() || dropped;
     let code = if draining {
         CloseCode::Draining
     } else {

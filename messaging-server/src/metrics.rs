@@ -27,6 +27,7 @@ pub struct Metrics {
     pub closes: Family<CodeLabel, Counter>,
     pub decode_failures: Counter,
     pub position: Family<PartitionLabel, Gauge>,
+    pub lag: Family<PartitionLabel, Gauge>,
     pub owned_partitions: Gauge,
     pub send_ack_seconds: Histogram,
 }
@@ -44,6 +45,7 @@ impl Default for Metrics {
             closes: Family::default(),
             decode_failures: Counter::default(),
             position: Family::default(),
+            lag: Family::default(),
             owned_partitions: Gauge::default(),
             send_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         }

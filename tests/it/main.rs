@@ -40,6 +40,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         messaging::bad_input_gets_its_code,
         messaging::history_pages_return_every_message_once,
         messaging::drain_under_traffic_loses_nothing,
+        messaging::lost_lease_closes_sessions_and_reregisters,
         persister::exactly_once_across_kills_and_replicas,
     ]
 }

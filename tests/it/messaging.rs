@@ -563,3 +563,39 @@ pub async fn drain_under_traffic_loses_nothing(infra: Arc<Infra>) -> anyhow::Res
     stack.stop().await;
     Ok(())
 }
+
+/// A server that loses its etcd lease closes its sessions with 4006, then
+/// re-registers and serves again.
+pub async fn lost_lease_closes_sessions_and_reregisters(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let stack = Stack::start(&infra, "lease", 1, false).await?;
+    let mut c = connect(&stack, "alice", "d").await?;
+    let layout = protocol::EtcdLayout::new(&stack.prefix);
+    let mut etcd = protocol::runtime::etcd::connect(&infra.etcd_endpoints()).await?;
+    let resp = etcd.get(layout.server_key("ms1"), None).await?;
+    let lease = resp
+        .kvs()
+        .first()
+        .map(|kv| kv.lease())
+        .ok_or_else(|| anyhow::anyhow!("ms1 is not registered"))?;
+    etcd.lease_revoke(lease).await?;
+    let code = c.closed(T).await?;
+    anyhow::ensure!(
+        code == Some(4006),
+        "sessions must close with 4006 when the lease is lost, got {code:?}"
+    );
+    harness::wait_until(
+        "ms1 registered again under a new lease",
+        Duration::from_secs(20),
+        || async {
+            let Ok(r) = etcd.clone().get(layout.server_key("ms1"), None).await else {
+                return false;
+            };
+            r.kvs().first().is_some_and(|kv| kv.lease() != lease)
+        },
+    )
+    .await?;
+    stack.wait_settled(1).await?;
+    let _again = connect(&stack, "alice", "d").await?;
+    stack.stop().await;
+    Ok(())
+}
