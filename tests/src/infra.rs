@@ -107,6 +107,16 @@ impl Infra {
         }
     }
 
+    /// Host PID of the broker container (for CPU accounting in benchmarks).
+    pub fn broker_pid(&self) -> Option<u32> {
+        let id = self.containers.first()?.id().to_owned();
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &id])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
     /// A name unique within this run, safe for topics, databases and etcd.
     pub fn unique(&self, base: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);

@@ -73,3 +73,5 @@ pub use process::Process;
 
 pub mod receiver;
 pub use receiver::{DeviceRunner, Received};
+
+pub mod procstat;
