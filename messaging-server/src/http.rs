@@ -40,7 +40,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Response {
     let max = s.config.max_frame_bytes;
+    // tungstenite reserves its whole read buffer per connection (128 KiB by
+    // default); frames larger than this still arrive, in several reads.
     upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| crate::session::run(socket, s))

@@ -5,20 +5,24 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::process::{Child, Command};
 
-/// The binary `name` next to the test executable (`./dev test` builds them).
+/// The binary `name` beside the running executable: test binaries live in
+/// `target/<profile>/deps`, tools in `target/<profile>` (`./dev test` builds them).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
-        .and_then(|d| d.parent())
-        .ok_or_else(|| anyhow::anyhow!("unexpected test binary location"))?;
-    let path = dir.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is not built: run `cargo build --bins` (./dev test does)",
-        path.display()
-    );
-    Ok(path)
+        .ok_or_else(|| anyhow::anyhow!("unexpected executable location"))?;
+    let candidates = [Some(dir.join(name)), dir.parent().map(|d| d.join(name))];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{name} is not built next to {}: run `cargo build --bins` (./dev test does)",
+                dir.display()
+            )
+        })
 }
 
 pub struct Process {

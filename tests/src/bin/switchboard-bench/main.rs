@@ -5,6 +5,8 @@
 //!   target/release/switchboard-bench idle --connections 10000
 //!   target/release/switchboard-bench fanout --members 200 --messages 3000
 //!   target/release/switchboard-bench latency --rate 5000 --seconds 20
+//!   target/release/switchboard-bench route --seconds 10
+//!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
 
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
@@ -16,9 +18,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
+    /// librdkafka settings for the servers' producers. The default makes
+    /// every record its own batch, which tansu needs for fetches that start
+    /// mid-log; pass "" for normal batching (what Apache Kafka runs with).
+    #[arg(long, global = true, default_value = "batch.num.messages=1")]
+    producer_config: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+static PRODUCER_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -42,6 +51,25 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 100)]
         pairs: usize,
+    },
+    /// `/v1/route` requests per second on one core (needs `wrk`).
+    Route {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// The broker alone at a fixed produce rate, with a consumer attached.
+    Broker {
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 16)]
+        seconds: u64,
+    },
+    /// Rows per second the persister writes into PostgreSQL.
+    Persist {
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        #[arg(long, default_value_t = 5000)]
+        batch_max: usize,
     },
 }
 
@@ -195,11 +223,15 @@ async fn idle(infra: Arc<Infra>, connections: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+mod broker;
 mod load;
+mod persist;
+mod route;
 use load::{fanout, latency};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = PRODUCER_CONFIG.set(args.producer_config.clone());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
@@ -214,6 +246,13 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 pairs,
             } => latency(infra.clone(), rate, seconds, pairs).await,
+            Cmd::Broker { rate, seconds } => {
+                broker::broker(infra.clone(), rate, seconds, &args.producer_config).await
+            }
+            Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
+            Cmd::Persist { records, batch_max } => {
+                persist::persist(infra.clone(), records, batch_max).await
+            }
         };
         if let Ok(i) = Arc::try_unwrap(infra) {
             i.stop().await;
