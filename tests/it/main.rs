@@ -3,6 +3,7 @@
 //! A custom harness (libtest-mimic, same output as libtest) so that one set
 //! of infrastructure is started before the tests and removed after them.
 
+mod compose;
 mod coordinator;
 mod messaging;
 mod persister;
@@ -31,6 +32,7 @@ macro_rules! tests {
 fn all_tests() -> Vec<(&'static str, TestFn)> {
     tests![
         smoke::broker_etcd_and_postgres_answer,
+        compose::scale_to_three_and_chat_on_the_third,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::long_poll_returns_on_change_and_times_out,
