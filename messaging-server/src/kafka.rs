@@ -172,15 +172,15 @@ impl LiveConsumer {
         tokio::task::spawn_blocking(move || {
             metrics.lag.clear();
             for (p, next) in positions {
-                if let Ok((_, high)) =
-                    consumer.fetch_watermarks(&topic, p as i32, Duration::from_millis(500))
-                {
-                    metrics
-                        .lag
-                        .get_or_create(&crate::metrics::PartitionLabel { partition: p })
-                        .set((high - next).max(0));
+                match consumer.fetch_watermarks(&topic, p as i32, Duration::from_secs(2)) {
+                    Ok((_, high)) => {
+                        let label = crate::metrics::PartitionLabel { partition: p };
+                        metrics.lag.get_or_create(&label).set((high - next).max(0));
+                    }
+                    Err(e) => tracing::debug!(partition = p, error = %e, "lag not measured"),
                 }
             }
+            tracing::debug!("lag measured");
         });
     }
 

@@ -106,6 +106,11 @@ impl Metrics {
             self.position.clone(),
         );
         r.register(
+            "consumer_lag",
+            "Records between the log end and live delivery, per partition",
+            self.lag.clone(),
+        );
+        r.register(
             "owned_partitions",
             "Partitions this server serves",
             self.owned_partitions.clone(),

@@ -43,6 +43,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         messaging::history_pages_return_every_message_once,
         messaging::drain_under_traffic_loses_nothing,
         messaging::lost_lease_closes_sessions_and_reregisters,
+        messaging::dashboard_queries_only_exported_metrics,
         persister::exactly_once_across_kills_and_replicas,
     ]
 }

@@ -599,3 +599,68 @@ pub async fn lost_lease_closes_sessions_and_reregisters(infra: Arc<Infra>) -> an
     stack.stop().await;
     Ok(())
 }
+
+/// Every metric the Grafana dashboard queries is exported by a running stack
+/// (labelled families appear once they have a sample, so each is exercised).
+pub async fn dashboard_queries_only_exported_metrics(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let stack = Stack::start(&infra, "metrics", 1, true).await?;
+    let mut a = connect(&stack, "alice", "d").await?;
+    a.send_text(send(1, "m1", json!({"user": "bob"}), json!(1)))
+        .await?;
+    ack_of(&mut a).await?;
+    a.send_text("{").await?;
+    expect_error(&mut a, protocol::ErrorCode::BadJson).await?;
+    let (_, ws) = stack.route("alice").await?;
+    let mut bad = WsClient::connect(&ws).await?;
+    bad.hello("not-a-token", "d", None).await?;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/switchboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut wanted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().cloned().unwrap_or_default() {
+        for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+            let expr = target["expr"].as_str().unwrap_or_default().to_owned();
+            for word in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("switchboard_"))
+            {
+                wanted.insert(
+                    word.trim_end_matches("_bucket")
+                        .trim_end_matches("_total")
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    let persister = stack
+        .persister
+        .as_ref()
+        .map(|p| p.url())
+        .unwrap_or_default();
+    let bases = [stack.coordinator.url(), stack.servers[0].url(), persister];
+    let mut missing = wanted.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !missing.is_empty() && std::time::Instant::now() < deadline {
+        let mut exported = String::new();
+        for base in &bases {
+            exported.push_str(
+                &reqwest::get(format!("{base}/metrics"))
+                    .await?
+                    .text()
+                    .await?,
+            );
+        }
+        missing.retain(|family| {
+            !exported.lines().any(|l| {
+                l.starts_with("# TYPE ") && l.split_whitespace().nth(2) == Some(family.as_str())
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the dashboard queries metrics nobody exports: {missing:?}"
+    );
+    stack.stop().await;
+    Ok(())
+}
