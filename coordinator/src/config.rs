@@ -8,31 +8,10 @@ pub struct Config {
     /// HTTP listen address.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// etcd endpoints, comma separated.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// Key prefix of every Switchboard key in etcd.
-    #[arg(long, env = "SWITCHBOARD_ETCD_PREFIX", default_value = "/switchboard")]
-    pub etcd_prefix: String,
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub kafka_brokers: String,
-    /// The message topic.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_TOPIC",
-        default_value = "switchboard.messages"
-    )]
-    pub topic: String,
+    #[command(flatten)]
+    pub kafka: protocol::runtime::args::KafkaArgs,
+    #[command(flatten)]
+    pub etcd: protocol::runtime::args::EtcdArgs,
     /// Partitions to create the topic with; an existing topic's own count wins.
     #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 12)]
     pub partitions: u32,
@@ -53,15 +32,8 @@ pub struct Config {
 impl Config {
     /// Checked before any socket opens; the error is one line for the operator.
     pub fn validate(&self) -> Result<(), String> {
-        if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
-            return Err("--etcd-endpoints must name at least one endpoint".into());
-        }
-        if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.len() < 2 {
-            return Err(format!(
-                "--etcd-prefix must start with '/' (got {:?})",
-                self.etcd_prefix
-            ));
-        }
+        self.etcd.validate()?;
+        self.kafka.validate()?;
         if !(1..=100_000).contains(&self.partitions) {
             return Err(format!(
                 "--partitions must be 1..=100000 (got {})",
@@ -79,9 +51,6 @@ impl Config {
                 "--debounce-ms must be at most 60000 (got {})",
                 self.debounce_ms
             ));
-        }
-        if self.topic.is_empty() || self.kafka_brokers.is_empty() {
-            return Err("--topic and --kafka-brokers must not be empty".into());
         }
         if self.replication_factor < 1 {
             return Err("--replication-factor must be at least 1".into());

@@ -98,8 +98,8 @@ impl Elector {
     async fn lead(&mut self, key: &LeaderKey, lost: &CancellationToken) -> Result<(), LeaderError> {
         let c = &self.config;
         let partitions = topic::ensure_topic(
-            &c.kafka_brokers,
-            &c.topic,
+            &c.kafka.brokers,
+            &c.kafka.topic,
             c.partitions,
             c.replication_factor,
         )

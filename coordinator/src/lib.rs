@@ -47,10 +47,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let layout = EtcdLayout::new(&config.etcd_prefix);
+    let layout = EtcdLayout::new(&config.etcd.prefix);
     let id = config.coordinator_id();
     info!(coordinator = %id, addr = %listener.local_addr()?, "coordinator starting");
-    let Some(client) = connect_retrying(&config.etcd_endpoints, &shutdown).await else {
+    let Some(client) = connect_retrying(&config.etcd.endpoints, &shutdown).await else {
         return Ok(());
     };
 

@@ -19,30 +19,13 @@ pub struct Config {
     /// Relative capacity; the coordinator scales this server's share by it.
     #[arg(long, env = "SWITCHBOARD_WEIGHT", default_value_t = 1)]
     pub weight: u32,
-    #[arg(
-        long,
-        env = "SWITCHBOARD_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    #[arg(long, env = "SWITCHBOARD_ETCD_PREFIX", default_value = "/switchboard")]
-    pub etcd_prefix: String,
+    #[command(flatten)]
+    pub kafka: protocol::runtime::args::KafkaArgs,
+    #[command(flatten)]
+    pub etcd: protocol::runtime::args::EtcdArgs,
     /// Lease TTL of this server's registration, in seconds.
     #[arg(long, env = "SWITCHBOARD_LEASE_TTL_SECS", default_value_t = 5)]
     pub lease_ttl_secs: i64,
-    #[arg(
-        long,
-        env = "SWITCHBOARD_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub kafka_brokers: String,
-    #[arg(
-        long,
-        env = "SWITCHBOARD_TOPIC",
-        default_value = "switchboard.messages"
-    )]
-    pub topic: String,
     /// Extra librdkafka producer settings, `key=value`, comma separated. The
     /// local tansu broker needs `batch.num.messages=1` (see docs/operations.md).
     #[arg(long, env = "SWITCHBOARD_KAFKA_PRODUCER_CONFIG", value_delimiter = ',')]
@@ -108,11 +91,11 @@ impl fmt::Debug for Config {
             .field("advertise_host", &self.advertise_host)
             .field("server_id", &self.server_id)
             .field("weight", &self.weight)
-            .field("etcd_endpoints", &self.etcd_endpoints)
-            .field("etcd_prefix", &self.etcd_prefix)
+            .field("etcd_endpoints", &self.etcd.endpoints)
+            .field("etcd_prefix", &self.etcd.prefix)
             .field("lease_ttl_secs", &self.lease_ttl_secs)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("topic", &self.topic)
+            .field("kafka_brokers", &self.kafka.brokers)
+            .field("topic", &self.kafka.topic)
             .field("kafka_producer_config", &self.kafka_producer_config)
             .field("database_url", &mask_url(&self.database_url))
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
@@ -134,17 +117,13 @@ impl fmt::Debug for Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
+        self.etcd.validate()?;
+        self.kafka.validate()?;
         if self.require_jwt_secret && self.jwt_secret.is_none() && self.jwt_public_key.is_none() {
             return Err("set SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY); refusing to start without one".into());
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err("SWITCHBOARD_JWT_SECRET must be at least 16 bytes".into());
-        }
-        if !self.etcd_prefix.starts_with('/') {
-            return Err(format!(
-                "--etcd-prefix must start with '/' (got {:?})",
-                self.etcd_prefix
-            ));
         }
         if !(1..=300).contains(&self.lease_ttl_secs) {
             return Err(format!(

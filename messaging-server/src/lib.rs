@@ -20,7 +20,6 @@ pub use config::Config;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use protocol::runtime::etcd::{connect_retrying, spawn_assignment_watch};
-use protocol::runtime::Backoff;
 use protocol::{EtcdLayout, ServerInfo};
 use rdkafka::producer::Producer;
 use state::AppState;
@@ -38,19 +37,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("failed to bind {}", config.listen))?;
     serve(config, listener, shutdown).await
-}
-
-async fn migrate(store: &store::Store, cancel: &CancellationToken) -> bool {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match sqlx::migrate!("../migrations").run(&store.pool).await {
-            Ok(()) => return true,
-            Err(e) => warn!(error = %e, "database not ready for migrations, retrying"),
-        }
-        if !backoff.wait(cancel).await {
-            return false;
-        }
-    }
 }
 
 /// Serves on `listener` until `shutdown`, then drains (DESIGN.md §8).
@@ -74,22 +60,22 @@ pub async fn serve(
     )
     .context("failed to load the JWT key")?;
     let store = store::Store::connect_lazy(&config.database_url).context("invalid database url")?;
-    if !migrate(&store, &shutdown).await {
+    if !protocol::runtime::db::migrate(&store.pool, &shutdown).await {
         return Ok(());
     }
-    let producer = kafka::producer(&config.kafka_brokers, &config.kafka_producer_config)
+    let producer = kafka::producer(&config.kafka.brokers, &config.kafka_producer_config)
         .context("failed to create the Kafka producer")?;
     let consumer = Arc::new(
-        kafka::live_consumer(&config.kafka_brokers, &server_id)
+        kafka::live_consumer(&config.kafka.brokers, &server_id)
             .context("failed to create the Kafka consumer")?,
     );
-    let Some(etcd) = connect_retrying(&config.etcd_endpoints, &shutdown).await else {
+    let Some(etcd) = connect_retrying(&config.etcd.endpoints, &shutdown).await else {
         return Ok(());
     };
     let stop = CancellationToken::new();
     let (assignment_rx, watch_task) = spawn_assignment_watch(
         etcd.clone(),
-        EtcdLayout::new(&config.etcd_prefix),
+        EtcdLayout::new(&config.etcd.prefix),
         stop.clone(),
     );
     let metrics = metrics::Metrics::default();
@@ -104,7 +90,7 @@ pub async fn serve(
         draining: false,
     };
     let state = Arc::new(AppState {
-        topic: config.topic.clone(),
+        topic: config.kafka.topic.clone(),
         config,
         info,
         auth,

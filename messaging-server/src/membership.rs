@@ -24,7 +24,7 @@ pub async fn run_registration(
     mut draining: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
 ) -> Option<i64> {
-    let layout = EtcdLayout::new(&state.config.etcd_prefix);
+    let layout = EtcdLayout::new(&state.config.etcd.prefix);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
     loop {
         let is_draining = *draining.borrow();

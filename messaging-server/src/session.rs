@@ -309,7 +309,7 @@ impl Session {
             .await
             .unwrap_or(0);
         let log_start = crate::kafka::log_start(
-            &self.state.config.kafka_brokers,
+            &self.state.config.kafka.brokers,
             &self.state.topic,
             partition,
         )
@@ -351,7 +351,7 @@ impl Session {
         }
         if let Some(range) = plan.from_log.clone() {
             let records = crate::kafka::read_range(
-                &self.state.config.kafka_brokers,
+                &self.state.config.kafka.brokers,
                 &self.state.topic,
                 partition,
                 range.clone(),

@@ -9,18 +9,8 @@ pub struct Config {
     /// HTTP listen address (health and metrics).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8082")]
     pub listen: SocketAddr,
-    #[arg(
-        long,
-        env = "SWITCHBOARD_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub kafka_brokers: String,
-    #[arg(
-        long,
-        env = "SWITCHBOARD_TOPIC",
-        default_value = "switchboard.messages"
-    )]
-    pub topic: String,
+    #[command(flatten)]
+    pub kafka: protocol::runtime::args::KafkaArgs,
     /// Consumer group shared by every persister replica.
     #[arg(
         long,
@@ -54,8 +44,8 @@ impl fmt::Debug for Config {
         };
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("topic", &self.topic)
+            .field("kafka_brokers", &self.kafka.brokers)
+            .field("topic", &self.kafka.topic)
             .field("group_id", &self.group_id)
             .field("database_url", &db)
             .field("batch_max", &self.batch_max)
@@ -66,6 +56,7 @@ impl fmt::Debug for Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
         if !(1..=100_000).contains(&self.batch_max) {
             return Err(format!(
                 "--batch-max must be 1..=100000 (got {})",
@@ -78,8 +69,8 @@ impl Config {
                 self.batch_ms
             ));
         }
-        if self.topic.is_empty() || self.group_id.is_empty() || self.kafka_brokers.is_empty() {
-            return Err("--topic, --group-id and --kafka-brokers must not be empty".into());
+        if self.group_id.is_empty() {
+            return Err("--group-id must not be empty".into());
         }
         if !self.database_url.starts_with("postgres://")
             && !self.database_url.starts_with("postgresql://")

@@ -116,7 +116,7 @@ impl Ctx {
 
 pub fn create(config: &Config, ctx: Ctx) -> KafkaResult<BaseConsumer<Ctx>> {
     let consumer: BaseConsumer<Ctx> = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -124,7 +124,7 @@ pub fn create(config: &Config, ctx: Ctx) -> KafkaResult<BaseConsumer<Ctx>> {
         .set("fetch.wait.max.ms", "10")
         .set("session.timeout.ms", "10000")
         .create_with_context(ctx)?;
-    consumer.subscribe(&[&config.topic])?;
+    consumer.subscribe(&[&config.kafka.topic])?;
     Ok(consumer)
 }
 
@@ -154,7 +154,7 @@ pub fn run(consumer: BaseConsumer<Ctx>, config: &Config) {
             oldest = None;
         }
         if lag_checked.elapsed() > Duration::from_secs(5) {
-            report_lag(&consumer, &config.topic);
+            report_lag(&consumer, &config.kafka.topic);
             lag_checked = Instant::now();
         }
     }

@@ -13,13 +13,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use protocol::runtime::http::{metrics_response, not_found};
-use protocol::runtime::Backoff;
 use sqlx::postgres::PgPoolOptions;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
@@ -34,7 +33,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    info!(addr = %listener.local_addr()?, topic = %config.topic, "persister starting");
+    info!(addr = %listener.local_addr()?, topic = %config.kafka.topic, "persister starting");
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(5))
@@ -61,19 +60,12 @@ pub async fn serve(
             .await
     });
 
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match sqlx::migrate!("../migrations").run(&pool).await {
-            Ok(()) => break,
-            Err(e) => warn!(error = %e, "database not ready for migrations, retrying"),
-        }
-        if !backoff.wait(&shutdown).await {
-            return Ok(());
-        }
+    if !protocol::runtime::db::migrate(&pool, &shutdown).await {
+        return Ok(());
     }
     let ctx = consumer::Ctx {
         pool,
-        topic: config.topic.clone(),
+        topic: config.kafka.topic.clone(),
         handle: tokio::runtime::Handle::current(),
         metrics,
         cancel: shutdown.clone(),

@@ -486,7 +486,16 @@ pub async fn drain_under_traffic_loses_nothing(infra: Arc<Infra>) -> anyhow::Res
         })
         .await?;
     }
-    let victim = stack.servers[0].name.clone();
+    // Drain the server that hosts the most receivers, so the hand-off is exercised.
+    let mut hosted: std::collections::BTreeMap<String, usize> = Default::default();
+    for u in &users {
+        *hosted.entry(stack.route(u).await?.0).or_default() += 1;
+    }
+    let victim = hosted
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(s, _)| s.clone())
+        .ok_or_else(|| anyhow::anyhow!("no routes"))?;
     let http = reqwest::Client::new();
     let token = Stack::token("sender");
     let mut expected: Vec<Vec<protocol::MsgId>> = vec![Vec::new(); users.len()];

@@ -45,10 +45,14 @@ pub fn coordinator_config(
 ) -> coordinator::Config {
     coordinator::Config {
         listen: ([127, 0, 0, 1], 0).into(),
-        etcd_endpoints: infra.etcd_endpoints(),
-        etcd_prefix: prefix.to_owned(),
-        kafka_brokers: infra.kafka.clone(),
-        topic: topic.to_owned(),
+        etcd: protocol::runtime::args::EtcdArgs {
+            endpoints: infra.etcd_endpoints(),
+            prefix: prefix.to_owned(),
+        },
+        kafka: protocol::runtime::args::KafkaArgs {
+            brokers: infra.kafka.clone(),
+            topic: topic.to_owned(),
+        },
         partitions,
         replication_factor: 1,
         coordinator_id: None,

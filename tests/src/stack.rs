@@ -73,11 +73,11 @@ impl Stack {
         let mut c = messaging_server::Config::parse_from(["messaging-server"]);
         c.listen = ([127, 0, 0, 1], 0).into();
         c.server_id = Some(id.to_owned());
-        c.etcd_endpoints = self.etcd.clone();
-        c.etcd_prefix = self.prefix.clone();
+        c.etcd.endpoints = self.etcd.clone();
+        c.etcd.prefix = self.prefix.clone();
         c.lease_ttl_secs = 2;
-        c.kafka_brokers = self.kafka.clone();
-        c.topic = self.topic.clone();
+        c.kafka.brokers = self.kafka.clone();
+        c.kafka.topic = self.topic.clone();
         c.kafka_producer_config = vec!["batch.num.messages=1".into()];
         c.database_url = self.database_url.clone();
         c.jwt_secret = Some(JWT_SECRET.to_owned());
@@ -102,8 +102,8 @@ impl Stack {
         use clap::Parser;
         let mut c = persister::Config::parse_from(["persister"]);
         c.listen = ([127, 0, 0, 1], 0).into();
-        c.kafka_brokers = self.kafka.clone();
-        c.topic = self.topic.clone();
+        c.kafka.brokers = self.kafka.clone();
+        c.kafka.topic = self.topic.clone();
         c.group_id = format!("{}-persister", self.topic);
         c.database_url = self.database_url.clone();
         c.batch_ms = 20;

@@ -1,6 +1,8 @@
 //! Plumbing shared by the three services (feature `runtime`): etcd access,
 //! HTTP error mapping, metrics rendering, signals and logging.
 
+pub mod args;
+pub mod db;
 pub mod etcd;
 pub mod http;
 

@@ -1,0 +1,295 @@
+//! switchboard-cli: route, send, tail, conversations and history from a shell.
+//!
+//!   eval "$(./dev env)"
+//!   switchboard-cli --user alice send --to-user bob "hi bob"
+//!   switchboard-cli --user bob history dm:alice,bob
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+use switchboard_client::{Api, Client, ClientConfig, Event, Kind, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-cli",
+    version,
+    about = "Talk to a Switchboard deployment"
+)]
+struct Cli {
+    /// Coordinator base URL.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:18080"
+    )]
+    coordinator: String,
+    /// Acting user; with --jwt-secret a development token is minted for it.
+    #[arg(long, env = "SWITCHBOARD_USER")]
+    user: Option<String>,
+    /// A JWT (otherwise minted from --user and --jwt-secret).
+    #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The development stack's HS256 secret (`./dev env` prints it).
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Which server serves USER.
+    Route { user: String },
+    /// Send a chat (or ephemeral) message; prints its msg_id.
+    Send(SendArgs),
+    /// Print incoming messages as JSON lines; reconnects and resumes by itself.
+    Tail {
+        #[arg(long, default_value = "cli")]
+        device: String,
+        /// Resume after this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Create, change and list group conversations.
+    #[command(subcommand)]
+    Conversation(ConversationCmd),
+    /// Messages of a conversation, newest first.
+    History {
+        conversation: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        before: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct SendArgs {
+    #[arg(
+        long,
+        conflicts_with = "to_conversation",
+        required_unless_present = "to_conversation"
+    )]
+    to_user: Option<String>,
+    #[arg(long)]
+    to_conversation: Option<String>,
+    /// Text to send as {"text": …}; use --json for any JSON body.
+    text: Option<String>,
+    #[arg(long, conflicts_with = "text")]
+    json: Option<String>,
+    #[arg(long)]
+    ephemeral: bool,
+    /// Retry key: the same id gives the same msg_id.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConversationCmd {
+    Create {
+        #[arg(long)]
+        id: Option<String>,
+        members: Vec<String>,
+    },
+    Add {
+        conversation: String,
+        user: String,
+    },
+    Remove {
+        conversation: String,
+        user: String,
+    },
+    List,
+}
+
+impl Cli {
+    fn identity(&self) -> anyhow::Result<(String, String)> {
+        let user = self
+            .user
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--user (or SWITCHBOARD_USER) is required"))?;
+        let token = match (&self.token, &self.jwt_secret) {
+            (Some(t), _) => t.clone(),
+            (None, Some(secret)) => mint(secret, &user)?,
+            (None, None) => {
+                anyhow::bail!("give --token, or --jwt-secret to mint a development token")
+            }
+        };
+        Ok((user, token))
+    }
+}
+
+fn mint(secret: &str, user: &str) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": exp}),
+        &key,
+    )?)
+}
+
+fn body(args: &SendArgs) -> anyhow::Result<Value> {
+    match (&args.text, &args.json) {
+        (Some(t), _) => Ok(json!({ "text": t })),
+        (None, Some(j)) => {
+            serde_json::from_str(j).map_err(|e| anyhow::anyhow!("--json is not valid JSON: {e}"))
+        }
+        (None, None) => anyhow::bail!("give the TEXT to send or --json BODY"),
+    }
+}
+
+fn target(args: &SendArgs) -> anyhow::Result<Target> {
+    Ok(match (&args.to_user, &args.to_conversation) {
+        (Some(u), _) => Target::User(protocol::UserId::new(u.as_str())?),
+        (None, Some(c)) => Target::Conversation(protocol::ConversationId::new(c.as_str())?),
+        (None, None) => anyhow::bail!("give --to-user or --to-conversation"),
+    })
+}
+
+async fn tail(
+    cli: &Cli,
+    device: &str,
+    cursor: Option<&str>,
+    count: Option<usize>,
+    seconds: Option<u64>,
+) -> anyhow::Result<()> {
+    let (user, token) = cli.identity()?;
+    let cursor = cursor
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("--cursor must be <log_epoch>:<offset>"))?;
+    let config = ClientConfig {
+        coordinator_url: cli.coordinator.clone(),
+        token,
+        user_id: user,
+        device_id: device.to_owned(),
+        cursor,
+        max_backoff: Duration::from_secs(5),
+    };
+    let mut client = Client::start(config);
+    let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, client.next_event())
+                .await
+                .unwrap_or(None),
+            None => client.next_event().await,
+        };
+        match next {
+            Some(Event::Message(m)) => {
+                seen += 1;
+                println!("{}", serde_json::to_string(&m)?);
+            }
+            Some(Event::Connected {
+                server_id,
+                resumed,
+                cursor,
+            }) => eprintln!("connected to {server_id} (resumed: {resumed}, cursor {cursor})"),
+            Some(Event::Disconnected { code }) => {
+                eprintln!("disconnected ({code:?}); reconnecting")
+            }
+            Some(Event::Unauthorized) => anyhow::bail!("the token was refused"),
+            Some(Event::Synced(_)) => {}
+            None => break,
+        }
+    }
+    if let Some(c) = client.cursor() {
+        eprintln!("cursor {c}");
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.cmd {
+        Cmd::Route { user } => {
+            let r = Api::new(&cli.coordinator, "").route(user).await?;
+            println!(
+                "{}",
+                json!({"user_id": r.user_id, "partition": r.partition, "server_id": r.server_id, "ws_url": r.ws_url, "epoch": r.epoch})
+            );
+        }
+        Cmd::Send(args) => {
+            let (user, token) = cli.identity()?;
+            let kind = if args.ephemeral {
+                Kind::Ephemeral
+            } else {
+                Kind::Chat
+            };
+            let id = args
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            let msg_id = Api::new(&cli.coordinator, &token)
+                .send(&user, &id, &target(args)?, body(args)?, kind)
+                .await?;
+            println!("{msg_id}");
+        }
+        Cmd::Tail {
+            device,
+            cursor,
+            count,
+            seconds,
+        } => tail(&cli, device, cursor.as_deref(), *count, *seconds).await?,
+        Cmd::Conversation(c) => {
+            let (user, token) = cli.identity()?;
+            let api = Api::new(&cli.coordinator, &token);
+            match c {
+                ConversationCmd::Create { id, members } => println!(
+                    "{}",
+                    api.create_conversation(&user, id.as_deref(), members)
+                        .await?
+                ),
+                ConversationCmd::Add {
+                    conversation,
+                    user: u,
+                } => api.add_member(&user, conversation, u).await?,
+                ConversationCmd::Remove {
+                    conversation,
+                    user: u,
+                } => api.remove_member(&user, conversation, u).await?,
+                ConversationCmd::List => println!("{}", api.conversations(&user).await?),
+            }
+        }
+        Cmd::History {
+            conversation,
+            limit,
+            before,
+        } => {
+            let (user, token) = cli.identity()?;
+            let page = Api::new(&cli.coordinator, &token)
+                .history(&user, conversation, before.as_deref(), *limit)
+                .await?;
+            for m in &page.messages {
+                println!("{m}");
+            }
+            if let Some(next) = page.next_before {
+                eprintln!("more: --before {next}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-cli: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The connection task: one WebSocket session at a time, re-established
+//! through the coordinator whenever the server redirects, drains or fails.
+
+use crate::seen::Seen;
+use futures_util::{SinkExt, StreamExt};
+use protocol::frames::{Hello, Message};
+use protocol::{ClientFrame, Cursor, DeviceId, ErrorCode, Kind, MsgId, ServerFrame, Target};
+use rand::Rng;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub coordinator_url: String,
+    pub token: String,
+    pub user_id: String,
+    pub device_id: String,
+    /// Resume from here (e.g. a cursor saved by the app).
+    pub cursor: Option<Cursor>,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A session is up; `resumed: false` after a cursor means: reload history.
+    Connected {
+        server_id: String,
+        resumed: bool,
+        cursor: Cursor,
+    },
+    /// A message, once per `msg_id` (duplicates from resumes are dropped).
+    Message(Message),
+    /// The replay is over; everything after is live.
+    Synced(Cursor),
+    Disconnected {
+        code: Option<u16>,
+    },
+    /// The token was refused (4001); the client stops.
+    Unauthorized,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("refused: {code:?}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("invalid message: {0}")]
+    Invalid(String),
+    #[error("the client stopped before the send was acknowledged")]
+    Stopped,
+}
+
+type Reply = oneshot::Sender<Result<MsgId, SendError>>;
+
+struct Pending {
+    request_id: u64,
+    client_msg_id: String,
+    frame: String,
+    sent: bool,
+    reply: Option<Reply>,
+}
+
+struct Outgoing {
+    request_id: u64,
+    frame: String,
+    client_msg_id: String,
+    reply: Reply,
+}
+
+pub struct Client {
+    out: mpsc::Sender<Outgoing>,
+    events: mpsc::Receiver<Event>,
+    cursor: Arc<Mutex<Option<Cursor>>>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn start(config: ClientConfig) -> Self {
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        let (ev_tx, ev_rx) = mpsc::channel(4096);
+        let cursor = Arc::new(Mutex::new(config.cursor.clone()));
+        let cancel = CancellationToken::new();
+        let runner = Runner {
+            config,
+            events: ev_tx,
+            cursor: cursor.clone(),
+            pending: BTreeMap::new(),
+            seen: Seen::new(10_000),
+            out: out_rx,
+            cancel: cancel.clone(),
+        };
+        Self {
+            out: out_tx,
+            events: ev_rx,
+            cursor,
+            cancel,
+            task: tokio::spawn(runner.run()),
+            next_id: 0,
+        }
+    }
+
+    /// Sends with a fresh `client_msg_id`; resolves on the server's ack, after
+    /// as many reconnects as it takes.
+    pub async fn send(
+        &mut self,
+        to: Target,
+        body: serde_json::Value,
+        kind: Kind,
+    ) -> Result<MsgId, SendError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.send_with_id(&id, to, body, kind).await
+    }
+
+    /// Sends with a caller-chosen retry key: the same key gives the same `msg_id`.
+    pub async fn send_with_id(
+        &mut self,
+        client_msg_id: &str,
+        to: Target,
+        body: serde_json::Value,
+        kind: Kind,
+    ) -> Result<MsgId, SendError> {
+        self.next_id += 1;
+        let cmid = protocol::ClientMsgId::new(client_msg_id)
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let body = RawValue::from_string(body.to_string())
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let send = protocol::frames::Send {
+            id: Some(self.next_id.into()),
+            client_msg_id: cmid,
+            to,
+            body,
+            kind,
+        };
+        let (reply, rx) = oneshot::channel();
+        let out = Outgoing {
+            request_id: self.next_id,
+            frame: ClientFrame::Send(send).to_json(),
+            client_msg_id: client_msg_id.to_owned(),
+            reply,
+        };
+        self.out.send(out).await.map_err(|_| SendError::Stopped)?;
+        rx.await.unwrap_or(Err(SendError::Stopped))
+    }
+
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The cursor of the last chat message received (save it to resume later).
+    pub fn cursor(&self) -> Option<Cursor> {
+        self.cursor.lock().map(|c| c.clone()).unwrap_or(None)
+    }
+
+    pub async fn close(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+enum Outcome {
+    Redirect(String),
+    Reresolve,
+    Failed,
+    Unauthorized,
+    Stopped,
+}
+
+struct Runner {
+    config: ClientConfig,
+    events: mpsc::Sender<Event>,
+    cursor: Arc<Mutex<Option<Cursor>>>,
+    pending: BTreeMap<u64, Pending>,
+    seen: Seen,
+    out: mpsc::Receiver<Outgoing>,
+    cancel: CancellationToken,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Runner {
+    async fn run(mut self) {
+        let api = crate::Api::new(&self.config.coordinator_url, &self.config.token);
+        let mut delay = Duration::from_millis(100);
+        let mut target: Option<String> = None;
+        while !self.cancel.is_cancelled() {
+            let url = match target.take() {
+                Some(u) => Some(u),
+                None => api.route(&self.config.user_id).await.ok().map(|r| r.ws_url),
+            };
+            let outcome = match url {
+                Some(u) => self.session(&u).await,
+                None => Outcome::Failed,
+            };
+            match outcome {
+                Outcome::Redirect(u) => target = Some(u),
+                Outcome::Reresolve => {
+                    delay = Duration::from_millis(100);
+                    self.pause(Duration::from_millis(20)).await;
+                }
+                Outcome::Failed => {
+                    self.pause(delay).await;
+                    delay = (delay * 2).min(self.config.max_backoff);
+                }
+                Outcome::Unauthorized => {
+                    let _ = self.events.send(Event::Unauthorized).await;
+                    break;
+                }
+                Outcome::Stopped => break,
+            }
+        }
+        for p in self.pending.values_mut() {
+            if let Some(r) = p.reply.take() {
+                let _ = r.send(Err(SendError::Stopped));
+            }
+        }
+    }
+
+    /// Sleeps `base` plus up to 50% jitter, so clients do not reconnect in step.
+    async fn pause(&self, base: Duration) {
+        let jitter = rand::rng().random_range(0.0..0.5);
+        tokio::select! {
+            _ = tokio::time::sleep(base.mul_f64(1.0 + jitter)) => {}
+            _ = self.cancel.cancelled() => {}
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        // A full event queue means the app stopped reading; drop, never block the socket.
+        let _ = self.events.try_send(e);
+    }
+
+    async fn session(&mut self, url: &str) -> Outcome {
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+            return Outcome::Failed;
+        };
+        let cursor = self.cursor.lock().map(|c| c.clone()).unwrap_or(None);
+        let Ok(device) = DeviceId::new(self.config.device_id.as_str()) else {
+            return Outcome::Unauthorized;
+        };
+        let hello = ClientFrame::Hello(Hello {
+            token: self.config.token.clone(),
+            device_id: Some(device),
+            cursor,
+        });
+        if ws.send(Ws::text(hello.to_json())).await.is_err() {
+            return Outcome::Failed;
+        }
+        match self.first_frame(&mut ws).await {
+            Ok(()) => {}
+            Err(outcome) => return outcome,
+        }
+        for p in self.pending.values_mut() {
+            p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
+        }
+        self.serve(ws).await
+    }
+
+    async fn first_frame(&mut self, ws: &mut Socket) -> Result<(), Outcome> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+                .await
+                .map_err(|_| Outcome::Failed)?;
+            match msg {
+                Some(Ok(Ws::Text(t))) => match ServerFrame::parse(&t) {
+                    Ok(ServerFrame::Welcome(w)) => {
+                        self.emit(Event::Connected {
+                            server_id: w.server_id,
+                            resumed: w.resumed,
+                            cursor: w.cursor,
+                        });
+                        return Ok(());
+                    }
+                    Ok(ServerFrame::Redirect(r)) => return Err(Outcome::Redirect(r.ws_url)),
+                    _ => continue,
+                },
+                Some(Ok(Ws::Close(c))) => return Err(self.closed(c.map(|c| u16::from(c.code)))),
+                Some(Ok(_)) => continue,
+                _ => return Err(Outcome::Failed),
+            }
+        }
+    }
+
+    fn closed(&self, code: Option<u16>) -> Outcome {
+        self.emit(Event::Disconnected { code });
+        match code {
+            Some(4001) => Outcome::Unauthorized,
+            Some(4004..=4006) => Outcome::Reresolve,
+            _ => Outcome::Failed,
+        }
+    }
+
+    async fn serve(&mut self, mut ws: Socket) -> Outcome {
+        let mut redirect = None;
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(Ws::Text(t))) => {
+                        if let Ok(f) = ServerFrame::parse(&t) {
+                            if let Some(to) = self.on_frame(f) { redirect = Some(to) }
+                        }
+                    }
+                    Some(Ok(Ws::Close(c))) => {
+                        let outcome = self.closed(c.map(|c| u16::from(c.code)));
+                        return match (redirect, outcome) {
+                            (Some(url), Outcome::Reresolve) => Outcome::Redirect(url),
+                            (_, o) => o,
+                        };
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return self.closed(None),
+                },
+                o = self.out.recv() => {
+                    let Some(o) = o else { return Outcome::Stopped };
+                    let sent = ws.send(Ws::text(o.frame.clone())).await.is_ok();
+                    let key = self.pending.keys().next_back().map_or(1, |k| k + 1);
+                    let p = Pending { request_id: o.request_id, client_msg_id: o.client_msg_id, frame: o.frame, sent, reply: Some(o.reply) };
+                    self.pending.insert(key, p);
+                }
+                _ = retry.tick() => {
+                    for p in self.pending.values_mut().filter(|p| !p.sent) {
+                        p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
+                    }
+                }
+                _ = self.cancel.cancelled() => {
+                    let _ = ws.close(None).await;
+                    return Outcome::Stopped;
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; returns a redirect target when the server gave one.
+    fn on_frame(&mut self, f: ServerFrame) -> Option<String> {
+        match f {
+            ServerFrame::Message(m) => {
+                if m.kind == Kind::Chat {
+                    if let (Some(c), Ok(mut cur)) = (m.cursor.clone(), self.cursor.lock()) {
+                        *cur = Some(c);
+                    }
+                }
+                if self.seen.insert(m.msg_id) {
+                    self.emit(Event::Message(m));
+                }
+            }
+            ServerFrame::Synced(s) => self.emit(Event::Synced(s.cursor)),
+            ServerFrame::Ack(a) => self.settle(a.client_msg_id.as_str(), Ok(a.msg_id)),
+            ServerFrame::Error(e) => self.refused(e),
+            ServerFrame::Redirect(r) => return Some(r.ws_url),
+            ServerFrame::Welcome(_) => {}
+        }
+        None
+    }
+
+    fn settle(&mut self, client_msg_id: &str, result: Result<MsgId, SendError>) {
+        let key = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.client_msg_id == client_msg_id)
+            .map(|(k, _)| *k);
+        if let Some(mut p) = key.and_then(|k| self.pending.remove(&k)) {
+            if let Some(r) = p.reply.take() {
+                let _ = r.send(result);
+            }
+        }
+    }
+
+    /// Unavailable and rate-limited sends are retried; anything else fails.
+    fn refused(&mut self, e: protocol::frames::ErrorFrame) {
+        let Some(id) = e.id.as_ref().and_then(|v| v.as_u64()) else {
+            return;
+        };
+        let Some(key) = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.request_id == id)
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        if matches!(e.code, ErrorCode::Unavailable | ErrorCode::RateLimited) {
+            if let Some(p) = self.pending.get_mut(&key) {
+                p.sent = false;
+            }
+            return;
+        }
+        let cmid = self.pending[&key].client_msg_id.clone();
+        self.settle(
+            &cmid,
+            Err(SendError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+        );
+    }
+}

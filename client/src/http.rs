@@ -1,0 +1,219 @@
+//! The HTTP side: routes from the coordinator, conversations, history, and
+//! sends over HTTP — errors keep the server's `{"code","message"}`.
+
+use protocol::{Kind, MsgId, Target};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message} ({code}, HTTP {status})")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach {url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("unexpected answer from {url}: {detail}")]
+    Decode { url: String, detail: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Route {
+    pub user_id: String,
+    pub partition: u32,
+    pub server_id: String,
+    pub ws_url: String,
+    pub epoch: u64,
+}
+
+impl Route {
+    /// The HTTP base URL of the routed server (`ws://h/v1/ws` → `http://h`).
+    pub fn http_base(&self) -> String {
+        let base = self.ws_url.trim_end_matches("/v1/ws");
+        base.replacen("wss://", "https://", 1)
+            .replacen("ws://", "http://", 1)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Page {
+    pub messages: Vec<Value>,
+    pub next_before: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    coordinator: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(coordinator: &str, token: &str) -> Self {
+        Self {
+            coordinator: coordinator.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let resp = req.send().await.map_err(|source| ApiError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| ApiError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+        let body: Option<Value> = serde_json::from_str(&text).ok();
+        if !status.is_success() {
+            let field = |k: &str| {
+                body.as_ref()
+                    .and_then(|b| b[k].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let message = if field("message").is_empty() {
+                text.clone()
+            } else {
+                field("message")
+            };
+            return Err(ApiError::Server {
+                status: status.as_u16(),
+                code: field("code"),
+                message,
+            });
+        }
+        Ok(body)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(url: &str, v: Option<Value>) -> Result<T, ApiError> {
+        serde_json::from_value(v.unwrap_or(Value::Null)).map_err(|e| ApiError::Decode {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub async fn route(&self, user: &str) -> Result<Route, ApiError> {
+        let url = format!("{}/v1/route", self.coordinator);
+        let body = self
+            .call(self.http.get(&url).query(&[("user_id", user)]), &url)
+            .await?;
+        Self::decode(&url, body)
+    }
+
+    /// REST calls go to the server that serves `user` (any server would do).
+    async fn server(&self, user: &str) -> Result<String, ApiError> {
+        Ok(self.route(user).await?.http_base())
+    }
+
+    pub async fn send(
+        &self,
+        user: &str,
+        client_msg_id: &str,
+        to: &Target,
+        body: Value,
+        kind: Kind,
+    ) -> Result<MsgId, ApiError> {
+        let url = format!("{}/v1/messages", self.server(user).await?);
+        let req = json!({"client_msg_id": client_msg_id, "to": to, "body": body, "kind": kind});
+        let v = self
+            .call(
+                self.http.post(&url).bearer_auth(&self.token).json(&req),
+                &url,
+            )
+            .await?;
+        let id = v
+            .as_ref()
+            .and_then(|v| v["msg_id"].as_str())
+            .unwrap_or_default();
+        id.parse().map(MsgId).map_err(|_| ApiError::Decode {
+            url,
+            detail: "no msg_id".into(),
+        })
+    }
+
+    pub async fn create_conversation(
+        &self,
+        user: &str,
+        id: Option<&str>,
+        members: &[String],
+    ) -> Result<Value, ApiError> {
+        let url = format!("{}/v1/conversations", self.server(user).await?);
+        let req = json!({"conversation_id": id, "members": members});
+        Ok(self
+            .call(
+                self.http.post(&url).bearer_auth(&self.token).json(&req),
+                &url,
+            )
+            .await?
+            .unwrap_or(Value::Null))
+    }
+
+    pub async fn add_member(
+        &self,
+        user: &str,
+        conversation: &str,
+        member: &str,
+    ) -> Result<(), ApiError> {
+        let url = format!(
+            "{}/v1/conversations/{conversation}/members/{member}",
+            self.server(user).await?
+        );
+        self.call(self.http.put(&url).bearer_auth(&self.token), &url)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn remove_member(
+        &self,
+        user: &str,
+        conversation: &str,
+        member: &str,
+    ) -> Result<(), ApiError> {
+        let url = format!(
+            "{}/v1/conversations/{conversation}/members/{member}",
+            self.server(user).await?
+        );
+        self.call(self.http.delete(&url).bearer_auth(&self.token), &url)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn conversations(&self, user: &str) -> Result<Value, ApiError> {
+        let url = format!("{}/v1/conversations", self.server(user).await?);
+        Ok(self
+            .call(self.http.get(&url).bearer_auth(&self.token), &url)
+            .await?
+            .unwrap_or(Value::Null))
+    }
+
+    pub async fn history(
+        &self,
+        user: &str,
+        conversation: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, ApiError> {
+        let url = format!(
+            "{}/v1/conversations/{conversation}/messages",
+            self.server(user).await?
+        );
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(b) = before {
+            q.push(("before", b.to_owned()));
+        }
+        let v = self
+            .call(self.http.get(&url).bearer_auth(&self.token).query(&q), &url)
+            .await?;
+        Self::decode(&url, v)
+    }
+}

@@ -1,0 +1,14 @@
+//! A Switchboard client that does what a good client must (DESIGN.md §4, §8):
+//! resolve the server through the coordinator, `hello` with token and cursor,
+//! keep the cursor of the last chat message, follow `redirect` and the
+//! 4004/4005/4006 closes by re-resolving and resuming with backoff and
+//! jitter, deduplicate by `msg_id`, and retry unacked sends with the same
+//! `client_msg_id`.
+
+mod connection;
+pub mod http;
+mod seen;
+
+pub use connection::{Client, ClientConfig, Event, SendError};
+pub use http::Api;
+pub use protocol::{Cursor, Kind, MsgId, Target};

@@ -1,0 +1,183 @@
+//! The client library and the CLI against a real stack.
+
+use harness::{Infra, Stack};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard_client::{Client, ClientConfig, Event, Kind, Target};
+
+fn config(stack: &Stack, user: &str, device: &str) -> ClientConfig {
+    ClientConfig {
+        coordinator_url: stack.coordinator.url(),
+        token: Stack::token(user),
+        user_id: user.into(),
+        device_id: device.into(),
+        cursor: None,
+        max_backoff: Duration::from_secs(2),
+    }
+}
+
+/// The receiving client's server drains mid-stream: the client follows the
+/// redirect, resumes from its cursor and hands every message to the app once.
+pub async fn client_resumes_and_dedupes_across_a_drain(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let mut stack = Stack::start(&infra, "client", 2, true).await?;
+    let (alice, bob) = stack.users_on_distinct_servers("cl").await?;
+    let (bob_server, _) = stack.route(&bob).await?;
+    let mut receiver = Client::start(config(&stack, &bob, "phone"));
+    match tokio::time::timeout(Duration::from_secs(10), receiver.next_event()).await? {
+        Some(Event::Connected { .. }) => {}
+        other => anyhow::bail!("expected Connected, got {other:?}"),
+    }
+    let mut sender = Client::start(config(&stack, &alice, "laptop"));
+    let to = Target::User(protocol::UserId::new(bob.as_str())?);
+    let mut sent = Vec::new();
+    for i in 0..120 {
+        if i == 40 {
+            let old = stack
+                .take_server(&bob_server)
+                .ok_or_else(|| anyhow::anyhow!("no server"))?;
+            stack.add_server(|_| {})?;
+            tokio::spawn(old.stop());
+        }
+        let id = tokio::time::timeout(
+            Duration::from_secs(30),
+            sender.send(to.clone(), serde_json::json!({"i": i}), Kind::Chat),
+        )
+        .await??;
+        sent.push(id);
+    }
+    let (mut got, mut seen, mut reconnects, mut dups) = (Vec::new(), HashSet::new(), 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while got.len() < sent.len() && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), receiver.next_event()).await {
+            Ok(Some(Event::Message(m))) => {
+                if !seen.insert(m.msg_id) {
+                    dups += 1;
+                }
+                got.push(m.msg_id);
+            }
+            Ok(Some(Event::Connected { resumed, .. })) => reconnects += usize::from(resumed),
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => break,
+        }
+    }
+    let missing = sent.iter().filter(|m| !seen.contains(m)).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} messages never reached the app",
+        sent.len()
+    );
+    anyhow::ensure!(dups == 0, "the app saw {dups} duplicates");
+    anyhow::ensure!(
+        reconnects >= 1,
+        "the receiver never resumed on the new owner"
+    );
+    anyhow::ensure!(receiver.cursor().is_some());
+    receiver.close().await;
+    sender.close().await;
+    stack.stop().await;
+    Ok(())
+}
+
+async fn cli(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(harness::process::binary("switchboard-cli")?)
+        .args(args)
+        .env("SWITCHBOARD_COORDINATOR_URL", stack.coordinator.url())
+        .env("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET)
+        .env_remove("SWITCHBOARD_TOKEN")
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+pub async fn cli_route_send_tail_and_history(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let stack = Stack::start(&infra, "cli", 1, true).await?;
+    let (ok, out, err) = cli(&stack, &["route", "alice"]).await?;
+    anyhow::ensure!(
+        ok && out.contains("\"server_id\":\"ms1\""),
+        "route: {out} {err}"
+    );
+
+    let tail = {
+        let mut cmd = tokio::process::Command::new(harness::process::binary("switchboard-cli")?);
+        cmd.args(["--user", "bob", "tail", "--count", "1", "--seconds", "30"])
+            .env("SWITCHBOARD_COORDINATOR_URL", stack.coordinator.url())
+            .env("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn()?
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, out, err) = cli(
+        &stack,
+        &["--user", "alice", "send", "--to-user", "bob", "hi bob"],
+    )
+    .await?;
+    anyhow::ensure!(
+        ok && out.trim().parse::<uuid::Uuid>().is_ok(),
+        "send: {out} {err}"
+    );
+    let tailed = tail.wait_with_output().await?;
+    let line = String::from_utf8_lossy(&tailed.stdout);
+    anyhow::ensure!(
+        tailed.status.success() && line.contains("hi bob"),
+        "tail: {line} {}",
+        String::from_utf8_lossy(&tailed.stderr)
+    );
+
+    let mut history = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !history.contains("hi bob") && Instant::now() < deadline {
+        history = cli(&stack, &["--user", "bob", "history", "dm:alice,bob"])
+            .await?
+            .1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::ensure!(history.contains("hi bob"), "history: {history}");
+    let (ok, out, _) = cli(
+        &stack,
+        &[
+            "--user",
+            "alice",
+            "conversation",
+            "create",
+            "--id",
+            "crew",
+            "bob",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(ok && out.contains("crew"), "create: {out}");
+    let (ok, _, _) = cli(
+        &stack,
+        &["--user", "alice", "conversation", "add", "crew", "carol"],
+    )
+    .await?;
+    anyhow::ensure!(ok);
+    let (ok, out, _) = cli(&stack, &["--user", "carol", "conversation", "list"]).await?;
+    anyhow::ensure!(ok && out.contains("crew"), "list: {out}");
+
+    let (ok, _, err) = cli(&stack, &["--user", "alice", "send", "hi"]).await?;
+    anyhow::ensure!(!ok && err.contains("--to-user"), "missing target: {err}");
+    let (ok, _, err) = cli(
+        &stack,
+        &["--user", "dave", "send", "--to-conversation", "crew", "hi"],
+    )
+    .await?;
+    anyhow::ensure!(!ok && err.contains("not_member"), "non-member: {err}");
+    let down = tokio::process::Command::new(harness::process::binary("switchboard-cli")?)
+        .args(["--coordinator", "http://127.0.0.1:9", "route", "alice"])
+        .output()
+        .await?;
+    let err = String::from_utf8_lossy(&down.stderr);
+    anyhow::ensure!(
+        !down.status.success() && err.contains("cannot reach"),
+        "unreachable: {err}"
+    );
+    stack.stop().await;
+    Ok(())
+}
