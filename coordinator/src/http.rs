@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)
 }
 

@@ -34,7 +34,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/metrics",
             get(|State(s): St| async move { metrics_response(&s.registry) }),
         )
+        .merge(crate::demo::router())
         .fallback(not_found)
+        // Bearer tokens, never cookies: any origin may call the API (the demo
+        // page is served by one server and talks to the coordinator and others).
+        .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)
 }
 

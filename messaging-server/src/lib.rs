@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod config;
+mod demo;
 pub mod frame;
 mod http;
 pub mod hub;

@@ -67,13 +67,22 @@ async fn resolve(
     Ok((conversation, members.to_vec()))
 }
 
-/// Sends on behalf of `sender` (the token's subject, never the frame's).
-pub async fn send(
+/// A send that passed validation: its records, ready to be produced.
+pub struct Prepared {
+    id: Option<serde_json::Value>,
+    msg_id: MsgId,
+    records: Vec<(u32, String, Vec<u8>)>,
+    started: Instant,
+}
+
+/// Validates and resolves on behalf of `sender` (the token's subject, never
+/// the frame's) and builds one record per partition holding a recipient.
+pub async fn prepare(
     state: &AppState,
     sender: &UserId,
     device: &DeviceId,
     send: Send,
-) -> Result<MsgId, FrameError> {
+) -> Result<Prepared, FrameError> {
     let started = Instant::now();
     send.check_body()?;
     let assignment = state
@@ -85,44 +94,92 @@ pub async fn send(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let groups = group_by_partition(&members, assignment.partitions);
-    let produced = groups.into_iter().map(|(partition, recipients)| {
-        let record = Record {
-            v: protocol::record::RECORD_VERSION,
-            msg_id,
-            kind: send.kind,
-            conversation_id: conversation_id.clone(),
-            sender: sender.clone(),
-            sender_device: device.clone(),
-            recipients,
-            body: send.body.clone(),
-            sent_at_ms,
+    let records = group_by_partition(&members, assignment.partitions)
+        .into_iter()
+        .map(|(partition, recipients)| {
+            let key = recipients
+                .first()
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            let record = Record {
+                v: protocol::record::RECORD_VERSION,
+                msg_id,
+                kind: send.kind,
+                conversation_id: conversation_id.clone(),
+                sender: sender.clone(),
+                sender_device: device.clone(),
+                recipients,
+                body: send.body.clone(),
+                sent_at_ms,
+            };
+            (partition, key, record.encode())
+        })
+        .collect();
+    Ok(Prepared {
+        id: send.id,
+        msg_id,
+        records,
+        started,
+    })
+}
+
+impl Prepared {
+    /// Hands every record to the producer now — so one connection's sends
+    /// reach Kafka in the order they were made — and returns the wait for
+    /// their acks (acks=all), which may run alongside other sends.
+    pub fn enqueue(
+        self,
+        state: &AppState,
+    ) -> impl std::future::Future<Output = Result<MsgId, FrameError>> + use<> {
+        let unavailable = |id: &Option<serde_json::Value>, e: String| FrameError {
+            id: id.clone(),
+            code: ErrorCode::Unavailable,
+            message: format!("kafka unavailable: {e}"),
         };
-        let payload = record.encode();
-        let key = record
-            .recipients
-            .first()
-            .map(|u| u.to_string())
-            .unwrap_or_default();
-        async move {
-            crate::kafka::produce(&state.producer, &state.topic, partition, &key, &payload).await
+        let mut acks = Vec::with_capacity(self.records.len());
+        let mut failed = None;
+        for (partition, key, payload) in &self.records {
+            let rec = rdkafka::producer::FutureRecord::to(&state.topic)
+                .partition(*partition as i32)
+                .key(key)
+                .payload(payload);
+            match state.producer.send_result(rec) {
+                Ok(ack) => acks.push(ack),
+                Err((e, _)) => failed = Some(unavailable(&self.id, e.to_string())),
+            }
         }
-    });
-    for r in futures_util::future::join_all(produced).await {
-        r.map_err(|e| {
-            refuse(
-                &send,
-                ErrorCode::Unavailable,
-                format!("kafka unavailable: {e}"),
-            )
-        })?;
+        let metrics = state.metrics.clone();
+        async move {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            for ack in acks {
+                match ack.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(unavailable(&self.id, e.to_string())),
+                    Err(_) => return Err(unavailable(&self.id, "producer stopped".into())),
+                }
+            }
+            metrics.sends.inc();
+            metrics
+                .send_ack_seconds
+                .observe(self.started.elapsed().as_secs_f64());
+            Ok(self.msg_id)
+        }
     }
-    state.metrics.sends.inc();
-    state
-        .metrics
-        .send_ack_seconds
-        .observe(started.elapsed().as_secs_f64());
-    Ok(msg_id)
+}
+
+/// The whole send, for `POST /v1/messages`.
+pub async fn send(
+    state: &AppState,
+    sender: &UserId,
+    device: &DeviceId,
+    send: Send,
+) -> Result<MsgId, FrameError> {
+    prepare(state, sender, device, send)
+        .await?
+        .enqueue(state)
+        .await
 }
 
 #[cfg(test)]

@@ -407,8 +407,19 @@ impl Session {
                         Ok(send) => {
                             errors = 0;
                             limited = 0;
-                            let (state, user, device) = (self.state.clone(), self.user.clone(), self.device.clone());
-                            inflight.push(async move { reply(&state, &user, &device, send).await });
+                            // Resolved and enqueued in frame order; only the acks overlap.
+                            let (id, cmid) = (send.id.clone(), send.client_msg_id.clone());
+                            match crate::send::prepare(&state, &self.user, &self.device, send).await {
+                                Ok(prepared) => {
+                                    let acked = prepared.enqueue(&state);
+                                    let metrics = state.metrics.clone();
+                                    inflight.push(async move { reply(acked.await, id, cmid, &metrics) });
+                                }
+                                Err(e) => {
+                                    state.metrics.send_error(e.code.as_str());
+                                    if !self.send_frame(&ServerFrame::from(e)).await { return close(CloseCode::Draining, None, "gone") }
+                                }
+                            }
                         }
                         Err(e) => {
                             if e.code == ErrorCode::RateLimited { limited += 1 } else { errors += 1 }
@@ -451,21 +462,20 @@ impl Session {
     }
 }
 
-async fn reply(
-    state: &AppState,
-    user: &UserId,
-    device: &DeviceId,
-    send: protocol::frames::Send,
+fn reply(
+    result: Result<protocol::MsgId, FrameError>,
+    id: Option<serde_json::Value>,
+    client_msg_id: protocol::ClientMsgId,
+    metrics: &crate::metrics::Metrics,
 ) -> ServerFrame {
-    let (id, client_msg_id) = (send.id.clone(), send.client_msg_id.clone());
-    match crate::send::send(state, user, device, send).await {
+    match result {
         Ok(msg_id) => ServerFrame::Ack(Ack {
             id,
             client_msg_id,
             msg_id,
         }),
         Err(e) => {
-            state.metrics.send_error(e.code.as_str());
+            metrics.send_error(e.code.as_str());
             ServerFrame::from(e)
         }
     }

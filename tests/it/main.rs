@@ -3,6 +3,7 @@
 //! A custom harness (libtest-mimic, same output as libtest) so that one set
 //! of infrastructure is started before the tests and removed after them.
 
+mod browser;
 mod client;
 mod compose;
 mod coordinator;
@@ -36,6 +37,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         compose::scale_to_three_and_chat_on_the_third,
         client::client_resumes_and_dedupes_across_a_drain,
         client::cli_route_send_tail_and_history,
+        browser::two_browser_users_chat_and_survive_a_drain,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::long_poll_returns_on_change_and_times_out,

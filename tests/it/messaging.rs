@@ -172,12 +172,20 @@ pub async fn resume_on_new_owner_after_partition_moved(infra: Arc<Infra>) -> any
             a.send_text(eph.to_string()).await?;
         }
     }
-    while sent.len() < 100 {
+    // Acks may overlap; the order that counts is the order the client sent in.
+    let mut by_index = std::collections::BTreeMap::new();
+    while by_index.len() < 100 {
         let ack = ack_of(&mut a).await?;
-        if ack.client_msg_id.as_str().starts_with('m') {
-            sent.push(ack.msg_id);
+        if let Some(i) = ack
+            .client_msg_id
+            .as_str()
+            .strip_prefix('m')
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            by_index.insert(i, ack.msg_id);
         }
     }
+    sent.extend(by_index.into_values());
     // Move bob's partition: drain his server; a new one takes over.
     stack.add_server(|_| {})?;
     let old = stack

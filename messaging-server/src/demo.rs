@@ -1,0 +1,39 @@
+//! The browser demo (`/demo/`): static files compiled into the binary, so
+//! there is no build step and nothing to deploy next to the server.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::get;
+use axum::Router;
+
+const INDEX: &str = include_str!("../static/index.html");
+const APP: &str = include_str!("../static/app.js");
+const STYLE: &str = include_str!("../static/style.css");
+
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/", get(|| async { Redirect::temporary("/demo/") }))
+        .route("/demo", get(|| async { Redirect::temporary("/demo/") }))
+        .route(
+            "/demo/",
+            get(|| async {
+                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response()
+            }),
+        )
+        .route(
+            "/demo/app.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    APP,
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/demo/style.css",
+            get(|| async {
+                ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+            }),
+        )
+}

@@ -1,0 +1,144 @@
+//! The browser demo in headless Chromium (WebDriver): two users exchange
+//! messages, one user's server drains and the page resumes on the new owner.
+//! Screenshots are saved under target/test-artifacts/.
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use harness::{free_port, wait_until, Infra, Stack};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn chromedriver() -> anyhow::Result<(tokio::process::Child, String)> {
+    let port = free_port()?;
+    let child = tokio::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start chromedriver (Debian chromium-driver; ./dev test installs it): {e}"
+            )
+        })?;
+    let url = format!("http://127.0.0.1:{port}");
+    let status = format!("{url}/status");
+    wait_until("chromedriver answers", T, || async {
+        reqwest::get(&status)
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    })
+    .await?;
+    Ok((child, url))
+}
+
+async fn browser(webdriver: &str) -> anyhow::Result<Client> {
+    let mut caps = serde_json::Map::new();
+    let args = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1100,760",
+    ];
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "args": args }),
+    );
+    Ok(ClientBuilder::rustls()?
+        .capabilities(caps)
+        .connect(webdriver)
+        .await?)
+}
+
+async fn open(c: &Client, stack: &Stack, user: &str) -> anyhow::Result<()> {
+    let (_, ws) = stack.route(user).await?;
+    let page = ws.replace("ws://", "http://").replace("/v1/ws", "/demo/");
+    let url = format!(
+        "{page}?coordinator={}&user={user}&token={}",
+        stack.coordinator.url(),
+        Stack::token(user)
+    );
+    c.goto(&url).await?;
+    text_contains(c, "#status", &format!("connected as {user}")).await
+}
+
+async fn text_contains(c: &Client, css: &str, needle: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let text = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(needle) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{css} never contained {needle:?} (last: {text:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn say(c: &Client, to: &str, text: &str) -> anyhow::Result<()> {
+    c.find(Locator::Css("#to")).await?.send_keys(to).await?;
+    let input = c.find(Locator::Css("#text")).await?;
+    input.send_keys(text).await?;
+    c.find(Locator::Css("#send")).await?.click().await?;
+    c.find(Locator::Css("#to")).await?.clear().await?;
+    Ok(())
+}
+
+async fn screenshot(c: &Client, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, c.screenshot().await?)?;
+    Ok(path)
+}
+
+pub async fn two_browser_users_chat_and_survive_a_drain(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let mut stack = Stack::start(&infra, "browser", 2, false).await?;
+    let (alice, bob) = stack.users_on_distinct_servers("web").await?;
+    let (_driver, webdriver) = chromedriver().await?;
+    let (a, b) = (browser(&webdriver).await?, browser(&webdriver).await?);
+    let result = async {
+        open(&a, &stack, &alice).await?;
+        open(&b, &stack, &bob).await?;
+        say(&a, &bob, "hello bob, from a browser").await?;
+        text_contains(&b, "#messages", "hello bob, from a browser").await?;
+        say(&b, &alice, "hi alice!").await?;
+        text_contains(&a, "#messages", "hi alice!").await?;
+        // Bob's server goes away; his page must come back on the new owner.
+        let (bob_server, _) = stack.route(&bob).await?;
+        stack.add_server(|_| {})?;
+        let old = stack
+            .take_server(&bob_server)
+            .ok_or_else(|| anyhow::anyhow!("no server"))?;
+        old.stop().await;
+        text_contains(&b, "#log", "closed with 4006").await?;
+        text_contains(&b, "#status", "(resumed)").await?;
+        say(&a, &bob, "still there?").await?;
+        text_contains(&b, "#messages", "still there?").await?;
+        let shots = (
+            screenshot(&a, "browser-alice").await?,
+            screenshot(&b, "browser-bob").await?,
+        );
+        eprintln!(
+            "    screenshots: {} {}",
+            shots.0.display(),
+            shots.1.display()
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = a.close().await;
+    let _ = b.close().await;
+    stack.stop().await;
+    result
+}
