@@ -1,6 +1,6 @@
 //! switchboard-cli: route, send, tail, conversations and history from a shell.
 //!
-//!   eval "$(./dev env)"
+//!   export $(./dev env)
 //!   switchboard-cli --user alice send --to-user bob "hi bob"
 //!   switchboard-cli --user bob history dm:alice,bob
 
