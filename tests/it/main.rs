@@ -50,6 +50,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         messaging::lost_lease_closes_sessions_and_reregisters,
         messaging::dashboard_queries_only_exported_metrics,
         persister::exactly_once_across_kills_and_replicas,
+        persister::recovers_by_itself_after_a_postgres_outage,
     ]
 }
 

@@ -34,6 +34,14 @@ fn record(i: usize, kind: Kind) -> anyhow::Result<Record> {
 /// Produces `chat` chat records, some ephemeral ones and poison records;
 /// returns the end offset of each partition.
 async fn produce(infra: &Infra, topic: &str, chat: usize) -> anyhow::Result<BTreeMap<i32, i64>> {
+    produce_range(infra, topic, 0..chat).await
+}
+
+async fn produce_range(
+    infra: &Infra,
+    topic: &str,
+    chat: std::ops::Range<usize>,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &infra.kafka)
         .set("enable.idempotence", "true")
@@ -41,7 +49,7 @@ async fn produce(infra: &Infra, topic: &str, chat: usize) -> anyhow::Result<BTre
         .set("linger.ms", "1")
         .create()?;
     let mut payloads: Vec<Vec<u8>> = Vec::new();
-    for i in 0..chat {
+    for i in chat {
         payloads.push(record(i, Kind::Chat)?.encode());
         if i % 20 == 0 {
             payloads.push(record(i + 1_000_000, Kind::Ephemeral)?.encode());
@@ -162,5 +170,59 @@ pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow
     );
     p.kill().await?;
     p2.terminate().await?;
+    Ok(())
+}
+
+/// PostgreSQL goes away mid-stream and comes back: the persister keeps
+/// running, retries, and ends with every row exactly once.
+pub async fn recovers_by_itself_after_a_postgres_outage(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let (pg, db) = infra.private_postgres("outage-pg").await?;
+    let topic = infra.unique("outage");
+    infra.create_topic(&topic, PARTITIONS).await?;
+    produce_range(&infra, &topic, 0..2000).await?;
+    let mut p = persister(&infra, &topic, &db, free_port()?)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db)
+        .await?;
+    wait_until(
+        "rows before the outage",
+        Duration::from_secs(60),
+        || async { count(&pool, "SELECT count(*) FROM messages").await >= 500 },
+    )
+    .await?;
+    pool.close().await;
+    pg.stop().await?;
+    let ends = produce_range(&infra, &topic, 2000..4000).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    anyhow::ensure!(p.is_running(), "the persister exited during the outage");
+    pg.start().await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db)
+        .await?;
+    let want: i64 = ends.values().sum();
+    wait_until(
+        "the persister catches up after the outage",
+        Duration::from_secs(90),
+        || async {
+            count(
+                &pool,
+                "SELECT coalesce(sum(next_offset), 0)::int8 FROM persister_offsets",
+            )
+            .await
+                == want
+        },
+    )
+    .await?;
+    let (messages, distinct) = (
+        count(&pool, "SELECT count(*) FROM messages").await,
+        count(&pool, "SELECT count(DISTINCT msg_id) FROM messages").await,
+    );
+    anyhow::ensure!(
+        messages == 4000 && distinct == 4000,
+        "messages {messages}, distinct {distinct}, want 4000"
+    );
+    p.terminate().await?;
     Ok(())
 }

@@ -107,6 +107,29 @@ impl Infra {
         }
     }
 
+    /// A PostgreSQL of its own (for tests that stop and restart it), on the
+    /// host network so its port survives a restart. Returns it and its URL.
+    pub async fn private_postgres(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(ContainerAsync<GenericImage>, String)> {
+        let port = free_port()?;
+        let c = image("postgres")
+            .with_env_var("POSTGRES_PORT", port.to_string())
+            .with_env_var("POSTGRES_DB", "switchboard")
+            .with_cmd(["-c", "fsync=off"])
+            .with_network("host")
+            .with_label("switchboard.test-run", self.run_id.as_str())
+            .with_container_name(format!("sb-test-{}-{name}", self.run_id))
+            .start()
+            .await?;
+        wait_for_postgres(port).await?;
+        Ok((
+            c,
+            format!("postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{port}/switchboard"),
+        ))
+    }
+
     /// Host PID of the broker container (for CPU accounting in benchmarks).
     pub fn broker_pid(&self) -> Option<u32> {
         let id = self.containers.first()?.id().to_owned();

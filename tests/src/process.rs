@@ -56,6 +56,11 @@ impl Process {
         self.child.id()
     }
 
+    /// Still running (not exited, not killed)?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// `kill -9`: no drain, no flush, no lease revoke.
     pub async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
