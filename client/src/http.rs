@@ -164,13 +164,8 @@ impl Api {
         conversation: &str,
         member: &str,
     ) -> Result<(), ApiError> {
-        let url = format!(
-            "{}/v1/conversations/{conversation}/members/{member}",
-            self.server(user).await?
-        );
-        self.call(self.http.put(&url).bearer_auth(&self.token), &url)
+        self.member(user, conversation, member, reqwest::Method::PUT)
             .await
-            .map(|_| ())
     }
 
     pub async fn remove_member(
@@ -179,13 +174,27 @@ impl Api {
         conversation: &str,
         member: &str,
     ) -> Result<(), ApiError> {
+        self.member(user, conversation, member, reqwest::Method::DELETE)
+            .await
+    }
+
+    async fn member(
+        &self,
+        user: &str,
+        conversation: &str,
+        member: &str,
+        method: reqwest::Method,
+    ) -> Result<(), ApiError> {
         let url = format!(
             "{}/v1/conversations/{conversation}/members/{member}",
             self.server(user).await?
         );
-        self.call(self.http.delete(&url).bearer_auth(&self.token), &url)
-            .await
-            .map(|_| ())
+        self.call(
+            self.http.request(method, &url).bearer_auth(&self.token),
+            &url,
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn conversations(&self, user: &str) -> Result<Value, ApiError> {

@@ -160,18 +160,29 @@ async fn require_member(s: &AppState, id: &ConversationId, u: &UserId) -> Result
     }
 }
 
-async fn add_member(
-    State(s): St,
-    headers: HeaderMap,
-    Path((id, member)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let caller = user(&s, &headers)?;
+/// Who may change a conversation's members, and which change: the caller
+/// must be a member, and direct conversations never change.
+async fn member_change(
+    s: &AppState,
+    headers: &HeaderMap,
+    (id, member): (String, String),
+) -> Result<(ConversationId, UserId), ApiError> {
+    let caller = user(s, headers)?;
     let id = conversation(&id)?;
     let member = UserId::new(member).map_err(|e| ApiError::invalid(e.to_string()))?;
     if id.is_direct() {
         return Err(ApiError::invalid("direct conversations have fixed members"));
     }
-    require_member(&s, &id, &caller).await?;
+    require_member(s, &id, &caller).await?;
+    Ok((id, member))
+}
+
+async fn add_member(
+    State(s): St,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (id, member) = member_change(&s, &headers, path).await?;
     s.store.add_member(&id, &member).await.map_err(db)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -179,15 +190,9 @@ async fn add_member(
 async fn remove_member(
     State(s): St,
     headers: HeaderMap,
-    Path((id, member)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = user(&s, &headers)?;
-    let id = conversation(&id)?;
-    let member = UserId::new(member).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if id.is_direct() {
-        return Err(ApiError::invalid("direct conversations have fixed members"));
-    }
-    require_member(&s, &id, &caller).await?;
+    let (id, member) = member_change(&s, &headers, path).await?;
     if !s.store.remove_member(&id, &member).await.map_err(db)? {
         return Err(ApiError::not_found(format!(
             "{member} is not a member of {id}"
