@@ -73,6 +73,7 @@ struct Outgoing {
 }
 
 pub struct Client {
+    duplicates: Arc<std::sync::atomic::AtomicU64>,
     out: mpsc::Sender<Outgoing>,
     events: mpsc::Receiver<Event>,
     cursor: Arc<Mutex<Option<Cursor>>>,
@@ -87,7 +88,9 @@ impl Client {
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         let cursor = Arc::new(Mutex::new(config.cursor.clone()));
         let cancel = CancellationToken::new();
+        let duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let runner = Runner {
+            duplicates: duplicates.clone(),
             config,
             events: ev_tx,
             cursor: cursor.clone(),
@@ -97,6 +100,7 @@ impl Client {
             cancel: cancel.clone(),
         };
         Self {
+            duplicates,
             out: out_tx,
             events: ev_rx,
             cursor,
@@ -153,6 +157,11 @@ impl Client {
         self.events.recv().await
     }
 
+    /// Messages dropped because their `msg_id` was already delivered.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The cursor of the last chat message received (save it to resume later).
     pub fn cursor(&self) -> Option<Cursor> {
         self.cursor.lock().map(|c| c.clone()).unwrap_or(None)
@@ -173,6 +182,7 @@ enum Outcome {
 }
 
 struct Runner {
+    duplicates: Arc<std::sync::atomic::AtomicU64>,
     config: ClientConfig,
     events: mpsc::Sender<Event>,
     cursor: Arc<Mutex<Option<Cursor>>>,
@@ -232,9 +242,13 @@ impl Runner {
         }
     }
 
-    fn emit(&self, e: Event) {
-        // A full event queue means the app stopped reading; drop, never block the socket.
-        let _ = self.events.try_send(e);
+    /// Hands an event to the app. A slow app slows the socket down (the server
+    /// then closes with 4004 and the client resumes): nothing is dropped.
+    async fn emit(&self, e: Event) {
+        tokio::select! {
+            _ = self.events.send(e) => {}
+            _ = self.cancel.cancelled() => {}
+        }
     }
 
     async fn session(&mut self, url: &str) -> Outcome {
@@ -275,21 +289,24 @@ impl Runner {
                             server_id: w.server_id,
                             resumed: w.resumed,
                             cursor: w.cursor,
-                        });
+                        })
+                        .await;
                         return Ok(());
                     }
                     Ok(ServerFrame::Redirect(r)) => return Err(Outcome::Redirect(r.ws_url)),
                     _ => continue,
                 },
-                Some(Ok(Ws::Close(c))) => return Err(self.closed(c.map(|c| u16::from(c.code)))),
+                Some(Ok(Ws::Close(c))) => {
+                    return Err(self.closed(c.map(|c| u16::from(c.code))).await)
+                }
                 Some(Ok(_)) => continue,
                 _ => return Err(Outcome::Failed),
             }
         }
     }
 
-    fn closed(&self, code: Option<u16>) -> Outcome {
-        self.emit(Event::Disconnected { code });
+    async fn closed(&self, code: Option<u16>) -> Outcome {
+        self.emit(Event::Disconnected { code }).await;
         match code {
             Some(4001) => Outcome::Unauthorized,
             Some(4004..=4006) => Outcome::Reresolve,
@@ -305,18 +322,18 @@ impl Runner {
                 m = ws.next() => match m {
                     Some(Ok(Ws::Text(t))) => {
                         if let Ok(f) = ServerFrame::parse(&t) {
-                            if let Some(to) = self.on_frame(f) { redirect = Some(to) }
+                            if let Some(to) = self.on_frame(f).await { redirect = Some(to) }
                         }
                     }
                     Some(Ok(Ws::Close(c))) => {
-                        let outcome = self.closed(c.map(|c| u16::from(c.code)));
+                        let outcome = self.closed(c.map(|c| u16::from(c.code))).await;
                         return match (redirect, outcome) {
                             (Some(url), Outcome::Reresolve) => Outcome::Redirect(url),
                             (_, o) => o,
                         };
                     }
                     Some(Ok(_)) => {}
-                    _ => return self.closed(None),
+                    _ => return self.closed(None).await,
                 },
                 o = self.out.recv() => {
                     let Some(o) = o else { return Outcome::Stopped };
@@ -339,19 +356,22 @@ impl Runner {
     }
 
     /// Handles one frame; returns a redirect target when the server gave one.
-    fn on_frame(&mut self, f: ServerFrame) -> Option<String> {
+    async fn on_frame(&mut self, f: ServerFrame) -> Option<String> {
         match f {
             ServerFrame::Message(m) => {
-                if m.kind == Kind::Chat {
-                    if let (Some(c), Ok(mut cur)) = (m.cursor.clone(), self.cursor.lock()) {
-                        *cur = Some(c);
-                    }
-                }
+                let cursor = m.cursor.clone().filter(|_| m.kind == Kind::Chat);
                 if self.seen.insert(m.msg_id) {
-                    self.emit(Event::Message(m));
+                    self.emit(Event::Message(m)).await;
+                } else {
+                    self.duplicates
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Only past what the app has been handed: a resume replays the rest.
+                if let (Some(c), Ok(mut cur)) = (cursor, self.cursor.lock()) {
+                    *cur = Some(c);
                 }
             }
-            ServerFrame::Synced(s) => self.emit(Event::Synced(s.cursor)),
+            ServerFrame::Synced(s) => self.emit(Event::Synced(s.cursor)).await,
             ServerFrame::Ack(a) => self.settle(a.client_msg_id.as_str(), Ok(a.msg_id)),
             ServerFrame::Error(e) => self.refused(e),
             ServerFrame::Redirect(r) => return Some(r.ws_url),

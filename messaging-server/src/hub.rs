@@ -232,6 +232,11 @@ fn deliver(
     queue_len: usize,
     out: &mut Dispatched,
 ) {
+    // Once closed (overflow, move, drain) a device gets nothing more: a later
+    // frame reaching it after a dropped one would carry its cursor past the gap.
+    if slot.close.is_none() {
+        return;
+    }
     if let Some(buf) = slot.replay.as_mut() {
         if buf.len() >= queue_len {
             out.overflowed += 1;

@@ -246,7 +246,23 @@ impl Session {
     ) -> (u64, Close) {
         let log_epoch = self.state.log_epoch();
         let plan = match replay_from {
-            Some(after) => self.plan(partition, after, live_from).await,
+            Some(after) => match self.plan(partition, after, live_from).await {
+                Ok(plan) => plan,
+                Err(e) => {
+                    // A transient failure must not turn into "resumed: false"
+                    // (a gap for the client): it retries instead.
+                    let err = ServerFrame::Error(ErrorFrame {
+                        id: None,
+                        code: ErrorCode::Unavailable,
+                        message: format!("resume unavailable: {e}"),
+                    });
+                    let _ = self.send_frame(&err).await;
+                    return (
+                        id,
+                        close(CloseCode::Draining, None, "resume unavailable, reconnect"),
+                    );
+                }
+            },
             None => resume::ResumePlan {
                 resumed: false,
                 from_store: None,
@@ -301,22 +317,25 @@ impl Session {
         (id, self.live(handle).await)
     }
 
-    async fn plan(&self, partition: u32, after: i64, live_from: i64) -> resume::ResumePlan {
+    async fn plan(
+        &self,
+        partition: u32,
+        after: i64,
+        live_from: i64,
+    ) -> anyhow::Result<resume::ResumePlan> {
         let store_next = self
             .state
             .store
             .persisted_next(&self.state.topic, partition)
-            .await
-            .unwrap_or(0);
+            .await?;
         let log_start = crate::kafka::log_start(
             &self.state.config.kafka.brokers,
             &self.state.topic,
             partition,
         )
-        .await
-        .unwrap_or(i64::MAX);
+        .await?;
         let plan = resume::plan(after, store_next, log_start, live_from);
-        tracing::info!(
+        tracing::debug!(
             partition,
             after,
             store_next,
@@ -325,7 +344,7 @@ impl Session {
             ?plan,
             "resume planned"
         );
-        plan
+        Ok(plan)
     }
 
     /// Sends the replay; returns the last offset it covered.

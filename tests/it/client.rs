@@ -181,3 +181,52 @@ pub async fn cli_route_send_tail_and_history(infra: Arc<Infra>) -> anyhow::Resul
     stack.stop().await;
     Ok(())
 }
+
+/// An app that stops reading: the client stops reading the socket, the
+/// server's queue for the device overflows (4004), the client resumes from
+/// the last message the app was handed — and the app still gets everything once.
+pub async fn slow_app_gets_everything_after_4004(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let stack = Stack::start_with(&infra, "slowapp", 1, true, |c| c.queue_len = 64).await?;
+    let mut receiver = Client::start(config(&stack, "slow", "phone"));
+    match tokio::time::timeout(Duration::from_secs(10), receiver.next_event()).await? {
+        Some(Event::Connected { .. }) => {}
+        other => anyhow::bail!("expected Connected, got {other:?}"),
+    }
+    let api = switchboard_client::Api::new(&stack.coordinator.url(), &Stack::token("fast"));
+    let to = Target::User(protocol::UserId::new("slow")?);
+    let total = 5000;
+    let mut sent = HashSet::new();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(250) {
+        let ids: Vec<String> = chunk.iter().map(|i| format!("s{i}")).collect();
+        let sends = ids
+            .iter()
+            .map(|id| api.send("fast", id, &to, serde_json::json!({"id": id}), Kind::Chat));
+        for r in futures_util::future::join_all(sends).await {
+            sent.insert(r?);
+        }
+    }
+    // Only now does the app start reading.
+    let (mut got, mut overflowed) = (HashSet::new(), false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < total && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), receiver.next_event()).await {
+            Ok(Some(Event::Message(m))) => {
+                anyhow::ensure!(got.insert(m.msg_id), "duplicate handed to the app")
+            }
+            Ok(Some(Event::Disconnected { code: Some(4004) })) => overflowed = true,
+            Ok(Some(Event::Connected { resumed: false, .. })) => {
+                anyhow::bail!("a resume came back resumed: false")
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    anyhow::ensure!(got == sent, "the app got {} of {total}", got.len());
+    anyhow::ensure!(
+        overflowed,
+        "the server never closed the slow device with 4004"
+    );
+    receiver.close().await;
+    stack.stop().await;
+    Ok(())
+}

@@ -37,6 +37,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         compose::scale_to_three_and_chat_on_the_third,
         client::client_resumes_and_dedupes_across_a_drain,
         client::cli_route_send_tail_and_history,
+        client::slow_app_gets_everything_after_4004,
         browser::two_browser_users_chat_and_survive_a_drain,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,

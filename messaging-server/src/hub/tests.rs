@@ -132,3 +132,24 @@ fn overflow_closes_with_4004_and_partition_loss_closes_its_devices() {
     hub.unregister(&uid("b"), other.id);
     assert_eq!(hub.connections(), 0);
 }
+
+#[test]
+fn nothing_is_queued_after_an_overflow() {
+    let hub = Hub::new(16);
+    hub.open_partition(0, 0);
+    let (mut slow, _) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
+    for o in 0..17 {
+        hub.dispatch(0, o, &record(Kind::Chat, "x", "x", &["a"]), &frame(o));
+    }
+    // The session drains its queue; offset 16 was dropped, so 17 must not follow.
+    assert_eq!(drain(&mut slow).len(), 16);
+    hub.dispatch(0, 17, &record(Kind::Chat, "x", "x", &["a"]), &frame(17));
+    assert!(
+        drain(&mut slow).is_empty(),
+        "a frame after the gap reached a closed device"
+    );
+    assert_eq!(
+        slow.close.try_recv().map(|c| c.code).ok(),
+        Some(CloseCode::TooSlow)
+    );
+}
