@@ -14,7 +14,6 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use protocol::runtime::etcd::{connect_retrying, spawn_assignment_watch};
 use protocol::EtcdLayout;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -23,22 +22,8 @@ use tracing::info;
 
 /// Binds `config.listen` and runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to bind {}", config.listen))?;
+    let listener = protocol::runtime::bind(config.listen).await?;
     serve(config, listener, shutdown).await
-}
-
-/// Starts on an already bound listener (tests bind port 0) and returns its address.
-pub async fn spawn(
-    config: Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .context("failed to bind")?;
-    let addr = listener.local_addr()?;
-    Ok((addr, tokio::spawn(serve(config, listener, shutdown))))
 }
 
 pub async fn serve(

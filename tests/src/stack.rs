@@ -2,7 +2,7 @@
 //! persister, sharing one topic, etcd prefix and database of the test run.
 
 use crate::{coordinator_config, start_coordinator, wait_until, Infra, ServiceHandle};
-use protocol::{Assignment, Cursor};
+use protocol::Assignment;
 use std::time::Duration;
 
 pub const JWT_SECRET: &str = "switchboard-test-secret-0123456789";
@@ -204,14 +204,5 @@ impl Stack {
             p.stop().await;
         }
         self.coordinator.stop().await;
-    }
-}
-
-pub fn cursor_of(f: &protocol::ServerFrame) -> Option<Cursor> {
-    match f {
-        protocol::ServerFrame::Message(m) => m.cursor.clone(),
-        protocol::ServerFrame::Welcome(w) => Some(w.cursor.clone()),
-        protocol::ServerFrame::Synced(s) => Some(s.cursor.clone()),
-        _ => None,
     }
 }

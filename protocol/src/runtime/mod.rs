@@ -9,6 +9,22 @@ pub mod http;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Binding a service's listen address failed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to bind {addr}")]
+pub struct BindError {
+    pub addr: std::net::SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds a service's listen address (port 0 picks a free port).
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
 /// Cancels `token` on SIGTERM or SIGINT, so every service drains the same way.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
