@@ -11,6 +11,7 @@ base_tag() { echo "switchboard/base:$(content_hash "$SB_ROOT/scripts/images/base
 build_base() {
   local tag; tag="$(base_tag)"
   if image_exists "$tag"; then echo "$tag"; return; fi
+  mkdir -p "$SB_CACHE"
   local rootfs="$SB_CACHE/rootfs-$$"
   local include; include="$(paste -sd, "$SB_ROOT/scripts/images/base.packages")"
   log "debootstrapping the Debian base image $tag (about a minute)"

@@ -9,7 +9,7 @@ TANSU_VERSION="0.6.0"
 TANSU_BIN="$SB_CACHE/tansu-$TANSU_VERSION/bin/tansu"
 # Host tools only: etcd and PostgreSQL run in images built from Debian's
 # packages (scripts/images/base.packages), not on the host.
-APT_PACKAGES=(protobuf-compiler debootstrap curl docker-compose chromium chromium-driver)
+APT_PACKAGES=(protobuf-compiler debootstrap curl docker-compose chromium chromium-driver fonts-dejavu-core)
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
 die() { printf '[dev] error: %s\n' "$*" >&2; exit 1; }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// One coordinator base URL, or several replicas separated by commas.
     pub coordinator_url: String,
     pub token: String,
     pub user_id: String,
@@ -74,12 +75,19 @@ struct Outgoing {
 
 pub struct Client {
     duplicates: Arc<std::sync::atomic::AtomicU64>,
-    out: mpsc::Sender<Outgoing>,
+    sender: Sender,
     events: mpsc::Receiver<Event>,
     cursor: Arc<Mutex<Option<Cursor>>>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
-    next_id: u64,
+}
+
+/// A cloneable handle for sending on a `Client` from other tasks, so several
+/// sends can wait for their acks at once.
+#[derive(Clone)]
+pub struct Sender {
+    out: mpsc::Sender<Outgoing>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Client {
@@ -101,13 +109,19 @@ impl Client {
         };
         Self {
             duplicates,
-            out: out_tx,
+            sender: Sender {
+                out: out_tx,
+                next_id: Arc::default(),
+            },
             events: ev_rx,
             cursor,
             cancel,
             task: tokio::spawn(runner.run()),
-            next_id: 0,
         }
+    }
+
+    pub fn sender(&self) -> Sender {
+        self.sender.clone()
     }
 
     /// Sends with a fresh `client_msg_id`; resolves on the server's ack, after
@@ -118,8 +132,7 @@ impl Client {
         body: serde_json::Value,
         kind: Kind,
     ) -> Result<MsgId, SendError> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        self.send_with_id(&id, to, body, kind).await
+        self.sender.send(to, body, kind).await
     }
 
     /// Sends with a caller-chosen retry key: the same key gives the same `msg_id`.
@@ -130,27 +143,9 @@ impl Client {
         body: serde_json::Value,
         kind: Kind,
     ) -> Result<MsgId, SendError> {
-        self.next_id += 1;
-        let cmid = protocol::ClientMsgId::new(client_msg_id)
-            .map_err(|e| SendError::Invalid(e.to_string()))?;
-        let body = RawValue::from_string(body.to_string())
-            .map_err(|e| SendError::Invalid(e.to_string()))?;
-        let send = protocol::frames::Send {
-            id: Some(self.next_id.into()),
-            client_msg_id: cmid,
-            to,
-            body,
-            kind,
-        };
-        let (reply, rx) = oneshot::channel();
-        let out = Outgoing {
-            request_id: self.next_id,
-            frame: ClientFrame::Send(send).to_json(),
-            client_msg_id: client_msg_id.to_owned(),
-            reply,
-        };
-        self.out.send(out).await.map_err(|_| SendError::Stopped)?;
-        rx.await.unwrap_or(Err(SendError::Stopped))
+        self.sender
+            .send_with_id(client_msg_id, to, body, kind)
+            .await
     }
 
     pub async fn next_event(&mut self) -> Option<Event> {
@@ -170,6 +165,53 @@ impl Client {
     pub async fn close(self) {
         self.cancel.cancel();
         let _ = self.task.await;
+    }
+}
+
+impl Sender {
+    /// Sends with a fresh `client_msg_id`; resolves on the server's ack, after
+    /// as many reconnects as it takes.
+    pub async fn send(
+        &self,
+        to: Target,
+        body: serde_json::Value,
+        kind: Kind,
+    ) -> Result<MsgId, SendError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.send_with_id(&id, to, body, kind).await
+    }
+
+    /// Sends with a caller-chosen retry key: the same key gives the same `msg_id`.
+    pub async fn send_with_id(
+        &self,
+        client_msg_id: &str,
+        to: Target,
+        body: serde_json::Value,
+        kind: Kind,
+    ) -> Result<MsgId, SendError> {
+        let request_id = 1 + self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cmid = protocol::ClientMsgId::new(client_msg_id)
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let body = RawValue::from_string(body.to_string())
+            .map_err(|e| SendError::Invalid(e.to_string()))?;
+        let send = protocol::frames::Send {
+            id: Some(request_id.into()),
+            client_msg_id: cmid,
+            to,
+            body,
+            kind,
+        };
+        let (reply, rx) = oneshot::channel();
+        let out = Outgoing {
+            request_id,
+            frame: ClientFrame::Send(send).to_json(),
+            client_msg_id: client_msg_id.to_owned(),
+            reply,
+        };
+        self.out.send(out).await.map_err(|_| SendError::Stopped)?;
+        rx.await.unwrap_or(Err(SendError::Stopped))
     }
 }
 
@@ -285,6 +327,14 @@ impl Runner {
             match msg {
                 Some(Ok(Ws::Text(t))) => match ServerFrame::parse(&t) {
                     Ok(ServerFrame::Welcome(w)) => {
+                        // Without a resume, live delivery starts at the welcome's
+                        // cursor: keep it, so a reconnect before the first chat
+                        // message still replays what it missed.
+                        if !w.resumed {
+                            if let Ok(mut cur) = self.cursor.lock() {
+                                *cur = Some(w.cursor.clone());
+                            }
+                        }
                         self.emit(Event::Connected {
                             server_id: w.server_id,
                             resumed: w.resumed,

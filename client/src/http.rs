@@ -45,17 +45,33 @@ pub struct Page {
 
 #[derive(Debug, Clone)]
 pub struct Api {
-    coordinator: String,
+    /// Coordinator replicas; any of them answers routes.
+    coordinators: Vec<String>,
+    /// The replica that answered last, tried first next time.
+    preferred: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    pub fn new(coordinator: &str, token: &str) -> Self {
+    /// `coordinators` is one base URL or several separated by commas (the
+    /// replicas of the coordinator); a route falls over to the next replica
+    /// when one cannot be reached.
+    pub fn new(coordinators: &str, token: &str) -> Self {
+        let coordinators = coordinators
+            .split(',')
+            .map(|c| c.trim().trim_end_matches('/').to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
         Self {
-            coordinator: coordinator.trim_end_matches('/').to_owned(),
+            coordinators,
+            preferred: Default::default(),
             token: token.to_owned(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -103,11 +119,30 @@ impl Api {
     }
 
     pub async fn route(&self, user: &str) -> Result<Route, ApiError> {
-        let url = format!("{}/v1/route", self.coordinator);
-        let body = self
-            .call(self.http.get(&url).query(&[("user_id", user)]), &url)
-            .await?;
-        Self::decode(&url, body)
+        use std::sync::atomic::Ordering;
+        let n = self.coordinators.len().max(1);
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            let base = self.coordinators.get(at).map_or("", String::as_str);
+            let url = format!("{base}/v1/route");
+            match self
+                .call(self.http.get(&url).query(&[("user_id", user)]), &url)
+                .await
+            {
+                Ok(body) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Self::decode(&url, body);
+                }
+                Err(e @ ApiError::Transport { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ApiError::Decode {
+            url: String::new(),
+            detail: "no coordinator URL given".into(),
+        }))
     }
 
     /// REST calls go to the server that serves `user` (any server would do).

@@ -9,6 +9,6 @@ mod connection;
 pub mod http;
 mod seen;
 
-pub use connection::{Client, ClientConfig, Event, SendError};
+pub use connection::{Client, ClientConfig, Event, SendError, Sender};
 pub use http::Api;
 pub use protocol::{Cursor, Kind, MsgId, Target};

@@ -5,6 +5,7 @@ pub mod batch;
 mod config;
 mod consumer;
 pub mod metrics;
+mod stall;
 
 pub use config::Config;
 
@@ -69,14 +70,16 @@ pub async fn serve(
         cancel: shutdown.clone(),
         pending: Mutex::new(batch::Batch::default()),
     };
-    let consumer = consumer::create(&config, ctx).context("failed to create the Kafka consumer")?;
     let worker = std::thread::Builder::new()
         .name("persister-consumer".into())
-        .spawn(move || consumer::run(consumer, &config))
+        .spawn(move || consumer::run_forever(ctx, &config))
         .context("failed to start the consumer thread")?;
     shutdown.cancelled().await;
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let consumed = tokio::task::spawn_blocking(move || worker.join()).await;
     let _ = http.await;
     info!("persister stopped");
-    Ok(())
+    match consumed {
+        Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failed to create the Kafka consumer")),
+        _ => Ok(()),
+    }
 }

@@ -7,6 +7,7 @@ mod browser;
 mod client;
 mod compose;
 mod coordinator;
+mod load;
 mod messaging;
 mod persister;
 mod smoke;
@@ -52,6 +53,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         messaging::dashboard_queries_only_exported_metrics,
         persister::exactly_once_across_kills_and_replicas,
         persister::recovers_by_itself_after_a_postgres_outage,
+        load::chaos_run_loses_nothing,
     ]
 }
 

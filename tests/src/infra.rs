@@ -12,8 +12,7 @@ use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use testcontainers::core::ContainerAsync;
@@ -30,7 +29,6 @@ pub struct Infra {
     /// `http://host:port` of etcd.
     pub etcd: String,
     pg_port: u16,
-    pg_admin: PgPool,
     containers: Vec<ContainerAsync<GenericImage>>,
     counter: AtomicU64,
 }
@@ -86,7 +84,7 @@ impl Infra {
             etcd.context("failed to start the etcd container")?,
             pg.context("failed to start the postgres container")?,
         ];
-        let pg_admin = wait_for_postgres(pp).await?;
+        wait_for_postgres(pp).await?;
         wait_for_etcd(&etcd_url).await?;
         wait_for_kafka(&kafka).await?;
         eprintln!("[infra] run {run_id}: broker (tansu) at {kafka}, etcd at {etcd_url}, PostgreSQL at 127.0.0.1:{pp}");
@@ -95,7 +93,6 @@ impl Infra {
             kafka,
             etcd: etcd_url,
             pg_port: pp,
-            pg_admin,
             containers,
             counter: AtomicU64::new(0),
         })
@@ -132,12 +129,7 @@ impl Infra {
 
     /// Host PID of the broker container (for CPU accounting in benchmarks).
     pub fn broker_pid(&self) -> Option<u32> {
-        let id = self.containers.first()?.id().to_owned();
-        let out = std::process::Command::new("docker")
-            .args(["inspect", "-f", "{{.State.Pid}}", &id])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        container_pid(self.containers.first()?.id())
     }
 
     /// A name unique within this run, safe for topics, databases and etcd.
@@ -158,12 +150,20 @@ impl Infra {
     }
 
     /// Creates a fresh database and returns its URL.
+    ///
+    /// Each call opens its own connection: every test runs on its own tokio
+    /// runtime, and a pooled connection created on a runtime that has since
+    /// shut down fails with "Tokio context is being shutdown".
     pub async fn database(&self, base: &str) -> anyhow::Result<String> {
         let name = self.unique(base).to_lowercase();
+        let mut admin = PgConnection::connect(&self.database_url("postgres"))
+            .await
+            .context("failed to connect to PostgreSQL as admin")?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&self.pg_admin)
+            .execute(&mut admin)
             .await
             .context("failed to create test database")?;
+        let _ = admin.close().await;
         Ok(self.database_url(&name))
     }
 
@@ -186,6 +186,19 @@ impl Infra {
     }
 }
 
+/// Host PID of a container's main process.
+pub fn container_pid(id: &str) -> Option<u32> {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", id])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+}
+
 fn tansu_cmd(addr: &str) -> Vec<String> {
     let url = format!("tcp://{addr}");
     [
@@ -202,12 +215,15 @@ fn tansu_cmd(addr: &str) -> Vec<String> {
     .collect()
 }
 
-async fn wait_for_postgres(port: u16) -> anyhow::Result<PgPool> {
+async fn wait_for_postgres(port: u16) -> anyhow::Result<()> {
     let url = format!("postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{port}/postgres");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match PgPoolOptions::new().max_connections(4).connect(&url).await {
-            Ok(pool) => return Ok(pool),
+        match PgConnection::connect(&url).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
             Err(e) if std::time::Instant::now() >= deadline => {
                 return Err(anyhow::anyhow!(
                     "postgres did not accept connections within 60s: {e}"

@@ -79,3 +79,5 @@ pub mod receiver;
 pub use receiver::{DeviceRunner, Received};
 
 pub mod procstat;
+
+pub mod load;

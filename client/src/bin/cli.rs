@@ -17,7 +17,7 @@ use switchboard_client::{Api, Client, ClientConfig, Event, Kind, Target};
     about = "Talk to a Switchboard deployment"
 )]
 struct Cli {
-    /// Coordinator base URL.
+    /// Coordinator base URL, or several replicas separated by commas.
     #[arg(
         long,
         env = "SWITCHBOARD_COORDINATOR_URL",
