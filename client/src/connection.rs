@@ -59,7 +59,6 @@ pub enum SendError {
 type Reply = oneshot::Sender<Result<MsgId, SendError>>;
 
 struct Pending {
-    request_id: u64,
     client_msg_id: String,
     frame: String,
     sent: bool,
@@ -228,6 +227,7 @@ struct Runner {
     config: ClientConfig,
     events: mpsc::Sender<Event>,
     cursor: Arc<Mutex<Option<Cursor>>>,
+    /// By request id: resent in that order after a reconnect.
     pending: BTreeMap<u64, Pending>,
     seen: Seen,
     out: mpsc::Receiver<Outgoing>,
@@ -388,9 +388,8 @@ impl Runner {
                 o = self.out.recv() => {
                     let Some(o) = o else { return Outcome::Stopped };
                     let sent = ws.send(Ws::text(o.frame.clone())).await.is_ok();
-                    let key = self.pending.keys().next_back().map_or(1, |k| k + 1);
-                    let p = Pending { request_id: o.request_id, client_msg_id: o.client_msg_id, frame: o.frame, sent, reply: Some(o.reply) };
-                    self.pending.insert(key, p);
+                    let p = Pending { client_msg_id: o.client_msg_id, frame: o.frame, sent, reply: Some(o.reply) };
+                    self.pending.insert(o.request_id, p);
                 }
                 _ = retry.tick() => {
                     for p in self.pending.values_mut().filter(|p| !p.sent) {
@@ -448,27 +447,18 @@ impl Runner {
         let Some(id) = e.id.as_ref().and_then(|v| v.as_u64()) else {
             return;
         };
-        let Some(key) = self
-            .pending
-            .iter()
-            .find(|(_, p)| p.request_id == id)
-            .map(|(k, _)| *k)
-        else {
+        let Some(p) = self.pending.get_mut(&id) else {
             return;
         };
         if matches!(e.code, ErrorCode::Unavailable | ErrorCode::RateLimited) {
-            if let Some(p) = self.pending.get_mut(&key) {
-                p.sent = false;
-            }
+            p.sent = false;
             return;
         }
-        let cmid = self.pending[&key].client_msg_id.clone();
-        self.settle(
-            &cmid,
-            Err(SendError::Refused {
+        if let Some(r) = self.pending.remove(&id).and_then(|mut p| p.reply.take()) {
+            let _ = r.send(Err(SendError::Refused {
                 code: e.code,
                 message: e.message,
-            }),
-        );
+            }));
+        }
     }
 }

@@ -235,6 +235,19 @@ impl Session {
         self.sink.send(WsMessage::Text(text(f))).await.is_ok()
     }
 
+    /// A transient failure during resume must not turn into "resumed: false"
+    /// (a gap for the client): the client is told why and to reconnect, and
+    /// retries with the same cursor.
+    async fn retry_later(&mut self, message: String, reason: &'static str) -> Close {
+        let err = ServerFrame::Error(ErrorFrame {
+            id: None,
+            code: ErrorCode::Unavailable,
+            message,
+        });
+        let _ = self.send_frame(&err).await;
+        close(CloseCode::Draining, None, reason)
+    }
+
     async fn run_registered(
         &mut self,
         id: u64,
@@ -249,17 +262,11 @@ impl Session {
             Some(after) => match self.plan(partition, after, live_from).await {
                 Ok(plan) => plan,
                 Err(e) => {
-                    // A transient failure must not turn into "resumed: false"
-                    // (a gap for the client): it retries instead.
-                    let err = ServerFrame::Error(ErrorFrame {
-                        id: None,
-                        code: ErrorCode::Unavailable,
-                        message: format!("resume unavailable: {e}"),
-                    });
-                    let _ = self.send_frame(&err).await;
+                    let message = format!("resume unavailable: {e}");
                     return (
                         id,
-                        close(CloseCode::Draining, None, "resume unavailable, reconnect"),
+                        self.retry_later(message, "resume unavailable, reconnect")
+                            .await,
                     );
                 }
             },
@@ -284,15 +291,10 @@ impl Session {
         let last = match self.replay(partition, &plan, &log_epoch).await {
             Ok(last) => last,
             Err(e) => {
-                let err = ServerFrame::Error(ErrorFrame {
-                    id: None,
-                    code: ErrorCode::Unavailable,
-                    message: format!("resume failed: {e}"),
-                });
-                let _ = self.send_frame(&err).await;
+                let message = format!("resume failed: {e}");
                 return (
                     id,
-                    close(CloseCode::Draining, None, "resume failed, reconnect"),
+                    self.retry_later(message, "resume failed, reconnect").await,
                 );
             }
         };
