@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every container image locally: nothing can be pulled here.
 #   scripts/images.sh base    - Debian base from Debian's packages (debootstrap)
-#   scripts/images.sh infra   - broker (tansu), etcd, PostgreSQL
+#   scripts/images.sh infra   - broker (nisshi), etcd, PostgreSQL
 #   scripts/images.sh services PROFILE_DIR - our three services from built binaries
 # Tags are content hashes, so an unchanged image is never rebuilt.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -40,10 +40,10 @@ build_image() {
 build_infra() {
   build_image etcd "$SB_ROOT/scripts/images/ctx-empty"
   build_image postgres "$SB_ROOT/scripts/images/postgres"
-  ensure_tansu
-  local ctx="$SB_CACHE/ctx-tansu"; mkdir -p "$ctx"
-  cmp -s "$TANSU_BIN" "$ctx/tansu" 2>/dev/null || cp "$TANSU_BIN" "$ctx/tansu"
-  build_image tansu "$ctx"
+  ensure_nisshi
+  local ctx="$SB_CACHE/ctx-broker"; mkdir -p "$ctx"
+  cmp -s "$NISSHI_BIN" "$ctx/nisshi" 2>/dev/null || cp "$NISSHI_BIN" "$ctx/nisshi"
+  build_image broker "$ctx"
 }
 
 build_services() {

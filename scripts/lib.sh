@@ -5,8 +5,10 @@ SB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Expensive artefacts (broker binary, base rootfs, cargo target for CI) live
 # outside the clone so a fresh clone on the same machine reuses them.
 SB_CACHE="${SWITCHBOARD_CACHE:-/var/cache/switchboard}"
-TANSU_VERSION="0.6.0"
-TANSU_BIN="$SB_CACHE/tansu-$TANSU_VERSION/bin/tansu"
+# The development broker: nisshi (tansu's successor) with SQLite storage,
+# chosen by measurement (docs/benchmarks.md, "Choosing the broker").
+NISSHI_VERSION="0.8.1"
+NISSHI_BIN="$SB_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi"
 # Host tools only: etcd and PostgreSQL run in images built from Debian's
 # packages (scripts/images/base.packages), not on the host.
 APT_PACKAGES=(protobuf-compiler debootstrap curl docker-compose chromium chromium-driver fonts-dejavu-core)
@@ -40,13 +42,28 @@ ensure_docker() {
   docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (is dockerd running?)"
 }
 
-ensure_tansu() {
-  if [ -x "$TANSU_BIN" ]; then return; fi
-  log "building tansu $TANSU_VERSION (cold: ~12 minutes, cached in $SB_CACHE)"
+# A toolchain new enough for nisshi (its dependency rama needs rustc >= 1.96):
+# the default one if it is, else the nightly the machine image carries. Our
+# own workspace builds on the default (stable) toolchain.
+broker_toolchain() {
+  local tc minor
+  for tc in "" "+nightly"; do
+    minor="$(rustc $tc --version 2>/dev/null | awk '{split($2, v, "."); print v[2]}')"
+    if [ -n "$minor" ] && [ "$minor" -ge 96 ]; then echo "$tc"; return; fi
+  done
+  die "building nisshi needs rustc >= 1.96 (stable or +nightly); neither is installed"
+}
+
+ensure_nisshi() {
+  if [ -x "$NISSHI_BIN" ]; then return; fi
+  local tc; tc="$(broker_toolchain)"
+  log "building nisshi $NISSHI_VERSION with cargo $tc (cold: ~13 minutes, cached in $SB_CACHE)"
   mkdir -p "$SB_CACHE"
-  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore \
-    --root "$SB_CACHE/tansu-$TANSU_VERSION" >"$SB_CACHE/tansu-build.log" 2>&1 \
-    || { tail -n 40 "$SB_CACHE/tansu-build.log" >&2; die "tansu build failed"; }
+  # Its own target dir: never the workspace's (another toolchain).
+  CARGO_TARGET_DIR="$SB_CACHE/nisshi-build" cargo $tc install nisshi --locked --version "$NISSHI_VERSION" \
+    --root "$SB_CACHE/nisshi-$NISSHI_VERSION" >"$SB_CACHE/nisshi-build.log" 2>&1 \
+    || { tail -n 40 "$SB_CACHE/nisshi-build.log" >&2; die "nisshi build failed"; }
+  rm -rf "$SB_CACHE/nisshi-build"
 }
 
 # The Debian mirror this machine's apt already uses; never hard-coded.

@@ -26,10 +26,17 @@ pub struct Config {
     /// Lease TTL of this server's registration, in seconds.
     #[arg(long, env = "SWITCHBOARD_LEASE_TTL_SECS", default_value_t = 5)]
     pub lease_ttl_secs: i64,
-    /// Extra librdkafka producer settings, `key=value`, comma separated. The
-    /// local tansu broker needs `batch.num.messages=1` (see docs/operations.md).
+    /// Extra librdkafka producer settings, `key=value`, comma separated.
     #[arg(long, env = "SWITCHBOARD_KAFKA_PRODUCER_CONFIG", value_delimiter = ',')]
     pub kafka_producer_config: Vec<String>,
+    /// Kafka records produced and not yet acknowledged, at most; sends past
+    /// it are refused at once with `unavailable` (the broker is behind).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_PRODUCE_IN_FLIGHT",
+        default_value_t = 1024
+    )]
+    pub max_produce_in_flight: usize,
     /// PostgreSQL URL (conversations, history, resume).
     #[arg(
         long,
@@ -97,6 +104,7 @@ impl fmt::Debug for Config {
             .field("kafka_brokers", &self.kafka.brokers)
             .field("topic", &self.kafka.topic)
             .field("kafka_producer_config", &self.kafka_producer_config)
+            .field("max_produce_in_flight", &self.max_produce_in_flight)
             .field("database_url", &mask_url(&self.database_url))
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
             .field(
@@ -131,6 +139,12 @@ impl Config {
                 self.lease_ttl_secs
             ));
         }
+        if !(1..=1_000_000).contains(&self.max_produce_in_flight) {
+            return Err(format!(
+                "--max-produce-in-flight must be 1..=1000000 (got {})",
+                self.max_produce_in_flight
+            ));
+        }
         if self.queue_len < 16 {
             return Err("--queue-len must be at least 16".into());
         }
@@ -148,6 +162,8 @@ impl Config {
         if let Some(bad) = self
             .kafka_producer_config
             .iter()
+            // An empty SWITCHBOARD_KAFKA_PRODUCER_CONFIG means none.
+            .filter(|kv| !kv.trim().is_empty())
             .find(|kv| kv.split_once('=').is_none_or(|(k, _)| k.trim().is_empty()))
         {
             return Err(format!(

@@ -1,4 +1,4 @@
-//! Kafka: the idempotent producer, the live consumer (manual `assign()` of
+//! Kafka consumers: the live consumer (manual `assign()` of
 //! exactly this server's partitions) and bounded log reads for resume.
 
 use crate::frame::live_frame;
@@ -7,44 +7,12 @@ use crate::metrics::Metrics;
 use protocol::{Record, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-pub fn producer(brokers: &str, extra: &[String]) -> Result<FutureProducer, KafkaError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "10000");
-    for (k, v) in extra.iter().filter_map(|kv| kv.split_once('=')) {
-        c.set(k.trim(), v.trim());
-    }
-    c.create()
-}
-
-/// Sends one record to an explicit partition and waits for acks=all.
-pub async fn produce(
-    p: &FutureProducer,
-    topic: &str,
-    partition: u32,
-    key: &str,
-    payload: &[u8],
-) -> Result<i64, KafkaError> {
-    let rec = FutureRecord::to(topic)
-        .partition(partition as i32)
-        .key(key)
-        .payload(payload);
-    p.send(rec, Duration::from_secs(10))
-        .await
-        .map(|d| d.offset)
-        .map_err(|(e, _)| e)
-}
 
 fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -59,31 +27,10 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
     c
 }
 
-/// End-of-partition is expected on the live consumer (it says a gained
-/// partition has caught up), so it is not reported as an error.
-pub struct LiveContext;
-
-impl rdkafka::ClientContext for LiveContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        use rdkafka::types::RDKafkaErrorCode;
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            warn!(error = %error, reason, "kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for LiveContext {}
-
-pub type LiveStream = StreamConsumer<LiveContext>;
+pub type LiveStream = StreamConsumer;
 
 pub fn live_consumer(brokers: &str, server_id: &str) -> Result<LiveStream, KafkaError> {
-    consumer_config(brokers, &format!("switchboard-server-{server_id}"))
-        .set("enable.partition.eof", "true")
-        .create_with_context(LiveContext)
+    consumer_config(brokers, &format!("switchboard-server-{server_id}")).create()
 }
 
 /// Partition changes for the consumer task, from the ownership watcher.
@@ -96,8 +43,6 @@ pub enum Ownership {
 
 pub struct LiveConsumer {
     pub consumer: Arc<LiveStream>,
-    /// Gained partitions still catching up: next offset seen so far, and since when.
-    pub opening: std::collections::HashMap<u32, (i64, Instant)>,
     pub topic: String,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
@@ -106,25 +51,19 @@ pub struct LiveConsumer {
 
 impl LiveConsumer {
     pub async fn run(mut self, mut ctrl: mpsc::Receiver<Ownership>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 m = self.consumer.recv() => match m {
                     Ok(msg) => {
                         let (p, o) = (msg.partition() as u32, msg.offset());
-                        match self.opening.get_mut(&p) {
-                            Some((next, _)) => *next = (*next).max(o + 1),
-                            None => self.dispatch(p, o, msg.payload().unwrap_or_default()),
-                        }
+                        self.dispatch(p, o, msg.payload().unwrap_or_default());
                     }
-                    Err(KafkaError::PartitionEOF(p)) => self.opened(p as u32),
                     Err(e) => {
                         warn!(error = %e, "consume failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = tick.tick() => self.open_stragglers(),
                 _ = lag_tick.tick() => self.report_lag(),
                 c = ctrl.recv() => match c {
                     Some(c) => self.apply(c).await,
@@ -132,31 +71,6 @@ impl LiveConsumer {
                 },
                 _ = cancel.cancelled() => return,
             }
-        }
-    }
-
-    /// Caught up: sessions may start, their live stream beginning here.
-    fn opened(&mut self, p: u32) {
-        if let Some((next, _)) = self.opening.remove(&p) {
-            self.hub.open_partition(p, next);
-            info!(partition = p, start = next, "serving partition");
-        }
-    }
-
-    /// A partition that never reports EOF (an idle broker may not) opens anyway.
-    fn open_stragglers(&mut self) {
-        let late: Vec<u32> = self
-            .opening
-            .iter()
-            .filter(|(_, (_, t))| t.elapsed() > Duration::from_secs(3))
-            .map(|(p, _)| *p)
-            .collect();
-        for p in late {
-            warn!(
-                partition = p,
-                "no end-of-partition from the broker; opening anyway"
-            );
-            self.opened(p);
         }
     }
 
@@ -209,7 +123,6 @@ impl LiveConsumer {
                 }
             }
             Ownership::Lose(p, close) => {
-                self.opening.remove(&p);
                 self.hub.close_partition(p, |_| close.clone());
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&self.topic, p as i32);
@@ -219,7 +132,6 @@ impl LiveConsumer {
                 info!(partition = p, "released partition");
             }
             Ownership::LoseAll(close) => {
-                self.opening.clear();
                 self.hub.close_all(|_, _| close.clone());
                 if let Err(e) = self.consumer.unassign() {
                     warn!(error = %e, "unassign failed");
@@ -228,9 +140,8 @@ impl LiveConsumer {
         }
     }
 
-    /// Starts reading at the log's reported end. The local broker may report
-    /// an end that is too low, so sessions wait until the consumer reaches
-    /// the real end (partition EOF), tracked from the records themselves.
+    /// Starts reading at the log's end: sessions of the partition may start
+    /// at once, everything before `high` replayed, everything after live.
     async fn gain(&mut self, p: u32) -> Result<(), KafkaError> {
         let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
         let (_, high) = tokio::task::spawn_blocking(move || {
@@ -241,7 +152,8 @@ impl LiveConsumer {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, p as i32, Offset::Offset(high))?;
         self.consumer.incremental_assign(&tpl)?;
-        self.opening.insert(p, (high, Instant::now()));
+        self.hub.open_partition(p, high);
+        info!(partition = p, start = high, "serving partition");
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod kafka;
 mod membership;
 pub mod metrics;
+pub mod producer;
 pub mod resume;
 pub mod send;
 mod session;
@@ -22,7 +23,6 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use protocol::runtime::etcd::{connect_retrying, spawn_assignment_watch};
 use protocol::{EtcdLayout, ServerInfo};
-use rdkafka::producer::Producer;
 use state::AppState;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -62,8 +62,6 @@ pub async fn serve(
     if !protocol::runtime::db::migrate(&store.pool, &shutdown).await {
         return Ok(());
     }
-    let producer = kafka::producer(&config.kafka.brokers, &config.kafka_producer_config)
-        .context("failed to create the Kafka producer")?;
     let consumer = Arc::new(
         kafka::live_consumer(&config.kafka.brokers, &server_id)
             .context("failed to create the Kafka consumer")?,
@@ -80,6 +78,17 @@ pub async fn serve(
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let producer = Arc::new(
+        producer::Producers::new(
+            producer::ProducerSettings {
+                brokers: config.kafka.brokers.clone(),
+                extra: config.kafka_producer_config.clone(),
+                max_in_flight: config.max_produce_in_flight,
+            },
+            metrics.clone(),
+        )
+        .context("failed to create the Kafka producer")?,
+    );
     let hub = Arc::new(hub::Hub::new(config.queue_len));
     let info = ServerInfo {
         server_id,
@@ -94,7 +103,7 @@ pub async fn serve(
         info,
         auth,
         store,
-        producer,
+        producer: producer.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
         registry,
@@ -109,13 +118,13 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     let live = kafka::LiveConsumer {
         consumer,
-        opening: Default::default(),
         topic: state.topic.clone(),
         hub,
         metrics,
         log_epoch: state.log_epoch.clone(),
     };
     tasks.spawn(live.run(own_rx, stop.clone()));
+    tasks.spawn(producer.supervise(stop.clone()));
     tasks.spawn(membership::run_ownership(
         state.clone(),
         own_tx,
@@ -165,7 +174,7 @@ async fn drain(state: &AppState, draining: &tokio::sync::watch::Sender<bool>) {
     while state.hub.connections() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Err(e) = state.producer.flush(Duration::from_secs(5)) {
+    if let Err(e) = state.producer.flush(Duration::from_secs(5)).await {
         warn!(error = %e, "producer flush incomplete");
     }
 }

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub lag: Family<PartitionLabel, Gauge>,
     pub owned_partitions: Gauge,
     pub send_ack_seconds: Histogram,
+    pub producer_restarts: Counter,
+    pub producer_ready: Gauge,
+    pub produce_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,6 +51,9 @@ impl Default for Metrics {
             lag: Family::default(),
             owned_partitions: Gauge::default(),
             send_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            producer_restarts: Counter::default(),
+            producer_ready: Gauge::default(),
+            produce_in_flight: Gauge::default(),
         }
     }
 }
@@ -119,6 +125,21 @@ impl Metrics {
             "send_ack_seconds",
             "Time from a send frame to its ack",
             self.send_ack_seconds.clone(),
+        );
+        r.register(
+            "producer_restarts",
+            "Kafka producers replaced after a fatal error",
+            self.producer_restarts.clone(),
+        );
+        r.register(
+            "producer_ready",
+            "1 while the Kafka producer works, 0 while it is being replaced",
+            self.producer_ready.clone(),
+        );
+        r.register(
+            "produce_in_flight",
+            "Kafka records handed to the producer and not yet acknowledged",
+            self.produce_in_flight.clone(),
         );
     }
 

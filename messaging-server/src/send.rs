@@ -134,31 +134,15 @@ impl Prepared {
         let unavailable = |id: &Option<serde_json::Value>, e: String| FrameError {
             id: id.clone(),
             code: ErrorCode::Unavailable,
-            message: format!("kafka unavailable: {e}"),
+            message: e,
         };
-        let mut acks = Vec::with_capacity(self.records.len());
-        let mut failed = None;
-        for (partition, key, payload) in &self.records {
-            let rec = rdkafka::producer::FutureRecord::to(&state.topic)
-                .partition(*partition as i32)
-                .key(key)
-                .payload(payload);
-            match state.producer.send_result(rec) {
-                Ok(ack) => acks.push(ack),
-                Err((e, _)) => failed = Some(unavailable(&self.id, e.to_string())),
-            }
-        }
-        let metrics = state.metrics.clone();
+        let handed = state.producer.enqueue(&state.topic, &self.records);
+        let (metrics, producer) = (state.metrics.clone(), state.producer.clone());
         async move {
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            for ack in acks {
-                match ack.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(unavailable(&self.id, e.to_string())),
-                    Err(_) => return Err(unavailable(&self.id, "producer stopped".into())),
-                }
+            let acks = handed.map_err(|e| unavailable(&self.id, e.to_string()))?;
+            if let Err(e) = acks.wait().await {
+                producer.report(&e);
+                return Err(unavailable(&self.id, format!("kafka unavailable: {e}")));
             }
             metrics.sends.inc();
             metrics

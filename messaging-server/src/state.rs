@@ -1,12 +1,12 @@
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::producer::Producers;
 use crate::store::Store;
 use crate::Config;
 use prometheus_client::registry::Registry;
 use protocol::runtime::etcd::AssignmentRx;
 use protocol::{Assignment, ServerInfo};
-use rdkafka::producer::FutureProducer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
@@ -18,7 +18,8 @@ pub struct AppState {
     pub info: ServerInfo,
     pub auth: Authenticator,
     pub store: Store,
-    pub producer: FutureProducer,
+    /// The Kafka producer, replaced by its supervisor after a fatal error.
+    pub producer: Arc<Producers>,
     pub topic: String,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
@@ -45,8 +46,12 @@ impl AppState {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Serving means registered, not draining, and holding a partition map.
+    /// Serving means registered, not draining, holding a partition map and
+    /// a working producer.
     pub fn is_ready(&self) -> bool {
-        *self.registered.borrow() && !self.is_draining() && self.assignment().is_some()
+        *self.registered.borrow()
+            && !self.is_draining()
+            && self.assignment().is_some()
+            && self.producer.is_healthy()
     }
 }

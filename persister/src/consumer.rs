@@ -5,7 +5,6 @@
 
 use crate::batch::{stored_offsets, Batch};
 use crate::metrics::{Metrics, PartitionLabel};
-use crate::stall;
 use crate::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
@@ -116,20 +115,6 @@ impl Ctx {
     }
 }
 
-impl Ctx {
-    /// The same connections and metrics with an empty batch, for a new consumer.
-    fn fresh(&self) -> Ctx {
-        Ctx {
-            pool: self.pool.clone(),
-            topic: self.topic.clone(),
-            handle: self.handle.clone(),
-            metrics: self.metrics.clone(),
-            cancel: self.cancel.clone(),
-            pending: Mutex::new(Batch::default()),
-        }
-    }
-}
-
 pub fn create(config: &Config, group: &str, ctx: Ctx) -> KafkaResult<BaseConsumer<Ctx>> {
     let consumer: BaseConsumer<Ctx> = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.brokers)
@@ -144,34 +129,14 @@ pub fn create(config: &Config, group: &str, ctx: Ctx) -> KafkaResult<BaseConsume
     Ok(consumer)
 }
 
-/// Consumes until cancelled, moving to a fresh group whenever the current
-/// one is stuck (see `stall`).
-/// A consumer librdkafka refuses to create ends it (and the process).
-pub fn run_forever(mut ctx: Ctx, config: &Config) -> KafkaResult<()> {
+/// Consumes until cancelled, writing a batch when it is full or old
+/// enough. A consumer librdkafka refuses to create ends it (and the process).
+pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> KafkaResult<()> {
     let group = &config.group_id;
-    loop {
-        let Some(epoch) = ctx.retry("read the group epoch", || {
-            stall::read_epoch(&ctx.pool, group)
-        }) else {
-            return Ok(());
-        };
-        let name = stall::group_name(group, epoch);
-        info!(group = %name, epoch, "joining the consumer group");
-        let cancel = ctx.cancel.clone();
-        let consumer = create(config, &name, ctx).inspect_err(|_| cancel.cancel())?;
-        let rejoin = run(&consumer, config, epoch);
-        ctx = consumer.context().fresh();
-        if !rejoin {
-            return Ok(());
-        }
-    }
-}
-
-/// Consumes until cancelled (false) or until the group must be rejoined
-/// under a new epoch (true), writing a batch when it is full or old enough.
-fn run(consumer: &BaseConsumer<Ctx>, config: &Config, epoch: i64) -> bool {
+    info!(%group, "joining the consumer group");
+    let cancel = ctx.cancel.clone();
+    let consumer = create(config, group, ctx).inspect_err(|_| cancel.cancel())?;
     let ctx = consumer.context();
-    let mut watch = stall::StallWatch::new(Duration::from_secs(30), Instant::now());
     let max_age = Duration::from_millis(config.batch_ms);
     let mut oldest: Option<Instant> = None;
     let mut lag_checked = Instant::now();
@@ -195,59 +160,16 @@ fn run(consumer: &BaseConsumer<Ctx>, config: &Config, epoch: i64) -> bool {
             oldest = None;
         }
         if lag_checked.elapsed() > Duration::from_secs(5) {
-            let high = high_watermarks(consumer, &config.kafka.topic);
-            report_lag(consumer, &high);
+            report_lag(&consumer, &high_watermarks(&consumer, &config.kafka.topic));
             lag_checked = Instant::now();
-            if must_rejoin(consumer, config, epoch, &high, &mut watch) {
-                ctx.flush();
-                return true;
-            }
         }
     }
     ctx.flush();
-    false
-}
-
-/// Another replica moved the group on, or this one finds it stuck.
-fn must_rejoin(
-    consumer: &BaseConsumer<Ctx>,
-    config: &Config,
-    epoch: i64,
-    high: &BTreeMap<i32, i64>,
-    watch: &mut stall::StallWatch,
-) -> bool {
-    let ctx = consumer.context();
-    let group = &config.group_id;
-    let Ok(current) = ctx.handle.block_on(stall::read_epoch(&ctx.pool, group)) else {
-        return false;
-    };
-    if current != epoch {
-        info!(epoch = current, "the consumer group moved to a new epoch");
-        return true;
-    }
-    let mine: std::collections::BTreeSet<i32> = consumer
-        .assignment()
-        .map(|a| a.elements().iter().map(|e| e.partition()).collect())
-        .unwrap_or_default();
-    let partitions: Vec<i32> = high.keys().copied().collect();
-    let Ok(stored) =
-        ctx.handle
-            .block_on(stored_offsets(&ctx.pool, &config.kafka.topic, &partitions))
-    else {
-        return false;
-    };
-    let orphaned = watch.orphaned(Instant::now(), &mine, &stored, high);
-    if orphaned.is_empty() {
-        return false;
-    }
-    warn!(group = %stall::group_name(group, epoch), epoch, partitions = ?orphaned, "records wait in partitions no member persists: the group is stuck; moving to a new group epoch");
-    ctx.handle
-        .block_on(stall::bump_epoch(&ctx.pool, group, epoch))
-        .is_ok()
+    Ok(())
 }
 
 /// High watermark of every partition of the topic, fetched once per check
-/// for both the lag metric and the stall check (never for what is written).
+/// for the lag metric (never for what is written).
 fn high_watermarks(consumer: &BaseConsumer<Ctx>, topic: &str) -> BTreeMap<i32, i64> {
     let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(1)) else {
         return BTreeMap::new();

@@ -5,7 +5,6 @@ pub mod batch;
 mod config;
 mod consumer;
 pub mod metrics;
-mod stall;
 
 pub use config::Config;
 
@@ -72,7 +71,7 @@ pub async fn serve(
     };
     let worker = std::thread::Builder::new()
         .name("persister-consumer".into())
-        .spawn(move || consumer::run_forever(ctx, &config))
+        .spawn(move || consumer::run_until_cancelled(ctx, &config))
         .context("failed to start the consumer thread")?;
     shutdown.cancelled().await;
     let consumed = tokio::task::spawn_blocking(move || worker.join()).await;

@@ -1,8 +1,8 @@
 //! A short chaos run of the load generator against the whole system in
-//! containers: every failure kind once, then zero lost chat messages and
-//! exactly one PostgreSQL row per distinct msg_id. One persister: its
-//! restart after `kill -9` leaves the consumer group stuck on tansu, so the
-//! run also proves the persister's stall detection (persister/src/stall.rs).
+//! containers: every failure kind once — the broker's `kill -9` and restart
+//! on the same storage included — then zero lost chat messages and exactly
+//! one PostgreSQL row per distinct msg_id. One persister: after its
+//! `kill -9` the broker must hand its partitions back to the restarted one.
 
 use clap::Parser;
 use harness::load::chaos::ALL;

@@ -3,6 +3,7 @@
 //! A custom harness (libtest-mimic, same output as libtest) so that one set
 //! of infrastructure is started before the tests and removed after them.
 
+mod broker_faults;
 mod browser;
 mod client;
 mod compose;
@@ -44,6 +45,8 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::long_poll_returns_on_change_and_times_out,
         coordinator::route_api_validates_and_answers,
+        broker_faults::broker_pause_answers_and_recovers,
+        broker_faults::overload_refuses_early_and_recovers,
         messaging::dm_and_group_reach_every_device,
         messaging::resume_on_new_owner_after_partition_moved,
         messaging::bad_input_gets_its_code,

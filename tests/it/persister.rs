@@ -45,7 +45,6 @@ async fn produce_range(
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &infra.kafka)
         .set("enable.idempotence", "true")
-        .set("batch.num.messages", "1")
         .set("linger.ms", "1")
         .create()?;
     let mut payloads: Vec<Vec<u8>> = Vec::new();

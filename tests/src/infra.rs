@@ -1,5 +1,5 @@
 //! One set of real infrastructure per test run — a Kafka-protocol broker
-//! (tansu), etcd and PostgreSQL — started with testcontainers from the images
+//! (nisshi, SQLite storage), etcd and PostgreSQL — started with testcontainers from the images
 //! `./dev` builds locally. Tests isolate themselves by topic, etcd prefix and
 //! database instead of sharing state.
 //!
@@ -51,7 +51,7 @@ impl Infra {
         };
         let (kp, ep, pp) = (free_port()?, free_port()?, free_port()?);
         let kafka = format!("127.0.0.1:{kp}");
-        let broker = label(image("tansu").with_cmd(tansu_cmd(&kafka)), "tansu").start();
+        let broker = label(broker_image(&kafka), "broker").start();
         let etcd_url = format!("http://127.0.0.1:{ep}");
         let etcd = label(
             image("etcd")
@@ -87,7 +87,7 @@ impl Infra {
         wait_for_postgres(pp).await?;
         wait_for_etcd(&etcd_url).await?;
         wait_for_kafka(&kafka).await?;
-        eprintln!("[infra] run {run_id}: broker (tansu) at {kafka}, etcd at {etcd_url}, PostgreSQL at 127.0.0.1:{pp}");
+        eprintln!("[infra] run {run_id}: broker (nisshi) at {kafka}, etcd at {etcd_url}, PostgreSQL at 127.0.0.1:{pp}");
         Ok(Self {
             run_id,
             kafka,
@@ -125,6 +125,24 @@ impl Infra {
             c,
             format!("postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{port}/switchboard"),
         ))
+    }
+
+    /// A broker of its own (for tests that pause, slow down or kill it), on
+    /// the host network so its address survives a restart; its log is kept
+    /// in SQLite inside the container, so a restart loses nothing.
+    pub async fn private_broker(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(ContainerAsync<GenericImage>, String)> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let c = broker_image(&addr)
+            .with_network("host")
+            .with_label("switchboard.test-run", self.run_id.as_str())
+            .with_container_name(format!("sb-test-{}-{name}", self.run_id))
+            .start()
+            .await?;
+        wait_for_kafka(&addr).await?;
+        Ok((c, addr))
     }
 
     /// Host PID of the broker container (for CPU accounting in benchmarks).
@@ -199,20 +217,15 @@ pub fn container_pid(id: &str) -> Option<u32> {
         .filter(|p| *p > 0)
 }
 
-fn tansu_cmd(addr: &str) -> Vec<String> {
+/// The broker listening on (and advertising) `addr`. Its first consumer-group
+/// rebalance waits 100 ms for more members instead of 3 s: tests start one
+/// member at a time.
+fn broker_image(addr: &str) -> testcontainers::ContainerRequest<GenericImage> {
     let url = format!("tcp://{addr}");
-    [
-        "broker",
-        "--listener-url",
-        &url,
-        "--advertised-listener-url",
-        &url,
-        "--storage-engine",
-        "memory://tansu/",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    image("broker")
+        .with_env_var("LISTENER_URL", url.as_str())
+        .with_env_var("ADVERTISED_LISTENER_URL", url.as_str())
+        .with_env_var("GROUP_INITIAL_REBALANCE_DELAY", "100ms")
 }
 
 async fn wait_for_postgres(port: u16) -> anyhow::Result<()> {
@@ -245,7 +258,7 @@ async fn wait_for_etcd(url: &str) -> anyhow::Result<()> {
     .await
 }
 
-async fn wait_for_kafka(addr: &str) -> anyhow::Result<()> {
+pub async fn wait_for_kafka(addr: &str) -> anyhow::Result<()> {
     let addr = addr.to_owned();
     wait_until(
         "the broker answers metadata",

@@ -38,14 +38,25 @@ impl Stack {
         persister: bool,
         tweak: impl Fn(&mut messaging_server::Config),
     ) -> anyhow::Result<Self> {
+        Self::start_on(infra, &infra.kafka, name, servers, persister, tweak).await
+    }
+
+    /// Like `start_with`, on the broker at `kafka` (e.g. a private one).
+    pub async fn start_on(
+        infra: &Infra,
+        kafka: &str,
+        name: &str,
+        servers: usize,
+        persister: bool,
+        tweak: impl Fn(&mut messaging_server::Config),
+    ) -> anyhow::Result<Self> {
         let prefix = format!("/{}", infra.unique(name));
         let topic = infra.unique(name);
         let database_url = infra.database(name).await?;
         let partitions = 8;
-        let coordinator = start_coordinator(
-            &format!("{name}-coord"),
-            coordinator_config(infra, &prefix, &topic, partitions),
-        )?;
+        let mut coordinator_config = coordinator_config(infra, &prefix, &topic, partitions);
+        coordinator_config.kafka.brokers = kafka.to_owned();
+        let coordinator = start_coordinator(&format!("{name}-coord"), coordinator_config)?;
         let mut stack = Self {
             prefix,
             topic,
@@ -54,7 +65,7 @@ impl Stack {
             coordinator,
             servers: Vec::new(),
             persister: None,
-            kafka: infra.kafka.clone(),
+            kafka: kafka.to_owned(),
             etcd: infra.etcd_endpoints(),
             next_server: 0,
         };
@@ -78,7 +89,6 @@ impl Stack {
         c.lease_ttl_secs = 2;
         c.kafka.brokers = self.kafka.clone();
         c.kafka.topic = self.topic.clone();
-        c.kafka_producer_config = vec!["batch.num.messages=1".into()];
         c.database_url = self.database_url.clone();
         c.jwt_secret = Some(JWT_SECRET.to_owned());
         c.drain_timeout_secs = 5;

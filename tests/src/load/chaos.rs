@@ -1,7 +1,7 @@
 //! Chaos mode: on a schedule, one failure at a time — `kill -9` of a
 //! messaging server, a graceful stop (drain) of one, `kill -9` of the
-//! coordinator leader, `kill -9` of a persister — each followed by a restart
-//! and a wait until the cluster has settled again.
+//! coordinator leader, `kill -9` of a persister, `kill -9` of the broker —
+//! each followed by a restart and a wait until the cluster has settled again.
 
 use super::cluster::{Cluster, Role, Service};
 use std::time::{Duration, Instant};
@@ -14,13 +14,15 @@ pub enum Fault {
     DrainServer,
     KillLeader,
     KillPersister,
+    KillBroker,
 }
 
-pub const ALL: [Fault; 4] = [
+pub const ALL: [Fault; 5] = [
     Fault::KillServer,
     Fault::DrainServer,
     Fault::KillLeader,
     Fault::KillPersister,
+    Fault::KillBroker,
 ];
 
 impl Fault {
@@ -30,6 +32,7 @@ impl Fault {
             Fault::DrainServer => "drain messaging server (SIGTERM)",
             Fault::KillLeader => "kill -9 coordinator leader",
             Fault::KillPersister => "kill -9 persister",
+            Fault::KillBroker => "kill -9 broker (restart on the same storage)",
         }
     }
 }
@@ -111,10 +114,20 @@ async fn inject(
     nth: usize,
     down: Duration,
 ) -> (String, anyhow::Result<()>) {
+    if fault == Fault::KillBroker {
+        let result = async {
+            cluster.kill_broker().await?;
+            tokio::time::sleep(down).await;
+            cluster.start_broker().await
+        }
+        .await;
+        return ("broker".to_owned(), result);
+    }
     let target = match fault {
         Fault::KillServer | Fault::DrainServer => pick(cluster, Role::Server, nth),
         Fault::KillPersister => pick(cluster, Role::Persister, nth),
         Fault::KillLeader => leader(cluster).await,
+        Fault::KillBroker => None,
     };
     let Some(s) = target else {
         return (

@@ -1,6 +1,7 @@
 //! The whole system in containers, started with testcontainers from the
-//! images `./dev` builds: broker, etcd and PostgreSQL (see `Infra`), then
-//! coordinators, messaging servers and persisters from `switchboard/*:local`.
+//! images `./dev` builds: etcd and PostgreSQL (see `Infra`), a broker of the
+//! cluster's own (chaos kills it), then coordinators, messaging servers and
+//! persisters from `switchboard/*:local`.
 //!
 //! Every container uses the host network on a fixed free loopback port,
 //! chosen once: a restarted service comes back at the same address, as a
@@ -48,18 +49,7 @@ pub struct Service {
 impl Service {
     /// `kill -9` of the service's process: no drain, no lease revoke.
     pub async fn kill(&self) -> anyhow::Result<()> {
-        let out = tokio::process::Command::new("docker")
-            .args(["kill", "--signal", "KILL", self.container.id()])
-            .output()
-            .await
-            .context("failed to run docker kill")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "docker kill {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
+        docker_kill(self.container.id(), &self.name).await
     }
 
     /// `SIGTERM` and up to `grace` for the drain, as an orchestrator stops it.
@@ -111,13 +101,16 @@ pub struct Shape {
     pub servers: usize,
     pub persisters: usize,
     pub partitions: u32,
-    /// librdkafka settings for the servers' producers (tansu needs
-    /// `batch.num.messages=1`; empty on Apache Kafka).
+    /// Extra librdkafka settings for the servers' producers (none by default).
     pub producer_config: String,
 }
 
 pub struct Cluster {
     pub infra: Arc<Infra>,
+    /// The cluster's own broker (SQLite storage inside the container, so a
+    /// `kill -9` and restart keeps the log) and its address.
+    broker: ContainerAsync<GenericImage>,
+    pub kafka: String,
     /// Whether the broker, etcd and PostgreSQL were started for this cluster
     /// (and so are removed with it).
     owns_infra: bool,
@@ -144,12 +137,14 @@ impl Cluster {
         };
         let database_url = infra.database("load").await?;
         let jwt_secret = uuid::Uuid::new_v4().simple().to_string();
+        let tag = infra.unique("c");
+        let (broker, kafka) = infra.private_broker(&format!("{tag}-broker")).await?;
         let common = Common {
             run_id: infra.run_id.clone(),
-            tag: infra.unique("c"),
+            tag,
             env: vec![
                 ("SWITCHBOARD_ETCD_ENDPOINTS".into(), infra.etcd.clone()),
-                ("SWITCHBOARD_KAFKA_BROKERS".into(), infra.kafka.clone()),
+                ("SWITCHBOARD_KAFKA_BROKERS".into(), kafka.clone()),
                 ("SWITCHBOARD_TOPIC".into(), infra.unique("load")),
                 (
                     "SWITCHBOARD_ETCD_PREFIX".into(),
@@ -203,6 +198,8 @@ impl Cluster {
         }
         let cluster = Self {
             infra,
+            broker,
+            kafka,
             owns_infra,
             database_url,
             jwt_secret,
@@ -257,7 +254,8 @@ impl Cluster {
 
     /// (name, host PID) of the broker and every service.
     pub fn pids(&self) -> Vec<(String, Option<u32>)> {
-        let mut out = vec![("broker (tansu)".to_owned(), self.infra.broker_pid())];
+        let broker = crate::infra::container_pid(self.broker.id());
+        let mut out = vec![("broker (nisshi)".to_owned(), broker)];
         out.extend(self.services.iter().map(|s| (s.name.clone(), s.pid())));
         out
     }
@@ -278,16 +276,45 @@ impl Cluster {
         Ok(())
     }
 
+    /// `kill -9` of the broker; it stays down until `start_broker`.
+    pub async fn kill_broker(&self) -> anyhow::Result<()> {
+        docker_kill(self.broker.id(), "the broker").await
+    }
+
+    /// Starts the killed broker again on the same storage and address.
+    pub async fn start_broker(&self) -> anyhow::Result<()> {
+        self.broker
+            .start()
+            .await
+            .context("failed to start the broker")?;
+        crate::infra::wait_for_kafka(&self.kafka).await
+    }
+
     pub async fn stop(self) {
         for s in self.services {
             let _ = s.container.rm().await;
         }
+        let _ = self.broker.rm().await;
         if self.owns_infra {
             if let Ok(infra) = Arc::try_unwrap(self.infra) {
                 infra.stop().await;
             }
         }
     }
+}
+
+async fn docker_kill(id: &str, name: &str) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("docker")
+        .args(["kill", "--signal", "KILL", id])
+        .output()
+        .await
+        .context("failed to run docker kill")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "docker kill {name}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 impl Common {

@@ -80,9 +80,8 @@ pub struct Options {
     /// Partitions of the topic.
     #[arg(long, default_value_t = 12)]
     pub partitions: u32,
-    /// librdkafka settings for the servers' producers; tansu needs every
-    /// record in its own batch, pass "" against Apache Kafka.
-    #[arg(long, default_value = "batch.num.messages=1")]
+    /// Extra librdkafka settings for the servers' producers, `k=v,k=v`.
+    #[arg(long, default_value = "")]
     pub producer_config: String,
     /// Use a running system instead of starting containers: its
     /// coordinator URL(s), comma-separated.

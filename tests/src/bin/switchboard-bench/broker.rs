@@ -1,14 +1,70 @@
 //! The broker alone: produce at a fixed rate to one partition with a consumer
-//! attached (same settings as the servers), latency per 2-second window. The
-//! baseline for the server's own latency numbers.
+//! attached (the servers' settings: idempotent, acks=all, linger 1 ms,
+//! fetch.wait.max.ms 5), reporting per window — by log length — the rate
+//! achieved, produce→consume latency and the broker's CPU per record. Used to
+//! choose the development broker and as the baseline for the server's own
+//! numbers. The broker is the harness's (container) or, with `--broker-cmd`,
+//! a process this tool starts (`{addr}` and `{dir}` are substituted).
 
 use harness::procstat::cpu_seconds;
 use harness::Infra;
+use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use std::sync::Arc;
+use serde::Serialize;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(clap::Args, Clone)]
+pub struct BrokerArgs {
+    /// Records per second offered to the broker.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// One table row per this many seconds.
+    #[arg(long, default_value_t = 30)]
+    window_secs: u64,
+    /// Start this broker instead of the harness's, e.g.
+    /// "tansu broker --listener-url tcp://{addr} --advertised-listener-url tcp://{addr} --storage-engine sqlite://tansu.db".
+    #[arg(long)]
+    broker_cmd: Option<String>,
+    /// The name the report gives the broker.
+    #[arg(long, default_value = "nisshi 0.8.1 SQLite (harness image)")]
+    label: String,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize, Default, Clone)]
+struct Window {
+    log_length: i64,
+    produced: u64,
+    consumed: u64,
+    records_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    broker_cpu_us_per_record: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    broker: String,
+    rate: u64,
+    seconds: u64,
+    producer_config: String,
+    produced: u64,
+    consumed: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    broker_cpu_s: f64,
+    broker_cpu_us_per_record: f64,
+    windows: Vec<Window>,
+}
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -17,7 +73,18 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-fn consume(brokers: String, topic: String, stop: Instant) {
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant bounds are valid")
+}
+
+struct Shared {
+    window: Mutex<Histogram<u64>>,
+    total: Mutex<Histogram<u64>>,
+    consumed: AtomicU64,
+    last_offset: AtomicI64,
+}
+
+fn consume(brokers: String, topic: String, stop: Instant, shared: Arc<Shared>) {
     let Ok(c) = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("group.id", "baseline")
@@ -34,7 +101,7 @@ fn consume(brokers: String, topic: String, stop: Instant) {
     {
         return;
     }
-    let (mut n, mut sum, mut max, mut window) = (0u64, 0u64, 0u64, Instant::now());
+    drop(tpl);
     while Instant::now() < stop {
         let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
             continue;
@@ -42,32 +109,79 @@ fn consume(brokers: String, topic: String, stop: Instant) {
         let sent: u64 = m
             .payload()
             .and_then(|p| std::str::from_utf8(p).ok())
-            .and_then(|s| s.parse().ok())
+            .and_then(|s| s.split(' ').next()?.parse().ok())
             .unwrap_or(0);
-        let l = now_us().saturating_sub(sent);
-        (n, sum, max) = (n + 1, sum + l, max.max(l));
-        if window.elapsed() > Duration::from_secs(2) {
-            println!(
-                "  log length {:>6}: avg {:>7.1} ms  max {:>7.1} ms",
-                m.offset() + 1,
-                sum as f64 / n as f64 / 1000.0,
-                max as f64 / 1000.0
-            );
-            (n, sum, max, window) = (0, 0, 0, Instant::now());
+        let l = now_us().saturating_sub(sent).max(1);
+        for h in [&shared.window, &shared.total] {
+            let _ = h.lock().unwrap_or_else(|e| e.into_inner()).record(l);
         }
+        shared.consumed.fetch_add(1, Ordering::Relaxed);
+        shared.last_offset.store(m.offset(), Ordering::Relaxed);
     }
 }
 
-pub async fn broker(
-    infra: Arc<Infra>,
-    rate: u64,
-    seconds: u64,
-    producer_config: &str,
-) -> anyhow::Result<()> {
+/// A broker process of the tool's own, listening on a free loopback port.
+struct OwnBroker {
+    child: std::process::Child,
+    addr: String,
+    _dir: std::path::PathBuf,
+}
+
+impl OwnBroker {
+    async fn start(cmd: &str) -> anyhow::Result<Self> {
+        let addr = format!("127.0.0.1:{}", harness::free_port()?);
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-broker-{}", harness::free_port()?));
+        std::fs::create_dir_all(&dir)?;
+        let words: Vec<String> = cmd
+            .split_whitespace()
+            .map(|w| {
+                w.replace("{addr}", &addr)
+                    .replace("{dir}", &dir.to_string_lossy())
+            })
+            .collect();
+        let (prog, args) = words
+            .split_first()
+            .ok_or_else(|| anyhow::anyhow!("empty --broker-cmd"))?;
+        let child = std::process::Command::new(prog)
+            .args(args)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("broker.log"))?)
+            .spawn()?;
+        harness::infra::wait_for_kafka(&addr).await?;
+        Ok(Self {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+pub async fn broker(infra: Arc<Infra>, a: BrokerArgs, producer_config: &str) -> anyhow::Result<()> {
+    let own = match &a.broker_cmd {
+        Some(cmd) => Some(OwnBroker::start(cmd).await?),
+        None => None,
+    };
+    let (kafka, pid) = match &own {
+        Some(b) => (b.addr.clone(), Some(b.child.id())),
+        None => (infra.kafka.clone(), infra.broker_pid()),
+    };
     let topic = infra.unique("baseline");
-    infra.create_topic(&topic, 1).await?;
+    create_topic(&kafka, &topic).await?;
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &infra.kafka)
+    cfg.set("bootstrap.servers", &kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1");
@@ -78,35 +192,140 @@ pub async fn broker(
         cfg.set(k.trim(), v.trim());
     }
     let p: FutureProducer = cfg.create()?;
-    println!("broker alone: {rate} records/s to one partition for {seconds} s, producer config {producer_config:?}");
-    let stop = Instant::now() + Duration::from_secs(seconds + 3);
-    let (brokers, t) = (infra.kafka.clone(), topic.clone());
-    let reader = std::thread::spawn(move || consume(brokers, t, stop));
-    let cpu0 = infra.broker_pid().and_then(cpu_seconds).unwrap_or(0.0);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let mut sent = 0u64;
+    // The idempotent producer's first send waits for its producer id.
+    p.send(
+        FutureRecord::to(&topic)
+            .partition(0)
+            .key("k")
+            .payload(&format!("{} warm", now_us())),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| e)?;
+    println!(
+        "{}: {} records/s to one partition for {} s, producer config {producer_config:?}",
+        a.label, a.rate, a.seconds
+    );
+    let shared = Arc::new(Shared {
+        window: Mutex::new(hist()),
+        total: Mutex::new(hist()),
+        consumed: AtomicU64::new(0),
+        last_offset: AtomicI64::new(0),
+    });
+    let stop = Instant::now() + Duration::from_secs(a.seconds + 5);
+    let (brokers, t, sh) = (kafka.clone(), topic.clone(), shared.clone());
+    let reader = std::thread::spawn(move || consume(brokers, t, stop, sh));
+    let cpu = || pid.and_then(cpu_seconds).unwrap_or(0.0);
+    let (cpu_start, started) = (cpu(), Instant::now());
+    let windows = produce(&p, &topic, &a, &shared, cpu).await;
+    let _ = p.flush(Duration::from_secs(30));
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    let broker_cpu = cpu() - cpu_start;
+    let produced: u64 = windows.iter().map(|w| w.produced).sum();
+    let total = shared
+        .total
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let report = Report {
+        broker: a.label.clone(),
+        rate: a.rate,
+        seconds: started.elapsed().as_secs(),
+        producer_config: producer_config.to_owned(),
+        produced,
+        consumed: shared.consumed.load(Ordering::Relaxed),
+        p50_ms: ms(&total, 0.5),
+        p99_ms: ms(&total, 0.99),
+        broker_cpu_s: broker_cpu,
+        broker_cpu_us_per_record: broker_cpu * 1e6 / produced.max(1) as f64,
+        windows,
+    };
+    println!(
+        "total: {} produced, {} consumed, p50 {:.1} ms, p99 {:.1} ms, broker CPU {:.1} s = {:.0} us per record",
+        report.produced, report.consumed, report.p50_ms, report.p99_ms, report.broker_cpu_s, report.broker_cpu_us_per_record
+    );
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Offers `rate` records/s for `seconds`, closing a table row every window.
+async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    a: &BrokerArgs,
+    shared: &Shared,
+    cpu: impl Fn() -> f64,
+) -> Vec<Window> {
+    println!(
+        "{:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "log length", "produced", "consumed", "rec/s", "p50 ms", "p99 ms", "max ms", "CPU us/rec"
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let until = Instant::now() + Duration::from_secs(a.seconds);
+    let (mut windows, mut owed, mut produced) = (Vec::new(), 0.0f64, 0u64);
+    let (mut w_start, mut w_cpu, mut w_consumed) = (Instant::now(), cpu(), 0u64);
+    let payload_pad = "x".repeat(80);
     while Instant::now() < until {
         tick.tick().await;
-        let (p, t) = (p.clone(), topic.clone());
-        tokio::spawn(async move {
-            let _ = p
-                .send(
-                    FutureRecord::to(&t)
-                        .partition(0)
-                        .key("k")
-                        .payload(&now_us().to_string()),
-                    Duration::from_secs(30),
-                )
-                .await;
-        });
-        sent += 1;
+        owed += a.rate as f64 / 1000.0;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let payload = format!("{} {payload_pad}", now_us());
+            // Acks are not awaited one by one: the consumer sees what landed.
+            let _ = p.send_result(
+                FutureRecord::to(topic)
+                    .partition(0)
+                    .key("k")
+                    .payload(&payload),
+            );
+            produced += 1;
+        }
+        if w_start.elapsed() >= Duration::from_secs(a.window_secs) {
+            let consumed = shared.consumed.load(Ordering::Relaxed);
+            let h = std::mem::replace(
+                &mut *shared.window.lock().unwrap_or_else(|e| e.into_inner()),
+                hist(),
+            );
+            let now_cpu = cpu();
+            let w = Window {
+                log_length: shared.last_offset.load(Ordering::Relaxed) + 1,
+                produced,
+                consumed: consumed - w_consumed,
+                records_per_s: (consumed - w_consumed) as f64 / w_start.elapsed().as_secs_f64(),
+                p50_ms: ms(&h, 0.5),
+                p99_ms: ms(&h, 0.99),
+                max_ms: h.max() as f64 / 1000.0,
+                broker_cpu_us_per_record: (now_cpu - w_cpu) * 1e6 / produced.max(1) as f64,
+            };
+            println!(
+                "{:>10} {:>9} {:>9} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>10.0}",
+                w.log_length,
+                w.produced,
+                w.consumed,
+                w.records_per_s,
+                w.p50_ms,
+                w.p99_ms,
+                w.max_ms,
+                w.broker_cpu_us_per_record
+            );
+            windows.push(w);
+            (w_start, w_cpu, w_consumed, produced) = (Instant::now(), now_cpu, consumed, 0);
+        }
     }
-    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-    let cpu = infra.broker_pid().and_then(cpu_seconds).unwrap_or(0.0) - cpu0;
-    println!(
-        "broker CPU {cpu:.2} s for {sent} records = {:.0} us per record",
-        cpu * 1e6 / sent.max(1) as f64
-    );
+    windows
+}
+
+async fn create_topic(kafka: &str, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()?;
+    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for r in admin.create_topics([&t], &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t}: {e}"))?;
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //!   target/release/switchboard-bench latency --rate 5000 --seconds 20
 //!   target/release/switchboard-bench route --seconds 10
 //!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
+//!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
 
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
@@ -18,10 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
-    /// librdkafka settings for the servers' producers. The default makes
-    /// every record its own batch, which tansu needs for fetches that start
-    /// mid-log; pass "" for normal batching (what Apache Kafka runs with).
-    #[arg(long, global = true, default_value = "batch.num.messages=1")]
+    /// Extra librdkafka settings for the servers' producers, `k=v,k=v`
+    /// (none by default: normal batching).
+    #[arg(long, global = true, default_value = "")]
     producer_config: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -58,12 +58,7 @@ enum Cmd {
         seconds: u64,
     },
     /// The broker alone at a fixed produce rate, with a consumer attached.
-    Broker {
-        #[arg(long, default_value_t = 1000)]
-        rate: u64,
-        #[arg(long, default_value_t = 16)]
-        seconds: u64,
-    },
+    Broker(broker::BrokerArgs),
     /// Rows per second the persister writes into PostgreSQL.
     Persist {
         #[arg(long, default_value_t = 200_000)]
@@ -110,7 +105,7 @@ impl Bench {
                 ("SWITCHBOARD_TOPIC", b.topic.clone()),
                 (
                     "SWITCHBOARD_KAFKA_PRODUCER_CONFIG",
-                    "batch.num.messages=1".into(),
+                    PRODUCER_CONFIG.get().cloned().unwrap_or_default(),
                 ),
                 ("SWITCHBOARD_DATABASE_URL", b.db.clone()),
                 ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
@@ -246,9 +241,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 pairs,
             } => latency(infra.clone(), rate, seconds, pairs).await,
-            Cmd::Broker { rate, seconds } => {
-                broker::broker(infra.clone(), rate, seconds, &args.producer_config).await
-            }
+            Cmd::Broker(a) => broker::broker(infra.clone(), a, &args.producer_config).await,
             Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
             Cmd::Persist { records, batch_max } => {
                 persist::persist(infra.clone(), records, batch_max).await

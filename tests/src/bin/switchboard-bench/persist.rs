@@ -80,7 +80,7 @@ pub async fn persist(infra: Arc<Infra>, records: usize, batch_max: usize) -> any
         .map(|r| r.0)
         .unwrap_or(0)
     };
-    // Time from the first committed batch, so the group join (slow on tansu) is not counted.
+    // Time from the first committed batch, so the consumer-group join is not counted.
     let deadline = Instant::now() + Duration::from_secs(120);
     while count().await == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
