@@ -67,10 +67,12 @@ pub struct ProducerSettings {
 impl ProducerSettings {
     fn build(&self, wake: &Arc<Notify>) -> Result<KafkaProducer, KafkaError> {
         let mut c = ClientConfig::new();
+        // linger.ms stays librdkafka's default (5 ms): a broker's cost is
+        // mostly per produce request, so batching is what lets it keep up
+        // (docs/benchmarks.md, "Choosing the broker").
         c.set("bootstrap.servers", &self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "1")
             .set("message.timeout.ms", "10000");
         for (k, v) in self.extra.iter().filter_map(|kv| kv.split_once('=')) {
             c.set(k.trim(), v.trim());

@@ -3,12 +3,11 @@
 //! load. Sends must answer (never hang), servers must send again by
 //! themselves, and everything acknowledged must be delivered and persisted.
 
-use harness::{DeviceRunner, Infra, Received, Stack};
+use harness::{Infra, Receivers, Stack};
 use protocol::MsgId;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// The producer's message timeout (10 s) plus scheduling slack: no send may
 /// take longer than this to be answered, whatever the broker does.
@@ -124,72 +123,20 @@ async fn drive(
     }
 }
 
-struct Receivers {
-    inboxes: Vec<Arc<Mutex<Received>>>,
-    stop: CancellationToken,
-}
-
-impl Receivers {
-    async fn start(stack: &Stack, users: &[String]) -> anyhow::Result<Self> {
-        let stop = CancellationToken::new();
-        let mut inboxes = Vec::new();
-        for u in users {
-            let out = Arc::new(Mutex::new(Received::default()));
-            let runner = DeviceRunner {
-                coordinator: stack.coordinator.url(),
-                user: u.clone(),
-                device: "phone".into(),
-                token: Stack::token(u),
-            };
-            tokio::spawn(runner.run(out.clone(), stop.clone()));
-            let inbox = out.clone();
-            harness::wait_until("receiver connected", Duration::from_secs(20), || async {
-                inbox.lock().map(|o| o.sessions > 0).unwrap_or(false)
-            })
-            .await?;
-            inboxes.push(out);
-        }
-        Ok(Self { inboxes, stop })
-    }
-
-    /// Every acknowledged message reached each receiver of its group.
-    async fn expect(
-        &self,
-        acked: &[(usize, MsgId)],
-        groups: impl Fn(usize) -> Vec<usize>,
-    ) -> anyhow::Result<()> {
-        for (i, inbox) in self.inboxes.iter().enumerate() {
-            let want: Vec<MsgId> = acked
-                .iter()
-                .filter(|(g, _)| groups(*g).contains(&i))
-                .map(|(_, m)| *m)
-                .collect();
-            let done = || async {
-                inbox
-                    .lock()
-                    .map(|o| want.iter().all(|m| o.unique.contains(m)))
-                    .unwrap_or(false)
-            };
-            if harness::wait_until(
-                "every acknowledged message delivered",
-                Duration::from_secs(60),
-                done,
-            )
-            .await
-            .is_err()
-            {
-                let missing = inbox
-                    .lock()
-                    .map(|o| want.iter().filter(|m| !o.unique.contains(m)).count())
-                    .unwrap_or(0);
-                anyhow::bail!(
-                    "receiver {i}: {missing} of {} acknowledged messages lost",
-                    want.len()
-                );
-            }
-        }
-        Ok(())
-    }
+/// Every acknowledged message reached each receiver of its group.
+async fn expect_delivered(
+    receivers: &Receivers,
+    acked: &[(usize, MsgId)],
+    groups: impl Fn(usize) -> Vec<usize>,
+) -> anyhow::Result<()> {
+    let want = |i: usize| {
+        acked
+            .iter()
+            .filter(|(g, _)| groups(*g).contains(&i))
+            .map(|(_, m)| *m)
+            .collect()
+    };
+    receivers.expect_each(want, Duration::from_secs(60)).await
 }
 
 /// Every acknowledged chat message has its row in PostgreSQL.
@@ -255,7 +202,7 @@ pub async fn broker_pause_answers_and_recovers(infra: Arc<Infra>) -> anyhow::Res
     let (broker, kafka) = infra.private_broker("paused").await?;
     let stack = Stack::start_on(&infra, &kafka, "paused", 2, true, |_| {}).await?;
     let users: Vec<String> = (0..6).map(|i| format!("pr{i}")).collect();
-    let receivers = Receivers::start(&stack, &users).await?;
+    let receivers = Receivers::start(&stack.coordinator.url(), &users).await?;
     let out = Arc::new(Mutex::new(Outcomes::default()));
     let to = users.clone();
     let body = move |s: usize, n: usize| {
@@ -302,9 +249,9 @@ pub async fn broker_pause_answers_and_recovers(infra: Arc<Infra>) -> anyhow::Res
         "a send hung for {:?}",
         o.slowest
     );
-    receivers.expect(&o.acked, |g| vec![g]).await?;
+    expect_delivered(&receivers, &o.acked, |g| vec![g]).await?;
     expect_persisted(&stack, &o.acked).await?;
-    receivers.stop.cancel();
+    receivers.stop().await;
     stack.stop().await;
     let _ = broker.rm().await;
     Ok(())
@@ -331,7 +278,7 @@ pub async fn overload_refuses_early_and_recovers(infra: Arc<Infra>) -> anyhow::R
         "create conversation: {}",
         created.status()
     );
-    let inboxes = Receivers::start(&stack, &receivers).await?;
+    let inboxes = Receivers::start(&stack.coordinator.url(), &receivers).await?;
     // A broker with a tenth of a core: far less than the offered load.
     let throttle = |cpus: &str| {
         std::process::Command::new("docker")
@@ -400,11 +347,9 @@ pub async fn overload_refuses_early_and_recovers(infra: Arc<Infra>) -> anyhow::R
         "normal load after the overload still failed"
     );
     let acked: Vec<(usize, MsgId)> = overload.acked.into_iter().chain(normal.acked).collect();
-    inboxes
-        .expect(&acked, |_| (0..receivers.len()).collect())
-        .await?;
+    expect_delivered(&inboxes, &acked, |_| (0..receivers.len()).collect()).await?;
     expect_persisted(&stack, &acked).await?;
-    inboxes.stop.cancel();
+    inboxes.stop().await;
     stack.stop().await;
     let _ = broker.rm().await;
     Ok(())

@@ -514,31 +514,9 @@ pub async fn history_pages_return_every_message_once(infra: Arc<Infra>) -> anyho
 /// SIGTERM-equivalent graceful stop of a server under traffic: its clients
 /// are redirected and resume on the new owners; no chat message is lost.
 pub async fn drain_under_traffic_loses_nothing(infra: Arc<Infra>) -> anyhow::Result<()> {
-    use harness::{DeviceRunner, Received};
-    use std::sync::Mutex;
-    use tokio_util::sync::CancellationToken;
     let mut stack = Stack::start(&infra, "drain", 3, true).await?;
-    let stop = CancellationToken::new();
     let users: Vec<String> = (0..8).map(|i| format!("rcv{i}")).collect();
-    let mut inboxes = Vec::new();
-    let mut tasks = Vec::new();
-    for u in &users {
-        let out = Arc::new(Mutex::new(Received::default()));
-        let runner = DeviceRunner {
-            coordinator: stack.coordinator.url(),
-            user: u.clone(),
-            device: "phone".into(),
-            token: Stack::token(u),
-        };
-        tasks.push(tokio::spawn(runner.run(out.clone(), stop.clone())));
-        inboxes.push(out);
-    }
-    for inbox in &inboxes {
-        harness::wait_until("receivers connected", T, || async {
-            inbox.lock().map(|o| o.sessions > 0).unwrap_or(false)
-        })
-        .await?;
-    }
+    let receivers = harness::Receivers::start(&stack.coordinator.url(), &users).await?;
     // Drain the server that hosts the most receivers, so the hand-off is exercised.
     let mut hosted: std::collections::BTreeMap<String, usize> = Default::default();
     for u in &users {
@@ -588,25 +566,10 @@ pub async fn drain_under_traffic_loses_nothing(infra: Arc<Infra>) -> anyhow::Res
     if let Some(s) = stopping {
         s.await?;
     }
-    for (inbox, want) in inboxes.iter().zip(&expected) {
-        let done = || async {
-            inbox
-                .lock()
-                .map(|o| want.iter().all(|m| o.unique.contains(m)))
-                .unwrap_or(false)
-        };
-        if harness::wait_until("every message delivered", Duration::from_secs(30), done)
-            .await
-            .is_err()
-        {
-            let o = inbox.lock().map(|o| format!("{o:?}")).unwrap_or_default();
-            anyhow::bail!("lost messages; receiver state: {}", &o[..o.len().min(2000)]);
-        }
-    }
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    receivers
+        .expect_each(|i| expected[i].clone(), Duration::from_secs(30))
+        .await?;
+    let inboxes = &receivers.inboxes;
     let moved: usize = inboxes
         .iter()
         .filter_map(|i| {
@@ -622,6 +585,7 @@ pub async fn drain_under_traffic_loses_nothing(infra: Arc<Infra>) -> anyhow::Res
     let sent: usize = expected.iter().map(Vec::len).sum();
     eprintln!("    {sent} chat messages, 0 lost; {moved} receivers closed with 4006 and {resumed} resumed sessions");
     anyhow::ensure!(moved > 0, "no receiver was on the drained server");
+    receivers.stop().await;
     stack.stop().await;
     Ok(())
 }

@@ -76,7 +76,7 @@ pub mod process;
 pub use process::Process;
 
 pub mod receiver;
-pub use receiver::{DeviceRunner, Received};
+pub use receiver::{DeviceRunner, Received, Receivers};
 
 pub mod procstat;
 

@@ -115,3 +115,77 @@ impl DeviceRunner {
         }
     }
 }
+
+/// A set of devices, one per user ("phone"), each a `DeviceRunner`.
+pub struct Receivers {
+    pub inboxes: Vec<Arc<Mutex<Received>>>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Receivers {
+    /// Starts one device per user and waits until each has a session.
+    pub async fn start(coordinator: &str, users: &[String]) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let (mut inboxes, mut tasks) = (Vec::new(), Vec::new());
+        for u in users {
+            let out = Arc::new(Mutex::new(Received::default()));
+            let runner = DeviceRunner {
+                coordinator: coordinator.to_owned(),
+                user: u.clone(),
+                device: "phone".into(),
+                token: crate::Stack::token(u),
+            };
+            tasks.push(tokio::spawn(runner.run(out.clone(), stop.clone())));
+            inboxes.push(out);
+        }
+        for inbox in &inboxes {
+            crate::wait_until("receiver connected", Duration::from_secs(20), || async {
+                inbox.lock().map(|o| o.sessions > 0).unwrap_or(false)
+            })
+            .await?;
+        }
+        Ok(Self {
+            inboxes,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Waits until receiver `i` holds every msg_id of `want(i)`, for each `i`.
+    pub async fn expect_each(
+        &self,
+        want: impl Fn(usize) -> Vec<MsgId>,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        for (i, inbox) in self.inboxes.iter().enumerate() {
+            let want = want(i);
+            let missing = || {
+                inbox
+                    .lock()
+                    .map(|o| want.iter().filter(|m| !o.unique.contains(m)).count())
+                    .unwrap_or(usize::MAX)
+            };
+            let done = || async { missing() == 0 };
+            if crate::wait_until("every expected message delivered", within, done)
+                .await
+                .is_err()
+            {
+                anyhow::bail!(
+                    "receiver {i}: {} of {} messages lost",
+                    missing(),
+                    want.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every device and waits for it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

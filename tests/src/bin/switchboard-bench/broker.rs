@@ -1,5 +1,5 @@
 //! The broker alone: produce at a fixed rate to one partition with a consumer
-//! attached (the servers' settings: idempotent, acks=all, linger 1 ms,
+//! attached (the servers' settings: idempotent, acks=all, linger 5 ms,
 //! fetch.wait.max.ms 5), reporting per window — by log length — the rate
 //! achieved, produce→consume latency and the broker's CPU per record. Used to
 //! choose the development broker and as the baseline for the server's own
@@ -27,6 +27,9 @@ pub struct BrokerArgs {
     /// One table row per this many seconds.
     #[arg(long, default_value_t = 30)]
     window_secs: u64,
+    /// The consumer's fetch.wait.max.ms (the servers use 5).
+    #[arg(long, default_value_t = 5)]
+    fetch_wait_ms: u64,
     /// Start this broker instead of the harness's, e.g.
     /// "tansu broker --listener-url tcp://{addr} --advertised-listener-url tcp://{addr} --storage-engine sqlite://tansu.db".
     #[arg(long)]
@@ -56,6 +59,7 @@ struct Report {
     broker: String,
     rate: u64,
     seconds: u64,
+    fetch_wait_ms: u64,
     producer_config: String,
     produced: u64,
     consumed: u64,
@@ -82,13 +86,15 @@ struct Shared {
     total: Mutex<Histogram<u64>>,
     consumed: AtomicU64,
     last_offset: AtomicI64,
+    /// Set once everything produced was read (or the wait for it ended).
+    done: std::sync::atomic::AtomicBool,
 }
 
-fn consume(brokers: String, topic: String, stop: Instant, shared: Arc<Shared>) {
+fn consume(brokers: String, topic: String, fetch_wait_ms: u64, stop: Instant, shared: Arc<Shared>) {
     let Ok(c) = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("group.id", "baseline")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .create::<BaseConsumer>()
     else {
         return;
@@ -102,7 +108,7 @@ fn consume(brokers: String, topic: String, stop: Instant, shared: Arc<Shared>) {
         return;
     }
     drop(tpl);
-    while Instant::now() < stop {
+    while Instant::now() < stop && !shared.done.load(Ordering::Relaxed) {
         let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -181,10 +187,10 @@ pub async fn broker(infra: Arc<Infra>, a: BrokerArgs, producer_config: &str) -> 
     let topic = infra.unique("baseline");
     create_topic(&kafka, &topic).await?;
     let mut cfg = ClientConfig::new();
+    // The servers' producer settings (linger.ms: librdkafka's default, 5 ms).
     cfg.set("bootstrap.servers", &kafka)
         .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1");
+        .set("acks", "all");
     for (k, v) in producer_config
         .split(',')
         .filter_map(|kv| kv.split_once('='))
@@ -211,17 +217,36 @@ pub async fn broker(infra: Arc<Infra>, a: BrokerArgs, producer_config: &str) -> 
         total: Mutex::new(hist()),
         consumed: AtomicU64::new(0),
         last_offset: AtomicI64::new(0),
+        done: Default::default(),
     });
-    let stop = Instant::now() + Duration::from_secs(a.seconds + 5);
+    let stop = Instant::now() + Duration::from_secs(a.seconds + 35);
     let (brokers, t, sh) = (kafka.clone(), topic.clone(), shared.clone());
-    let reader = std::thread::spawn(move || consume(brokers, t, stop, sh));
+    let wait = a.fetch_wait_ms;
+    let reader = std::thread::spawn(move || consume(brokers, t, wait, stop, sh));
+    // Measure from the moment the consumer reads: its first fetch (and the
+    // producer's id) are start-up, not the broker's steady cost.
+    harness::wait_until("the consumer reads", Duration::from_secs(30), || async {
+        shared.consumed.load(Ordering::Relaxed) > 0
+    })
+    .await?;
+    for h in [&shared.window, &shared.total] {
+        *h.lock().unwrap_or_else(|e| e.into_inner()) = hist();
+    }
+    shared.consumed.store(0, Ordering::Relaxed);
     let cpu = || pid.and_then(cpu_seconds).unwrap_or(0.0);
     let (cpu_start, started) = (cpu(), Instant::now());
     let windows = produce(&p, &topic, &a, &shared, cpu).await;
     let _ = p.flush(Duration::from_secs(30));
+    let produced: u64 = windows.iter().map(|w| w.produced).sum();
+    let _ = harness::wait_until(
+        "the consumer read everything",
+        Duration::from_secs(30),
+        || async { shared.consumed.load(Ordering::Relaxed) >= produced },
+    )
+    .await;
+    shared.done.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     let broker_cpu = cpu() - cpu_start;
-    let produced: u64 = windows.iter().map(|w| w.produced).sum();
     let total = shared
         .total
         .lock()
@@ -231,6 +256,7 @@ pub async fn broker(infra: Arc<Infra>, a: BrokerArgs, producer_config: &str) -> 
         broker: a.label.clone(),
         rate: a.rate,
         seconds: started.elapsed().as_secs(),
+        fetch_wait_ms: a.fetch_wait_ms,
         producer_config: producer_config.to_owned(),
         produced,
         consumed: shared.consumed.load(Ordering::Relaxed),
@@ -283,7 +309,8 @@ async fn produce(
             );
             produced += 1;
         }
-        if w_start.elapsed() >= Duration::from_secs(a.window_secs) {
+        let last = Instant::now() >= until;
+        if last || w_start.elapsed() >= Duration::from_secs(a.window_secs) {
             let consumed = shared.consumed.load(Ordering::Relaxed);
             let h = std::mem::replace(
                 &mut *shared.window.lock().unwrap_or_else(|e| e.into_inner()),

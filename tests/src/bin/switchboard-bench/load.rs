@@ -100,11 +100,31 @@ pub async fn fanout(infra: Arc<Infra>, members: usize, messages: usize) -> anyho
     Ok(())
 }
 
+/// The latency run's result, as `--json` writes it.
+#[derive(serde::Serialize)]
+struct LatencyReport {
+    rate: u64,
+    seconds: u64,
+    pairs: usize,
+    sent: u64,
+    delivered: u64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    /// CPU seconds over the run: sending server, receiving server, broker.
+    cpu_s: std::collections::BTreeMap<&'static str, f64>,
+    /// CPU per sent message, in microseconds, for the same processes.
+    cpu_us_per_message: std::collections::BTreeMap<&'static str, f64>,
+}
+
 pub async fn latency(
     infra: Arc<Infra>,
     rate: u64,
     seconds: u64,
     pairs: usize,
+    json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let b = Bench::start(infra.clone(), 2).await?;
     let (mut senders, mut receivers) = (Vec::new(), Vec::new());
@@ -203,6 +223,33 @@ pub async fn latency(
         h.max() as f64 / 1000.0
     );
     println!("CPU s: sending server {s0:.2}, receiving server {s1:.2}, broker {bk:.2}");
+    if let Some(path) = json {
+        let cpu_s: std::collections::BTreeMap<&'static str, f64> = [
+            ("sending_server", s0),
+            ("receiving_server", s1),
+            ("broker", bk),
+        ]
+        .into();
+        let report = LatencyReport {
+            rate,
+            seconds,
+            pairs,
+            sent: total,
+            delivered: delivered.load(Ordering::Relaxed),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+            cpu_us_per_message: cpu_s
+                .iter()
+                .map(|(k, v)| (*k, v * 1e6 / total.max(1) as f64))
+                .collect(),
+            cpu_s,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", path.display());
+    }
     for t in tasks {
         t.abort();
     }

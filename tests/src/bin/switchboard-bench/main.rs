@@ -4,7 +4,7 @@
 //!   cargo build --release --bins
 //!   target/release/switchboard-bench idle --connections 10000
 //!   target/release/switchboard-bench fanout --members 200 --messages 3000
-//!   target/release/switchboard-bench latency --rate 5000 --seconds 20
+//!   target/release/switchboard-bench latency --rate 5000 --seconds 20 --json docs/load/latency-5000.json
 //!   target/release/switchboard-bench route --seconds 10
 //!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
 //!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
@@ -51,6 +51,9 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 100)]
         pairs: usize,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// `/v1/route` requests per second on one core (needs `wrk`).
     Route {
@@ -240,7 +243,8 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 seconds,
                 pairs,
-            } => latency(infra.clone(), rate, seconds, pairs).await,
+                json,
+            } => latency(infra.clone(), rate, seconds, pairs, json.as_deref()).await,
             Cmd::Broker(a) => broker::broker(infra.clone(), a, &args.producer_config).await,
             Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
             Cmd::Persist { records, batch_max } => {
