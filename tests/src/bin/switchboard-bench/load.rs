@@ -100,6 +100,27 @@ pub async fn fanout(infra: Arc<Infra>, members: usize, messages: usize) -> anyho
     Ok(())
 }
 
+/// What the senders were answered: acks, and refusals by error code.
+#[derive(Default)]
+struct Answers {
+    acked: AtomicU64,
+    refused: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Answers {
+    fn count(&self, frame: &str) {
+        if frame.contains("\"type\":\"ack\"") {
+            self.acked.fetch_add(1, Ordering::Relaxed);
+        } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(frame) {
+            if v["type"] == "error" {
+                let code = v["code"].as_str().unwrap_or("?").to_owned();
+                let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+                *r.entry(code).or_default() += 1;
+            }
+        }
+    }
+}
+
 /// The latency run's result, as `--json` writes it.
 #[derive(serde::Serialize)]
 struct LatencyReport {
@@ -107,6 +128,10 @@ struct LatencyReport {
     seconds: u64,
     pairs: usize,
     sent: u64,
+    /// Sends the server acknowledged (after Kafka had them).
+    acked: u64,
+    /// Sends the server refused, by error code (not retried by this tool).
+    refused: std::collections::BTreeMap<String, u64>,
     delivered: u64,
     p50_ms: f64,
     p90_ms: f64,
@@ -162,13 +187,19 @@ pub async fn latency(
             }
         }));
     }
+    let answers = Arc::new(Answers::default());
     let period = Duration::from_secs_f64(pairs as f64 / rate as f64);
     let sent = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(seconds);
     let mut sender_tasks = Vec::new();
     for (k, (u, url)) in senders.iter().enumerate() {
         let (mut tx, mut rx) = session(url, u, "s").await?.split();
-        tokio::spawn(async move { while rx.next().await.is_some() {} });
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(Message::Text(t))) = rx.next().await {
+                answers.count(&t);
+            }
+        });
         let (to, sent) = (receivers[k].0.clone(), sent.clone());
         sender_tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -210,9 +241,15 @@ pub async fn latency(
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!("latency: {total} sends at {rate}/s for {seconds} s over two servers ({pairs} sender/receiver pairs)");
     println!(
-        "delivered {} ({} missing)",
+        "delivered {} ({} missing); acked {}, refused {:?}",
         delivered.load(Ordering::Relaxed),
-        total.saturating_sub(delivered.load(Ordering::Relaxed))
+        total.saturating_sub(delivered.load(Ordering::Relaxed)),
+        answers.acked.load(Ordering::Relaxed),
+        answers
+            .refused
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default(),
     );
     println!(
         "send->deliver ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
@@ -235,6 +272,12 @@ pub async fn latency(
             seconds,
             pairs,
             sent: total,
+            acked: answers.acked.load(Ordering::Relaxed),
+            refused: answers
+                .refused
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default(),
             delivered: delivered.load(Ordering::Relaxed),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
