@@ -100,6 +100,17 @@ pub async fn fanout(infra: Arc<Infra>, members: usize, messages: usize) -> anyho
     Ok(())
 }
 
+/// Counts a receiver whose session ended (not when its task is aborted).
+struct EndCounter(Arc<AtomicU64>);
+
+impl Drop for EndCounter {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the senders were answered: acks, and refusals by error code.
 #[derive(Default)]
 struct Answers {
@@ -133,6 +144,8 @@ struct LatencyReport {
     /// Sends the server refused, by error code (not retried by this tool).
     refused: std::collections::BTreeMap<String, u64>,
     delivered: u64,
+    /// Receiver sessions the server ended during the run (they miss the rest).
+    receivers_ended: u64,
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
@@ -169,12 +182,21 @@ pub async fn latency(
         1, 60_000_000, 3,
     )?));
     let delivered = Arc::new(AtomicU64::new(0));
+    // Receivers do not reconnect: a session the server ends misses the rest.
+    let ended = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (u, url) in &receivers {
         let (_, mut rx) = session(url, u, "r").await?.split();
-        let (h, d) = (hist.clone(), delivered.clone());
+        let (h, d, ended) = (hist.clone(), delivered.clone(), ended.clone());
         tasks.push(tokio::spawn(async move {
-            while let Some(Ok(Message::Text(t))) = rx.next().await {
+            let _count_on_exit = EndCounter(ended);
+            // Pings and other control frames are skipped, not the end.
+            while let Some(Ok(m)) = rx.next().await {
+                let t = match m {
+                    Message::Text(t) => t,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
                     continue;
                 };
@@ -196,8 +218,12 @@ pub async fn latency(
         let (mut tx, mut rx) = session(url, u, "s").await?.split();
         let answers = answers.clone();
         tokio::spawn(async move {
-            while let Some(Ok(Message::Text(t))) = rx.next().await {
-                answers.count(&t);
+            while let Some(Ok(m)) = rx.next().await {
+                match m {
+                    Message::Text(t) => answers.count(&t),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
             }
         });
         let (to, sent) = (receivers[k].0.clone(), sent.clone());
@@ -241,9 +267,10 @@ pub async fn latency(
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!("latency: {total} sends at {rate}/s for {seconds} s over two servers ({pairs} sender/receiver pairs)");
     println!(
-        "delivered {} ({} missing); acked {}, refused {:?}",
+        "delivered {} ({} missing; {} receiver sessions ended by the server); acked {}, refused {:?}",
         delivered.load(Ordering::Relaxed),
         total.saturating_sub(delivered.load(Ordering::Relaxed)),
+        ended.load(Ordering::Relaxed),
         answers.acked.load(Ordering::Relaxed),
         answers
             .refused
@@ -279,6 +306,7 @@ pub async fn latency(
                 .map(|r| r.clone())
                 .unwrap_or_default(),
             delivered: delivered.load(Ordering::Relaxed),
+            receivers_ended: ended.load(Ordering::Relaxed),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
             p99_ms: ms(0.99),
