@@ -196,7 +196,7 @@ impl Producers {
 
     /// Tells the supervisor a send failed; it checks for a fatal state.
     pub fn report(&self, e: &KafkaError) {
-        if is_fatal(e) || matches!(e.rdkafka_error_code(), Some(c) if is_fatal_cause(c)) {
+        if e.rdkafka_error_code().is_some_and(is_fatal_cause) {
             self.wake.notify_one();
         }
     }

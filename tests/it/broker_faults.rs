@@ -95,9 +95,9 @@ async fn drive(
     senders: usize,
     every: Duration,
     until: Instant,
-    out: &Arc<Mutex<Outcomes>>,
     body: impl Fn(usize, usize) -> (String, usize, serde_json::Value) + Send + Sync + 'static,
-) {
+) -> Outcomes {
+    let out = Arc::new(Mutex::new(Outcomes::default()));
     let servers: Vec<String> = stack.servers.iter().map(|s| s.url()).collect();
     let body = Arc::new(body);
     let http = reqwest::Client::builder()
@@ -121,6 +121,8 @@ async fn drive(
     for t in tasks {
         let _ = t.await;
     }
+    let outcomes = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+    outcomes
 }
 
 /// Every acknowledged message reached each receiver of its group.
@@ -203,7 +205,6 @@ pub async fn broker_pause_answers_and_recovers(infra: Arc<Infra>) -> anyhow::Res
     let stack = Stack::start_on(&infra, &kafka, "paused", 2, true, |_| {}).await?;
     let users: Vec<String> = (0..6).map(|i| format!("pr{i}")).collect();
     let receivers = Receivers::start(&stack.coordinator.url(), &users).await?;
-    let out = Arc::new(Mutex::new(Outcomes::default()));
     let to = users.clone();
     let body = move |s: usize, n: usize| {
         let g = (s + n) % to.len();
@@ -212,11 +213,10 @@ pub async fn broker_pause_answers_and_recovers(infra: Arc<Infra>) -> anyhow::Res
         (format!("psend{s}"), g, b)
     };
     let traffic = {
-        let (out, body) = (out.clone(), body.clone());
         let until = Instant::now() + Duration::from_secs(22);
         async move {
-            drive(&stack, 8, Duration::from_millis(100), until, &out, body).await;
-            stack
+            let o = drive(&stack, 8, Duration::from_millis(100), until, body).await;
+            (stack, o)
         }
     };
     let pause = async {
@@ -227,13 +227,12 @@ pub async fn broker_pause_answers_and_recovers(infra: Arc<Infra>) -> anyhow::Res
         broker.unpause().await?;
         anyhow::Ok(Instant::now())
     };
-    let (stack, unpaused) = tokio::join!(traffic, pause);
+    let ((stack, o), unpaused) = tokio::join!(traffic, pause);
     let unpaused = unpaused?;
     let mut recovered = Vec::new();
     for s in &stack.servers {
         recovered.push(sends_again(&s.url(), "psend0", &users[0]).await?);
     }
-    let o = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
     eprintln!(
         "    {} acked, {} unavailable, other {:?}; slowest answer {:?}; servers send again {:?} after the traffic ended ({:?} after unpause); producer restarts {:?}",
         o.acked.len(), o.unavailable, o.other, o.slowest, recovered, unpaused.elapsed(),
@@ -286,7 +285,6 @@ pub async fn overload_refuses_early_and_recovers(infra: Arc<Infra>) -> anyhow::R
             .status()
     };
     anyhow::ensure!(throttle("0.1")?.success(), "docker update --cpus failed");
-    let out = Arc::new(Mutex::new(Outcomes::default()));
     let group_send = |senders: Vec<String>| {
         move |s: usize, n: usize| {
             let b = json!({"client_msg_id": format!("g{s}-{n}-{}", uuid::Uuid::new_v4()), "to": {"conversation": "overload"}, "body": {"n": n}});
@@ -296,16 +294,14 @@ pub async fn overload_refuses_early_and_recovers(infra: Arc<Infra>) -> anyhow::R
     let until = Instant::now() + Duration::from_secs(30);
     // Many senders at once, each waiting for its ack: up to 96 × 8 records
     // offered at a time, three times the bound.
-    drive(
+    let overload = drive(
         &stack,
         96,
         Duration::from_millis(5),
         until,
-        &out,
         group_send(senders.clone()),
     )
     .await;
-    let overload = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
     // Still on the slow broker: each server sends again once its backlog is
     // through, and then takes a normal load without refusing anything.
     let mut recovered = Vec::new();
@@ -313,16 +309,14 @@ pub async fn overload_refuses_early_and_recovers(infra: Arc<Infra>) -> anyhow::R
         recovered.push(sends_again(&s.url(), &senders[0], &receivers[0]).await?);
     }
     let until = Instant::now() + Duration::from_secs(10);
-    drive(
+    let normal = drive(
         &stack,
         2,
         Duration::from_millis(200),
         until,
-        &out,
         group_send(senders.clone()),
     )
     .await;
-    let normal = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
     anyhow::ensure!(throttle("0")?.success(), "docker update --cpus failed");
     eprintln!(
         "    overload 30 s: {} acked, {} unavailable ({} refused by the in-flight bound, slowest refusal {:?}), other {:?}; then normal load: {} acked, {} unavailable; every server sends ({:?})",
