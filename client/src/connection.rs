@@ -1,18 +1,16 @@
-//! The connection task: one WebSocket session at a time, re-established
-//! through the coordinator whenever the server redirects, drains or fails.
+//! The client's public face: configuration, events, and the handles that
+//! send. The connection task itself is in `runner.rs`.
 
+use crate::runner::{Outgoing, Runner};
 use crate::seen::Seen;
-use futures_util::{SinkExt, StreamExt};
-use protocol::frames::{Hello, Message};
-use protocol::{ClientFrame, Cursor, DeviceId, ErrorCode, Kind, MsgId, ServerFrame, Target};
-use rand::Rng;
+use protocol::frames::Message;
+use protocol::{ClientFrame, Cursor, ErrorCode, Kind, MsgId, ServerId, Target};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -31,7 +29,7 @@ pub struct ClientConfig {
 pub enum Event {
     /// A session is up; `resumed: false` after a cursor means: reload history.
     Connected {
-        server_id: String,
+        server_id: ServerId,
         resumed: bool,
         cursor: Cursor,
     },
@@ -56,21 +54,7 @@ pub enum SendError {
     Stopped,
 }
 
-type Reply = oneshot::Sender<Result<MsgId, SendError>>;
-
-struct Pending {
-    client_msg_id: String,
-    frame: String,
-    sent: bool,
-    reply: Option<Reply>,
-}
-
-struct Outgoing {
-    request_id: u64,
-    frame: String,
-    client_msg_id: String,
-    reply: Reply,
-}
+pub(crate) type Reply = oneshot::Sender<Result<MsgId, SendError>>;
 
 pub struct Client {
     duplicates: Arc<std::sync::atomic::AtomicU64>,
@@ -205,260 +189,13 @@ impl Sender {
         let (reply, rx) = oneshot::channel();
         let out = Outgoing {
             request_id,
-            frame: ClientFrame::Send(send).to_json(),
+            frame: ClientFrame::Send(send)
+                .to_json()
+                .map_err(|e| SendError::Invalid(e.to_string()))?,
             client_msg_id: client_msg_id.to_owned(),
             reply,
         };
         self.out.send(out).await.map_err(|_| SendError::Stopped)?;
         rx.await.unwrap_or(Err(SendError::Stopped))
-    }
-}
-
-enum Outcome {
-    Redirect(String),
-    Reresolve,
-    Failed,
-    Unauthorized,
-    Stopped,
-}
-
-struct Runner {
-    duplicates: Arc<std::sync::atomic::AtomicU64>,
-    config: ClientConfig,
-    events: mpsc::Sender<Event>,
-    cursor: Arc<Mutex<Option<Cursor>>>,
-    /// By request id: resent in that order after a reconnect.
-    pending: BTreeMap<u64, Pending>,
-    seen: Seen,
-    out: mpsc::Receiver<Outgoing>,
-    cancel: CancellationToken,
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-impl Runner {
-    async fn run(mut self) {
-        let api = crate::Api::new(&self.config.coordinator_url, &self.config.token);
-        let mut delay = Duration::from_millis(100);
-        let mut target: Option<String> = None;
-        while !self.cancel.is_cancelled() {
-            let url = match target.take() {
-                Some(u) => Some(u),
-                None => api.route(&self.config.user_id).await.ok().map(|r| r.ws_url),
-            };
-            let outcome = match url {
-                Some(u) => self.session(&u).await,
-                None => Outcome::Failed,
-            };
-            match outcome {
-                Outcome::Redirect(u) => target = Some(u),
-                Outcome::Reresolve => {
-                    delay = Duration::from_millis(100);
-                    self.pause(Duration::from_millis(20)).await;
-                }
-                Outcome::Failed => {
-                    self.pause(delay).await;
-                    delay = (delay * 2).min(self.config.max_backoff);
-                }
-                Outcome::Unauthorized => {
-                    let _ = self.events.send(Event::Unauthorized).await;
-                    break;
-                }
-                Outcome::Stopped => break,
-            }
-        }
-        for p in self.pending.values_mut() {
-            if let Some(r) = p.reply.take() {
-                let _ = r.send(Err(SendError::Stopped));
-            }
-        }
-    }
-
-    /// Sleeps `base` plus up to 50% jitter, so clients do not reconnect in step.
-    async fn pause(&self, base: Duration) {
-        let jitter = rand::rng().random_range(0.0..0.5);
-        tokio::select! {
-            _ = tokio::time::sleep(base.mul_f64(1.0 + jitter)) => {}
-            _ = self.cancel.cancelled() => {}
-        }
-    }
-
-    /// Hands an event to the app. A slow app slows the socket down (the server
-    /// then closes with 4004 and the client resumes): nothing is dropped.
-    async fn emit(&self, e: Event) {
-        tokio::select! {
-            _ = self.events.send(e) => {}
-            _ = self.cancel.cancelled() => {}
-        }
-    }
-
-    async fn session(&mut self, url: &str) -> Outcome {
-        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
-            return Outcome::Failed;
-        };
-        let cursor = self.cursor.lock().map(|c| c.clone()).unwrap_or(None);
-        let Ok(device) = DeviceId::new(self.config.device_id.as_str()) else {
-            return Outcome::Unauthorized;
-        };
-        let hello = ClientFrame::Hello(Hello {
-            token: self.config.token.clone(),
-            device_id: Some(device),
-            cursor,
-        });
-        if ws.send(Ws::text(hello.to_json())).await.is_err() {
-            return Outcome::Failed;
-        }
-        match self.first_frame(&mut ws).await {
-            Ok(()) => {}
-            Err(outcome) => return outcome,
-        }
-        for p in self.pending.values_mut() {
-            p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
-        }
-        self.serve(ws).await
-    }
-
-    async fn first_frame(&mut self, ws: &mut Socket) -> Result<(), Outcome> {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
-                .await
-                .map_err(|_| Outcome::Failed)?;
-            match msg {
-                Some(Ok(Ws::Text(t))) => match ServerFrame::parse(&t) {
-                    Ok(ServerFrame::Welcome(w)) => {
-                        // Without a resume, live delivery starts at the welcome's
-                        // cursor: keep it, so a reconnect before the first chat
-                        // message still replays what it missed.
-                        if !w.resumed {
-                            if let Ok(mut cur) = self.cursor.lock() {
-                                *cur = Some(w.cursor.clone());
-                            }
-                        }
-                        self.emit(Event::Connected {
-                            server_id: w.server_id,
-                            resumed: w.resumed,
-                            cursor: w.cursor,
-                        })
-                        .await;
-                        return Ok(());
-                    }
-                    Ok(ServerFrame::Redirect(r)) => return Err(Outcome::Redirect(r.ws_url)),
-                    _ => continue,
-                },
-                Some(Ok(Ws::Close(c))) => {
-                    return Err(self.closed(c.map(|c| u16::from(c.code))).await)
-                }
-                Some(Ok(_)) => continue,
-                _ => return Err(Outcome::Failed),
-            }
-        }
-    }
-
-    async fn closed(&self, code: Option<u16>) -> Outcome {
-        self.emit(Event::Disconnected { code }).await;
-        match code {
-            Some(4001) => Outcome::Unauthorized,
-            Some(4004..=4006) => Outcome::Reresolve,
-            _ => Outcome::Failed,
-        }
-    }
-
-    async fn serve(&mut self, mut ws: Socket) -> Outcome {
-        let mut redirect = None;
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                m = ws.next() => match m {
-                    Some(Ok(Ws::Text(t))) => {
-                        if let Ok(f) = ServerFrame::parse(&t) {
-                            if let Some(to) = self.on_frame(f).await { redirect = Some(to) }
-                        }
-                    }
-                    Some(Ok(Ws::Close(c))) => {
-                        let outcome = self.closed(c.map(|c| u16::from(c.code))).await;
-                        return match (redirect, outcome) {
-                            (Some(url), Outcome::Reresolve) => Outcome::Redirect(url),
-                            (_, o) => o,
-                        };
-                    }
-                    Some(Ok(_)) => {}
-                    _ => return self.closed(None).await,
-                },
-                o = self.out.recv() => {
-                    let Some(o) = o else { return Outcome::Stopped };
-                    let sent = ws.send(Ws::text(o.frame.clone())).await.is_ok();
-                    let p = Pending { client_msg_id: o.client_msg_id, frame: o.frame, sent, reply: Some(o.reply) };
-                    self.pending.insert(o.request_id, p);
-                }
-                _ = retry.tick() => {
-                    for p in self.pending.values_mut().filter(|p| !p.sent) {
-                        p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
-                    }
-                }
-                _ = self.cancel.cancelled() => {
-                    let _ = ws.close(None).await;
-                    return Outcome::Stopped;
-                }
-            }
-        }
-    }
-
-    /// Handles one frame; returns a redirect target when the server gave one.
-    async fn on_frame(&mut self, f: ServerFrame) -> Option<String> {
-        match f {
-            ServerFrame::Message(m) => {
-                let cursor = m.cursor.clone().filter(|_| m.kind == Kind::Chat);
-                if self.seen.insert(m.msg_id) {
-                    self.emit(Event::Message(m)).await;
-                } else {
-                    self.duplicates
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Only past what the app has been handed: a resume replays the rest.
-                if let (Some(c), Ok(mut cur)) = (cursor, self.cursor.lock()) {
-                    *cur = Some(c);
-                }
-            }
-            ServerFrame::Synced(s) => self.emit(Event::Synced(s.cursor)).await,
-            ServerFrame::Ack(a) => self.settle(a.client_msg_id.as_str(), Ok(a.msg_id)),
-            ServerFrame::Error(e) => self.refused(e),
-            ServerFrame::Redirect(r) => return Some(r.ws_url),
-            ServerFrame::Welcome(_) => {}
-        }
-        None
-    }
-
-    fn settle(&mut self, client_msg_id: &str, result: Result<MsgId, SendError>) {
-        let key = self
-            .pending
-            .iter()
-            .find(|(_, p)| p.client_msg_id == client_msg_id)
-            .map(|(k, _)| *k);
-        if let Some(mut p) = key.and_then(|k| self.pending.remove(&k)) {
-            if let Some(r) = p.reply.take() {
-                let _ = r.send(result);
-            }
-        }
-    }
-
-    /// Unavailable and rate-limited sends are retried; anything else fails.
-    fn refused(&mut self, e: protocol::frames::ErrorFrame) {
-        let Some(id) = e.id.as_ref().and_then(|v| v.as_u64()) else {
-            return;
-        };
-        let Some(p) = self.pending.get_mut(&id) else {
-            return;
-        };
-        if matches!(e.code, ErrorCode::Unavailable | ErrorCode::RateLimited) {
-            p.sent = false;
-            return;
-        }
-        if let Some(r) = self.pending.remove(&id).and_then(|mut p| p.reply.take()) {
-            let _ = r.send(Err(SendError::Refused {
-                code: e.code,
-                message: e.message,
-            }));
-        }
     }
 }

@@ -1,16 +1,17 @@
 //! The HTTP side: routes from the coordinator, conversations, history, and
 //! sends over HTTP — errors keep the server's `{"code","message"}`.
 
-use protocol::{Kind, MsgId, Target};
+use protocol::{Accepted, ErrorBody, ErrorCode, Kind, MsgId, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{message} ({code}, HTTP {status})")]
+    #[error("{message} ({}, HTTP {status})", code.map_or("no code", ErrorCode::as_str))]
     Server {
         status: u16,
-        code: String,
+        /// `None` when the answer was not `{"code","message"}` (a proxy's page).
+        code: Option<ErrorCode>,
         message: String,
     },
     #[error("cannot reach {url}: {source}")]
@@ -19,23 +20,7 @@ pub enum ApiError {
     Decode { url: String, detail: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Route {
-    pub user_id: String,
-    pub partition: u32,
-    pub server_id: String,
-    pub ws_url: String,
-    pub epoch: u64,
-}
-
-impl Route {
-    /// The HTTP base URL of the routed server (`ws://h/v1/ws` → `http://h`).
-    pub fn http_base(&self) -> String {
-        let base = self.ws_url.trim_end_matches("/v1/ws");
-        base.replacen("wss://", "https://", 1)
-            .replacen("ws://", "http://", 1)
-    }
-}
+pub use protocol::Route;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Page {
@@ -89,26 +74,18 @@ impl Api {
             url: url.to_owned(),
             source,
         })?;
-        let body: Option<Value> = serde_json::from_str(&text).ok();
         if !status.is_success() {
-            let field = |k: &str| {
-                body.as_ref()
-                    .and_then(|b| b[k].as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let message = if field("message").is_empty() {
-                text.clone()
-            } else {
-                field("message")
+            let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(e) => (Some(e.code), e.message),
+                Err(_) => (None, text),
             };
             return Err(ApiError::Server {
                 status: status.as_u16(),
-                code: field("code"),
+                code,
                 message,
             });
         }
-        Ok(body)
+        Ok(serde_json::from_str(&text).ok())
     }
 
     fn decode<T: serde::de::DeserializeOwned>(url: &str, v: Option<Value>) -> Result<T, ApiError> {
@@ -166,14 +143,7 @@ impl Api {
                 &url,
             )
             .await?;
-        let id = v
-            .as_ref()
-            .and_then(|v| v["msg_id"].as_str())
-            .unwrap_or_default();
-        id.parse().map(MsgId).map_err(|_| ApiError::Decode {
-            url,
-            detail: "no msg_id".into(),
-        })
+        Self::decode::<Accepted>(&url, v).map(|a| a.msg_id)
     }
 
     pub async fn create_conversation(

@@ -1,4 +1,4 @@
-//! A Switchboard client that does what a good client must (DESIGN.md §4, §8):
+//! A Switchboard client that does what a good client must (docs/protocol.md):
 //! resolve the server through the coordinator, `hello` with token and cursor,
 //! keep the cursor of the last chat message, follow `redirect` and the
 //! 4004/4005/4006 closes by re-resolving and resuming with backoff and
@@ -7,7 +7,9 @@
 
 mod connection;
 pub mod http;
+mod runner;
 mod seen;
+pub mod token;
 
 pub use connection::{Client, ClientConfig, Event, SendError, Sender};
 pub use http::Api;

@@ -2,23 +2,14 @@
 //! assignment function for P=1024 partitions over 200 servers.
 
 use coordinator::assign::assign;
-use protocol::ServerInfo;
+use protocol::{ServerId, ServerInfo};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn fleet(n: usize) -> BTreeMap<String, ServerInfo> {
+fn fleet(n: usize) -> BTreeMap<ServerId, ServerInfo> {
     (0..n)
-        .map(|i| {
-            let id = format!("server-{i:04}");
-            let info = ServerInfo {
-                server_id: id.clone(),
-                ws_url: format!("ws://{id}/v1/ws"),
-                http_url: format!("http://{id}"),
-                weight: 1,
-                draining: false,
-            };
-            (id, info)
-        })
+        .filter_map(|i| ServerId::new(format!("server-{i:04}")).ok())
+        .map(|id| (id.clone(), ServerInfo::at_host(id.clone(), id.as_str())))
         .collect()
 }
 

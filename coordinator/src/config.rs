@@ -1,5 +1,8 @@
 use clap::Parser;
+use service::args::{in_range, millis, secs, EtcdArgs, KafkaArgs};
+use service::ConfigError;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Coordinator: elects a leader in etcd, publishes the partition map, serves routes.
 #[derive(Debug, Clone, Parser)]
@@ -9,9 +12,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     #[command(flatten)]
-    pub kafka: protocol::runtime::args::KafkaArgs,
+    pub kafka: KafkaArgs,
     #[command(flatten)]
-    pub etcd: protocol::runtime::args::EtcdArgs,
+    pub etcd: EtcdArgs,
     /// Partitions to create the topic with; an existing topic's own count wins.
     #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 12)]
     pub partitions: u32,
@@ -22,39 +25,22 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_COORDINATOR_ID")]
     pub coordinator_id: Option<String>,
     /// Lease TTL of the leader's election key, in seconds.
-    #[arg(long, env = "SWITCHBOARD_LEASE_TTL_SECS", default_value_t = 5)]
-    pub lease_ttl_secs: i64,
-    /// Quiet time that folds a burst of membership changes into one epoch.
-    #[arg(long, env = "SWITCHBOARD_DEBOUNCE_MS", default_value_t = 500)]
-    pub debounce_ms: u64,
+    #[arg(long = "lease-ttl-secs", env = "SWITCHBOARD_LEASE_TTL_SECS", default_value = "5", value_parser = secs)]
+    pub lease_ttl: Duration,
+    /// Quiet time that folds a burst of membership changes into one epoch, in milliseconds.
+    #[arg(long = "debounce-ms", env = "SWITCHBOARD_DEBOUNCE_MS", default_value = "500", value_parser = millis)]
+    pub debounce: Duration,
 }
 
 impl Config {
     /// Checked before any socket opens; the error is one line for the operator.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.etcd.validate()?;
         self.kafka.validate()?;
-        if !(1..=100_000).contains(&self.partitions) {
-            return Err(format!(
-                "--partitions must be 1..=100000 (got {})",
-                self.partitions
-            ));
-        }
-        if !(1..=300).contains(&self.lease_ttl_secs) {
-            return Err(format!(
-                "--lease-ttl-secs must be 1..=300 (got {})",
-                self.lease_ttl_secs
-            ));
-        }
-        if self.debounce_ms > 60_000 {
-            return Err(format!(
-                "--debounce-ms must be at most 60000 (got {})",
-                self.debounce_ms
-            ));
-        }
-        if self.replication_factor < 1 {
-            return Err("--replication-factor must be at least 1".into());
-        }
+        in_range("--partitions", self.partitions, 1, 100_000)?;
+        in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
+        in_range("--debounce-ms", self.debounce.as_millis(), 0, 60_000)?;
+        in_range("--replication-factor", self.replication_factor, 1, 100)?;
         Ok(())
     }
 
@@ -76,16 +62,23 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_refused() {
         let c = Config::parse_from(["coordinator"]);
         assert_eq!(c.validate(), Ok(()));
-        for args in [
-            vec!["coordinator", "--partitions", "0"],
-            vec!["coordinator", "--etcd-prefix", "nope"],
-            vec!["coordinator", "--lease-ttl-secs", "0"],
-            vec!["coordinator", "--debounce-ms", "100000"],
+        for (args, flag) in [
+            (vec!["coordinator", "--partitions", "0"], "--partitions"),
+            (
+                vec!["coordinator", "--etcd-prefix", "nope"],
+                "--etcd-prefix",
+            ),
+            (
+                vec!["coordinator", "--lease-ttl-secs", "0"],
+                "--lease-ttl-secs",
+            ),
+            (
+                vec!["coordinator", "--debounce-ms", "100000"],
+                "--debounce-ms",
+            ),
         ] {
-            assert!(
-                Config::parse_from(args.clone()).validate().is_err(),
-                "{args:?}"
-            );
+            let err = Config::parse_from(args.clone()).validate();
+            assert_eq!(err.map_err(|e| e.flag), Err(flag), "{args:?}");
         }
     }
 }

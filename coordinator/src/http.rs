@@ -7,11 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use protocol::runtime::etcd::AssignmentRx;
-use protocol::runtime::http::{metrics_response, not_found, rejection, ApiError};
 use protocol::{partition_for, UserId};
 use serde::Deserialize;
 use serde_json::json;
+use service::etcd::AssignmentRx;
+use service::http::{metrics_response, not_found, rejection, ApiError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,13 +58,13 @@ async fn route(
     let owner = a
         .owner(partition)
         .ok_or_else(|| ApiError::unavailable(format!("partition {partition} has no owner")))?;
-    Ok(Json(json!({
-        "user_id": user,
-        "partition": partition,
-        "server_id": owner.server_id,
-        "ws_url": owner.ws_url,
-        "epoch": a.epoch,
-    }))
+    Ok(Json(protocol::Route {
+        user_id: user,
+        partition,
+        server_id: owner.server_id.clone(),
+        ws_url: owner.ws_url.clone(),
+        epoch: a.epoch,
+    })
     .into_response())
 }
 

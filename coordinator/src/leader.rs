@@ -9,8 +9,9 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaderKey, Txn, TxnOp, WatchOptions,
     WatchStream,
 };
-use protocol::runtime::Backoff;
-use protocol::{Assignment, EtcdLayout, ServerInfo};
+use protocol::{Assignment, EtcdLayout, ServerId, ServerInfo};
+use service::etcd::{keep_lease_alive, ttl_secs, LeaseEnd};
+use service::Backoff;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -56,14 +57,14 @@ impl Elector {
     async fn term(&mut self, cancel: &CancellationToken) -> Result<(), LeaderError> {
         let lease = self
             .client
-            .lease_grant(self.config.lease_ttl_secs, None)
+            .lease_grant(ttl_secs(self.config.lease_ttl), None)
             .await?
             .id();
         let lost = cancel.child_token();
         let keeper = tokio::spawn(keep_alive(
             self.client.clone(),
             lease,
-            self.config.lease_ttl_secs,
+            self.config.lease_ttl,
             lost.clone(),
         ));
         let result = self.campaign_and_lead(lease, &lost).await;
@@ -122,7 +123,7 @@ impl Elector {
                 self.log_publish(&current, &next);
                 current = next;
             }
-            wait_for_change(&mut watch, Duration::from_millis(c.debounce_ms), lost).await?;
+            wait_for_change(&mut watch, c.debounce, lost).await?;
             servers = read_servers(&mut self.client, &self.layout).await?.0;
         }
     }
@@ -145,11 +146,11 @@ impl Elector {
 /// The next map, or `None` when nothing a client or server sees would change.
 pub fn next_assignment(
     current: &Assignment,
-    servers: &BTreeMap<String, ServerInfo>,
+    servers: &BTreeMap<ServerId, ServerInfo>,
     partitions: u32,
     log_epoch: &str,
 ) -> Option<Assignment> {
-    let prev: &[Option<String>] = if current.partitions == partitions {
+    let prev: &[Option<ServerId>] = if current.partitions == partitions {
         &current.owners
     } else {
         &[]
@@ -208,7 +209,7 @@ pub async fn read_assignment(
 pub async fn read_servers(
     client: &mut Client,
     layout: &EtcdLayout,
-) -> Result<(BTreeMap<String, ServerInfo>, i64), LeaderError> {
+) -> Result<(BTreeMap<ServerId, ServerInfo>, i64), LeaderError> {
     let prefix = layout.servers_prefix();
     let resp = client
         .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
@@ -218,8 +219,8 @@ pub async fn read_servers(
     for kv in resp.kvs() {
         let id = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
         match serde_json::from_slice::<ServerInfo>(kv.value()) {
-            Ok(info) if info.server_id == id => {
-                servers.insert(id, info);
+            Ok(info) if info.server_id.as_str() == id => {
+                servers.insert(info.server_id.clone(), info);
             }
             Ok(_) => warn!(server = %id, "registration names another server id; ignored"),
             Err(e) => warn!(server = %id, error = %e, "undecodable registration; ignored"),
@@ -260,25 +261,9 @@ async fn wait_for_change(
     Ok(())
 }
 
-async fn keep_alive(mut client: Client, lease: i64, ttl: i64, lost: CancellationToken) {
-    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
+    if keep_lease_alive(&mut client, lease, ttl, &lost).await == LeaseEnd::Lost {
+        warn!(lease, "election lease lost");
         lost.cancel();
-        return;
-    };
-    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(100));
-    loop {
-        if keeper.keep_alive().await.is_err() {
-            break;
-        }
-        match tokio::time::timeout(every * 2, stream.message()).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-            _ => break,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = lost.cancelled() => return,
-        }
     }
-    warn!(lease, "election lease lost");
-    lost.cancel();
 }

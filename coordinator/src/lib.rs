@@ -1,19 +1,19 @@
 //! The coordinator: turns live messaging servers into the partition map
-//! (DESIGN.md §1, §5, §7) and serves it over HTTP.
+//! (docs/architecture.md; the map's contract is in docs/protocol.md, "Assignment") and serves it over HTTP.
 
 pub mod assign;
 mod config;
-pub mod http;
+mod http;
 pub mod leader;
-pub mod metrics;
-pub mod topic;
+mod metrics;
+mod topic;
 
 pub use config::Config;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use protocol::runtime::etcd::{connect_retrying, spawn_assignment_watch};
 use protocol::EtcdLayout;
+use service::etcd::{connect_retrying, spawn_assignment_watch};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -22,7 +22,7 @@ use tracing::info;
 
 /// Binds `config.listen` and runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = protocol::runtime::bind(config.listen).await?;
+    let listener = service::bind(config.listen).await?;
     serve(config, listener, shutdown).await
 }
 
@@ -31,7 +31,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     let layout = EtcdLayout::new(&config.etcd.prefix);
     let id = config.coordinator_id();
     info!(coordinator = %id, addr = %listener.local_addr()?, "coordinator starting");
@@ -77,7 +77,7 @@ pub async fn serve(
 }
 
 async fn observe_metrics(
-    mut rx: protocol::runtime::etcd::AssignmentRx,
+    mut rx: service::etcd::AssignmentRx,
     m: metrics::Metrics,
     cancel: CancellationToken,
 ) {

@@ -9,10 +9,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("coordinator: invalid configuration: {reason}");
         return std::process::ExitCode::from(2);
     }
-    protocol::runtime::init_tracing();
+    service::init_tracing();
     tracing::info!(?config, "effective configuration");
     let shutdown = CancellationToken::new();
-    protocol::runtime::cancel_on_signal(shutdown.clone());
+    service::cancel_on_signal(shutdown.clone());
     match coordinator::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -74,7 +74,7 @@ impl Metrics {
         for (server, n) in a.loads() {
             self.partitions_owned
                 .get_or_create(&ServerLabel {
-                    server: server.to_owned(),
+                    server: server.to_string(),
                 })
                 .set(n as i64);
         }

@@ -38,7 +38,7 @@ pub async fn ensure_topic(
         .create()?;
     let new = NewTopic::new(
         topic,
-        partitions as i32,
+        service::kafka::to_kafka(partitions),
         TopicReplication::Fixed(replication),
     );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -66,7 +66,8 @@ pub async fn ensure_topic(
     if count == 0 {
         return Err(TopicError::Missing(topic.to_owned()));
     }
-    if count as u32 != partitions {
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    if count != partitions {
         warn!(
             topic,
             configured = partitions,
@@ -74,7 +75,7 @@ pub async fn ensure_topic(
             "topic exists with another partition count; using the topic's"
         );
     }
-    Ok(count as u32)
+    Ok(count)
 }
 
 /// Writes a fresh log epoch once (create-if-absent) and returns the stored one.

@@ -1,4 +1,5 @@
-//! Client authentication (DESIGN.md §6): a JWT whose `sub` is the user id.
+//! Client authentication (docs/protocol.md, "Authentication"): a JWT whose
+//! `sub` is the user id.
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use protocol::UserId;
@@ -56,25 +57,10 @@ impl Authenticator {
     }
 }
 
-/// Mints an HS256 token: used by the development stack and the tests.
-pub fn mint_hs256(secret: &str, user: &str, ttl_secs: u64) -> Result<String, AuthError> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + ttl_secs;
-    let claims = serde_json::json!({ "sub": user, "exp": exp });
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(Algorithm::HS256),
-        &claims,
-        &key,
-    )?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_client::token::mint_hs256;
 
     #[test]
     fn verifies_good_tokens_and_refuses_bad_ones() {
@@ -90,11 +76,9 @@ mod tests {
         assert!(auth
             .verify(&mint_hs256(secret, "bad user", 60).unwrap())
             .is_err());
-        let claims = serde_json::json!({"sub": "alice", "exp": 1});
-        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-        let expired =
-            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
-        assert!(auth.verify(&expired).is_err());
+        assert!(auth
+            .verify(&mint_hs256(secret, "alice", -3600).unwrap())
+            .is_err());
         assert!(auth.verify_header(None).is_err());
     }
 }

@@ -1,6 +1,10 @@
 use clap::Parser;
+use protocol::ServerId;
+use service::args::{in_range, secs, DatabaseArgs, EtcdArgs, KafkaArgs};
+use service::ConfigError;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Messaging server: WebSocket sessions for the users of its partitions.
 #[derive(Clone, Parser)]
@@ -15,17 +19,17 @@ pub struct Config {
     pub advertise_host: Option<String>,
     /// This server's id in etcd (default: a random id).
     #[arg(long, env = "SWITCHBOARD_SERVER_ID")]
-    pub server_id: Option<String>,
+    pub server_id: Option<ServerId>,
     /// Relative capacity; the coordinator scales this server's share by it.
     #[arg(long, env = "SWITCHBOARD_WEIGHT", default_value_t = 1)]
     pub weight: u32,
     #[command(flatten)]
-    pub kafka: protocol::runtime::args::KafkaArgs,
+    pub kafka: KafkaArgs,
     #[command(flatten)]
-    pub etcd: protocol::runtime::args::EtcdArgs,
+    pub etcd: EtcdArgs,
     /// Lease TTL of this server's registration, in seconds.
-    #[arg(long, env = "SWITCHBOARD_LEASE_TTL_SECS", default_value_t = 5)]
-    pub lease_ttl_secs: i64,
+    #[arg(long = "lease-ttl-secs", env = "SWITCHBOARD_LEASE_TTL_SECS", default_value = "5", value_parser = secs)]
+    pub lease_ttl: Duration,
     /// Extra librdkafka producer settings, `key=value`, comma separated.
     #[arg(long, env = "SWITCHBOARD_KAFKA_PRODUCER_CONFIG", value_delimiter = ',')]
     pub kafka_producer_config: Vec<String>,
@@ -37,13 +41,9 @@ pub struct Config {
         default_value_t = 1024
     )]
     pub max_produce_in_flight: usize,
-    /// PostgreSQL URL (conversations, history, resume).
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DATABASE_URL",
-        default_value = "postgres://switchboard:switchboard@127.0.0.1:5432/switchboard"
-    )]
-    pub database_url: String,
+    /// PostgreSQL (conversations, history, resume).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// HS256 secret for client JWTs.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET")]
     pub jwt_secret: Option<String>,
@@ -63,14 +63,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SEND_BURST", default_value_t = 200)]
     pub send_burst: u32,
     /// Seconds a new connection has to say hello.
-    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT_SECS", default_value_t = 10)]
-    pub hello_timeout_secs: u64,
+    #[arg(long = "hello-timeout-secs", env = "SWITCHBOARD_HELLO_TIMEOUT_SECS", default_value = "10", value_parser = secs)]
+    pub hello_timeout: Duration,
     /// Seconds between pings; a peer silent for three of them is dropped.
-    #[arg(long, env = "SWITCHBOARD_PING_SECS", default_value_t = 20)]
-    pub ping_secs: u64,
-    /// Longest wait for the coordinator to move partitions away on drain.
-    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS", default_value_t = 15)]
-    pub drain_timeout_secs: u64,
+    #[arg(long = "ping-secs", env = "SWITCHBOARD_PING_SECS", default_value = "20", value_parser = secs)]
+    pub ping_interval: Duration,
+    /// Longest wait, in seconds, for the coordinator to move partitions away on drain.
+    #[arg(long = "drain-timeout-secs", env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS", default_value = "15", value_parser = secs)]
+    pub drain_timeout: Duration,
     /// Write the bound port here once listening (health checks of servers
     /// started on port 0, e.g. scaled docker-compose replicas).
     #[arg(long, env = "SWITCHBOARD_PORT_FILE")]
@@ -78,17 +78,6 @@ pub struct Config {
     /// Refuse to start without a JWT key (production).
     #[arg(long, env = "SWITCHBOARD_REQUIRE_JWT_SECRET", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_jwt_secret: bool,
-}
-
-fn mask_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 impl fmt::Debug for Config {
@@ -100,12 +89,12 @@ impl fmt::Debug for Config {
             .field("weight", &self.weight)
             .field("etcd_endpoints", &self.etcd.endpoints)
             .field("etcd_prefix", &self.etcd.prefix)
-            .field("lease_ttl_secs", &self.lease_ttl_secs)
+            .field("lease_ttl", &self.lease_ttl)
             .field("kafka_brokers", &self.kafka.brokers)
             .field("topic", &self.kafka.topic)
             .field("kafka_producer_config", &self.kafka_producer_config)
             .field("max_produce_in_flight", &self.max_produce_in_flight)
-            .field("database_url", &mask_url(&self.database_url))
+            .field("database_url", &self.database)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
             .field(
                 "jwt_public_key",
@@ -115,50 +104,54 @@ impl fmt::Debug for Config {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("sends_per_sec", &self.sends_per_sec)
             .field("send_burst", &self.send_burst)
-            .field("hello_timeout_secs", &self.hello_timeout_secs)
-            .field("ping_secs", &self.ping_secs)
-            .field("drain_timeout_secs", &self.drain_timeout_secs)
+            .field("hello_timeout", &self.hello_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("drain_timeout", &self.drain_timeout)
             .field("port_file", &self.port_file)
             .finish()
     }
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checked before any socket opens; the error is one line for the operator.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.etcd.validate()?;
         self.kafka.validate()?;
+        self.database.validate()?;
         if self.require_jwt_secret && self.jwt_secret.is_none() && self.jwt_public_key.is_none() {
-            return Err("set SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY); refusing to start without one".into());
+            return Err(ConfigError::new(
+                "SWITCHBOARD_JWT_SECRET",
+                "(or SWITCHBOARD_JWT_PUBLIC_KEY) must be set; refusing to start without one",
+            ));
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err("SWITCHBOARD_JWT_SECRET must be at least 16 bytes".into());
-        }
-        if !(1..=300).contains(&self.lease_ttl_secs) {
-            return Err(format!(
-                "--lease-ttl-secs must be 1..=300 (got {})",
-                self.lease_ttl_secs
+            return Err(ConfigError::new(
+                "SWITCHBOARD_JWT_SECRET",
+                "must be at least 16 bytes",
             ));
         }
-        if !(1..=1_000_000).contains(&self.max_produce_in_flight) {
-            return Err(format!(
-                "--max-produce-in-flight must be 1..=1000000 (got {})",
-                self.max_produce_in_flight
-            ));
-        }
-        if self.queue_len < 16 {
-            return Err("--queue-len must be at least 16".into());
-        }
-        if self.max_frame_bytes < protocol::MAX_BODY_BYTES + 1024 {
-            return Err(format!(
-                "--max-frame-bytes must exceed the 64 KiB body limit (got {})",
-                self.max_frame_bytes
-            ));
-        }
-        if self.sends_per_sec == 0 || self.hello_timeout_secs == 0 || self.ping_secs == 0 {
-            return Err(
-                "--sends-per-sec, --hello-timeout-secs and --ping-secs must be positive".into(),
-            );
-        }
+        in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
+        in_range(
+            "--max-produce-in-flight",
+            self.max_produce_in_flight,
+            1,
+            1_000_000,
+        )?;
+        in_range("--queue-len", self.queue_len, 16, 1 << 20)?;
+        in_range(
+            "--max-frame-bytes",
+            self.max_frame_bytes,
+            protocol::MAX_BODY_BYTES + 1024,
+            16 << 20,
+        )?;
+        in_range("--sends-per-sec", self.sends_per_sec, 1, u32::MAX)?;
+        in_range(
+            "--hello-timeout-secs",
+            self.hello_timeout.as_secs(),
+            1,
+            3600,
+        )?;
+        in_range("--ping-secs", self.ping_interval.as_secs(), 1, 3600)?;
         if let Some(bad) = self
             .kafka_producer_config
             .iter()
@@ -166,21 +159,17 @@ impl Config {
             .filter(|kv| !kv.trim().is_empty())
             .find(|kv| kv.split_once('=').is_none_or(|(k, _)| k.trim().is_empty()))
         {
-            return Err(format!(
-                "--kafka-producer-config entries must be key=value (got {bad:?})"
+            return Err(ConfigError::new(
+                "--kafka-producer-config",
+                format!("entries must be key=value (got {bad:?})"),
             ));
-        }
-        if let Some(id) = &self.server_id {
-            protocol::UserId::new(id.as_str())
-                .map_err(|_| format!("--server-id {id:?} must use the id alphabet"))?;
         }
         Ok(())
     }
 
-    pub fn server_id(&self) -> String {
-        self.server_id
-            .clone()
-            .unwrap_or_else(|| format!("ms-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]))
+    /// The configured id, or a random `ms-…` one.
+    pub fn server_id(&self) -> ServerId {
+        self.server_id.clone().unwrap_or_else(ServerId::random)
     }
 
     /// The ws and http URLs clients use, given the address actually bound.

@@ -1,9 +1,26 @@
-//! Building outgoing frames: a consumed record is serialised once and the
-//! bytes are shared by every device it goes to.
+//! Building outgoing frames from protocol types: a consumed record is
+//! serialised once and the bytes are shared by every device it goes to.
 
 use axum::extract::ws::Utf8Bytes;
 use protocol::frames::Message;
-use protocol::{Cursor, Kind, Record, ServerFrame};
+use protocol::{
+    ConversationId, Cursor, DeviceId, EncodeError, IdError, Kind, MsgId, Record, ServerFrame,
+    UserId,
+};
+use serde_json::value::RawValue;
+use store::StoredMessage;
+
+/// A stored row that no longer reads as a message (it was valid when written).
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("stored message {msg_id} has a bad id: {source}")]
+    Id { msg_id: uuid::Uuid, source: IdError },
+    #[error("stored message {msg_id} has a body that is not JSON: {source}")]
+    Body {
+        msg_id: uuid::Uuid,
+        source: serde_json::Error,
+    },
+}
 
 pub fn message(record: &Record, log_epoch: &str, offset: i64, replay: bool) -> ServerFrame {
     ServerFrame::Message(Message {
@@ -19,53 +36,59 @@ pub fn message(record: &Record, log_epoch: &str, offset: i64, replay: bool) -> S
     })
 }
 
-pub fn live_frame(record: &Record, log_epoch: &str, offset: i64) -> Utf8Bytes {
-    Utf8Bytes::from(message(record, log_epoch, offset, false).to_json())
-}
-
-pub fn text(frame: &ServerFrame) -> Utf8Bytes {
-    Utf8Bytes::from(frame.to_json())
-}
-
 /// A message read back from PostgreSQL, as the client would have seen it live.
-/// The row came from a validated record, so it is relayed without re-checking.
 pub fn stored_message(
-    row: &crate::store::StoredMessage,
+    row: &StoredMessage,
     log_epoch: &str,
     replay: bool,
-) -> Utf8Bytes {
-    #[derive(serde::Serialize)]
-    struct Stored<'a> {
-        #[serde(rename = "type")]
-        ty: &'static str,
-        msg_id: uuid::Uuid,
-        conversation_id: &'a str,
-        from: &'a str,
-        from_device: &'a str,
-        kind: &'static str,
-        body: &'a serde_json::value::RawValue,
-        sent_at_ms: i64,
-        cursor: String,
-        replay: bool,
-    }
-    let null = serde_json::value::to_raw_value(&serde_json::Value::Null).ok();
-    let body = serde_json::value::RawValue::from_string(row.body.clone())
-        .ok()
-        .or(null);
-    let Some(body) = body else {
-        return Utf8Bytes::from_static("{}");
-    };
-    let frame = Stored {
-        ty: "message",
-        msg_id: row.msg_id,
-        conversation_id: &row.conversation_id,
-        from: &row.sender,
-        from_device: &row.sender_device,
-        kind: Kind::Chat.as_str(),
-        body: &body,
+) -> Result<ServerFrame, RowError> {
+    let msg_id = row.msg_id;
+    let id = |source| RowError::Id { msg_id, source };
+    let body = RawValue::from_string(row.body.clone())
+        .map_err(|source| RowError::Body { msg_id, source })?;
+    Ok(ServerFrame::Message(Message {
+        msg_id: MsgId(msg_id),
+        conversation_id: ConversationId::new(row.conversation_id.as_str()).map_err(id)?,
+        from: UserId::new(row.sender.as_str()).map_err(id)?,
+        from_device: DeviceId::new(row.sender_device.as_str()).map_err(id)?,
+        kind: Kind::Chat,
+        body,
         sent_at_ms: row.sent_at_ms,
-        cursor: Cursor::new(log_epoch, row.kafka_offset).to_string(),
+        cursor: Some(Cursor::new(log_epoch, row.kafka_offset)),
         replay,
-    };
-    Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
+    }))
+}
+
+/// The frame's text, ready for the socket.
+pub fn encode(frame: &ServerFrame) -> Result<Utf8Bytes, EncodeError> {
+    frame.to_json().map(Utf8Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_row_reads_like_the_live_frame() {
+        let row = StoredMessage {
+            msg_id: uuid::Uuid::nil(),
+            conversation_id: "dm:a,b".into(),
+            sender: "a".into(),
+            sender_device: "phone".into(),
+            body: r#"{"text":"hi"}"#.into(),
+            sent_at_ms: 7,
+            kafka_offset: 41,
+        };
+        let text = encode(&stored_message(&row, "e1", true).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["body"]["text"], "hi");
+        assert_eq!(v["cursor"], "e1:41");
+        assert_eq!(v["replay"], true);
+        let bad = StoredMessage {
+            body: "not json".into(),
+            ..row
+        };
+        assert!(stored_message(&bad, "e1", true).is_err());
+    }
 }

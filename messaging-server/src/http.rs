@@ -7,10 +7,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use protocol::runtime::http::{metrics_response, not_found, ApiError};
 use protocol::{ConversationId, DeviceId, ErrorCode, FrameError, UserId};
 use serde::Deserialize;
 use serde_json::json;
+use service::http::{metrics_response, not_found, ApiError};
 use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
@@ -69,10 +69,10 @@ fn frame_error(e: FrameError) -> ApiError {
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
-    ApiError::new(status, e.code.as_str(), e.message)
+    ApiError::new(status, e.code, e.message)
 }
 
-fn db(e: crate::store::StoreError) -> ApiError {
+fn db(e: store::StoreError) -> ApiError {
     ApiError::unavailable(e.to_string())
 }
 
@@ -88,9 +88,9 @@ async fn post_message(
     let sender = user(&s, &headers)?;
     let send: protocol::frames::Send = serde_json::from_str(&body).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
-            "bad_json"
+            ErrorCode::BadJson
         } else {
-            "invalid_field"
+            ErrorCode::InvalidField
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     })?;
@@ -98,7 +98,7 @@ async fn post_message(
     let msg_id = crate::send::send(&s, &sender, &device, send)
         .await
         .map_err(frame_error)?;
-    Ok(Json(json!({ "msg_id": msg_id })).into_response())
+    Ok(Json(protocol::Accepted { msg_id }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -132,29 +132,30 @@ async fn create_conversation(
             members.push(u);
         }
     }
-    if !s
-        .store
+    let store = s.members.store();
+    if !store
         .create_conversation(&id, &creator, &members)
         .await
         .map_err(db)?
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "conflict",
+            ErrorCode::Conflict,
             format!("conversation {id} exists"),
         ));
     }
+    s.members.invalidate(&id);
     let body = json!({ "conversation_id": id, "members": members });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn require_member(s: &AppState, id: &ConversationId, u: &UserId) -> Result<(), ApiError> {
-    match s.store.members(id).await.map_err(db)? {
+    match s.members.members(id).await.map_err(db)? {
         None => Err(ApiError::not_found(format!("no conversation {id}"))),
         Some(m) if m.contains(u) => Ok(()),
         Some(_) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "not_member",
+            ErrorCode::NotMember,
             format!("not a member of {id}"),
         )),
     }
@@ -183,7 +184,12 @@ async fn add_member(
     Path(path): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (id, member) = member_change(&s, &headers, path).await?;
-    s.store.add_member(&id, &member).await.map_err(db)?;
+    s.members
+        .store()
+        .add_member(&id, &member)
+        .await
+        .map_err(db)?;
+    s.members.invalidate(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -193,7 +199,9 @@ async fn remove_member(
     Path(path): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (id, member) = member_change(&s, &headers, path).await?;
-    if !s.store.remove_member(&id, &member).await.map_err(db)? {
+    let removed = s.members.store().remove_member(&id, &member).await;
+    s.members.invalidate(&id);
+    if !removed.map_err(db)? {
         return Err(ApiError::not_found(format!(
             "{member} is not a member of {id}"
         )));
@@ -203,7 +211,7 @@ async fn remove_member(
 
 async fn my_conversations(State(s): St, headers: HeaderMap) -> Result<Response, ApiError> {
     let u = user(&s, &headers)?;
-    let list = s.store.conversations_of(&u).await.map_err(db)?;
+    let list = s.members.store().conversations_of(&u).await.map_err(db)?;
     let items: Vec<_> = list
         .into_iter()
         .map(|(id, members)| json!({"conversation_id": id, "members": members}))
@@ -241,7 +249,12 @@ async fn history(
         return Err(ApiError::invalid("limit must be 1..=500"));
     }
     let before = q.before.as_deref().map(parse_before).transpose()?;
-    let rows = s.store.history(&id, before, limit).await.map_err(db)?;
+    let rows = s
+        .members
+        .store()
+        .history(&id, before, limit)
+        .await
+        .map_err(db)?;
     let next = (rows.len() as i64 == limit)
         .then(|| {
             rows.last()

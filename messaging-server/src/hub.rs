@@ -20,6 +20,16 @@ pub struct Close {
     pub reason: &'static str,
 }
 
+impl Close {
+    pub fn new(code: CloseCode, reason: &'static str) -> Self {
+        Self {
+            code,
+            frame: None,
+            reason,
+        }
+    }
+}
+
 pub struct DeviceHandle {
     pub id: u64,
     pub rx: mpsc::Receiver<Utf8Bytes>,
@@ -240,11 +250,7 @@ fn deliver(
     if let Some(buf) = slot.replay.as_mut() {
         if buf.len() >= queue_len {
             out.overflowed += 1;
-            slot.close(Close {
-                code: CloseCode::TooSlow,
-                frame: None,
-                reason: "replay buffer overflow",
-            });
+            slot.close(Close::new(CloseCode::TooSlow, "replay buffer overflow"));
         } else {
             buf.push((offset, frame.clone()));
         }
@@ -258,11 +264,7 @@ fn deliver(
         Ok(()) => out.delivered += 1,
         Err(mpsc::error::TrySendError::Full(_)) => {
             out.overflowed += 1;
-            slot.close(Close {
-                code: CloseCode::TooSlow,
-                frame: None,
-                reason: "queue overflow",
-            });
+            slot.close(Close::new(CloseCode::TooSlow, "queue overflow"));
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}
     }

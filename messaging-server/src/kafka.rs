@@ -1,35 +1,32 @@
 //! Kafka consumers: the live consumer (manual `assign()` of
 //! exactly this server's partitions) and bounded log reads for resume.
 
-use crate::frame::live_frame;
+use crate::frame::{encode, message};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use protocol::{Record, UserId};
+use protocol::{Record, ServerId, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use service::etcd::AssignmentRx;
+use service::kafka::{from_kafka, to_kafka};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// The server reads with a short fetch wait: latency over broker CPU
+/// (docs/benchmarks.md, "fetch wait").
+const FETCH_WAIT: Duration = Duration::from_millis(5);
+
 fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        // assign() needs a group id, but offsets are never committed.
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .set("enable.partition.eof", "false");
-    c
+    service::kafka::consumer_config(brokers, group, FETCH_WAIT)
 }
 
 pub type LiveStream = StreamConsumer;
 
-pub fn live_consumer(brokers: &str, server_id: &str) -> Result<LiveStream, KafkaError> {
+pub fn live_consumer(brokers: &str, server_id: &ServerId) -> Result<LiveStream, KafkaError> {
     consumer_config(brokers, &format!("switchboard-server-{server_id}")).create()
 }
 
@@ -38,7 +35,6 @@ pub fn live_consumer(brokers: &str, server_id: &str) -> Result<LiveStream, Kafka
 pub enum Ownership {
     Gain(u32),
     Lose(u32, crate::hub::Close),
-    LoseAll(crate::hub::Close),
 }
 
 pub struct LiveConsumer {
@@ -46,7 +42,8 @@ pub struct LiveConsumer {
     pub topic: String,
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
-    pub log_epoch: Arc<std::sync::RwLock<String>>,
+    /// The partition map; its log epoch goes into every cursor.
+    pub assignment: AssignmentRx,
 }
 
 impl LiveConsumer {
@@ -56,7 +53,7 @@ impl LiveConsumer {
             tokio::select! {
                 m = self.consumer.recv() => match m {
                     Ok(msg) => {
-                        let (p, o) = (msg.partition() as u32, msg.offset());
+                        let (p, o) = (from_kafka(msg.partition()), msg.offset());
                         self.dispatch(p, o, msg.payload().unwrap_or_default());
                     }
                     Err(e) => {
@@ -86,7 +83,7 @@ impl LiveConsumer {
         tokio::task::spawn_blocking(move || {
             metrics.lag.clear();
             for (p, next) in positions {
-                match consumer.fetch_watermarks(&topic, p as i32, Duration::from_secs(2)) {
+                match consumer.fetch_watermarks(&topic, to_kafka(p), Duration::from_secs(2)) {
                     Ok((_, high)) => {
                         let label = crate::metrics::PartitionLabel { partition: p };
                         metrics.lag.get_or_create(&label).set((high - next).max(0));
@@ -107,8 +104,20 @@ impl LiveConsumer {
                 return;
             }
         };
-        let epoch = self.log_epoch.read().map(|e| e.clone()).unwrap_or_default();
-        let frame = live_frame(&record, &epoch, offset);
+        let epoch = self
+            .assignment
+            .borrow()
+            .as_ref()
+            .map(|a| a.log_epoch.clone())
+            .unwrap_or_default();
+        let frame = match encode(&message(&record, &epoch, offset, false)) {
+            Ok(f) => f,
+            Err(e) => {
+                self.metrics.decode_failures.inc();
+                warn!(partition, offset, error = %e, "skipping a record that cannot be framed");
+                return;
+            }
+        };
         let d = self.hub.dispatch(partition, offset, &record, &frame);
         self.metrics.deliveries.inc_by(d.delivered as u64);
         self.metrics.overflows.inc_by(d.overflowed as u64);
@@ -125,17 +134,11 @@ impl LiveConsumer {
             Ownership::Lose(p, close) => {
                 self.hub.close_partition(p, |_| close.clone());
                 let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&self.topic, p as i32);
+                tpl.add_partition(&self.topic, to_kafka(p));
                 if let Err(e) = self.consumer.incremental_unassign(&tpl) {
                     warn!(partition = p, error = %e, "unassign failed");
                 }
                 info!(partition = p, "released partition");
-            }
-            Ownership::LoseAll(close) => {
-                self.hub.close_all(|_, _| close.clone());
-                if let Err(e) = self.consumer.unassign() {
-                    warn!(error = %e, "unassign failed");
-                }
             }
         }
     }
@@ -145,12 +148,12 @@ impl LiveConsumer {
     async fn gain(&mut self, p: u32) -> Result<(), KafkaError> {
         let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
         let (_, high) = tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(&topic, p as i32, Duration::from_secs(5))
+            consumer.fetch_watermarks(&topic, to_kafka(p), Duration::from_secs(5))
         })
         .await
         .map_err(|_| KafkaError::Canceled)??;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, p as i32, Offset::Offset(high))?;
+        tpl.add_partition_offset(&self.topic, to_kafka(p), Offset::Offset(high))?;
         self.consumer.incremental_assign(&tpl)?;
         self.hub.open_partition(p, high);
         info!(partition = p, start = high, "serving partition");
@@ -163,7 +166,7 @@ pub async fn log_start(brokers: &str, topic: &str, partition: u32) -> Result<i64
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = consumer_config(&brokers, "switchboard-resume").create()?;
-        c.fetch_watermarks(&topic, partition as i32, Duration::from_secs(5))
+        c.fetch_watermarks(&topic, to_kafka(partition), Duration::from_secs(5))
             .map(|(low, _)| low)
     })
     .await
@@ -182,7 +185,7 @@ pub async fn read_range(
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = consumer_config(&brokers, "switchboard-resume").create()?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition as i32, Offset::Offset(range.start))?;
+        tpl.add_partition_offset(&topic, to_kafka(partition), Offset::Offset(range.start))?;
         c.assign(&tpl)?;
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut out = Vec::new();

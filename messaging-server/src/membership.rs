@@ -1,14 +1,15 @@
 //! Registration in etcd under a lease, and turning assignment epochs into
 //! partition gains and losses for the consumer.
 
-use crate::frame::text;
+use crate::frame::encode;
 use crate::hub::Close;
 use crate::kafka::Ownership;
 use crate::state::AppState;
 use etcd_client::{Client, PutOptions};
 use protocol::frames::Redirect;
-use protocol::runtime::Backoff;
 use protocol::{Assignment, CloseCode, EtcdLayout, ServerFrame};
+use service::etcd::{keep_lease_alive, ttl_secs, LeaseEnd};
+use service::Backoff;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +22,9 @@ use tracing::{info, warn};
 pub async fn run_registration(
     state: Arc<AppState>,
     mut client: Client,
-    mut draining: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
 ) -> Option<i64> {
+    let mut draining = state.draining.subscribe();
     let layout = EtcdLayout::new(&state.config.etcd.prefix);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
     loop {
@@ -41,7 +42,8 @@ pub async fn run_registration(
         backoff.reset();
         state.registered.send_replace(true);
         info!(server = %state.info.server_id, lease, "registered");
-        let lost = keep_alive(&mut client, lease, &layout, &state, &mut draining, &stop).await;
+        let lost = keep_alive(&mut client, lease, &layout, &state, &mut draining, &stop).await
+            == LeaseEnd::Lost;
         if !lost {
             // Last step of a drain: the registration disappears at once.
             let _ = tokio::time::timeout(Duration::from_secs(3), client.lease_revoke(lease)).await;
@@ -60,7 +62,7 @@ async fn register(
     draining: bool,
 ) -> Result<i64, etcd_client::Error> {
     let lease = client
-        .lease_grant(state.config.lease_ttl_secs, None)
+        .lease_grant(ttl_secs(state.config.lease_ttl), None)
         .await?
         .id();
     put_info(client, layout, state, lease, draining).await?;
@@ -90,7 +92,7 @@ async fn put_info(
     Ok(())
 }
 
-/// Returns true when the lease is lost, false when `stop` fired.
+/// Keeps the lease alive and republishes the registration when draining starts.
 async fn keep_alive(
     client: &mut Client,
     lease: i64,
@@ -98,60 +100,48 @@ async fn keep_alive(
     state: &AppState,
     draining: &mut tokio::sync::watch::Receiver<bool>,
     stop: &CancellationToken,
-) -> bool {
-    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
-        return true;
-    };
-    let every = Duration::from_millis((state.config.lease_ttl_secs as u64 * 1000 / 3).max(100));
+) -> LeaseEnd {
     loop {
-        if keeper.keep_alive().await.is_err() {
-            return true;
-        }
-        match tokio::time::timeout(every * 2, stream.message()).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-            _ => return true,
-        }
+        let mut keeper = client.clone();
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            end = keep_lease_alive(&mut keeper, lease, state.config.lease_ttl, stop) => return end,
             r = draining.changed() => {
                 let now = *draining.borrow();
                 if r.is_ok() && put_info(client, layout, state, lease, now).await.is_err() {
-                    return true;
+                    return LeaseEnd::Lost;
                 }
             }
-            _ = stop.cancelled() => return false,
         }
     }
 }
 
-fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> Close {
+/// How a session of `partition` that is not (or no longer) served here ends:
+/// 4006 when this server is draining or lost its registration, else 4005,
+/// with a redirect to the new owner when the map names one.
+pub fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> Close {
     // A map without us means etcd dropped our registration, whichever of the
     // two watches (lease keep-alive, assignment) noticed first.
     let dropped = a.is_some_and(|a| !a.servers.contains_key(&state.info.server_id));
     let draining = state.is_draining() || !*state.registered.borrow() || dropped;
-    let code = if draining {
-        CloseCode::Draining
+    let (code, reason) = if draining {
+        (CloseCode::Draining, "server draining")
     } else {
-        CloseCode::PartitionMoved
+        (CloseCode::PartitionMoved, "partition moved")
     };
     let frame = a.and_then(|a| {
         let owner = a
             .owner(partition)
             .filter(|o| o.server_id != state.info.server_id)?;
-        Some(text(&ServerFrame::Redirect(Redirect {
+        encode(&ServerFrame::Redirect(Redirect {
             server_id: owner.server_id.clone(),
             ws_url: owner.ws_url.clone(),
             epoch: a.epoch,
-        })))
+        }))
+        .ok()
     });
     Close {
-        code,
         frame,
-        reason: if draining {
-            "server draining"
-        } else {
-            "partition moved"
-        },
+        ..Close::new(code, reason)
     }
 }
 
@@ -166,11 +156,6 @@ pub async fn run_ownership(
     let mut owned: BTreeSet<u32> = BTreeSet::new();
     loop {
         let a = rx.borrow_and_update().clone();
-        if let Some(a) = &a {
-            if let Ok(mut e) = state.log_epoch.write() {
-                e.clone_from(&a.log_epoch);
-            }
-        }
         let mine: BTreeSet<u32> = match (&a, *registered.borrow_and_update()) {
             (Some(a), true) => a.partitions_of(&state.info.server_id).into_iter().collect(),
             _ => BTreeSet::new(),

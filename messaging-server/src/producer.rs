@@ -170,7 +170,7 @@ impl Producers {
         let mut acks = Vec::with_capacity(records.len());
         for (partition, key, payload) in records {
             let rec = FutureRecord::to(topic)
-                .partition(*partition as i32)
+                .partition(service::kafka::to_kafka(*partition))
                 .key(key)
                 .payload(payload);
             match producer.send_result(rec) {

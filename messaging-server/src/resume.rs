@@ -13,6 +13,17 @@ pub struct ResumePlan {
     pub from_log: Option<Range<i64>>,
 }
 
+impl ResumePlan {
+    /// A device without a cursor: nothing to replay, not a resume.
+    pub fn fresh() -> Self {
+        Self {
+            resumed: false,
+            from_store: None,
+            from_log: None,
+        }
+    }
+}
+
 /// `after`: the cursor's offset (last one the device has).
 /// `persisted_next`: first offset the persister has not committed yet.
 /// `log_start`: first offset still in Kafka.

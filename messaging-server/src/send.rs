@@ -46,7 +46,7 @@ async fn resolve(
         Target::Conversation(c) => c.clone(),
     };
     let members = state
-        .store
+        .members
         .members(&conversation)
         .await
         .map_err(|e| refuse(send, ErrorCode::Unavailable, e.to_string()))?
@@ -71,6 +71,7 @@ async fn resolve(
 pub struct Prepared {
     id: Option<serde_json::Value>,
     msg_id: MsgId,
+    /// (partition, key, encoded record), one per partition with a recipient.
     records: Vec<(u32, String, Vec<u8>)>,
     started: Instant,
 }
@@ -94,27 +95,28 @@ pub async fn prepare(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let records = group_by_partition(&members, assignment.partitions)
-        .into_iter()
-        .map(|(partition, recipients)| {
-            let key = recipients
-                .first()
-                .map(|u| u.to_string())
-                .unwrap_or_default();
-            let record = Record {
-                v: protocol::record::RECORD_VERSION,
-                msg_id,
-                kind: send.kind,
-                conversation_id: conversation_id.clone(),
-                sender: sender.clone(),
-                sender_device: device.clone(),
-                recipients,
-                body: send.body.clone(),
-                sent_at_ms,
-            };
-            (partition, key, record.encode())
-        })
-        .collect();
+    let mut records = Vec::new();
+    for (partition, recipients) in group_by_partition(&members, assignment.partitions) {
+        let key = recipients
+            .first()
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let record = Record {
+            v: protocol::record::RECORD_VERSION,
+            msg_id,
+            kind: send.kind,
+            conversation_id: conversation_id.clone(),
+            sender: sender.clone(),
+            sender_device: device.clone(),
+            recipients,
+            body: send.body.clone(),
+            sent_at_ms,
+        };
+        let bytes = record
+            .encode()
+            .map_err(|e| refuse(&send, ErrorCode::InvalidField, e.to_string()))?;
+        records.push((partition, key, bytes));
+    }
     Ok(Prepared {
         id: send.id,
         msg_id,
@@ -136,7 +138,7 @@ impl Prepared {
             code: ErrorCode::Unavailable,
             message: e,
         };
-        let handed = state.producer.enqueue(&state.topic, &self.records);
+        let handed = state.producer.enqueue(state.topic(), &self.records);
         let (metrics, producer) = (state.metrics.clone(), state.producer.clone());
         async move {
             let acks = handed.map_err(|e| unavailable(&self.id, e.to_string()))?;

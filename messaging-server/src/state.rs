@@ -1,34 +1,38 @@
 use crate::auth::Authenticator;
 use crate::hub::Hub;
+use crate::members::MemberCache;
 use crate::metrics::Metrics;
 use crate::producer::Producers;
-use crate::store::Store;
 use crate::Config;
 use prometheus_client::registry::Registry;
-use protocol::runtime::etcd::AssignmentRx;
 use protocol::{Assignment, ServerInfo};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use service::etcd::AssignmentRx;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Everything a session or handler needs, shared behind one `Arc`.
 pub struct AppState {
+    /// The validated configuration (topic, brokers, limits, timeouts).
     pub config: Config,
+    /// This server's registration as etcd and clients see it.
     pub info: ServerInfo,
+    /// Verifies client JWTs.
     pub auth: Authenticator,
-    pub store: Store,
+    /// PostgreSQL, with conversation members cached.
+    pub members: MemberCache,
     /// The Kafka producer, replaced by its supervisor after a fatal error.
     pub producer: Arc<Producers>,
-    pub topic: String,
+    /// Local devices and the fan-out of consumed records to them.
     pub hub: Arc<Hub>,
     pub metrics: Metrics,
     pub registry: Registry,
+    /// The newest partition map (it carries the log epoch cursors use).
     pub assignment_rx: AssignmentRx,
-    pub log_epoch: Arc<RwLock<String>>,
     /// True while our registration lease is alive.
     pub registered: watch::Sender<bool>,
-    pub draining: AtomicBool,
+    /// True from the start of a drain; registration republishes on change.
+    pub draining: watch::Sender<bool>,
     /// Ends sessions and background tasks once the drain is over.
     pub stop: CancellationToken,
 }
@@ -38,12 +42,21 @@ impl AppState {
         self.assignment_rx.borrow().clone()
     }
 
+    /// The topic incarnation of the current map; empty before the first map.
     pub fn log_epoch(&self) -> String {
-        self.log_epoch.read().map(|e| e.clone()).unwrap_or_default()
+        self.assignment_rx
+            .borrow()
+            .as_ref()
+            .map(|a| a.log_epoch.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.config.kafka.topic
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        *self.draining.borrow()
     }
 
     /// Serving means registered, not draining, holding a partition map and

@@ -1,16 +1,18 @@
 use clap::Parser;
-use std::fmt;
+use service::args::{in_range, millis, DatabaseArgs, KafkaArgs};
+use service::ConfigError;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Persister: one consumer group that writes chat records into PostgreSQL.
-#[derive(Clone, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "persister", version)]
 pub struct Config {
     /// HTTP listen address (health and metrics).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:8082")]
     pub listen: SocketAddr,
     #[command(flatten)]
-    pub kafka: protocol::runtime::args::KafkaArgs,
+    pub kafka: KafkaArgs,
     /// Consumer group shared by every persister replica.
     #[arg(
         long,
@@ -18,64 +20,25 @@ pub struct Config {
         default_value = "switchboard-persister"
     )]
     pub group_id: String,
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DATABASE_URL",
-        default_value = "postgres://switchboard:switchboard@127.0.0.1:5432/switchboard"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Most records in one transaction.
     #[arg(long, env = "SWITCHBOARD_BATCH_MAX", default_value_t = 5000)]
     pub batch_max: usize,
     /// Longest a record waits for its batch, in milliseconds.
-    #[arg(long, env = "SWITCHBOARD_BATCH_MS", default_value_t = 50)]
-    pub batch_ms: u64,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let db = match (self.database_url.find("://"), self.database_url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!(
-                "{}***{}",
-                &self.database_url[..s + 3],
-                &self.database_url[at..]
-            ),
-            _ => self.database_url.clone(),
-        };
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("kafka_brokers", &self.kafka.brokers)
-            .field("topic", &self.kafka.topic)
-            .field("group_id", &self.group_id)
-            .field("database_url", &db)
-            .field("batch_max", &self.batch_max)
-            .field("batch_ms", &self.batch_ms)
-            .finish()
-    }
+    #[arg(long = "batch-ms", env = "SWITCHBOARD_BATCH_MS", default_value = "50", value_parser = millis)]
+    pub batch_wait: Duration,
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checked before any socket opens; the error is one line for the operator.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
-        if !(1..=100_000).contains(&self.batch_max) {
-            return Err(format!(
-                "--batch-max must be 1..=100000 (got {})",
-                self.batch_max
-            ));
-        }
-        if !(1..=10_000).contains(&self.batch_ms) {
-            return Err(format!(
-                "--batch-ms must be 1..=10000 (got {})",
-                self.batch_ms
-            ));
-        }
+        self.database.validate()?;
+        in_range("--batch-max", self.batch_max, 1, 100_000)?;
+        in_range("--batch-ms", self.batch_wait.as_millis(), 1, 10_000)?;
         if self.group_id.is_empty() {
-            return Err("--group-id must not be empty".into());
-        }
-        if !self.database_url.starts_with("postgres://")
-            && !self.database_url.starts_with("postgresql://")
-        {
-            return Err("--database-url must be a postgres:// URL".into());
+            return Err(ConfigError::new("--group-id", "must not be empty"));
         }
         Ok(())
     }
@@ -90,9 +53,9 @@ mod tests {
         let c = Config::parse_from(["p", "--database-url", "postgres://u:pw@h/db"]);
         assert_eq!(c.validate(), Ok(()));
         assert!(!format!("{c:?}").contains("pw@"));
-        assert!(Config::parse_from(["p", "--batch-max", "0"])
-            .validate()
-            .is_err());
+        assert_eq!(c.batch_wait, Duration::from_millis(50));
+        let bad = Config::parse_from(["p", "--batch-max", "0"]).validate();
+        assert_eq!(bad.map_err(|e| e.flag), Err("--batch-max"));
         assert!(Config::parse_from(["p", "--database-url", "mysql://x"])
             .validate()
             .is_err());

@@ -3,23 +3,23 @@
 //! revoke) and to read the stored offsets (on assign) before anything else
 //! is consumed.
 
-use crate::batch::{stored_offsets, Batch};
+use crate::batch::Batch;
 use crate::metrics::{Metrics, PartitionLabel};
 use crate::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
-use sqlx::PgPool;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use store::{Store, StoreError};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub struct Ctx {
-    pub pool: PgPool,
+    pub store: Store,
     pub topic: String,
     pub handle: Handle,
     pub metrics: Metrics,
@@ -38,11 +38,16 @@ impl ConsumerContext for Ctx {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let parts: Vec<u32> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| service::kafka::from_kafka(e.partition()))
+                    .collect();
                 let offsets = self.retry("read stored offsets", || {
-                    stored_offsets(&self.pool, &self.topic, &parts)
+                    self.store.stored_offsets(&self.topic, &parts)
                 });
                 for (p, next) in offsets.unwrap_or_default() {
+                    let p = service::kafka::to_kafka(p);
                     let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(next));
                 }
                 info!(partitions = ?parts, "assigned; resuming from the offsets stored in PostgreSQL");
@@ -71,7 +76,7 @@ impl Ctx {
     fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         let mut delay = Duration::from_millis(100);
         loop {
@@ -98,7 +103,9 @@ impl Ctx {
         }
         let started = Instant::now();
         if self
-            .retry("write a batch", || pending.write(&self.pool, &self.topic))
+            .retry("write a batch", || {
+                self.store.write_batch(&self.topic, &pending.rows)
+            })
             .is_none()
         {
             return;
@@ -108,23 +115,22 @@ impl Ctx {
             .observe(started.elapsed().as_secs_f64());
         m.batch_records.observe(pending.records as f64);
         m.records.inc_by(pending.records as u64);
-        m.rows.inc_by(pending.rows() as u64);
+        m.rows.inc_by(pending.rows.rows() as u64);
         m.skipped_ephemeral.inc_by(pending.skipped as u64);
         m.decode_failures.inc_by(pending.undecodable as u64);
         *pending = Batch::default();
     }
 }
 
+/// The persister may wait longer per fetch than a messaging server: it
+/// writes in batches anyway, and the broker is spared the polling.
+const FETCH_WAIT: Duration = Duration::from_millis(10);
+
 pub fn create(config: &Config, group: &str, ctx: Ctx) -> KafkaResult<BaseConsumer<Ctx>> {
-    let consumer: BaseConsumer<Ctx> = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .set("session.timeout.ms", "10000")
-        .create_with_context(ctx)?;
+    let consumer: BaseConsumer<Ctx> =
+        service::kafka::consumer_config(&config.kafka.brokers, group, FETCH_WAIT)
+            .set("session.timeout.ms", "10000")
+            .create_with_context(ctx)?;
     consumer.subscribe(&[&config.kafka.topic])?;
     Ok(consumer)
 }
@@ -137,14 +143,15 @@ pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> KafkaResult<()> {
     let cancel = ctx.cancel.clone();
     let consumer = create(config, group, ctx).inspect_err(|_| cancel.cancel())?;
     let ctx = consumer.context();
-    let max_age = Duration::from_millis(config.batch_ms);
+    let max_age = config.batch_wait;
     let mut oldest: Option<Instant> = None;
     let mut lag_checked = Instant::now();
     while !ctx.cancel.is_cancelled() {
         match consumer.poll(max_age.min(Duration::from_millis(100))) {
             Some(Ok(m)) => {
                 let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
-                pending.add(m.partition(), m.offset(), m.payload().unwrap_or_default());
+                let partition = service::kafka::from_kafka(m.partition());
+                pending.add(partition, m.offset(), m.payload().unwrap_or_default());
                 oldest.get_or_insert_with(Instant::now);
             }
             Some(Err(e)) => warn!(error = %e, "consume failed"),
@@ -199,7 +206,7 @@ fn report_lag(consumer: &BaseConsumer<Ctx>, high: &BTreeMap<i32, i64>) {
         metrics
             .lag
             .get_or_create(&PartitionLabel {
-                partition: e.partition(),
+                partition: service::kafka::from_kafka(e.partition()),
             })
             .set((h - pos).max(0));
     }

@@ -1,10 +1,10 @@
-//! The persister (DESIGN.md §1): every `chat` record into PostgreSQL exactly
+//! The persister (docs/architecture.md): every `chat` record into PostgreSQL exactly
 //! once in effect, its Kafka offsets stored in the same transaction.
 
-pub mod batch;
+mod batch;
 mod config;
 mod consumer;
-pub mod metrics;
+mod metrics;
 
 pub use config::Config;
 
@@ -12,16 +12,14 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use protocol::runtime::http::{metrics_response, not_found};
-use sqlx::postgres::PgPoolOptions;
+use service::http::{metrics_response, not_found};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = protocol::runtime::bind(config.listen).await?;
+    let listener = service::bind(config.listen).await?;
     serve(config, listener, shutdown).await
 }
 
@@ -30,13 +28,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     info!(addr = %listener.local_addr()?, topic = %config.kafka.topic, "persister starting");
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&config.database_url)
-        .context("invalid database url")?;
+    let store =
+        store::Store::connect_lazy(&config.database.url, 4).context("invalid database url")?;
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -58,11 +53,11 @@ pub async fn serve(
             .await
     });
 
-    if !protocol::runtime::db::migrate(&pool, &shutdown).await {
+    if !store.migrate(&shutdown).await {
         return Ok(());
     }
     let ctx = consumer::Ctx {
-        pool,
+        store,
         topic: config.kafka.topic.clone(),
         handle: tokio::runtime::Handle::current(),
         metrics,

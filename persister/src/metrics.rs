@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabel {
-    pub partition: i32,
+    pub partition: u32,
 }
 
 #[derive(Clone)]

@@ -1,18 +1,33 @@
-//! The partition → server map the coordinator publishes (DESIGN.md §5, §7).
+//! The partition → server map the coordinator publishes (docs/protocol.md, "Assignment").
 
+use crate::ids::ServerId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A messaging server's registration, stored leased under `servers/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
-    pub server_id: String,
+    pub server_id: ServerId,
     pub ws_url: String,
     pub http_url: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
     #[serde(default)]
     pub draining: bool,
+}
+
+impl ServerInfo {
+    /// A server at `host` (`name[:port]`) with the usual paths, weight 1,
+    /// not draining.
+    pub fn at_host(server_id: ServerId, host: &str) -> Self {
+        Self {
+            server_id,
+            ws_url: format!("ws://{host}/v1/ws"),
+            http_url: format!("http://{host}"),
+            weight: 1,
+            draining: false,
+        }
+    }
 }
 
 fn default_weight() -> u32 {
@@ -27,8 +42,8 @@ pub struct Assignment {
     #[serde(default)]
     pub log_epoch: String,
     pub partitions: u32,
-    pub owners: Vec<Option<String>>,
-    pub servers: BTreeMap<String, ServerInfo>,
+    pub owners: Vec<Option<ServerId>>,
+    pub servers: BTreeMap<ServerId, ServerInfo>,
 }
 
 impl Assignment {
@@ -48,18 +63,22 @@ impl Assignment {
     }
 
     /// The partitions `server_id` owns, ascending.
-    pub fn partitions_of(&self, server_id: &str) -> Vec<u32> {
+    pub fn partitions_of(&self, server_id: &ServerId) -> Vec<u32> {
         (0..self.partitions)
-            .filter(|p| self.owners[*p as usize].as_deref() == Some(server_id))
+            .filter(|p| self.owners[*p as usize].as_ref() == Some(server_id))
             .collect()
     }
 
+    /// Whether `server_id` owns `partition` in this map.
+    pub fn is_owner(&self, partition: u32, server_id: &ServerId) -> bool {
+        self.owners.get(partition as usize).and_then(Option::as_ref) == Some(server_id)
+    }
+
     /// Partitions per server, for logs and metrics.
-    pub fn loads(&self) -> BTreeMap<&str, usize> {
-        let mut loads: BTreeMap<&str, usize> =
-            self.servers.keys().map(|k| (k.as_str(), 0)).collect();
+    pub fn loads(&self) -> BTreeMap<&ServerId, usize> {
+        let mut loads: BTreeMap<&ServerId, usize> = self.servers.keys().map(|k| (k, 0)).collect();
         for id in self.owners.iter().flatten() {
-            *loads.entry(id.as_str()).or_default() += 1;
+            *loads.entry(id).or_default() += 1;
         }
         loads
     }
@@ -79,25 +98,27 @@ mod tests {
     #[test]
     fn round_trips_and_answers_queries() {
         let mut a = Assignment::empty(3);
+        let s1 = ServerId::new("s1").unwrap();
         a.servers.insert(
-            "s1".into(),
+            s1.clone(),
             ServerInfo {
-                server_id: "s1".into(),
+                server_id: s1.clone(),
                 ws_url: "ws://x/v1/ws".into(),
                 http_url: "http://x".into(),
                 weight: 1,
                 draining: false,
             },
         );
-        a.owners = vec![Some("s1".into()), None, Some("s1".into())];
+        a.owners = vec![Some(s1.clone()), None, Some(s1.clone())];
         let back: Assignment = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         assert_eq!(back, a);
-        assert_eq!(a.partitions_of("s1"), vec![0, 2]);
+        assert_eq!(a.partitions_of(&s1), vec![0, 2]);
+        assert!(a.is_owner(2, &s1) && !a.is_owner(1, &s1) && !a.is_owner(9, &s1));
         assert!(a.owner(1).is_none());
         assert_eq!(a.owner(0).map(|s| s.ws_url.as_str()), Some("ws://x/v1/ws"));
-        assert_eq!(a.loads()["s1"], 2);
+        assert_eq!(a.loads()[&s1], 2);
         let mut b = a.clone();
-        b.owners[1] = Some("s1".into());
+        b.owners[1] = Some(s1);
         assert_eq!(a.moved_to(&b), vec![1]);
     }
 

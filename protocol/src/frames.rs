@@ -1,16 +1,16 @@
-//! WebSocket frames (DESIGN.md §4): one JSON object per text frame, tagged by
+//! WebSocket frames (docs/protocol.md, "WebSocket"): one JSON object per text frame, tagged by
 //! `type`. Decoding is two-step — envelope first, then the concrete frame — so
 //! every failure maps to the right stable error code, unknown fields are
 //! ignored, and a request's `id` is echoed even when the rest is invalid.
 
 use crate::cursor::Cursor;
-use crate::ids::{ClientMsgId, ConversationId, DeviceId, MsgId, UserId};
+use crate::ids::{ClientMsgId, ConversationId, DeviceId, MsgId, ServerId, UserId};
 use crate::record::Kind;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// Stable snake_case error codes of DESIGN.md §4.
+/// Stable snake_case error codes (docs/protocol.md, "WebSocket" and "HTTP").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -21,6 +21,14 @@ pub enum ErrorCode {
     TooLarge,
     RateLimited,
     Unavailable,
+    /// HTTP only: no or a bad bearer token.
+    Unauthorized,
+    /// HTTP only: no such endpoint or resource.
+    NotFound,
+    /// HTTP only: the resource exists already.
+    Conflict,
+    /// HTTP only: a server bug; the message says what failed.
+    Internal,
 }
 
 impl ErrorCode {
@@ -33,11 +41,15 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
         }
     }
 }
 
-/// WebSocket close codes of DESIGN.md §4.
+/// WebSocket close codes (docs/protocol.md, "WebSocket").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCode {
     Unauthorized = 4001,
@@ -173,8 +185,13 @@ impl ClientFrame {
         }
     }
 
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    /// The frame's JSON text; never empty.
+    pub fn to_json(&self) -> Result<String, EncodeError> {
+        let frame = match self {
+            ClientFrame::Hello(_) => "hello",
+            ClientFrame::Send(_) => "send",
+        };
+        serde_json::to_string(self).map_err(|source| EncodeError { frame, source })
     }
 }
 
@@ -195,7 +212,7 @@ impl Send {
 pub struct Welcome {
     pub user_id: UserId,
     pub device_id: DeviceId,
-    pub server_id: String,
+    pub server_id: ServerId,
     pub partition: u32,
     pub epoch: u64,
     pub resumed: bool,
@@ -239,7 +256,7 @@ pub struct ErrorFrame {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Redirect {
-    pub server_id: String,
+    pub server_id: ServerId,
     pub ws_url: String,
     pub epoch: u64,
 }
@@ -265,9 +282,34 @@ impl From<FrameError> for ServerFrame {
     }
 }
 
+/// A frame that could not be written as JSON (a body that is not JSON).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to encode a {frame} frame: {source}")]
+pub struct EncodeError {
+    pub frame: &'static str,
+    #[source]
+    pub source: serde_json::Error,
+}
+
 impl ServerFrame {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    /// The frame's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome(_) => "welcome",
+            ServerFrame::Message(_) => "message",
+            ServerFrame::Synced(_) => "synced",
+            ServerFrame::Ack(_) => "ack",
+            ServerFrame::Error(_) => "error",
+            ServerFrame::Redirect(_) => "redirect",
+        }
+    }
+
+    /// The frame's JSON text; never empty.
+    pub fn to_json(&self) -> Result<String, EncodeError> {
+        serde_json::to_string(self).map_err(|source| EncodeError {
+            frame: self.kind(),
+            source,
+        })
     }
 
     /// Client-side decode. Unknown frame types are an error the caller may

@@ -1,4 +1,4 @@
-//! Identifiers of DESIGN.md §2, validated on construction and on decode.
+//! Identifiers (docs/protocol.md, "Identifiers"), validated on construction and on decode.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -53,6 +53,12 @@ macro_rules! string_id {
                 &self.0
             }
         }
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
         impl TryFrom<String> for $name {
             type Error = IdError;
             fn try_from(s: String) -> Result<Self, IdError> {
@@ -67,6 +73,13 @@ macro_rules! string_id {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+        // Hash, Eq and Ord are the inner string's, so maps keyed by an id
+        // can be looked up by `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
             }
         }
         impl AsRef<str> for $name {
@@ -87,6 +100,20 @@ string_id!(
     DeviceId,
     |s| check_alphabet("device_id", s, 64)
 );
+string_id!(
+    /// A messaging server's registration name in etcd and in the partition
+    /// map. 1–64 chars of the id alphabet.
+    ServerId,
+    |s| check_alphabet("server_id", s, 64)
+);
+
+impl ServerId {
+    /// `ms-` and ten random hex digits, for servers started without an id.
+    pub fn random() -> Self {
+        Self(format!("ms-{}", &Uuid::new_v4().simple().to_string()[..10]))
+    }
+}
+
 string_id!(
     /// The sender's retry key: 1–128 characters, no control characters.
     ClientMsgId,

@@ -1,4 +1,4 @@
-//! The etcd key layout (DESIGN.md §7), under a configurable prefix.
+//! The etcd key layout (docs/protocol.md, "etcd layout"), under a configurable prefix.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdLayout {
@@ -11,14 +11,11 @@ impl EtcdLayout {
             prefix: prefix.trim_end_matches('/').to_owned(),
         }
     }
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
     /// Prefix of every leased server registration (ends with `/`).
     pub fn servers_prefix(&self) -> String {
         format!("{}/servers/", self.prefix)
     }
-    pub fn server_key(&self, server_id: &str) -> String {
+    pub fn server_key(&self, server_id: &crate::ServerId) -> String {
         format!("{}/servers/{server_id}", self.prefix)
     }
     /// The election name coordinators campaign on.
@@ -47,8 +44,9 @@ mod tests {
     #[test]
     fn keys() {
         let l = EtcdLayout::new("/sb/");
-        assert_eq!(l.server_key("s1"), "/sb/servers/s1");
-        assert!(l.server_key("s1").starts_with(&l.servers_prefix()));
+        let s1 = crate::ServerId::new("s1").unwrap();
+        assert_eq!(l.server_key(&s1), "/sb/servers/s1");
+        assert!(l.server_key(&s1).starts_with(&l.servers_prefix()));
         assert_eq!(l.assignment_key(), "/sb/assignment");
         assert_eq!(
             EtcdLayout::default().election(),

@@ -34,7 +34,7 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-/// `(murmur2(user_id_utf8) & 0x7fffffff) % partitions` (DESIGN.md §1).
+/// `(murmur2(user_id_utf8) & 0x7fffffff) % partitions` (docs/protocol.md, "Partitioner").
 ///
 /// # Panics
 /// Never for `partitions > 0`; a topic always has at least one partition, and

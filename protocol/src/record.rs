@@ -1,4 +1,4 @@
-//! The Kafka record (DESIGN.md §3): one per partition holding a recipient.
+//! The Kafka record (docs/protocol.md, "Kafka record"): one per partition holding a recipient.
 
 use crate::ids::{ConversationId, DeviceId, MsgId, UserId};
 use serde::{Deserialize, Serialize};
@@ -58,9 +58,8 @@ impl Record {
         Ok(rec)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        // Serialising owned, already-validated data into a Vec cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        Ok(serde_json::to_vec(self)?)
     }
 }
 
@@ -78,7 +77,7 @@ mod tests {
         assert_eq!(rec.kind, Kind::Chat);
         assert_eq!(rec.recipients.len(), 2);
         assert_eq!(rec.body.get(), r#"{"text":"hi"}"#);
-        let again = Record::decode(&rec.encode()).unwrap();
+        let again = Record::decode(&rec.encode().unwrap()).unwrap();
         assert_eq!(again.msg_id, rec.msg_id);
         assert_eq!(again.body.get(), rec.body.get());
     }

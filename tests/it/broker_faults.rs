@@ -143,15 +143,12 @@ async fn expect_delivered(
 
 /// Every acknowledged chat message has its row in PostgreSQL.
 async fn expect_persisted(stack: &Stack, acked: &[(usize, MsgId)]) -> anyhow::Result<()> {
-    let pool = sqlx::PgPool::connect(&stack.database_url).await?;
+    let db = store::Store::connect(&stack.database_url).await?;
     let ids: Vec<uuid::Uuid> = acked.iter().map(|(_, m)| m.0).collect();
     let done = || async {
-        sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM messages WHERE msg_id = ANY($1)")
-            .bind(&ids)
-            .fetch_one(&pool)
+        db.count_stored(&ids)
             .await
-            .map(|(n,)| n as usize == ids.len())
-            .unwrap_or(false)
+            .is_ok_and(|n| n as usize == ids.len())
     };
     harness::wait_until(
         "every acknowledged message persisted",
@@ -159,7 +156,7 @@ async fn expect_persisted(stack: &Stack, acked: &[(usize, MsgId)]) -> anyhow::Re
         done,
     )
     .await?;
-    pool.close().await;
+    db.close().await;
     Ok(())
 }
 

@@ -111,7 +111,8 @@ pub async fn cli_route_send_tail_and_history(infra: Arc<Infra>) -> anyhow::Resul
             .stderr(std::process::Stdio::piped());
         cmd.spawn()?
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tail = tail;
+    let tail_log = tail_connected(&mut tail).await?;
     let (ok, out, err) = cli(
         &stack,
         &["--user", "alice", "send", "--to-user", "bob", "hi bob"],
@@ -122,22 +123,36 @@ pub async fn cli_route_send_tail_and_history(infra: Arc<Infra>) -> anyhow::Resul
         "send: {out} {err}"
     );
     let tailed = tail.wait_with_output().await?;
+    let tail_log = tail_log.await.unwrap_or_default();
     let line = String::from_utf8_lossy(&tailed.stdout);
     anyhow::ensure!(
         tailed.status.success() && line.contains("hi bob"),
-        "tail: {line} {}",
-        String::from_utf8_lossy(&tailed.stderr)
+        "tail ({}): {line} {tail_log}",
+        tailed.status
     );
 
-    let mut history = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !history.contains("hi bob") && Instant::now() < deadline {
-        history = cli(&stack, &["--user", "bob", "history", "dm:alice,bob"])
-            .await?
-            .1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::ensure!(history.contains("hi bob"), "history: {history}");
+    let history = std::sync::Mutex::new(String::new());
+    let persisted = harness::wait_until(
+        "the message is in bob's history",
+        Duration::from_secs(20),
+        || async {
+            let h = cli(&stack, &["--user", "bob", "history", "dm:alice,bob"])
+                .await
+                .map(|r| r.1)
+                .unwrap_or_default();
+            let found = h.contains("hi bob");
+            if let Ok(mut last) = history.lock() {
+                *last = h;
+            }
+            found
+        },
+    )
+    .await;
+    anyhow::ensure!(
+        persisted.is_ok(),
+        "history: {}",
+        history.lock().map(|h| h.clone()).unwrap_or_default()
+    );
     let (ok, out, _) = cli(
         &stack,
         &[
@@ -229,4 +244,37 @@ pub async fn slow_app_gets_everything_after_4004(infra: Arc<Infra>) -> anyhow::R
     receiver.close().await;
     stack.stop().await;
     Ok(())
+}
+
+/// Reads the tail's stderr until it reports its session, then keeps
+/// draining it (a closed pipe would fail the tail's next write); the task
+/// returns everything it said.
+async fn tail_connected(
+    tail: &mut tokio::process::Child,
+) -> anyhow::Result<tokio::task::JoinHandle<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = tail
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("tail has no stderr"))?;
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let (mut said, mut connected) = (String::new(), Some(connected_tx));
+        while let Ok(Some(line)) = lines.next_line().await {
+            said.push_str(&line);
+            said.push('\n');
+            if line.contains("connected to") {
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        said
+    });
+    tokio::time::timeout(Duration::from_secs(20), connected_rx)
+        .await
+        .map_err(|_| anyhow::anyhow!("tail did not connect within 20 s"))?
+        .map_err(|_| anyhow::anyhow!("tail exited before connecting"))?;
+    Ok(reader)
 }

@@ -94,7 +94,7 @@ async fn wait_servers(base: &str, n: usize) -> anyhow::Result<Assignment> {
 }
 
 fn token(user: &str) -> String {
-    messaging_server::auth::mint_hs256(SECRET, user, 600).unwrap_or_default()
+    switchboard_client::token::mint_hs256(SECRET, user, 600).unwrap_or_default()
 }
 
 pub async fn scale_to_three_and_chat_on_the_third(_infra: Arc<Infra>) -> anyhow::Result<()> {
@@ -126,7 +126,9 @@ async fn scenario(c: &Compose) -> anyhow::Result<()> {
     let on_third: Vec<String> = (0..2000)
         .map(|i| format!("user{i}"))
         .filter(|u| {
-            three.owners[protocol::partition_for(u, three.partitions) as usize].as_deref()
+            three.owners[protocol::partition_for(u, three.partitions) as usize]
+                .as_ref()
+                .map(protocol::ServerId::as_str)
                 == Some(third.as_str())
         })
         .take(2)

@@ -3,7 +3,7 @@
 
 use etcd_client::Client;
 use harness::{coordinator_config, start_coordinator, wait_until, Infra};
-use protocol::{Assignment, EtcdLayout, ServerInfo};
+use protocol::{Assignment, EtcdLayout, ServerId, ServerInfo};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -19,16 +19,10 @@ struct Member {
 
 async fn register(etcd: &mut Client, layout: &EtcdLayout, id: &str) -> anyhow::Result<Member> {
     let lease = etcd.lease_grant(TTL, None).await?.id();
-    let info = ServerInfo {
-        server_id: id.into(),
-        ws_url: format!("ws://{id}.test/v1/ws"),
-        http_url: format!("http://{id}.test"),
-        weight: 1,
-        draining: false,
-    };
+    let info = ServerInfo::at_host(ServerId::new(id)?, &format!("{id}.test"));
     let opts = etcd_client::PutOptions::new().with_lease(lease);
     etcd.put(
-        layout.server_key(id),
+        layout.server_key(&info.server_id),
         serde_json::to_vec(&info)?,
         Some(opts),
     )
@@ -77,18 +71,21 @@ async fn wait_assignment(
     within: Duration,
     pred: impl Fn(&Assignment) -> bool,
 ) -> anyhow::Result<Assignment> {
-    let mut found = None;
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(a) = assignment(base).await? {
-            if pred(&a) {
-                found = Some(a);
-                break;
-            }
+    let found = std::sync::Mutex::new(None);
+    wait_until("the assignment condition holds", within, || async {
+        let hit = assignment(base).await.ok().flatten().filter(|a| pred(a));
+        let ok = hit.is_some();
+        if let Ok(mut f) = found.lock() {
+            *f = hit;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    found.ok_or_else(|| anyhow::anyhow!("assignment condition not met within {within:?}"))
+        ok
+    })
+    .await?;
+    found
+        .into_inner()
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("assignment condition not met within {within:?}"))
 }
 
 fn balanced(a: &Assignment) -> bool {
@@ -101,7 +98,11 @@ fn balanced(a: &Assignment) -> bool {
 }
 
 fn owners_of(a: &Assignment, id: &str) -> Vec<u32> {
-    a.partitions_of(id)
+    ServerId::new(id).map_or_else(|_| Vec::new(), |id| a.partitions_of(&id))
+}
+
+fn owner_name(owner: &Option<ServerId>) -> Option<&str> {
+    owner.as_ref().map(ServerId::as_str)
 }
 
 async fn setup(
@@ -110,7 +111,7 @@ async fn setup(
 ) -> anyhow::Result<(EtcdLayout, coordinator::Config, Client)> {
     let prefix = format!("/{}", infra.unique(name));
     let cfg = coordinator_config(infra, &prefix, &infra.unique(name), 12);
-    let etcd = protocol::runtime::etcd::connect(&infra.etcd_endpoints()).await?;
+    let etcd = service::etcd::connect(&infra.etcd_endpoints()).await?;
     Ok((EtcdLayout::new(&prefix), cfg, etcd))
 }
 
@@ -140,7 +141,7 @@ pub async fn three_servers_join_drain_and_crash(infra: Arc<Infra>) -> anyhow::Re
     );
     for p in a.moved_to(&b) {
         anyhow::ensure!(
-            a.owners[p as usize].as_deref() == Some("s2"),
+            owner_name(&a.owners[p as usize]) == Some("s2"),
             "partition {p} moved but was not s2's"
         );
     }
@@ -159,12 +160,12 @@ pub async fn three_servers_join_drain_and_crash(infra: Arc<Infra>) -> anyhow::Re
     );
     for p in b.moved_to(&c) {
         anyhow::ensure!(
-            b.owners[p as usize].as_deref() == Some("s3"),
+            owner_name(&b.owners[p as usize]) == Some("s3"),
             "partition {p} moved but was not s3's"
         );
     }
     anyhow::ensure!(
-        c.owners.iter().all(|o| o.as_deref() == Some("s1")),
+        c.owners.iter().all(|o| owner_name(o) == Some("s1")),
         "s1 should own all: {:?}",
         c.owners
     );
@@ -197,22 +198,14 @@ pub async fn leader_failover_keeps_routes_and_fences_stale_writes(
     for c in [&a, &b] {
         wait_assignment(&c.url(), Duration::from_secs(20), |x| x.servers.len() == 2).await?;
     }
-    let mut leader_found = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while leader_found.is_none() && Instant::now() < deadline {
-        leader_found = match (is_leader(&a.url()).await, is_leader(&b.url()).await) {
-            (true, false) => Some(true),
-            (false, true) => Some(false),
-            _ => None,
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::ensure!(leader_found.is_some(), "no single leader within 10s");
-    let (leader, survivor) = if leader_found == Some(true) {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let a_leads = std::sync::atomic::AtomicBool::new(false);
+    wait_until("a single leader", Duration::from_secs(10), || async {
+        let (la, lb) = (is_leader(&a.url()).await, is_leader(&b.url()).await);
+        a_leads.store(la, std::sync::atomic::Ordering::Relaxed);
+        la != lb
+    })
+    .await?;
+    let (leader, survivor) = if a_leads.into_inner() { (a, b) } else { (b, a) };
     let before = assignment(&survivor.url())
         .await?
         .ok_or_else(|| anyhow::anyhow!("no map"))?;
@@ -304,6 +297,7 @@ pub async fn long_poll_returns_on_change_and_times_out(infra: Arc<Infra>) -> any
 
     let url = format!("{base}/v1/assignment?after_epoch={}&wait_ms=20000", a.epoch);
     let poll = tokio::spawn(async move { (reqwest::get(url).await, Instant::now()) });
+    // Let the long poll reach the server before the change it waits for.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _s2 = register(&mut etcd, &layout, "s2").await?;
     let changed_at = Instant::now();

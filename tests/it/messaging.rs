@@ -303,12 +303,12 @@ async fn expect_error(
     }
 }
 
-/// Every bad input of DESIGN.md §4 gets its error or close code, and the
+/// Every bad input of docs/protocol.md ("WebSocket") gets its error or close code, and the
 /// connection survives where §4 says it does.
 pub async fn bad_input_gets_its_code(infra: Arc<Infra>) -> anyhow::Result<()> {
     use protocol::ErrorCode::*;
     let stack = Stack::start_with(&infra, "bad", 1, false, |c| {
-        c.hello_timeout_secs = 1;
+        c.hello_timeout = Duration::from_secs(1);
         c.sends_per_sec = 1;
         c.send_burst = 3;
     })
@@ -596,8 +596,9 @@ pub async fn lost_lease_closes_sessions_and_reregisters(infra: Arc<Infra>) -> an
     let stack = Stack::start(&infra, "lease", 1, false).await?;
     let mut c = connect(&stack, "alice", "d").await?;
     let layout = protocol::EtcdLayout::new(&stack.prefix);
-    let mut etcd = protocol::runtime::etcd::connect(&infra.etcd_endpoints()).await?;
-    let resp = etcd.get(layout.server_key("ms1"), None).await?;
+    let ms1 = protocol::ServerId::new("ms1")?;
+    let mut etcd = service::etcd::connect(&infra.etcd_endpoints()).await?;
+    let resp = etcd.get(layout.server_key(&ms1), None).await?;
     let lease = resp
         .kvs()
         .first()
@@ -613,7 +614,7 @@ pub async fn lost_lease_closes_sessions_and_reregisters(infra: Arc<Infra>) -> an
         "ms1 registered again under a new lease",
         Duration::from_secs(20),
         || async {
-            let Ok(r) = etcd.clone().get(layout.server_key("ms1"), None).await else {
+            let Ok(r) = etcd.clone().get(layout.server_key(&ms1), None).await else {
                 return false;
             };
             r.kvs().first().is_some_and(|kv| kv.lease() != lease)
@@ -664,25 +665,30 @@ pub async fn dashboard_queries_only_exported_metrics(infra: Arc<Infra>) -> anyho
         .map(|p| p.url())
         .unwrap_or_default();
     let bases = [stack.coordinator.url(), stack.servers[0].url(), persister];
-    let mut missing = wanted.clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !missing.is_empty() && std::time::Instant::now() < deadline {
-        let mut exported = String::new();
-        for base in &bases {
-            exported.push_str(
-                &reqwest::get(format!("{base}/metrics"))
-                    .await?
-                    .text()
-                    .await?,
-            );
-        }
-        missing.retain(|family| {
-            !exported.lines().any(|l| {
-                l.starts_with("# TYPE ") && l.split_whitespace().nth(2) == Some(family.as_str())
-            })
-        });
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let missing = std::sync::Mutex::new(wanted.clone());
+    let _ = harness::wait_until(
+        "every metric the dashboard queries is exported",
+        Duration::from_secs(20),
+        || async {
+            let mut exported = String::new();
+            for base in &bases {
+                if let Ok(r) = reqwest::get(format!("{base}/metrics")).await {
+                    exported.push_str(&r.text().await.unwrap_or_default());
+                }
+            }
+            let Ok(mut missing) = missing.lock() else {
+                return false;
+            };
+            missing.retain(|family| {
+                !exported.lines().any(|l| {
+                    l.starts_with("# TYPE ") && l.split_whitespace().nth(2) == Some(family.as_str())
+                })
+            });
+            missing.is_empty()
+        },
+    )
+    .await;
+    let missing = missing.into_inner().unwrap_or_default();
     anyhow::ensure!(
         missing.is_empty(),
         "the dashboard queries metrics nobody exports: {missing:?}"

@@ -6,10 +6,10 @@ use protocol::{ClientMsgId, ConversationId, DeviceId, Kind, MsgId, Record, UserI
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::value::RawValue;
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use store::Store;
 
 const PARTITIONS: i32 = 4;
 
@@ -49,9 +49,9 @@ async fn produce_range(
         .create()?;
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     for i in chat {
-        payloads.push(record(i, Kind::Chat)?.encode());
+        payloads.push(record(i, Kind::Chat)?.encode()?);
         if i % 20 == 0 {
-            payloads.push(record(i + 1_000_000, Kind::Ephemeral)?.encode());
+            payloads.push(record(i + 1_000_000, Kind::Ephemeral)?.encode()?);
         }
         if i % 3000 == 0 {
             payloads.push(b"{not a record".to_vec());
@@ -95,12 +95,17 @@ fn persister(infra: &Infra, topic: &str, db: &str, port: u16) -> anyhow::Result<
     )
 }
 
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .map(|r| r.0)
-        .unwrap_or(-1)
+/// Row counts, or all -1 while PostgreSQL does not answer.
+async fn counts(db: &Store) -> store::Counts {
+    db.counts().await.unwrap_or(store::Counts {
+        messages: -1,
+        distinct_msg_ids: -1,
+        deliveries: -1,
+    })
+}
+
+async fn committed(db: &Store) -> i64 {
+    db.committed_records().await.unwrap_or(-1)
 }
 
 async fn assigned(port: u16) -> i64 {
@@ -118,7 +123,7 @@ pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow
     let topic = infra.unique("persist");
     infra.create_topic(&topic, PARTITIONS).await?;
     let db = infra.database("persist").await?;
-    let pool = PgPool::connect(&db).await?;
+    let pool = Store::connect(&db).await?;
     let total = 10_000;
     let started = Instant::now();
     let ends = produce(&infra, &topic, total).await?;
@@ -131,7 +136,7 @@ pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow
     let mut p = persister(&infra, &topic, &db, port)?;
     for threshold in [1500, 4000, 6500] {
         wait_until("rows arrive", Duration::from_secs(90), || async {
-            count(&pool, "SELECT count(*) FROM messages").await >= threshold
+            counts(&pool).await.messages >= threshold
         })
         .await?;
         p.kill().await?;
@@ -139,25 +144,31 @@ pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow
     }
     let port2 = free_port()?;
     let p2 = persister(&infra, &topic, &db, port2)?;
-    let mut shared = false;
-    let offsets_sql = "SELECT coalesce(sum(next_offset), 0)::int8 FROM persister_offsets";
+    let shared = std::sync::atomic::AtomicBool::new(false);
     let want: i64 = ends.values().sum();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        shared |= assigned(port).await > 0 && assigned(port2).await > 0;
-        if count(&pool, offsets_sql).await == want && shared {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reached = wait_until(
+        "both replicas shared the partitions and reached the end of each",
+        Duration::from_secs(120),
+        || async {
+            if assigned(port).await > 0 && assigned(port2).await > 0 {
+                shared.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            shared.load(std::sync::atomic::Ordering::Relaxed) && committed(&pool).await == want
+        },
+    )
+    .await;
+    let shared = shared.into_inner();
     anyhow::ensure!(
-        count(&pool, offsets_sql).await == want,
+        committed(&pool).await == want,
         "persister did not reach the end of every partition (poison stalled it?)"
     );
     anyhow::ensure!(shared, "the two replicas never shared the partitions");
-    let messages = count(&pool, "SELECT count(*) FROM messages").await;
-    let distinct = count(&pool, "SELECT count(DISTINCT msg_id) FROM messages").await;
-    let deliveries = count(&pool, "SELECT count(*) FROM deliveries").await;
+    reached?;
+    let store::Counts {
+        messages,
+        distinct_msg_ids: distinct,
+        deliveries,
+    } = counts(&pool).await;
     anyhow::ensure!(
         messages == total as i64 && distinct == messages,
         "messages {messages}, distinct {distinct}, want {total}"
@@ -180,44 +191,30 @@ pub async fn recovers_by_itself_after_a_postgres_outage(infra: Arc<Infra>) -> an
     infra.create_topic(&topic, PARTITIONS).await?;
     produce_range(&infra, &topic, 0..2000).await?;
     let mut p = persister(&infra, &topic, &db, free_port()?)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&db)
-        .await?;
+    let pool = Store::connect(&db).await?;
     wait_until(
         "rows before the outage",
         Duration::from_secs(60),
-        || async { count(&pool, "SELECT count(*) FROM messages").await >= 500 },
+        || async { counts(&pool).await.messages >= 500 },
     )
     .await?;
     pool.close().await;
     pg.stop().await?;
     let ends = produce_range(&infra, &topic, 2000..4000).await?;
+    // The outage lasts while the persister consumes what was just produced.
     tokio::time::sleep(Duration::from_secs(3)).await;
     anyhow::ensure!(p.is_running(), "the persister exited during the outage");
     pg.start().await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&db)
-        .await?;
+    let pool = Store::connect(&db).await?;
     let want: i64 = ends.values().sum();
     wait_until(
         "the persister catches up after the outage",
         Duration::from_secs(90),
-        || async {
-            count(
-                &pool,
-                "SELECT coalesce(sum(next_offset), 0)::int8 FROM persister_offsets",
-            )
-            .await
-                == want
-        },
+        || async { committed(&pool).await == want },
     )
     .await?;
-    let (messages, distinct) = (
-        count(&pool, "SELECT count(*) FROM messages").await,
-        count(&pool, "SELECT count(DISTINCT msg_id) FROM messages").await,
-    );
+    let c = counts(&pool).await;
+    let (messages, distinct) = (c.messages, c.distinct_msg_ids);
     anyhow::ensure!(
         messages == 4000 && distinct == 4000,
         "messages {messages}, distinct {distinct}, want 4000"

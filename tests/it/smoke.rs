@@ -53,14 +53,16 @@ pub async fn broker_etcd_and_postgres_answer(infra: Arc<Infra>) -> anyhow::Resul
     .await??;
     anyhow::ensure!(got == "hello", "consumed {got:?}");
 
-    let mut etcd = protocol::runtime::etcd::connect(&infra.etcd_endpoints()).await?;
+    let mut etcd = service::etcd::connect(&infra.etcd_endpoints()).await?;
     let key = format!("/{}/k", infra.unique("smoke"));
     etcd.put(key.as_str(), "v", None).await?;
     let resp = etcd.get(key.as_str(), None).await?;
     anyhow::ensure!(resp.kvs().first().map(|kv| kv.value()) == Some(b"v".as_slice()));
 
-    let pool = sqlx::PgPool::connect(&infra.database("smoke").await?).await?;
-    let (n,): (i32,) = sqlx::query_as("SELECT 41 + 1").fetch_one(&pool).await?;
-    anyhow::ensure!(n == 42);
+    let db = store::Store::connect(&infra.database("smoke").await?).await?;
+    let never = tokio_util::sync::CancellationToken::new();
+    anyhow::ensure!(db.migrate(&never).await, "migrations did not run");
+    let counts = db.counts().await?;
+    anyhow::ensure!(counts.messages == 0 && counts.deliveries == 0, "{counts:?}");
     Ok(())
 }

@@ -39,7 +39,7 @@ impl WsClient {
             device_id: Some(DeviceId::new(device)?),
             cursor,
         };
-        self.send_text(ClientFrame::Hello(hello).to_json()).await?;
+        self.send_text(ClientFrame::Hello(hello).to_json()?).await?;
         self.next(Duration::from_secs(10)).await
     }
 

@@ -250,7 +250,7 @@ async fn wait_for_postgres(port: u16) -> anyhow::Result<()> {
 async fn wait_for_etcd(url: &str) -> anyhow::Result<()> {
     let endpoints = vec![url.to_owned()];
     wait_until("etcd answers", Duration::from_secs(60), || async {
-        match protocol::runtime::etcd::connect(&endpoints).await {
+        match service::etcd::connect(&endpoints).await {
             Ok(mut c) => c.get("/ping", None).await.is_ok(),
             Err(_) => false,
         }

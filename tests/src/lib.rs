@@ -2,6 +2,7 @@
 
 pub mod docker_compat;
 pub mod infra;
+pub mod trials;
 
 pub use infra::Infra;
 
@@ -45,19 +46,19 @@ pub fn coordinator_config(
 ) -> coordinator::Config {
     coordinator::Config {
         listen: ([127, 0, 0, 1], 0).into(),
-        etcd: protocol::runtime::args::EtcdArgs {
+        etcd: service::args::EtcdArgs {
             endpoints: infra.etcd_endpoints(),
             prefix: prefix.to_owned(),
         },
-        kafka: protocol::runtime::args::KafkaArgs {
+        kafka: service::args::KafkaArgs {
             brokers: infra.kafka.clone(),
             topic: topic.to_owned(),
         },
         partitions,
         replication_factor: 1,
         coordinator_id: None,
-        lease_ttl_secs: 2,
-        debounce_ms: 200,
+        lease_ttl: Duration::from_secs(2),
+        debounce: Duration::from_millis(200),
     }
 }
 
@@ -76,8 +77,4 @@ pub mod process;
 pub use process::Process;
 
 pub mod receiver;
-pub use receiver::{DeviceRunner, Received, Receivers};
-
-pub mod procstat;
-
-pub mod load;
+pub use receiver::{Received, Receivers};

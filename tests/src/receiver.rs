@@ -1,122 +1,56 @@
-//! A device that behaves like a real client: resolves its server through the
-//! coordinator, follows redirects and closes by reconnecting, and resumes
-//! from the cursor of the last chat message it got.
+//! Receiving devices for the tests: each is a `switchboard_client::Client`
+//! (resolves through the coordinator, follows redirects and closes, resumes
+//! from its cursor, drops duplicates), and what it gets is counted here.
 
-use crate::client::{Event, WsClient};
-use protocol::{Cursor, Kind, MsgId, ServerFrame};
+use protocol::{Kind, MsgId};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchboard_client::{Client, ClientConfig, Event};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default, Debug)]
 pub struct Received {
+    /// Chat msg_ids in arrival order, each once.
     pub chat: Vec<MsgId>,
     pub unique: HashSet<MsgId>,
-    pub duplicates: usize,
+    /// Sessions the device had (welcomes).
     pub sessions: usize,
+    /// Sessions that resumed from a cursor.
     pub resumed: usize,
+    /// How each session ended, as the client saw it.
     pub close_codes: Vec<Option<u16>>,
-    pub redirects: usize,
 }
 
-pub struct DeviceRunner {
-    pub coordinator: String,
-    pub user: String,
-    pub device: String,
-    pub token: String,
-}
-
-async fn route(coordinator: &str, user: &str) -> Option<String> {
-    let r = reqwest::get(format!("{coordinator}/v1/route?user_id={user}"))
-        .await
-        .ok()?;
-    let v: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
-    v["ws_url"].as_str().map(str::to_owned)
-}
-
-impl DeviceRunner {
-    /// Runs until `stop`; everything received lands in `out`.
-    pub async fn run(self, out: Arc<Mutex<Received>>, stop: CancellationToken) {
-        let mut cursor: Option<Cursor> = None;
-        let mut next_url: Option<String> = None;
-        while !stop.is_cancelled() {
-            let url = match next_url.take() {
-                Some(u) => Some(u),
-                None => route(&self.coordinator, &self.user).await,
-            };
-            if let Some(url) = url {
-                next_url = self.session(&url, &mut cursor, &out, &stop).await;
-            }
-            if next_url.is_none() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        }
-    }
-
-    /// One connection; returns a redirect target if the server gave one.
-    async fn session(
-        &self,
-        url: &str,
-        cursor: &mut Option<Cursor>,
-        out: &Mutex<Received>,
-        stop: &CancellationToken,
-    ) -> Option<String> {
-        let mut c = WsClient::connect(url).await.ok()?;
-        let lock = || out.lock().unwrap_or_else(|e| e.into_inner());
-        let mut redirect = None;
-        match c
-            .hello(&self.token, &self.device, cursor.clone())
-            .await
-            .ok()?
-        {
-            Event::Frame(ServerFrame::Welcome(w)) => {
+/// Runs `client` until `stop`, counting into `out`.
+async fn collect(mut client: Client, out: Arc<Mutex<Received>>, stop: CancellationToken) {
+    let lock = || out.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let event = tokio::select! {
+            e = client.next_event() => e,
+            _ = stop.cancelled() => break,
+        };
+        match event {
+            Some(Event::Connected { resumed, .. }) => {
                 let mut o = lock();
                 o.sessions += 1;
-                o.resumed += usize::from(w.resumed);
+                o.resumed += usize::from(resumed);
             }
-            Event::Frame(ServerFrame::Redirect(r)) => {
-                lock().redirects += 1;
-                return Some(r.ws_url);
+            Some(Event::Message(m)) if m.kind == Kind::Chat => {
+                let mut o = lock();
+                if o.unique.insert(m.msg_id) {
+                    o.chat.push(m.msg_id);
+                }
             }
-            _ => return None,
-        }
-        loop {
-            let ev = tokio::select! {
-                e = c.next(Duration::from_secs(30)) => e,
-                _ = stop.cancelled() => return None,
-            };
-            match ev {
-                Ok(Event::Frame(ServerFrame::Message(m))) if m.kind == Kind::Chat => {
-                    let mut o = lock();
-                    if o.unique.insert(m.msg_id) {
-                        o.chat.push(m.msg_id);
-                    } else {
-                        o.duplicates += 1;
-                    }
-                    if m.cursor.is_some() {
-                        *cursor = m.cursor;
-                    }
-                }
-                Ok(Event::Frame(ServerFrame::Redirect(r))) => {
-                    lock().redirects += 1;
-                    redirect = Some(r.ws_url);
-                }
-                Ok(Event::Frame(_)) => {}
-                Ok(Event::Closed(code)) => {
-                    lock().close_codes.push(code);
-                    return redirect;
-                }
-                Err(_) => return None,
-            }
+            Some(Event::Disconnected { code }) => lock().close_codes.push(code),
+            Some(_) => {}
+            None => break,
         }
     }
+    client.close().await;
 }
 
-/// A set of devices, one per user ("phone"), each a `DeviceRunner`.
+/// A set of devices, one per user ("phone").
 pub struct Receivers {
     pub inboxes: Vec<Arc<Mutex<Received>>>,
     stop: CancellationToken,
@@ -130,13 +64,15 @@ impl Receivers {
         let (mut inboxes, mut tasks) = (Vec::new(), Vec::new());
         for u in users {
             let out = Arc::new(Mutex::new(Received::default()));
-            let runner = DeviceRunner {
-                coordinator: coordinator.to_owned(),
-                user: u.clone(),
-                device: "phone".into(),
+            let client = Client::start(ClientConfig {
+                coordinator_url: coordinator.to_owned(),
                 token: crate::Stack::token(u),
-            };
-            tasks.push(tokio::spawn(runner.run(out.clone(), stop.clone())));
+                user_id: u.clone(),
+                device_id: "phone".into(),
+                cursor: None,
+                max_backoff: Duration::from_secs(1),
+            });
+            tasks.push(tokio::spawn(collect(client, out.clone(), stop.clone())));
             inboxes.push(out);
         }
         for inbox in &inboxes {

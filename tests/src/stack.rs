@@ -83,15 +83,15 @@ impl Stack {
         use clap::Parser;
         let mut c = messaging_server::Config::parse_from(["messaging-server"]);
         c.listen = ([127, 0, 0, 1], 0).into();
-        c.server_id = Some(id.to_owned());
+        c.server_id = protocol::ServerId::new(id).ok();
         c.etcd.endpoints = self.etcd.clone();
         c.etcd.prefix = self.prefix.clone();
-        c.lease_ttl_secs = 2;
+        c.lease_ttl = Duration::from_secs(2);
         c.kafka.brokers = self.kafka.clone();
         c.kafka.topic = self.topic.clone();
-        c.database_url = self.database_url.clone();
+        c.database.url = self.database_url.clone();
         c.jwt_secret = Some(JWT_SECRET.to_owned());
-        c.drain_timeout_secs = 5;
+        c.drain_timeout = Duration::from_secs(5);
         c
     }
 
@@ -115,8 +115,8 @@ impl Stack {
         c.kafka.brokers = self.kafka.clone();
         c.kafka.topic = self.topic.clone();
         c.group_id = format!("{}-persister", self.topic);
-        c.database_url = self.database_url.clone();
-        c.batch_ms = 20;
+        c.database.url = self.database_url.clone();
+        c.batch_wait = Duration::from_millis(20);
         self.persister = Some(ServiceHandle::start("persister", move |l, cancel| {
             persister::serve(c, l, cancel)
         })?);
@@ -158,8 +158,9 @@ impl Stack {
         .await
     }
 
+    /// `(server_id, ws_url)` of the server the coordinator routes `user` to.
     pub async fn route(&self, user: &str) -> anyhow::Result<(String, String)> {
-        let v: serde_json::Value = reqwest::get(format!(
+        let r: protocol::Route = reqwest::get(format!(
             "{}/v1/route?user_id={user}",
             self.coordinator.url()
         ))
@@ -167,20 +168,16 @@ impl Stack {
         .error_for_status()?
         .json()
         .await?;
-        let ws = v["ws_url"].as_str().unwrap_or_default().to_owned();
-        let id = v["server_id"].as_str().unwrap_or_default().to_owned();
-        Ok((id, ws))
+        Ok((r.server_id.to_string(), r.ws_url))
     }
 
     pub fn token(user: &str) -> String {
-        messaging_server::auth::mint_hs256(JWT_SECRET, user, 3600).unwrap_or_default()
+        switchboard_client::token::mint_hs256(JWT_SECRET, user, 3600).unwrap_or_default()
     }
 
     /// A correctly signed token that expired an hour ago.
     pub fn expired_token(user: &str) -> String {
-        let claims = serde_json::json!({ "sub": user, "exp": 1_000_000_000u64 });
-        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
+        switchboard_client::token::mint_hs256(JWT_SECRET, user, -3600).unwrap_or_default()
     }
 
     pub fn server_http(&self, id: &str) -> Option<String> {

@@ -117,26 +117,13 @@ impl Cli {
             .ok_or_else(|| anyhow::anyhow!("--user (or SWITCHBOARD_USER) is required"))?;
         let token = match (&self.token, &self.jwt_secret) {
             (Some(t), _) => t.clone(),
-            (None, Some(secret)) => mint(secret, &user)?,
+            (None, Some(secret)) => switchboard_client::token::mint_hs256(secret, &user, 3600)?,
             (None, None) => {
                 anyhow::bail!("give --token, or --jwt-secret to mint a development token")
             }
         };
         Ok((user, token))
     }
-}
-
-fn mint(secret: &str, user: &str) -> anyhow::Result<String> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 3600;
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "exp": exp}),
-        &key,
-    )?)
 }
 
 fn body(args: &SendArgs) -> anyhow::Result<Value> {

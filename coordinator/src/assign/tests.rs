@@ -1,28 +1,39 @@
 use super::*;
 use proptest::prelude::*;
 
+fn sid(id: &str) -> ServerId {
+    ServerId::new(id).unwrap()
+}
+
 fn server(id: &str, weight: u32, draining: bool) -> ServerInfo {
     ServerInfo {
-        server_id: id.into(),
-        ws_url: format!("ws://{id}/v1/ws"),
-        http_url: format!("http://{id}"),
         weight,
         draining,
+        ..ServerInfo::at_host(sid(id), id)
     }
 }
 
-fn fleet(n: usize) -> BTreeMap<String, ServerInfo> {
+fn fleet(n: usize) -> BTreeMap<ServerId, ServerInfo> {
     (0..n)
-        .map(|i| (format!("s{i:03}"), server(&format!("s{i:03}"), 1, false)))
+        .map(|i| {
+            (
+                sid(&format!("s{i:03}")),
+                server(&format!("s{i:03}"), 1, false),
+            )
+        })
         .collect()
 }
 
 fn loads(owners: &Owners) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for o in owners.iter().flatten() {
-        *m.entry(o.clone()).or_default() += 1;
+        *m.entry(o.to_string()).or_default() += 1;
     }
     m
+}
+
+fn name(o: &Option<ServerId>) -> Option<&str> {
+    o.as_ref().map(ServerId::as_str)
 }
 
 fn moved(a: &Owners, b: &Owners) -> Vec<usize> {
@@ -49,7 +60,7 @@ proptest! {
     #[test]
     fn everything_owned_and_balanced(n in 1usize..20, p in 1u32..300, drain in 0usize..3) {
         let mut s = fleet(n + drain);
-        for i in 0..drain { s.get_mut(&format!("s{:03}", n + i)).unwrap().draining = true; }
+        for i in 0..drain { s.get_mut(format!("s{:03}", n + i).as_str()).unwrap().draining = true; }
         let owners = assign(&[], &s, p);
         prop_assert!(owners.iter().all(Option::is_some));
         let l = loads(&owners);
@@ -75,10 +86,10 @@ proptest! {
         let mut s = fleet(n);
         let before = assign(&[], &s, p);
         let gone = format!("s{:03}", leaver % n);
-        s.remove(&gone);
+        s.remove(gone.as_str());
         let after = assign(&before, &s, p);
         for part in moved(&before, &after) {
-            prop_assert_eq!(before[part].as_deref(), Some(gone.as_str()));
+            prop_assert_eq!(name(&before[part]), Some(gone.as_str()));
         }
         let l = loads(&after);
         prop_assert!(l.values().max().unwrap() - l.values().min().unwrap() <= 1);
@@ -89,11 +100,11 @@ proptest! {
         let mut s = fleet(n);
         let before = assign(&[], &s, p);
         let d = format!("s{:03}", who % n);
-        s.get_mut(&d).unwrap().draining = true;
+        s.get_mut(d.as_str()).unwrap().draining = true;
         let after = assign(&before, &s, p);
-        prop_assert!(after.iter().all(|o| o.is_some() && o.as_deref() != Some(d.as_str())));
+        prop_assert!(after.iter().all(|o| o.is_some() && name(o) != Some(d.as_str())));
         for part in moved(&before, &after) {
-            prop_assert_eq!(before[part].as_deref(), Some(d.as_str()));
+            prop_assert_eq!(name(&before[part]), Some(d.as_str()));
         }
     }
 
@@ -101,18 +112,18 @@ proptest! {
     fn join_moves_about_p_over_n(n in 1usize..16, p in 1u32..256) {
         let mut s = fleet(n);
         let before = assign(&[], &s, p);
-        s.insert("zzz".into(), server("zzz", 1, false));
+        s.insert(sid("zzz"), server("zzz", 1, false));
         let after = assign(&before, &s, p);
         let m = moved(&before, &after);
         let fair = (p as usize).div_ceil(n + 1);
         prop_assert!(m.len() <= fair, "moved {} > {}", m.len(), fair);
-        for part in m { prop_assert_eq!(after[part].as_deref(), Some("zzz")); }
+        for part in m { prop_assert_eq!(name(&after[part]), Some("zzz")); }
     }
 
     #[test]
     fn weighted_loads_are_within_one_of_share(ws in proptest::collection::vec(1u32..5, 1..8), p in 1u32..200) {
-        let s: BTreeMap<String, ServerInfo> = ws.iter().enumerate()
-            .map(|(i, w)| (format!("s{i}"), server(&format!("s{i}"), *w, false))).collect();
+        let s: BTreeMap<ServerId, ServerInfo> = ws.iter().enumerate()
+            .map(|(i, w)| (sid(&format!("s{i}")), server(&format!("s{i}"), *w, false))).collect();
         let total: u32 = ws.iter().sum();
         let l = loads(&assign(&[], &s, p));
         for (i, w) in ws.iter().enumerate() {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::ServerId;
 use serde_json::json;
 
 fn err(text: &str) -> FrameError {
@@ -12,7 +13,7 @@ fn hello_round_trip() {
         panic!("not hello")
     };
     assert_eq!(h.cursor, Some(Cursor::new("e", 7)));
-    let again = ClientFrame::parse(&ClientFrame::Hello(h.clone()).to_json()).unwrap();
+    let again = ClientFrame::parse(&ClientFrame::Hello(h.clone()).to_json().unwrap()).unwrap();
     assert!(matches!(again, ClientFrame::Hello(x) if x.device_id == h.device_id));
     let minimal = ClientFrame::parse(r#"{"type":"hello","token":"t"}"#).unwrap();
     assert!(matches!(
@@ -34,7 +35,7 @@ fn send_round_trip() {
     assert_eq!(s.kind, Kind::Chat);
     assert_eq!(s.id, Some(json!(5)));
     assert_eq!(s.body.get(), r#"{"text":"hi"}"#);
-    let json = ClientFrame::Send(s).to_json();
+    let json = ClientFrame::Send(s).to_json().unwrap();
     let ClientFrame::Send(s2) = ClientFrame::parse(&json).unwrap() else {
         panic!("not send")
     };
@@ -115,7 +116,7 @@ fn server_frames_round_trip() {
         cursor: Some(Cursor::new("e", 9)),
         replay: true,
     });
-    let json = msg.to_json();
+    let json = msg.to_json().unwrap();
     assert!(json.starts_with(r#"{"type":"message","#), "{json}");
     let ServerFrame::Message(m) = ServerFrame::parse(&json).unwrap() else {
         panic!("{json}")
@@ -140,22 +141,23 @@ fn server_frames_round_trip() {
             message: "no".into(),
         }),
         ServerFrame::Redirect(Redirect {
-            server_id: "s2".into(),
+            server_id: ServerId::new("s2").unwrap(),
             ws_url: "ws://h/v1/ws".into(),
             epoch: 4,
         }),
     ];
     for f in frames {
-        let json = f.to_json();
+        let json = f.to_json().unwrap();
         let back = ServerFrame::parse(&json).unwrap();
-        assert_eq!(back.to_json(), json);
+        assert_eq!(back.to_json().unwrap(), json);
     }
     let err_json = ServerFrame::Error(ErrorFrame {
         id: None,
         code: ErrorCode::RateLimited,
         message: "m".into(),
     })
-    .to_json();
+    .to_json()
+    .unwrap();
     assert_eq!(
         err_json,
         r#"{"type":"error","code":"rate_limited","message":"m"}"#

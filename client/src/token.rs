@@ -1,0 +1,31 @@
+//! Development tokens: HS256 JWTs with `sub` and `exp`, as the messaging
+//! server verifies them. Production tokens come from the application's own
+//! identity provider; this is for the CLI, the demo stack and the tests.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+}
+
+/// A token for `user` that expires `ttl_secs` from now (a negative TTL gives
+/// an already expired one, for tests of refresh).
+pub fn mint_hs256(
+    secret: &str,
+    user: &str,
+    ttl_secs: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let exp = now.saturating_add_signed(ttl_secs);
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &Claims { sub: user, exp },
+        &key,
+    )
+}

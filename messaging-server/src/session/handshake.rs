@@ -1,0 +1,55 @@
+//! The first frame: a `hello` in time, with a token that verifies.
+
+use super::Stream;
+use crate::hub::Close;
+use crate::state::AppState;
+use axum::extract::ws::Message as WsMessage;
+use futures_util::StreamExt;
+use protocol::frames::Hello;
+use protocol::{ClientFrame, CloseCode, Cursor, DeviceId, UserId};
+use tracing::debug;
+
+/// The authenticated user, the device (random when the client names none)
+/// and the cursor to resume from.
+pub(super) async fn accept(
+    stream: &mut Stream,
+    state: &AppState,
+) -> Result<(UserId, DeviceId, Option<Cursor>), Close> {
+    let hello = read_hello(stream, state).await?;
+    let user = state.auth.verify(&hello.token).map_err(|e| {
+        debug!(error = %e, "hello refused");
+        Close::new(CloseCode::Unauthorized, "unauthorized")
+    })?;
+    let device = hello.device_id.unwrap_or_else(DeviceId::random);
+    Ok((user, device, hello.cursor))
+}
+
+async fn read_hello(stream: &mut Stream, state: &AppState) -> Result<Hello, Close> {
+    let deadline = tokio::time::Instant::now() + state.config.hello_timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err(Close::new(CloseCode::NoHello, "no hello in time")),
+            Ok(None) | Ok(Some(Err(_))) => {
+                return Err(Close::new(
+                    CloseCode::TooLarge,
+                    "frame too large or connection failed",
+                ))
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            WsMessage::Text(t) => t,
+            WsMessage::Close(_) => {
+                return Err(Close::new(CloseCode::NoHello, "closed before hello"))
+            }
+            _ => continue,
+        };
+        return match ClientFrame::parse(&text) {
+            Ok(ClientFrame::Hello(h)) => Ok(h),
+            _ => Err(Close::new(
+                CloseCode::Unauthorized,
+                "the first frame must be a valid hello",
+            )),
+        };
+    }
+}

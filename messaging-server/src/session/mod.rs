@@ -1,0 +1,150 @@
+//! One task per WebSocket connection: handshake (hello and token), the
+//! routing check, an optional replay from the client's cursor, then the live
+//! loop. Each step is its own module; this one ties them together.
+
+mod handshake;
+mod live;
+mod rate;
+mod replay;
+
+use crate::frame::encode;
+use crate::hub::Close;
+use crate::state::AppState;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{partition_for, CloseCode, Cursor, DeviceId, ServerFrame, UserId};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info_span, warn, Instrument};
+
+type Sink = SplitSink<WebSocket, WsMessage>;
+type Stream = SplitStream<WebSocket>;
+
+/// The socket failed or the peer left: nothing more can be said to it.
+#[derive(Debug)]
+struct Gone;
+
+pub async fn run(socket: WebSocket, state: Arc<AppState>) {
+    let (mut sink, mut stream) = socket.split();
+    let (user, device, cursor) = match handshake::accept(&mut stream, &state).await {
+        Ok(who) => who,
+        Err(close) => return finish(&mut sink, &state, close).await,
+    };
+    let span = info_span!("session", user = %user, device = %device);
+    Session {
+        state,
+        user,
+        device,
+        sink,
+        stream,
+    }
+    .serve(cursor)
+    .instrument(span)
+    .await;
+}
+
+/// Sends the close's frame (e.g. a redirect), then the close itself.
+async fn finish(sink: &mut Sink, state: &AppState, c: Close) {
+    state.metrics.close(c.code.code());
+    if let Some(f) = c.frame {
+        let _ = sink.send(WsMessage::Text(f)).await;
+    }
+    let frame = CloseFrame {
+        code: c.code.code(),
+        reason: Utf8Bytes::from_static(c.reason),
+    };
+    let _ = sink.send(WsMessage::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+struct Session {
+    state: Arc<AppState>,
+    user: UserId,
+    device: DeviceId,
+    sink: Sink,
+    stream: Stream,
+}
+
+impl Session {
+    async fn serve(mut self, cursor: Option<Cursor>) {
+        let Some(a) = self.state.assignment() else {
+            let close = Close::new(CloseCode::Draining, "no partition map yet");
+            return finish(&mut self.sink, &self.state, close).await;
+        };
+        let partition = partition_for(self.user.as_str(), a.partitions);
+        if !self.wait_open(partition).await {
+            let close = crate::membership::close_for(&self.state, Some(&a), partition);
+            return finish(&mut self.sink, &self.state, close).await;
+        }
+        let log_epoch = self.state.log_epoch();
+        let replay_from = cursor
+            .filter(|c| c.log_epoch == log_epoch)
+            .map(|c| c.offset);
+        let registered =
+            self.state
+                .hub
+                .register(&self.user, &self.device, partition, replay_from.is_some());
+        let Ok((handle, live_from)) = registered else {
+            let close = Close::new(CloseCode::PartitionMoved, "partition moved");
+            return finish(&mut self.sink, &self.state, close).await;
+        };
+        let id = handle.id;
+        self.state.metrics.connections.inc();
+        let start = replay::Start {
+            partition,
+            epoch: a.epoch,
+            log_epoch,
+            replay_from,
+            live_from,
+        };
+        let close = match self.resume(&start, id).await {
+            Ok(()) => self.live(handle).await,
+            Err(close) => close,
+        };
+        self.state.hub.unregister(&self.user, id);
+        self.state.metrics.connections.dec();
+        finish(&mut self.sink, &self.state, close).await;
+    }
+
+    /// A partition we own may still be opening (watermarks being read).
+    async fn wait_open(&self, partition: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.state.hub.is_open(partition) && self.state.is_ready() {
+                return true;
+            }
+            let mine = self
+                .state
+                .assignment()
+                .is_some_and(|a| a.is_owner(partition, &self.state.info.server_id));
+            if !mine {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
+        self.sink
+            .send(WsMessage::Text(text))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn send_frame(&mut self, f: &ServerFrame) -> Result<(), Gone> {
+        match encode(f) {
+            Ok(text) => self.send_text(text).await,
+            Err(e) => {
+                // Never an empty frame: the client would read it as garbage.
+                warn!(error = %e, "frame not sent");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn gone(_: Gone) -> Close {
+    Close::new(CloseCode::Draining, "gone")
+}

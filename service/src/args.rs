@@ -1,0 +1,154 @@
+//! Command-line and environment settings every service shares, flattened
+//! into each service's own `Config` so flags and variables are spelled once.
+
+use clap::Args;
+use std::fmt;
+use std::time::Duration;
+
+/// A setting that cannot work; the process exits with this one line before
+/// it opens any socket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag} {reason}")]
+pub struct ConfigError {
+    /// The flag (or variable) at fault, e.g. `--lease-ttl-secs`.
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            flag,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `Ok` when `value` lies in `lo..=hi`, else the error naming `flag`.
+pub fn in_range<T: PartialOrd + fmt::Display>(
+    flag: &'static str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if value < lo || value > hi {
+        return Err(ConfigError::new(
+            flag,
+            format!("must be {lo}..={hi} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a whole number of seconds (`--*-secs` flags) into a `Duration`.
+pub fn secs(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("expected whole seconds: {e}"))
+}
+
+/// Parses a whole number of milliseconds (`--*-ms` flags) into a `Duration`.
+pub fn millis(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("expected whole milliseconds: {e}"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma separated.
+    #[arg(
+        long = "etcd-endpoints",
+        env = "SWITCHBOARD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Key prefix of every Switchboard key in etcd.
+    #[arg(
+        long = "etcd-prefix",
+        env = "SWITCHBOARD_ETCD_PREFIX",
+        default_value = "/switchboard"
+    )]
+    pub prefix: String,
+}
+
+impl EtcdArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.endpoints.iter().all(|e| e.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "--etcd-endpoints",
+                "must name at least one endpoint",
+            ));
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            return Err(ConfigError::new(
+                "--etcd-prefix",
+                format!("must start with '/' (got {:?})", self.prefix),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long = "kafka-brokers",
+        env = "SWITCHBOARD_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// The message topic.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TOPIC",
+        default_value = "switchboard.messages"
+    )]
+    pub topic: String,
+}
+
+impl KafkaArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::new("--kafka-brokers", "must not be empty"));
+        }
+        if self.topic.trim().is_empty() {
+            return Err(ConfigError::new("--topic", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// The PostgreSQL connection; its password never reaches a log.
+#[derive(Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long = "database-url",
+        env = "SWITCHBOARD_DATABASE_URL",
+        default_value = "postgres://switchboard:switchboard@127.0.0.1:5432/switchboard"
+    )]
+    pub url: String,
+}
+
+impl DatabaseArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.url.starts_with("postgres://") && !self.url.starts_with("postgresql://") {
+            return Err(ConfigError::new(
+                "--database-url",
+                "must be a postgres:// URL",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::mask_url(&self.url))
+    }
+}

@@ -1,0 +1,155 @@
+//! etcd access shared by the coordinator and the messaging servers.
+
+use crate::Backoff;
+use etcd_client::{Client, ConnectOptions, EventType, WatchOptions};
+use protocol::{Assignment, EtcdLayout};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub type AssignmentRx = watch::Receiver<Option<Arc<Assignment>>>;
+
+/// How long one etcd request may take before it counts as unavailable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    Client::connect(endpoints, Some(opts)).await
+}
+
+/// Connects, retrying with backoff until it works or `cancel` fires.
+pub async fn connect_retrying(endpoints: &[String], cancel: &CancellationToken) -> Option<Client> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+    loop {
+        match connect(endpoints).await {
+            Ok(c) => return Some(c),
+            Err(e) => warn!(error = %e, "etcd unavailable, retrying"),
+        }
+        if !backoff.wait(cancel).await {
+            return None;
+        }
+    }
+}
+
+/// Keeps the latest published assignment in a watch channel. The epoch never
+/// goes backwards, so a delayed read cannot undo a newer map.
+pub fn spawn_assignment_watch(
+    client: Client,
+    layout: EtcdLayout,
+    cancel: CancellationToken,
+) -> (AssignmentRx, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            match watch_once(client.clone(), &layout, &tx, &cancel).await {
+                Ok(()) => return,
+                Err(e) => warn!(error = %e, "assignment watch failed, retrying"),
+            }
+            if !backoff.wait(&cancel).await {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+fn publish(tx: &watch::Sender<Option<Arc<Assignment>>>, value: &[u8]) {
+    match serde_json::from_slice::<Assignment>(value) {
+        Ok(a) => {
+            tx.send_if_modified(|cur| match cur {
+                Some(c) if c.epoch >= a.epoch => false,
+                _ => {
+                    info!(epoch = a.epoch, "assignment updated");
+                    *cur = Some(Arc::new(a));
+                    true
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "ignoring undecodable assignment"),
+    }
+}
+
+async fn watch_once(
+    mut client: Client,
+    layout: &EtcdLayout,
+    tx: &watch::Sender<Option<Arc<Assignment>>>,
+    cancel: &CancellationToken,
+) -> Result<(), etcd_client::Error> {
+    let key = layout.assignment_key();
+    let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.get(key.as_str(), None))
+        .await
+        .map_err(|_| etcd_client::Error::WatchError("get timed out".into()))??;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    if let Some(kv) = resp.kvs().first() {
+        publish(tx, kv.value());
+    }
+    let opts = WatchOptions::new().with_start_revision(rev + 1);
+    let mut stream = client.watch(key.as_str(), Some(opts)).await?;
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m?,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        let Some(msg) = msg else {
+            return Err(etcd_client::Error::WatchError("watch stream ended".into()));
+        };
+        if msg.canceled() {
+            return Err(etcd_client::Error::WatchError(
+                "watch cancelled by etcd".into(),
+            ));
+        }
+        for ev in msg.events() {
+            if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
+                publish(tx, kv.value());
+            }
+        }
+    }
+}
+
+/// Why [`keep_lease_alive`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// etcd stopped answering or the lease expired: whatever it held is gone.
+    Lost,
+    /// `stop` fired; the lease is still alive (revoke it to hand over at once).
+    Stopped,
+}
+
+/// Refreshes `lease` every third of its TTL. A refresh not answered within
+/// two periods counts as lost: by then the lease may have expired.
+pub async fn keep_lease_alive(
+    client: &mut Client,
+    lease: i64,
+    ttl: Duration,
+    stop: &CancellationToken,
+) -> LeaseEnd {
+    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
+        return LeaseEnd::Lost;
+    };
+    let every = (ttl / 3).max(Duration::from_millis(100));
+    loop {
+        if keeper.keep_alive().await.is_err() {
+            return LeaseEnd::Lost;
+        }
+        match tokio::time::timeout(every * 2, stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+            _ => return LeaseEnd::Lost,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return LeaseEnd::Stopped,
+        }
+    }
+}
+
+/// The TTL etcd's lease API takes: whole seconds, at least one.
+pub fn ttl_secs(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1)
+}

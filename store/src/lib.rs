@@ -1,0 +1,54 @@
+//! The one owner of the PostgreSQL schema: the migrations in `migrations/`
+//! and every statement the persister and the messaging server run, as typed
+//! functions. Partitions are `u32` here as everywhere; the `int4` columns
+//! are an encoding detail of this crate.
+
+mod audit;
+mod batch;
+mod conversations;
+mod messages;
+mod migrate;
+mod offsets;
+
+pub use audit::Counts;
+pub use batch::RowBatch;
+pub use messages::StoredMessage;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("partition {0} does not fit the schema's int4 column")]
+    Partition(u32),
+}
+
+/// A pool of PostgreSQL connections and the statements run over it.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects on first use, so a service starts while PostgreSQL is down.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url)?;
+        Ok(Self { pool })
+    }
+
+    /// Connects now (tests and tools).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            pool: PgPool::connect(url).await?,
+        })
+    }
+}
+
+fn db_partition(partition: u32) -> Result<i32, StoreError> {
+    i32::try_from(partition).map_err(|_| StoreError::Partition(partition))
+}

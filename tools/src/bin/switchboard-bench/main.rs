@@ -1,0 +1,259 @@
+//! Benchmarks of the messaging server against real infrastructure (see
+//! docs/benchmarks.md). Build in release and run from the repository root:
+//!
+//!   cargo build --release --bins
+//!   target/release/switchboard-bench idle --connections 10000
+//!   target/release/switchboard-bench fanout --members 200 --messages 3000
+//!   target/release/switchboard-bench latency --rate 5000 --seconds 20 --json docs/load/latency-5000.json
+//!   target/release/switchboard-bench route --seconds 10
+//!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
+//!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use harness::{docker_compat, free_port, wait_until, Infra, Process, Stack};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tools::procstat::rss_bytes;
+
+#[derive(Parser)]
+struct Args {
+    /// Extra librdkafka settings for the servers' producers, `k=v,k=v`
+    /// (none by default: normal batching).
+    #[arg(long, global = true, default_value = "")]
+    producer_config: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+static PRODUCER_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// RSS per idle WebSocket session.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// Deliveries per CPU-second of the server on a group fan-out.
+    Fanout {
+        #[arg(long, default_value_t = 200)]
+        members: usize,
+        #[arg(long, default_value_t = 3000)]
+        messages: usize,
+    },
+    /// Send→deliver latency at a fixed send rate across two servers.
+    Latency {
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// `/v1/route` requests per second on one core (needs `wrk`).
+    Route {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// The broker alone at a fixed produce rate, with a consumer attached.
+    Broker(broker::BrokerArgs),
+    /// Rows per second the persister writes into PostgreSQL.
+    Persist {
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        #[arg(long, default_value_t = 5000)]
+        batch_max: usize,
+    },
+}
+
+struct Bench {
+    infra: Arc<Infra>,
+    prefix: String,
+    topic: String,
+    db: String,
+    coordinator: harness::ServiceHandle,
+    servers: Vec<(String, Process, u16)>,
+}
+
+impl Bench {
+    async fn start(infra: Arc<Infra>, servers: usize) -> anyhow::Result<Self> {
+        let (prefix, topic) = (format!("/{}", infra.unique("bench")), infra.unique("bench"));
+        let db = infra.database("bench").await?;
+        let coordinator = harness::start_coordinator(
+            "coord",
+            harness::coordinator_config(&infra, &prefix, &topic, 8),
+        )?;
+        let mut b = Self {
+            infra,
+            prefix,
+            topic,
+            db,
+            coordinator,
+            servers: Vec::new(),
+        };
+        for i in 0..servers {
+            let port = free_port()?;
+            let id = format!("bench{i}");
+            let env = [
+                ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
+                ("SWITCHBOARD_SERVER_ID", id.clone()),
+                ("SWITCHBOARD_ETCD_ENDPOINTS", b.infra.etcd.clone()),
+                ("SWITCHBOARD_ETCD_PREFIX", b.prefix.clone()),
+                ("SWITCHBOARD_KAFKA_BROKERS", b.infra.kafka.clone()),
+                ("SWITCHBOARD_TOPIC", b.topic.clone()),
+                (
+                    "SWITCHBOARD_KAFKA_PRODUCER_CONFIG",
+                    PRODUCER_CONFIG.get().cloned().unwrap_or_default(),
+                ),
+                ("SWITCHBOARD_DATABASE_URL", b.db.clone()),
+                ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
+                ("SWITCHBOARD_SENDS_PER_SEC", "100000".into()),
+                ("SWITCHBOARD_SEND_BURST", "100000".into()),
+                ("SWITCHBOARD_QUEUE_LEN", "8192".into()),
+            ];
+            b.servers
+                .push((id, Process::spawn("messaging-server", &env)?, port));
+        }
+        let base = b.coordinator.url();
+        let n = servers;
+        wait_until(
+            "servers own every partition",
+            Duration::from_secs(60),
+            || async {
+                let Ok(r) = reqwest::get(format!("{base}/v1/assignment")).await else {
+                    return false;
+                };
+                let Ok(a) = r.json::<protocol::Assignment>().await else {
+                    return false;
+                };
+                a.servers.len() == n && a.owners.iter().all(Option::is_some)
+            },
+        )
+        .await?;
+        for (_, _, port) in &b.servers {
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            wait_until("server ready", Duration::from_secs(30), || async {
+                reqwest::get(&url)
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            })
+            .await?;
+        }
+        Ok(b)
+    }
+
+    async fn route(&self, user: &str) -> anyhow::Result<(String, String)> {
+        let v: serde_json::Value = reqwest::get(format!(
+            "{}/v1/route?user_id={user}",
+            self.coordinator.url()
+        ))
+        .await?
+        .json()
+        .await?;
+        Ok((
+            v["server_id"].as_str().unwrap_or_default().into(),
+            v["ws_url"].as_str().unwrap_or_default().into(),
+        ))
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.servers[i].1.pid().unwrap_or(0)
+    }
+
+    async fn stop(self) {
+        for (_, p, _) in self.servers {
+            let _ = p.terminate().await;
+        }
+        self.coordinator.stop().await;
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn session(ws_url: &str, user: &str, device: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    let hello =
+        serde_json::json!({"type": "hello", "token": Stack::token(user), "device_id": device});
+    ws.send(Message::text(hello.to_string())).await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Ok(ws),
+        other => anyhow::bail!("{user}: no welcome: {other:?}"),
+    }
+}
+
+async fn idle(infra: Arc<Infra>, connections: usize) -> anyhow::Result<()> {
+    let b = Bench::start(infra, 1).await?;
+    let (_, ws_url) = b.route("u0").await?;
+    let pid = b.pid(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_bytes(pid).unwrap_or(0);
+    let mut sessions = Vec::with_capacity(connections);
+    for chunk in (0..connections).collect::<Vec<_>>().chunks(500) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("idle{i}")).collect();
+        let opened =
+            futures_util::future::join_all(names.iter().map(|u| session(&ws_url, u, "d"))).await;
+        for s in opened {
+            sessions.push(s?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_bytes(pid).unwrap_or(0);
+    let per = (after.saturating_sub(before)) as f64 / connections as f64;
+    println!("idle sessions: {connections}");
+    println!(
+        "server RSS before {:.1} MiB, after {:.1} MiB",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    println!(
+        "RSS per idle connection: {:.1} KB (target <= 20 KB)",
+        per / 1000.0
+    );
+    drop(sessions);
+    b.stop().await;
+    Ok(())
+}
+
+mod broker;
+mod load;
+mod persist;
+mod route;
+use load::{fanout, latency};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = PRODUCER_CONFIG.set(args.producer_config.clone());
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::env::set_var("DOCKER_HOST", docker_compat::docker_host(&dir).await?);
+        let infra = Arc::new(Infra::start().await?);
+        let result = match args.cmd {
+            Cmd::Idle { connections } => idle(infra.clone(), connections).await,
+            Cmd::Fanout { members, messages } => fanout(infra.clone(), members, messages).await,
+            Cmd::Latency {
+                rate,
+                seconds,
+                pairs,
+                json,
+            } => latency(infra.clone(), rate, seconds, pairs, json.as_deref()).await,
+            Cmd::Broker(a) => broker::broker(infra.clone(), a, &args.producer_config).await,
+            Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
+            Cmd::Persist { records, batch_max } => {
+                persist::persist(infra.clone(), records, batch_max).await
+            }
+        };
+        if let Ok(i) = Arc::try_unwrap(infra) {
+            i.stop().await;
+        }
+        result
+    })
+}
