@@ -262,8 +262,18 @@ async fn wait_for_change(
 }
 
 async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
-    if keep_lease_alive(&mut client, lease, ttl, &lost).await == LeaseEnd::Lost {
-        warn!(lease, "election lease lost");
-        lost.cancel();
+    // Unreachable counts as lost here: a leader that cannot reach etcd
+    // cannot publish anyway, and its fenced writes would fail. Every replica
+    // keeps serving routes from its cached map meanwhile.
+    match keep_lease_alive(&mut client, lease, ttl, &lost, || {}).await {
+        LeaseEnd::Stopped => {}
+        end => {
+            warn!(
+                lease,
+                ?end,
+                "election lease lost or etcd unreachable; leadership ends"
+            );
+            lost.cancel();
+        }
     }
 }

@@ -96,6 +96,11 @@ impl Hub {
         self.lock().next_offset.insert(partition, start);
     }
 
+    /// The next offset the consumer will hand to `partition`'s devices.
+    pub fn next_offset(&self, partition: u32) -> Option<i64> {
+        self.lock().next_offset.get(&partition).copied()
+    }
+
     pub fn is_open(&self, partition: u32) -> bool {
         self.lock().next_offset.contains_key(&partition)
     }

@@ -161,20 +161,46 @@ impl LiveConsumer {
     }
 }
 
-/// First offset still in the log for `partition`.
-pub async fn log_start(brokers: &str, topic: &str, partition: u32) -> Result<i64, KafkaError> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = consumer_config(&brokers, "switchboard-resume").create()?;
-        c.fetch_watermarks(&topic, to_kafka(partition), Duration::from_secs(5))
-            .map(|(low, _)| low)
-    })
-    .await
-    .map_err(|_| KafkaError::Canceled)?
+/// Reads the log for resumes: watermarks through one long-lived client,
+/// ranges through a short-lived consumer of their own.
+pub struct LogReader {
+    brokers: String,
+    topic: String,
+    client: Arc<BaseConsumer>,
+}
+
+impl LogReader {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            client: Arc::new(consumer_config(brokers, "switchboard-resume").create()?),
+        })
+    }
+
+    /// `(first offset still in the log, offset the next record will get)`.
+    pub async fn watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
+        let (client, topic) = (self.client.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            client.fetch_watermarks(&topic, to_kafka(partition), Duration::from_secs(5))
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// The chat records for `user` in `range` of `partition`, in order.
+    pub async fn read_range(
+        &self,
+        partition: u32,
+        range: std::ops::Range<i64>,
+        user: &UserId,
+    ) -> Result<Vec<(i64, Record)>, KafkaError> {
+        read_range(&self.brokers, &self.topic, partition, range, user).await
+    }
 }
 
 /// Reads `range` of `partition` and returns the chat records for `user`.
-pub async fn read_range(
+async fn read_range(
     brokers: &str,
     topic: &str,
     partition: u32,

@@ -32,6 +32,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Longest a request waits for PostgreSQL before it is answered
+/// `unavailable` (group sends past the member cache, history, resume).
+const DB_WAIT: Duration = Duration::from_secs(2);
+
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = service::bind(config.listen).await?;
     serve(config, listener, shutdown).await
@@ -52,8 +56,8 @@ pub async fn serve(
     )
     .context("failed to load the JWT key")?;
     info!(server = %info.server_id, ws_url = %info.ws_url, "messaging server starting");
-    let store =
-        store::Store::connect_lazy(&config.database.url, 16).context("invalid database url")?;
+    let store = store::Store::connect_lazy(&config.database.url, 16, DB_WAIT)
+        .context("invalid database url")?;
     if !store.migrate(&shutdown).await {
         return Ok(());
     }
@@ -139,12 +143,15 @@ fn build_state(
     };
     let producer = producer::Producers::new(settings, metrics.clone())
         .context("failed to create the Kafka producer")?;
+    let log = kafka::LogReader::new(&config.kafka.brokers, &config.kafka.topic)
+        .context("failed to create the Kafka log reader")?;
     Ok(Arc::new(AppState {
         hub: Arc::new(hub::Hub::new(config.queue_len)),
         config,
         info,
         auth,
         members: members::MemberCache::new(store),
+        log,
         producer: Arc::new(producer),
         metrics,
         registry,

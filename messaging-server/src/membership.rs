@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Keeps this server registered; re-registers after losing the lease.
+/// While etcd does not answer, the server keeps serving on the last known
+/// map and keeps refreshing the same lease (docs/operations.md, "Outages").
 /// Returns the live lease id when `stop` fires so the drain can revoke it.
 pub async fn run_registration(
     state: Arc<AppState>,
@@ -41,10 +43,10 @@ pub async fn run_registration(
         };
         backoff.reset();
         state.registered.send_replace(true);
+        state.metrics.etcd_reachable.set(1);
         info!(server = %state.info.server_id, lease, "registered");
-        let lost = keep_alive(&mut client, lease, &layout, &state, &mut draining, &stop).await
-            == LeaseEnd::Lost;
-        if !lost {
+        let end = hold(&mut client, lease, &layout, &state, &mut draining, &stop).await;
+        if end == LeaseEnd::Stopped {
             // Last step of a drain: the registration disappears at once.
             let _ = tokio::time::timeout(Duration::from_secs(3), client.lease_revoke(lease)).await;
             state.registered.send_replace(false);
@@ -52,6 +54,40 @@ pub async fn run_registration(
         }
         warn!(server = %state.info.server_id, "registration lease lost; closing sessions until re-registered");
         state.registered.send_replace(false);
+    }
+}
+
+/// A refresh etcd confirmed: after an outage, the registration survived.
+fn reachable(state: &AppState, lease: i64) {
+    if state.metrics.etcd_reachable.get() == 0 {
+        info!(server = %state.info.server_id, lease, "etcd reachable again; registration kept");
+        state.metrics.etcd_reachable.set(1);
+    }
+}
+
+/// Holds `lease` through etcd outages; returns when it is lost or `stop` fires.
+async fn hold(
+    client: &mut Client,
+    lease: i64,
+    layout: &EtcdLayout,
+    state: &AppState,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
+) -> LeaseEnd {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        match keep_alive(client, lease, layout, state, draining, stop).await {
+            LeaseEnd::Unreachable => {
+                if state.metrics.etcd_reachable.get() == 1 {
+                    warn!(server = %state.info.server_id, lease, "etcd unreachable; serving on the last known partition map");
+                }
+                state.metrics.etcd_reachable.set(0);
+                if !backoff.wait(stop).await {
+                    return LeaseEnd::Stopped;
+                }
+            }
+            end => return end,
+        }
     }
 }
 
@@ -104,11 +140,11 @@ async fn keep_alive(
     loop {
         let mut keeper = client.clone();
         tokio::select! {
-            end = keep_lease_alive(&mut keeper, lease, state.config.lease_ttl, stop) => return end,
+            end = keep_lease_alive(&mut keeper, lease, state.config.lease_ttl, stop, || reachable(state, lease)) => return end,
             r = draining.changed() => {
                 let now = *draining.borrow();
                 if r.is_ok() && put_info(client, layout, state, lease, now).await.is_err() {
-                    return LeaseEnd::Lost;
+                    return LeaseEnd::Unreachable;
                 }
             }
         }

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub position: Family<PartitionLabel, Gauge>,
     pub lag: Family<PartitionLabel, Gauge>,
     pub owned_partitions: Gauge,
+    pub etcd_reachable: Gauge,
     pub send_ack_seconds: Histogram,
     pub producer_restarts: Counter,
     pub producer_ready: Gauge,
@@ -50,6 +51,7 @@ impl Default for Metrics {
             position: Family::default(),
             lag: Family::default(),
             owned_partitions: Gauge::default(),
+            etcd_reachable: Gauge::default(),
             send_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             producer_restarts: Counter::default(),
             producer_ready: Gauge::default(),
@@ -120,6 +122,11 @@ impl Metrics {
             "owned_partitions",
             "Partitions this server serves",
             self.owned_partitions.clone(),
+        );
+        r.register(
+            "etcd_reachable",
+            "1 while etcd confirms this server's lease, 0 while it does not answer",
+            self.etcd_reachable.clone(),
         );
         r.register(
             "send_ack_seconds",

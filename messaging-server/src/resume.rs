@@ -54,6 +54,21 @@ pub fn plan(after: i64, persisted_next: i64, log_start: i64, live_from: i64) -> 
     }
 }
 
+/// The plan while PostgreSQL does not answer: everything from the log, or
+/// `None` when part of the gap is only in PostgreSQL (the client must retry
+/// later, never be told `resumed: false` because of an outage).
+pub fn plan_from_log(after: i64, log_start: i64, live_from: i64) -> Option<ResumePlan> {
+    let want = (after + 1)..live_from;
+    if want.is_empty() {
+        return Some(plan(after, 0, log_start, live_from));
+    }
+    (want.start >= log_start).then_some(ResumePlan {
+        resumed: true,
+        from_store: None,
+        from_log: Some(want),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +110,20 @@ mod tests {
         );
         assert!(!plan(4, 6, 7, 12).resumed, "offset 6 is in neither store");
         assert!(plan(-1, 0, 0, 3).resumed);
+    }
+
+    #[test]
+    fn without_the_store_only_what_the_log_holds() {
+        assert_eq!(
+            plan_from_log(4, 3, 12).and_then(|p| p.from_log),
+            Some(5..12)
+        );
+        assert_eq!(
+            plan_from_log(4, 6, 12),
+            None,
+            "offset 5 is only in PostgreSQL"
+        );
+        assert!(plan_from_log(11, 20, 12).is_some_and(|p| p.resumed && p.from_log.is_none()));
     }
 
     proptest! {

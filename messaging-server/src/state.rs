@@ -21,6 +21,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// PostgreSQL, with conversation members cached.
     pub members: MemberCache,
+    /// Watermarks and ranges of the log, for resumes.
+    pub log: crate::kafka::LogReader,
     /// The Kafka producer, replaced by its supervisor after a fatal error.
     pub producer: Arc<Producers>,
     /// Local devices and the fan-out of consumed records to them.

@@ -31,7 +31,8 @@ pub async fn serve(
     config.validate()?;
     info!(addr = %listener.local_addr()?, topic = %config.kafka.topic, "persister starting");
     let store =
-        store::Store::connect_lazy(&config.database.url, 4).context("invalid database url")?;
+        store::Store::connect_lazy(&config.database.url, 4, std::time::Duration::from_secs(5))
+            .context("invalid database url")?;
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);

@@ -116,31 +116,40 @@ async fn watch_once(
 /// Why [`keep_lease_alive`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEnd {
-    /// etcd stopped answering or the lease expired: whatever it held is gone.
+    /// etcd answered that the lease is gone (expired or revoked): whatever
+    /// it held is gone too.
     Lost,
+    /// etcd did not answer. The lease may still be alive — a whole etcd
+    /// cluster that restarts grants every lease a fresh TTL — so the caller
+    /// retries on the same lease and learns the truth when etcd is back.
+    Unreachable,
     /// `stop` fired; the lease is still alive (revoke it to hand over at once).
     Stopped,
 }
 
-/// Refreshes `lease` every third of its TTL. A refresh not answered within
-/// two periods counts as lost: by then the lease may have expired.
+/// Refreshes `lease` every third of its TTL until etcd says it is gone,
+/// stops answering (a refresh not answered within two periods), or `stop`;
+/// `refreshed` runs after each refresh etcd confirmed.
 pub async fn keep_lease_alive(
     client: &mut Client,
     lease: i64,
     ttl: Duration,
     stop: &CancellationToken,
+    mut refreshed: impl FnMut(),
 ) -> LeaseEnd {
-    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
-        return LeaseEnd::Lost;
-    };
     let every = (ttl / 3).max(Duration::from_millis(100));
+    let opened = tokio::time::timeout(every * 2, client.lease_keep_alive(lease)).await;
+    let Ok(Ok((mut keeper, mut stream))) = opened else {
+        return LeaseEnd::Unreachable;
+    };
     loop {
         if keeper.keep_alive().await.is_err() {
-            return LeaseEnd::Lost;
+            return LeaseEnd::Unreachable;
         }
         match tokio::time::timeout(every * 2, stream.message()).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-            _ => return LeaseEnd::Lost,
+            Ok(Ok(Some(r))) if r.ttl() > 0 => refreshed(),
+            Ok(Ok(Some(_))) => return LeaseEnd::Lost,
+            _ => return LeaseEnd::Unreachable,
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

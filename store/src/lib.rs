@@ -33,10 +33,16 @@ pub struct Store {
 
 impl Store {
     /// Connects on first use, so a service starts while PostgreSQL is down.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// A statement waits at most `acquire_timeout` for a connection: while
+    /// PostgreSQL is down, callers get an error that soon, never a hang.
+    pub fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect_lazy(url)?;
         Ok(Self { pool })
     }

@@ -9,7 +9,9 @@ mod client;
 mod compose;
 mod coordinator;
 mod messaging;
+mod outages;
 mod persister;
+mod resume;
 mod smoke;
 
 use harness::tests;
@@ -37,6 +39,9 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         messaging::drain_under_traffic_loses_nothing,
         messaging::lost_lease_closes_sessions_and_reregisters,
         messaging::dashboard_queries_only_exported_metrics,
+        outages::etcd_down_30s_keeps_sessions_and_the_map,
+        outages::postgres_down_30s_degrades_and_recovers,
+        resume::synced_follows_everything_acked_before_hello,
         persister::exactly_once_across_kills_and_replicas,
         persister::recovers_by_itself_after_a_postgres_outage,
     ]

@@ -127,6 +127,30 @@ impl Infra {
         ))
     }
 
+    /// An etcd of its own (for tests that stop and restart it), on the host
+    /// network so its URL survives a restart; its data stays in the
+    /// container, so a restart keeps every key and lease.
+    pub async fn private_etcd(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(ContainerAsync<GenericImage>, String)> {
+        let url = format!("http://127.0.0.1:{}", free_port()?);
+        let c = image("etcd")
+            .with_env_var("ETCD_LISTEN_CLIENT_URLS", url.as_str())
+            .with_env_var("ETCD_ADVERTISE_CLIENT_URLS", url.as_str())
+            .with_env_var(
+                "ETCD_LISTEN_PEER_URLS",
+                format!("http://127.0.0.1:{}", free_port()?),
+            )
+            .with_network("host")
+            .with_label("switchboard.test-run", self.run_id.as_str())
+            .with_container_name(format!("sb-test-{}-{name}", self.run_id))
+            .start()
+            .await?;
+        wait_for_etcd(&url).await?;
+        Ok((c, url))
+    }
+
     /// A broker of its own (for tests that pause, slow down or kill it), on
     /// the host network so its address survives a restart; its log is kept
     /// in SQLite inside the container, so a restart loses nothing.

@@ -77,4 +77,5 @@ pub mod process;
 pub use process::Process;
 
 pub mod receiver;
+pub mod traffic;
 pub use receiver::{Received, Receivers};

@@ -7,6 +7,44 @@ use std::time::Duration;
 
 pub const JWT_SECRET: &str = "switchboard-test-secret-0123456789";
 
+/// The infrastructure a stack runs on: the run's shared containers unless a
+/// test brings its own (to pause, stop or kill them).
+#[derive(Debug, Clone)]
+pub struct Backing {
+    pub kafka: String,
+    pub etcd: Vec<String>,
+    /// `None`: a fresh database on the shared PostgreSQL.
+    pub database_url: Option<String>,
+}
+
+impl Backing {
+    pub fn shared(infra: &Infra) -> Self {
+        Self {
+            kafka: infra.kafka.clone(),
+            etcd: infra.etcd_endpoints(),
+            database_url: None,
+        }
+    }
+    pub fn kafka(self, kafka: &str) -> Self {
+        Self {
+            kafka: kafka.to_owned(),
+            ..self
+        }
+    }
+    pub fn etcd(self, url: &str) -> Self {
+        Self {
+            etcd: vec![url.to_owned()],
+            ..self
+        }
+    }
+    pub fn database(self, url: &str) -> Self {
+        Self {
+            database_url: Some(url.to_owned()),
+            ..self
+        }
+    }
+}
+
 pub struct Stack {
     pub prefix: String,
     pub topic: String,
@@ -38,13 +76,21 @@ impl Stack {
         persister: bool,
         tweak: impl Fn(&mut messaging_server::Config),
     ) -> anyhow::Result<Self> {
-        Self::start_on(infra, &infra.kafka, name, servers, persister, tweak).await
+        Self::start_on(
+            infra,
+            Backing::shared(infra),
+            name,
+            servers,
+            persister,
+            tweak,
+        )
+        .await
     }
 
-    /// Like `start_with`, on the broker at `kafka` (e.g. a private one).
+    /// Like `start_with`, on `backing` (e.g. a private broker or etcd).
     pub async fn start_on(
         infra: &Infra,
-        kafka: &str,
+        backing: Backing,
         name: &str,
         servers: usize,
         persister: bool,
@@ -52,10 +98,14 @@ impl Stack {
     ) -> anyhow::Result<Self> {
         let prefix = format!("/{}", infra.unique(name));
         let topic = infra.unique(name);
-        let database_url = infra.database(name).await?;
+        let database_url = match backing.database_url {
+            Some(url) => url,
+            None => infra.database(name).await?,
+        };
         let partitions = 8;
         let mut coordinator_config = coordinator_config(infra, &prefix, &topic, partitions);
-        coordinator_config.kafka.brokers = kafka.to_owned();
+        coordinator_config.kafka.brokers = backing.kafka.clone();
+        coordinator_config.etcd.endpoints = backing.etcd.clone();
         let coordinator = start_coordinator(&format!("{name}-coord"), coordinator_config)?;
         let mut stack = Self {
             prefix,
@@ -65,8 +115,8 @@ impl Stack {
             coordinator,
             servers: Vec::new(),
             persister: None,
-            kafka: kafka.to_owned(),
-            etcd: infra.etcd_endpoints(),
+            kafka: backing.kafka,
+            etcd: backing.etcd,
             next_server: 0,
         };
         for _ in 0..servers {

@@ -21,6 +21,9 @@ use tracing::{info_span, warn, Instrument};
 type Sink = SplitSink<WebSocket, WsMessage>;
 type Stream = SplitStream<WebSocket>;
 
+/// Longest a resume waits for the live consumer to reach the log's end.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
 /// The socket failed or the peer left: nothing more can be said to it.
 #[derive(Debug)]
 struct Gone;
@@ -81,6 +84,16 @@ impl Session {
         let replay_from = cursor
             .filter(|c| c.log_epoch == log_epoch)
             .map(|c| c.offset);
+        let log_start = match replay_from {
+            Some(_) => match self.catch_up(partition).await {
+                Ok(low) => Some(low),
+                Err(e) => {
+                    let close = self.retry_later(format!("resume unavailable: {e}")).await;
+                    return finish(&mut self.sink, &self.state, close).await;
+                }
+            },
+            None => None,
+        };
         let registered =
             self.state
                 .hub
@@ -96,6 +109,7 @@ impl Session {
             epoch: a.epoch,
             log_epoch,
             replay_from,
+            log_start,
             live_from,
         };
         let close = match self.resume(&start, id).await {
@@ -105,6 +119,26 @@ impl Session {
         self.state.hub.unregister(&self.user, id);
         self.state.metrics.connections.dec();
         finish(&mut self.sink, &self.state, close).await;
+    }
+
+    /// The seam of a resume is the log's end as of the hello: waits (briefly)
+    /// until the live consumer has passed it, so every message acknowledged
+    /// before the hello is replayed before `synced`. Returns the log start.
+    async fn catch_up(&self, partition: u32) -> Result<i64, rdkafka::error::KafkaError> {
+        let (low, high) = self.state.log.watermarks(partition).await?;
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        while Instant::now() < deadline {
+            if self
+                .state
+                .hub
+                .next_offset(partition)
+                .is_none_or(|next| next >= high)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(low)
     }
 
     /// A partition we own may still be opening (watermarks being read).

@@ -17,6 +17,8 @@ pub(super) struct Start {
     pub log_epoch: String,
     /// The cursor's offset, when the client has one of this log epoch.
     pub replay_from: Option<i64>,
+    /// The first offset still in the log, read with the seam (resumes only).
+    pub log_start: Option<i64>,
     /// The first offset the device receives live.
     pub live_from: i64,
 }
@@ -80,7 +82,7 @@ impl Session {
     /// A transient failure during resume must not turn into "resumed: false"
     /// (a gap for the client): the client is told why and to reconnect, and
     /// retries with the same cursor.
-    async fn retry_later(&mut self, message: String) -> Close {
+    pub(super) async fn retry_later(&mut self, message: String) -> Close {
         let err = ServerFrame::Error(ErrorFrame {
             id: None,
             code: ErrorCode::Unavailable,
@@ -92,18 +94,25 @@ impl Session {
 
     async fn plan(&self, start: &Start, after: i64) -> anyhow::Result<ResumePlan> {
         let (state, partition) = (&self.state, start.partition);
-        let store_next = state
-            .members
-            .store()
-            .persisted_next(state.topic(), partition)
-            .await?;
-        let brokers = &state.config.kafka.brokers;
-        let log_start = crate::kafka::log_start(brokers, state.topic(), partition).await?;
-        let plan = resume::plan(after, store_next, log_start, start.live_from);
+        let log_start = match start.log_start {
+            Some(low) => low,
+            None => state.log.watermarks(partition).await?.0,
+        };
+        let store = state.members.store();
+        let plan = match store.persisted_next(state.topic(), partition).await {
+            Ok(next) => resume::plan(after, next, log_start, start.live_from),
+            // PostgreSQL is down: Kafka may still hold the whole gap.
+            Err(e) => {
+                resume::plan_from_log(after, log_start, start.live_from).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the messages to replay are only in PostgreSQL, which does not answer: {e}"
+                    )
+                })?
+            }
+        };
         tracing::debug!(
             partition,
             after,
-            store_next,
             log_start,
             live_from = start.live_from,
             ?plan,
@@ -133,11 +142,11 @@ impl Session {
             last = range.end - 1;
         }
         if let Some(range) = plan.from_log.clone() {
-            let (brokers, topic) = (&state.config.kafka.brokers, state.topic());
-            let records =
-                crate::kafka::read_range(brokers, topic, partition, range.clone(), &self.user)
-                    .await
-                    .map_err(|e| ReplayError::Read(e.into()))?;
+            let records = state
+                .log
+                .read_range(partition, range.clone(), &self.user)
+                .await
+                .map_err(|e| ReplayError::Read(e.into()))?;
             for (offset, r) in records {
                 let f = message(&r, log_epoch, offset, true);
                 self.send_frame(&f).await.map_err(|_| ReplayError::Gone)?;
