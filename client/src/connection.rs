@@ -3,6 +3,7 @@
 
 use crate::runner::{Outgoing, Runner};
 use crate::seen::Seen;
+use futures_util::future::BoxFuture;
 use protocol::frames::Message;
 use protocol::{ClientFrame, Cursor, ErrorCode, Kind, MsgId, ServerId, Target};
 use serde_json::value::RawValue;
@@ -13,11 +14,42 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Where fresh tokens come from: called before the session's token expires
+/// (and once after a 4001); `None` means "no fresh token".
+#[derive(Clone)]
+pub struct TokenRefresh(Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>);
+
+impl TokenRefresh {
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<String>> + Send + 'static,
+    {
+        Self(Arc::new(move || Box::pin(f())))
+    }
+
+    pub(crate) async fn fresh(&self) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(10), (self.0)())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl std::fmt::Debug for TokenRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenRefresh")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// One coordinator base URL, or several replicas separated by commas.
     pub coordinator_url: String,
     pub token: String,
+    /// Fresh tokens before this one expires; without it a session ends with
+    /// 4001 at the token's `exp` and the client stops.
+    pub refresh: Option<TokenRefresh>,
     pub user_id: String,
     pub device_id: String,
     /// Resume from here (e.g. a cursor saved by the app).
@@ -85,6 +117,9 @@ impl Client {
             config,
             events: ev_tx,
             cursor: cursor.clone(),
+            token: String::new(),
+            token_exp: None,
+            refreshed_after_refusal: false,
             pending: BTreeMap::new(),
             seen: Seen::new(10_000),
             out: out_rx,

@@ -11,6 +11,6 @@ mod runner;
 mod seen;
 pub mod token;
 
-pub use connection::{Client, ClientConfig, Event, SendError, Sender};
+pub use connection::{Client, ClientConfig, Event, SendError, Sender, TokenRefresh};
 pub use http::Api;
 pub use protocol::{Cursor, Kind, MsgId, Target};

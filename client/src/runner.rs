@@ -4,7 +4,7 @@
 use crate::connection::{ClientConfig, Event, Reply, SendError};
 use crate::seen::Seen;
 use futures_util::{SinkExt, StreamExt};
-use protocol::frames::Hello;
+use protocol::frames::{Auth, Hello};
 use protocol::{ClientFrame, CloseCode, Cursor, DeviceId, ErrorCode, Kind, MsgId, ServerFrame};
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -41,6 +41,12 @@ pub(crate) struct Runner {
     pub config: ClientConfig,
     pub events: mpsc::Sender<Event>,
     pub cursor: Arc<Mutex<Option<Cursor>>>,
+    /// The token sessions start with (the latest fresh one).
+    pub token: String,
+    /// When the session's token expires (unix seconds), from welcome/authed.
+    pub token_exp: Option<u64>,
+    /// A 4001 was answered with one refresh already: the next one stops.
+    pub refreshed_after_refusal: bool,
     /// By request id: resent in that order after a reconnect.
     pub pending: BTreeMap<u64, Pending>,
     pub seen: Seen,
@@ -53,6 +59,7 @@ type Socket =
 
 impl Runner {
     pub async fn run(mut self) {
+        self.token = self.config.token.clone();
         let api = crate::Api::new(&self.config.coordinator_url, &self.config.token);
         let mut delay = Duration::from_millis(100);
         let mut target: Option<String> = None;
@@ -116,7 +123,7 @@ impl Runner {
             return Outcome::Unauthorized;
         };
         let hello = ClientFrame::Hello(Hello {
-            token: self.config.token.clone(),
+            token: self.token.clone(),
             device_id: Some(device),
             cursor,
         });
@@ -152,6 +159,8 @@ impl Runner {
                                 *cur = Some(w.cursor.clone());
                             }
                         }
+                        self.token_exp = w.token_exp;
+                        self.refreshed_after_refusal = false;
                         self.emit(Event::Connected {
                             server_id: w.server_id,
                             resumed: w.resumed,
@@ -172,10 +181,10 @@ impl Runner {
         }
     }
 
-    async fn closed(&self, code: Option<u16>) -> Outcome {
+    async fn closed(&mut self, code: Option<u16>) -> Outcome {
         self.emit(Event::Disconnected { code }).await;
         match code.and_then(CloseCode::from_code) {
-            Some(CloseCode::Unauthorized) => Outcome::Unauthorized,
+            Some(CloseCode::Unauthorized) => self.after_refusal().await,
             Some(CloseCode::TooSlow | CloseCode::PartitionMoved | CloseCode::Draining) => {
                 Outcome::Reresolve
             }
@@ -183,11 +192,61 @@ impl Runner {
         }
     }
 
+    /// A refused token: one fresh token from the app, then a new session.
+    async fn after_refusal(&mut self) -> Outcome {
+        let Some(refresh) = self.config.refresh.clone() else {
+            return Outcome::Unauthorized;
+        };
+        if self.refreshed_after_refusal {
+            return Outcome::Unauthorized;
+        }
+        self.refreshed_after_refusal = true;
+        match refresh.fresh().await {
+            Some(token) => {
+                self.token = token;
+                Outcome::Reresolve
+            }
+            None => Outcome::Unauthorized,
+        }
+    }
+
+    /// When to ask for a fresh token: halfway to expiry, at most a minute early.
+    fn refresh_at(&self) -> Option<tokio::time::Instant> {
+        let (exp, _) = (self.token_exp?, self.config.refresh.as_ref()?);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(exp).saturating_sub(now);
+        let early = (left / 2).min(Duration::from_secs(60));
+        Some(tokio::time::Instant::now() + (left - early))
+    }
+
+    /// Sends `auth` with a fresh token; the expiry is unknown until `authed`.
+    async fn refresh_token(&mut self, ws: &mut Socket) {
+        self.token_exp = None;
+        let Some(refresh) = self.config.refresh.clone() else {
+            return;
+        };
+        let Some(token) = refresh.fresh().await else {
+            return;
+        };
+        self.token = token.clone();
+        let auth = ClientFrame::Auth(Auth { id: None, token });
+        if let Ok(text) = auth.to_json() {
+            let _ = ws.send(Ws::text(text)).await;
+        }
+    }
+
     async fn serve(&mut self, mut ws: Socket) -> Outcome {
         let mut redirect = None;
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         loop {
+            let refresh_at = self.refresh_at();
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             tokio::select! {
+                _ = tokio::time::sleep_until(refresh_at.unwrap_or(far)), if refresh_at.is_some() => {
+                    self.refresh_token(&mut ws).await;
+                }
                 m = ws.next() => match m {
                     Some(Ok(Ws::Text(t))) => {
                         if let Ok(f) = ServerFrame::parse(&t) {
@@ -243,6 +302,7 @@ impl Runner {
             ServerFrame::Ack(a) => self.settle(a.client_msg_id.as_str(), Ok(a.msg_id)),
             ServerFrame::Error(e) => self.refused(e),
             ServerFrame::Redirect(r) => return Some(r.ws_url),
+            ServerFrame::Authed(a) => self.token_exp = Some(a.exp),
             ServerFrame::Welcome(_) => {}
         }
         None

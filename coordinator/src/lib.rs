@@ -10,15 +10,16 @@ mod topic;
 
 pub use config::Config;
 
-use anyhow::Context;
 use prometheus_client::registry::Registry;
 use protocol::EtcdLayout;
 use service::etcd::{connect_retrying, spawn_assignment_watch};
+pub use service::supervise::Faults;
+use service::supervise::Supervisor;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 /// Binds `config.listen` and runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -31,6 +32,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(config, listener, shutdown, Faults::default()).await
+}
+
+/// `serve` with a fault hook for tests (see [`Faults`]). If any long-lived
+/// task ends before `shutdown`, the coordinator stops and returns the error,
+/// so the process exits non-zero and is restarted.
+pub async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    faults: Faults,
+) -> anyhow::Result<()> {
     config.validate()?;
     let layout = EtcdLayout::new(&config.etcd.prefix);
     let id = config.coordinator_id();
@@ -38,14 +51,20 @@ pub async fn serve(
     let Some(client) = connect_retrying(&config.etcd.endpoints, &shutdown).await else {
         return Ok(());
     };
-
+    // Cancelled only after the supervision below has decided, so a task
+    // ending because of shutdown is never mistaken for a failure.
+    let stop = CancellationToken::new();
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let (assignment, watch_task) =
-        spawn_assignment_watch(client.clone(), layout.clone(), shutdown.clone());
-
-    let mut tasks = JoinSet::new();
+    let (assignment, watch) = spawn_assignment_watch(client.clone(), layout.clone(), stop.clone());
+    let mut tasks = Supervisor::new(faults);
+    tasks.spawn("assignment-watch", async move {
+        match watch.await {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => {}
+        }
+    });
     let elector = leader::Elector {
         client,
         layout,
@@ -53,27 +72,39 @@ pub async fn serve(
         id,
         metrics: metrics.clone(),
     };
-    tasks.spawn(elector.run(shutdown.clone()));
-    tasks.spawn(observe_metrics(
-        assignment.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn("elector", elector.run(stop.clone()));
+    tasks.spawn(
+        "metrics",
+        observe_metrics(assignment.clone(), metrics.clone(), stop.clone()),
+    );
     let state = http::AppState {
         assignment,
         metrics,
         registry: Arc::new(registry),
     };
-    let token = shutdown.clone();
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-        .context("http server failed")?;
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    watch_task.abort();
+    let token = stop.clone();
+    let server = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move { token.cancelled().await });
+    tasks.spawn("http", async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "http server failed");
+        }
+    });
+    let failed = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        exit = tasks.first_exit() => Some(exit),
+    };
+    stop.cancel();
+    tasks.join_all(Duration::from_secs(5)).await;
     info!("coordinator stopped");
-    Ok(())
+    match failed {
+        Some(exit) => {
+            error!(task = exit.task, how = %exit.how, "a long-lived task ended; exiting");
+            Err(anyhow::Error::new(exit).context("coordinator failed"))
+        }
+        None => Ok(()),
+    }
 }
 
 async fn observe_metrics(

@@ -18,6 +18,14 @@ pub enum AuthError {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
+}
+
+/// A token that verified: whose it is and until when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: UserId,
+    pub exp: u64,
 }
 
 #[derive(Clone)]
@@ -42,10 +50,13 @@ impl Authenticator {
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let (key, validation) = self.key.as_ref().ok_or(AuthError::Missing)?;
         let data = decode::<Claims>(token, key, validation)?;
-        Ok(UserId::new(data.claims.sub)?)
+        Ok(Verified {
+            user: UserId::new(data.claims.sub)?,
+            exp: data.claims.exp,
+        })
     }
 
     /// `Authorization: Bearer <jwt>`.
@@ -53,7 +64,7 @@ impl Authenticator {
         let token = header
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthError::Missing)?;
-        self.verify(token.trim())
+        Ok(self.verify(token.trim())?.user)
     }
 }
 
@@ -67,7 +78,7 @@ mod tests {
         let secret = "0123456789abcdef0123";
         let auth = Authenticator::new(Some(secret), None).unwrap();
         let good = mint_hs256(secret, "alice", 60).unwrap();
-        assert_eq!(auth.verify(&good).unwrap().as_str(), "alice");
+        assert_eq!(auth.verify(&good).unwrap().user.as_str(), "alice");
         assert!(auth.verify_header(Some(&format!("Bearer {good}"))).is_ok());
         assert!(auth
             .verify(&mint_hs256("another-secret-123456", "alice", 60).unwrap())

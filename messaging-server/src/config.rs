@@ -50,6 +50,21 @@ pub struct Config {
     /// PEM public key for RS256 client JWTs (instead of a secret).
     #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<String>,
+    /// WebSocket connections this server holds at most; past it the upgrade
+    /// is refused with 503 `unavailable` and `Retry-After`.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 200_000)]
+    pub max_connections: usize,
+    /// Devices one user may have connected to this server at once; one more
+    /// gets `too_many_devices` and close 4009.
+    #[arg(long, env = "SWITCHBOARD_MAX_DEVICES_PER_USER", default_value_t = 32)]
+    pub max_devices_per_user: usize,
+    /// Conversations whose member lists are cached at most.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MEMBER_CACHE_ENTRIES",
+        default_value_t = 100_000
+    )]
+    pub member_cache_entries: usize,
     /// Outgoing frames queued per connection before it is closed with 4004.
     #[arg(long, env = "SWITCHBOARD_QUEUE_LEN", default_value_t = 1024)]
     pub queue_len: usize,
@@ -100,6 +115,9 @@ impl fmt::Debug for Config {
                 "jwt_public_key",
                 &self.jwt_public_key.as_ref().map(|_| "(set)"),
             )
+            .field("max_connections", &self.max_connections)
+            .field("max_devices_per_user", &self.max_devices_per_user)
+            .field("member_cache_entries", &self.member_cache_entries)
             .field("queue_len", &self.queue_len)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("sends_per_sec", &self.sends_per_sec)
@@ -138,6 +156,19 @@ impl Config {
             1_000_000,
         )?;
         in_range("--queue-len", self.queue_len, 16, 1 << 20)?;
+        in_range("--max-connections", self.max_connections, 1, 10_000_000)?;
+        in_range(
+            "--max-devices-per-user",
+            self.max_devices_per_user,
+            1,
+            10_000,
+        )?;
+        in_range(
+            "--member-cache-entries",
+            self.member_cache_entries,
+            16,
+            100_000_000,
+        )?;
         in_range(
             "--max-frame-bytes",
             self.max_frame_bytes,

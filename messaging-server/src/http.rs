@@ -42,16 +42,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let Ok(permit) = s.sockets.clone().try_acquire_owned() else {
+        s.metrics.connections_refused.inc();
+        return Err(
+            ApiError::unavailable("server at its connection limit; try another time")
+                .retry_after(5),
+        );
+    };
     let max = s.config.max_frame_bytes;
     // tungstenite reserves its whole read buffer per connection (128 KiB by
     // default); frames larger than this still arrive, in several reads.
-    upgrade
+    Ok(upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| crate::session::run(socket, s))
+        .on_upgrade(move |socket| async move {
+            crate::session::run(socket, s).await;
+            drop(permit);
+        }))
 }
 
 fn user(s: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {

@@ -63,9 +63,14 @@ struct Inner {
     connections: usize,
 }
 
+/// Why a device was not registered.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("partition {0} is not served here")]
-pub struct NotServed(pub u32);
+pub enum Refused {
+    #[error("partition {0} is not served here")]
+    NotServed(u32),
+    #[error("this user already has {0} devices connected here")]
+    TooManyDevices(usize),
+}
 
 /// What a `dispatch` did, for metrics.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -77,13 +82,17 @@ pub struct Dispatched {
 pub struct Hub {
     inner: Mutex<Inner>,
     queue_len: usize,
+    max_devices: usize,
 }
 
 impl Hub {
-    pub fn new(queue_len: usize) -> Self {
+    /// `queue_len` frames per device before it is closed as too slow;
+    /// `max_devices` devices per user (a device id reconnecting counts once).
+    pub fn new(queue_len: usize, max_devices: usize) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             queue_len,
+            max_devices,
         }
     }
 
@@ -149,12 +158,18 @@ impl Hub {
         device: &DeviceId,
         partition: u32,
         replaying: bool,
-    ) -> Result<(DeviceHandle, i64), NotServed> {
+    ) -> Result<(DeviceHandle, i64), Refused> {
         let mut inner = self.lock();
         let live_from = *inner
             .next_offset
             .get(&partition)
-            .ok_or(NotServed(partition))?;
+            .ok_or(Refused::NotServed(partition))?;
+        let others = inner.users.get(user).map_or(0, |slots| {
+            slots.iter().filter(|s| s.device != *device).count()
+        });
+        if others >= self.max_devices {
+            return Err(Refused::TooManyDevices(others));
+        }
         inner.next_id += 1;
         inner.connections += 1;
         let id = inner.next_id;

@@ -23,14 +23,15 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use protocol::{EtcdLayout, ServerInfo};
 use service::etcd::{connect_retrying, spawn_assignment_watch};
+pub use service::supervise::Faults;
+use service::supervise::Supervisor;
 use state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Longest a request waits for PostgreSQL before it is answered
 /// `unavailable` (group sends past the member cache, history, resume).
@@ -47,15 +48,27 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(config, listener, shutdown, Faults::default()).await
+}
+
+/// `serve` with a fault hook for tests (see [`Faults`]). If any long-lived
+/// task ends before `shutdown`, the server drains (readiness false, sessions
+/// closed with 4006) and returns the error, so the process exits non-zero.
+pub async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    faults: Faults,
+) -> anyhow::Result<()> {
     config.validate()?;
     let info = advertise(&config, &listener)?;
+    info!(server = %info.server_id, ws_url = %info.ws_url, "messaging server starting");
     // A key that does not load fails before anything is connected.
     let auth = auth::Authenticator::new(
         config.jwt_secret.as_deref(),
         config.jwt_public_key.as_deref(),
     )
     .context("failed to load the JWT key")?;
-    info!(server = %info.server_id, ws_url = %info.ws_url, "messaging server starting");
     let store = store::Store::connect_lazy(&config.database.url, 16, DB_WAIT)
         .context("invalid database url")?;
     if !store.migrate(&shutdown).await {
@@ -68,9 +81,42 @@ pub async fn serve(
     };
     let stop = CancellationToken::new();
     let layout = EtcdLayout::new(&config.etcd.prefix);
-    let (assignment_rx, watch_task) = spawn_assignment_watch(etcd.clone(), layout, stop.clone());
+    let (assignment_rx, watch) = spawn_assignment_watch(etcd.clone(), layout, stop.clone());
     let state = build_state(config, info, auth, store, assignment_rx, stop.clone())?;
-    let mut tasks = JoinSet::new();
+    let mut tasks = Supervisor::new(faults);
+    tasks.spawn("assignment-watch", async move {
+        match watch.await {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => {}
+        }
+    });
+    spawn_tasks(&mut tasks, &state, consumer, etcd, listener);
+    let failed = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        exit = tasks.first_exit() => Some(exit),
+    };
+    if let Some(exit) = &failed {
+        error!(server = %state.info.server_id, task = exit.task, how = %exit.how, "a long-lived task ended; draining and exiting");
+    }
+    drain(&state).await;
+    stop.cancel();
+    tasks.join_all(Duration::from_secs(5)).await;
+    info!(server = %state.info.server_id, "messaging server stopped");
+    match failed {
+        Some(exit) => Err(anyhow::Error::new(exit).context("messaging server failed")),
+        None => Ok(()),
+    }
+}
+
+fn spawn_tasks(
+    tasks: &mut Supervisor,
+    state: &Arc<AppState>,
+    consumer: kafka::LiveStream,
+    etcd: etcd_client::Client,
+    listener: TcpListener,
+) {
+    let stop = state.stop.clone();
     let (own_tx, own_rx) = tokio::sync::mpsc::channel(256);
     let live = kafka::LiveConsumer {
         consumer: Arc::new(consumer),
@@ -79,32 +125,26 @@ pub async fn serve(
         metrics: state.metrics.clone(),
         assignment: state.assignment_rx.clone(),
     };
-    tasks.spawn(live.run(own_rx, stop.clone()));
-    tasks.spawn(state.producer.clone().supervise(stop.clone()));
-    tasks.spawn(membership::run_ownership(
-        state.clone(),
-        own_tx,
-        stop.clone(),
-    ));
-    let registration = tokio::spawn(membership::run_registration(
-        state.clone(),
-        etcd,
-        stop.clone(),
-    ));
-    let server = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
+    tasks.spawn("kafka-consumer", live.run(own_rx, stop.clone()));
+    tasks.spawn(
+        "producer-supervisor",
+        state.producer.clone().supervise(stop.clone()),
+    );
+    tasks.spawn(
+        "ownership",
+        membership::run_ownership(state.clone(), own_tx, stop.clone()),
+    );
+    let registration = membership::run_registration(state.clone(), etcd, stop.clone());
+    tasks.spawn("registration", async move {
+        let _ = registration.await;
     });
-    let server = tokio::spawn(async move { server.await });
-    shutdown.cancelled().await;
-    drain(&state).await;
-    stop.cancel();
-    let _ = registration.await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    while tasks.join_next().await.is_some() {}
-    watch_task.abort();
-    info!(server = %state.info.server_id, "messaging server stopped");
-    Ok(())
+    let server = axum::serve(listener, http::router(state.clone()))
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+    tasks.spawn("http", async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "http server failed");
+        }
+    });
 }
 
 /// This server's registration: its id and the URLs clients reach it by
@@ -146,11 +186,12 @@ fn build_state(
     let log = kafka::LogReader::new(&config.kafka.brokers, &config.kafka.topic)
         .context("failed to create the Kafka log reader")?;
     Ok(Arc::new(AppState {
-        hub: Arc::new(hub::Hub::new(config.queue_len)),
+        hub: Arc::new(hub::Hub::new(config.queue_len, config.max_devices_per_user)),
+        members: members::MemberCache::new(store, config.member_cache_entries),
+        sockets: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         config,
         info,
         auth,
-        members: members::MemberCache::new(store),
         log,
         producer: Arc::new(producer),
         metrics,

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub lag: Family<PartitionLabel, Gauge>,
     pub owned_partitions: Gauge,
     pub etcd_reachable: Gauge,
+    pub connections_refused: Counter,
     pub send_ack_seconds: Histogram,
     pub producer_restarts: Counter,
     pub producer_ready: Gauge,
@@ -52,6 +53,7 @@ impl Default for Metrics {
             lag: Family::default(),
             owned_partitions: Gauge::default(),
             etcd_reachable: Gauge::default(),
+            connections_refused: Counter::default(),
             send_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             producer_restarts: Counter::default(),
             producer_ready: Gauge::default(),
@@ -122,6 +124,11 @@ impl Metrics {
             "owned_partitions",
             "Partitions this server serves",
             self.owned_partitions.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "WebSocket upgrades refused at SWITCHBOARD_MAX_CONNECTIONS",
+            self.connections_refused.clone(),
         );
         r.register(
             "etcd_reachable",

@@ -25,6 +25,8 @@ pub struct AppState {
     pub log: crate::kafka::LogReader,
     /// The Kafka producer, replaced by its supervisor after a fatal error.
     pub producer: Arc<Producers>,
+    /// One permit per open WebSocket, `SWITCHBOARD_MAX_CONNECTIONS` in all.
+    pub sockets: Arc<tokio::sync::Semaphore>,
     /// Local devices and the fan-out of consumed records to them.
     pub hub: Arc<Hub>,
     pub metrics: Metrics,

@@ -77,7 +77,9 @@ function onFrame(f, wsUrl) {
       log(`welcome from ${f.server_id}, resumed: ${f.resumed}`);
       for (const frame of state.pending.values()) state.ws.send(frame);
       loadConversations(wsUrl);
+      scheduleRefresh(f.token_exp);
       break;
+    case "authed": log(`token refreshed, valid until ${new Date(f.exp * 1000).toLocaleTimeString()}`); scheduleRefresh(f.exp); break;
     case "message": showMessage(f); break;
     case "synced": log(`synced at ${f.cursor}`); break;
     case "ack": state.pending.delete(f.client_msg_id); break;
@@ -89,6 +91,26 @@ function onFrame(f, wsUrl) {
       }
       break;
   }
+}
+
+// Token refresh through a callback: halfway to expiry (at most a minute
+// early) the demo asks `refreshToken` for a fresh token and sends `auth`.
+// The demo's callback reads the token field: paste a fresh token there.
+async function refreshToken() {
+  const t = $("token").value.trim();
+  return t && t !== state.token ? t : null;
+}
+
+function scheduleRefresh(exp) {
+  clearTimeout(state.refreshTimer);
+  if (!exp) return;
+  const left = exp * 1000 - Date.now();
+  state.refreshTimer = setTimeout(async () => {
+    const token = await refreshToken();
+    if (!token) { log("token expires soon: paste a fresh one into the token field"); return scheduleRefresh(exp); }
+    state.token = token;
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify({ type: "auth", token }));
+  }, Math.max(1000, left - Math.min(left / 2, 60000)));
 }
 
 async function connect() {
@@ -110,9 +132,16 @@ async function connect() {
   ws.onmessage = (ev) => { try { onFrame(JSON.parse(ev.data), url); } catch (e) { log(`bad frame: ${e}`); } };
   ws.onclose = (ev) => {
     if (state.ws !== ws) return;
+    clearTimeout(state.refreshTimer);
     setStatus(`disconnected (${ev.code}), reconnecting…`);
     log(`closed with ${ev.code}`);
-    if (ev.code === 4001) { state.stopped = true; setStatus("unauthorized: check the token"); return; }
+    if (ev.code === 4001) {
+      refreshToken().then((token) => {
+        if (token) { state.token = token; state.delay = 250; setTimeout(connect, 20); return; }
+        state.stopped = true; setStatus("unauthorized: the token expired or is invalid; paste a fresh one");
+      });
+      return;
+    }
     if ([4004, 4005, 4006].includes(ev.code) || state.next) { state.delay = 250; setTimeout(connect, 20 + Math.random() * 200); }
     else retry("connection lost");
   };

@@ -25,6 +25,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     pub cancel: CancellationToken,
     pub pending: Mutex<Batch>,
+    /// Test-only fault hook (`Faults::fail("consumer")` panics the loop).
+    pub faults: service::supervise::Faults,
 }
 
 impl ClientContext for Ctx {}
@@ -147,6 +149,9 @@ pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> KafkaResult<()> {
     let mut oldest: Option<Instant> = None;
     let mut lag_checked = Instant::now();
     while !ctx.cancel.is_cancelled() {
+        if ctx.faults.failed("consumer") {
+            panic!("injected fault in task consumer");
+        }
         match consumer.poll(max_age.min(Duration::from_millis(100))) {
             Some(Ok(m)) => {
                 let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());

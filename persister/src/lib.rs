@@ -12,11 +12,14 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use service::http::{metrics_response, not_found};
+use service::http::{metrics_response, not_found, ApiError};
+pub use service::supervise::Faults;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = service::bind(config.listen).await?;
@@ -28,33 +31,35 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(config, listener, shutdown, Faults::default()).await
+}
+
+/// `serve` with a fault hook for tests (see [`Faults`]): the consumer thread
+/// ending before `shutdown` — with an error or a panic — is an error the
+/// process exits with, never a clean exit; `/readyz` is false from then on.
+pub async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    faults: Faults,
+) -> anyhow::Result<()> {
     config.validate()?;
     info!(addr = %listener.local_addr()?, topic = %config.kafka.topic, "persister starting");
-    let store =
-        store::Store::connect_lazy(&config.database.url, 4, std::time::Duration::from_secs(5))
-            .context("invalid database url")?;
+    let store = store::Store::connect_lazy(&config.database.url, 4, Duration::from_secs(5))
+        .context("invalid database url")?;
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let registry = Arc::new(registry);
-    let app = Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route(
-            "/metrics",
-            get(move || async move { metrics_response(&registry) }),
-        )
-        .fallback(not_found);
-    let token = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-    });
-
+    let consuming = Arc::new(AtomicBool::new(false));
+    let stop = shutdown.child_token();
+    let http = tokio::spawn(serve_http(
+        listener,
+        registry,
+        consuming.clone(),
+        stop.clone(),
+    ));
     if !store.migrate(&shutdown).await {
+        stop.cancel();
         return Ok(());
     }
     let ctx = consumer::Ctx {
@@ -62,19 +67,79 @@ pub async fn serve(
         topic: config.kafka.topic.clone(),
         handle: tokio::runtime::Handle::current(),
         metrics,
-        cancel: shutdown.clone(),
+        cancel: stop.clone(),
         pending: Mutex::new(batch::Batch::default()),
+        faults,
     };
     let worker = std::thread::Builder::new()
         .name("persister-consumer".into())
         .spawn(move || consumer::run_until_cancelled(ctx, &config))
         .context("failed to start the consumer thread")?;
-    shutdown.cancelled().await;
-    let consumed = tokio::task::spawn_blocking(move || worker.join()).await;
+    consuming.store(true, Ordering::SeqCst);
+    let mut joined = tokio::task::spawn_blocking(move || worker.join());
+    let early = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        r = &mut joined => Some(r),
+    };
+    consuming.store(false, Ordering::SeqCst);
+    stop.cancel();
+    let ended_early = early.is_some();
+    let outcome = match early {
+        Some(r) => r,
+        None => joined.await,
+    };
     let _ = http.await;
     info!("persister stopped");
-    match consumed {
-        Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("failed to create the Kafka consumer")),
-        _ => Ok(()),
+    match outcome {
+        Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("the Kafka consumer failed")),
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error!(panic = %what, "the consumer thread panicked");
+            anyhow::bail!("the consumer thread panicked: {what}")
+        }
+        Err(e) => anyhow::bail!("the consumer thread could not be joined: {e}"),
+        Ok(Ok(Ok(()))) if ended_early => anyhow::bail!("the consumer thread ended before shutdown"),
+        Ok(Ok(Ok(()))) => Ok(()),
+    }
+}
+
+/// Health, readiness (the consumer thread runs) and metrics.
+async fn serve_http(
+    listener: TcpListener,
+    registry: Registry,
+    consuming: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move {
+                if consuming.load(Ordering::SeqCst) {
+                    Ok(Json(serde_json::json!({"status": "ready"})))
+                } else {
+                    Err(ApiError::unavailable("the consumer is not running"))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move { metrics_response(&registry) }),
+        )
+        .fallback(not_found);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        error!(error = %e, "http server failed");
     }
 }

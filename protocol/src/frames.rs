@@ -21,6 +21,8 @@ pub enum ErrorCode {
     TooLarge,
     RateLimited,
     Unavailable,
+    /// The user has `SWITCHBOARD_MAX_DEVICES_PER_USER` devices on the server.
+    TooManyDevices,
     /// HTTP only: no or a bad bearer token.
     Unauthorized,
     /// HTTP only: no such endpoint or resource.
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TooManyDevices => "too_many_devices",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
@@ -59,6 +62,7 @@ pub enum CloseCode {
     PartitionMoved = 4005,
     Draining = 4006,
     RateLimited = 4008,
+    TooManyDevices = 4009,
     TooLarge = 1009,
 }
 
@@ -76,6 +80,7 @@ impl CloseCode {
             PartitionMoved,
             Draining,
             RateLimited,
+            TooManyDevices,
             TooLarge,
         ]
         .into_iter()
@@ -112,11 +117,21 @@ pub struct Send {
     pub kind: Kind,
 }
 
+/// `auth`: a fresh token for the open session, sent before the current one
+/// expires; its subject must be the session's user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Auth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub token: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Hello(Hello),
     Send(Send),
+    Auth(Auth),
 }
 
 /// Why a client frame was refused; `id` is the request's, when it had one.
@@ -177,6 +192,7 @@ impl ClientFrame {
                 send.check_body()?;
                 Ok(ClientFrame::Send(send))
             }
+            "auth" => Ok(ClientFrame::Auth(concrete(text, &id)?)),
             other => Err(FrameError {
                 id,
                 code: ErrorCode::UnknownType,
@@ -190,6 +206,7 @@ impl ClientFrame {
         let frame = match self {
             ClientFrame::Hello(_) => "hello",
             ClientFrame::Send(_) => "send",
+            ClientFrame::Auth(_) => "auth",
         };
         serde_json::to_string(self).map_err(|source| EncodeError { frame, source })
     }
@@ -217,6 +234,10 @@ pub struct Welcome {
     pub epoch: u64,
     pub resumed: bool,
     pub cursor: Cursor,
+    /// When the session's token expires (unix seconds): send `auth` with a
+    /// fresh one before, or the session is closed with 4001 then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exp: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +275,14 @@ pub struct ErrorFrame {
     pub message: String,
 }
 
+/// The token from `auth` is in force until `exp` (unix seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub exp: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Redirect {
     pub server_id: ServerId,
@@ -270,6 +299,7 @@ pub enum ServerFrame {
     Ack(Ack),
     Error(ErrorFrame),
     Redirect(Redirect),
+    Authed(Authed),
 }
 
 impl From<FrameError> for ServerFrame {
@@ -301,6 +331,7 @@ impl ServerFrame {
             ServerFrame::Ack(_) => "ack",
             ServerFrame::Error(_) => "error",
             ServerFrame::Redirect(_) => "redirect",
+            ServerFrame::Authed(_) => "authed",
         }
     }
 
@@ -323,6 +354,7 @@ impl ServerFrame {
             "ack" => ServerFrame::Ack(concrete(text, &id)?),
             "error" => ServerFrame::Error(concrete(text, &id)?),
             "redirect" => ServerFrame::Redirect(concrete(text, &id)?),
+            "authed" => ServerFrame::Authed(concrete(text, &id)?),
             other => {
                 return Err(FrameError {
                     id,

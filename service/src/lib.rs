@@ -5,6 +5,7 @@ pub mod args;
 pub mod etcd;
 pub mod http;
 pub mod kafka;
+pub mod supervise;
 
 pub use args::ConfigError;
 

@@ -3,16 +3,20 @@
 //! `harness::trials` runs them: one set of infrastructure is started before
 //! the tests and removed after them.
 
+mod auth;
 mod broker_faults;
 mod browser;
 mod client;
 mod compose;
 mod coordinator;
+mod fuzz;
+mod limits;
 mod messaging;
 mod outages;
 mod persister;
 mod resume;
 mod smoke;
+mod supervision;
 
 use harness::tests;
 use harness::trials::TestFn;
@@ -42,6 +46,10 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         outages::etcd_down_30s_keeps_sessions_and_the_map,
         outages::postgres_down_30s_degrades_and_recovers,
         resume::synced_follows_everything_acked_before_hello,
+        supervision::a_dying_task_is_never_a_silent_zombie,
+        limits::limits_refuse_past_the_bound_and_keep_sessions,
+        fuzz::ten_thousand_random_frames_leave_the_server_and_others_fine,
+        auth::expired_tokens_close_unless_refreshed,
         persister::exactly_once_across_kills_and_replicas,
         persister::recovers_by_itself_after_a_postgres_outage,
     ]

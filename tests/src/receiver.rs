@@ -71,6 +71,7 @@ impl Receivers {
                 device_id: "phone".into(),
                 cursor: None,
                 max_backoff: Duration::from_secs(1),
+                refresh: None,
             });
             tasks.push(tokio::spawn(collect(client, out.clone(), stop.clone())));
             inboxes.push(out);

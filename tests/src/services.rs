@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -15,6 +16,7 @@ pub struct ServiceHandle {
     pub cancel: CancellationToken,
     kill: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    exit: Arc<Mutex<Option<Result<(), String>>>>,
 }
 
 impl ServiceHandle {
@@ -27,24 +29,36 @@ impl ServiceHandle {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
         let (token, label) = (cancel.clone(), name.to_owned());
-        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => return drop(addr_tx.send(Err(anyhow::Error::from(e)))),
-            };
-            rt.block_on(async move {
-                let listener = match TcpListener::bind("127.0.0.1:0").await {
-                    Ok(l) => l,
-                    Err(e) => return drop(addr_tx.send(Err(e.into()))),
+        let exit = Arc::new(Mutex::new(None));
+        let exited = exit.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return drop(addr_tx.send(Err(anyhow::Error::from(e)))),
                 };
-                let _ = addr_tx.send(listener.local_addr().map_err(Into::into));
-                tokio::select! {
-                    r = body(listener, token) => if let Err(e) = r { eprintln!("[{label}] exited with error: {e:#}") },
-                    _ = kill_rx => {}
-                }
-            });
-            rt.shutdown_background();
-        })?;
+                rt.block_on(async move {
+                    let listener = match TcpListener::bind("127.0.0.1:0").await {
+                        Ok(l) => l,
+                        Err(e) => return drop(addr_tx.send(Err(e.into()))),
+                    };
+                    let _ = addr_tx.send(listener.local_addr().map_err(Into::into));
+                    tokio::select! {
+                        r = body(listener, token) => {
+                            if let Err(e) = &r { eprintln!("[{label}] exited with error: {e:#}") }
+                            let r = r.map_err(|e| format!("{e:#}"));
+                            *exited.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                        }
+                        _ = kill_rx => {}
+                    }
+                });
+                rt.shutdown_background();
+            })?;
         let addr = addr_rx.recv()??;
         Ok(Self {
             name: name.to_owned(),
@@ -52,7 +66,13 @@ impl ServiceHandle {
             cancel,
             kill: Some(kill_tx),
             thread: Some(thread),
+            exit,
         })
+    }
+
+    /// How the service's `serve` returned, once it has (not after `kill`).
+    pub fn exit(&self) -> Option<Result<(), String>> {
+        self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn url(&self) -> String {

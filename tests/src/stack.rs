@@ -149,16 +149,32 @@ impl Stack {
         &mut self,
         tweak: impl FnOnce(&mut messaging_server::Config),
     ) -> anyhow::Result<String> {
+        self.add_server_with(tweak, messaging_server::Faults::default())
+    }
+
+    /// A server whose long-lived tasks the test can make panic.
+    pub fn add_server_with(
+        &mut self,
+        tweak: impl FnOnce(&mut messaging_server::Config),
+        faults: messaging_server::Faults,
+    ) -> anyhow::Result<String> {
         self.next_server += 1;
         let id = format!("ms{}", self.next_server);
         let mut config = self.server_config(&id);
         tweak(&mut config);
-        let handle = ServiceHandle::start(&id, move |l, c| messaging_server::serve(config, l, c))?;
+        let handle = ServiceHandle::start(&id, move |l, c| {
+            messaging_server::serve_with(config, l, c, faults)
+        })?;
         self.servers.push(handle);
         Ok(id)
     }
 
     pub fn start_persister(&mut self) -> anyhow::Result<()> {
+        self.start_persister_with(persister::Faults::default())
+    }
+
+    /// A persister whose consumer thread the test can make panic.
+    pub fn start_persister_with(&mut self, faults: persister::Faults) -> anyhow::Result<()> {
         use clap::Parser;
         let mut c = persister::Config::parse_from(["persister"]);
         c.listen = ([127, 0, 0, 1], 0).into();
@@ -168,7 +184,7 @@ impl Stack {
         c.database.url = self.database_url.clone();
         c.batch_wait = Duration::from_millis(20);
         self.persister = Some(ServiceHandle::start("persister", move |l, cancel| {
-            persister::serve(c, l, cancel)
+            persister::serve_with(c, l, cancel, faults)
         })?);
         Ok(())
     }

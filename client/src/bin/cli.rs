@@ -156,6 +156,7 @@ async fn tail(
         .map(str::parse)
         .transpose()
         .map_err(|_| anyhow::anyhow!("--cursor must be <log_epoch>:<offset>"))?;
+    let config_user = user.clone();
     let config = ClientConfig {
         coordinator_url: cli.coordinator.clone(),
         token,
@@ -163,6 +164,14 @@ async fn tail(
         device_id: device.to_owned(),
         cursor,
         max_backoff: Duration::from_secs(5),
+        // With the development secret, a long tail mints its own fresh tokens.
+        refresh: cli.jwt_secret.clone().map(|secret| {
+            let user = config_user.clone();
+            switchboard_client::TokenRefresh::new(move || {
+                let token = switchboard_client::token::mint_hs256(&secret, &user, 3600).ok();
+                async move { token }
+            })
+        }),
     };
     let mut client = Client::start(config);
     let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));

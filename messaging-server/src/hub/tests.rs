@@ -36,16 +36,16 @@ fn drain(h: &mut DeviceHandle) -> Vec<String> {
 
 #[test]
 fn unserved_partition_is_refused() {
-    let hub = Hub::new(16);
+    let hub = Hub::new(16, 32);
     assert_eq!(
         hub.register(&uid("a"), &did("d"), 3, false).err(),
-        Some(NotServed(3))
+        Some(Refused::NotServed(3))
     );
 }
 
 #[test]
 fn every_device_of_every_recipient_gets_it_and_ephemeral_skips_sender_device() {
-    let hub = Hub::new(16);
+    let hub = Hub::new(16, 32);
     hub.open_partition(0, 10);
     let (mut a1, from) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
     let (mut a2, _) = hub.register(&uid("a"), &did("2"), 0, false).unwrap();
@@ -71,7 +71,7 @@ fn every_device_of_every_recipient_gets_it_and_ephemeral_skips_sender_device() {
 
 #[test]
 fn re_read_records_are_not_delivered_twice() {
-    let hub = Hub::new(16);
+    let hub = Hub::new(16, 32);
     hub.open_partition(0, 5);
     let (mut a, _) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
     for o in [5, 6, 5, 6, 7] {
@@ -82,7 +82,7 @@ fn re_read_records_are_not_delivered_twice() {
 
 #[test]
 fn replay_seam_has_no_gap_and_no_duplicate() {
-    let hub = Hub::new(16);
+    let hub = Hub::new(16, 32);
     hub.open_partition(0, 0);
     for o in 0..3 {
         hub.dispatch(0, o, &record(Kind::Chat, "x", "x", &["a"]), &frame(o));
@@ -106,7 +106,7 @@ fn replay_seam_has_no_gap_and_no_duplicate() {
 
 #[test]
 fn overflow_closes_with_4004_and_partition_loss_closes_its_devices() {
-    let hub = Hub::new(16);
+    let hub = Hub::new(16, 32);
     hub.open_partition(0, 0);
     hub.open_partition(1, 0);
     let (mut slow, _) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
@@ -135,7 +135,7 @@ fn overflow_closes_with_4004_and_partition_loss_closes_its_devices() {
 
 #[test]
 fn nothing_is_queued_after_an_overflow() {
-    let hub = Hub::new(16);
+    let hub = Hub::new(16, 32);
     hub.open_partition(0, 0);
     let (mut slow, _) = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
     for o in 0..17 {
@@ -151,5 +151,25 @@ fn nothing_is_queued_after_an_overflow() {
     assert_eq!(
         slow.close.try_recv().map(|c| c.code).ok(),
         Some(CloseCode::TooSlow)
+    );
+}
+
+#[test]
+fn devices_per_user_are_bounded_and_a_reconnect_counts_once() {
+    let hub = Hub::new(16, 2);
+    hub.open_partition(0, 0);
+    let _one = hub.register(&uid("a"), &did("1"), 0, false).unwrap();
+    let _two = hub.register(&uid("a"), &did("2"), 0, false).unwrap();
+    assert_eq!(
+        hub.register(&uid("a"), &did("3"), 0, false).err(),
+        Some(Refused::TooManyDevices(2))
+    );
+    assert!(
+        hub.register(&uid("a"), &did("2"), 0, false).is_ok(),
+        "same device again"
+    );
+    assert!(
+        hub.register(&uid("b"), &did("1"), 0, false).is_ok(),
+        "another user"
     );
 }

@@ -1,30 +1,37 @@
 //! The first frame: a `hello` in time, with a token that verifies.
 
 use super::Stream;
+use crate::auth::Verified;
 use crate::hub::Close;
 use crate::state::AppState;
 use axum::extract::ws::Message as WsMessage;
 use futures_util::StreamExt;
-use protocol::frames::Hello;
-use protocol::{ClientFrame, CloseCode, Cursor, DeviceId, UserId};
+use protocol::frames;
+use protocol::{ClientFrame, CloseCode, Cursor, DeviceId};
 use tracing::debug;
 
-/// The authenticated user, the device (random when the client names none)
-/// and the cursor to resume from.
-pub(super) async fn accept(
-    stream: &mut Stream,
-    state: &AppState,
-) -> Result<(UserId, DeviceId, Option<Cursor>), Close> {
+/// Who said hello: the verified token, the device (random when the client
+/// names none) and the cursor to resume from.
+pub(super) struct Hello {
+    pub who: Verified,
+    pub device: DeviceId,
+    pub cursor: Option<Cursor>,
+}
+
+pub(super) async fn accept(stream: &mut Stream, state: &AppState) -> Result<Hello, Close> {
     let hello = read_hello(stream, state).await?;
-    let user = state.auth.verify(&hello.token).map_err(|e| {
+    let who = state.auth.verify(&hello.token).map_err(|e| {
         debug!(error = %e, "hello refused");
         Close::new(CloseCode::Unauthorized, "unauthorized")
     })?;
-    let device = hello.device_id.unwrap_or_else(DeviceId::random);
-    Ok((user, device, hello.cursor))
+    Ok(Hello {
+        who,
+        device: hello.device_id.unwrap_or_else(DeviceId::random),
+        cursor: hello.cursor,
+    })
 }
 
-async fn read_hello(stream: &mut Stream, state: &AppState) -> Result<Hello, Close> {
+async fn read_hello(stream: &mut Stream, state: &AppState) -> Result<frames::Hello, Close> {
     let deadline = tokio::time::Instant::now() + state.config.hello_timeout;
     loop {
         let msg = match tokio::time::timeout_at(deadline, stream.next()).await {

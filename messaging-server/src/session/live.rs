@@ -2,13 +2,14 @@
 //! and the hub's close requests — one `select!` per connection.
 
 use super::rate::RateLimit;
-use super::Session;
+use super::{gone, Session};
 use crate::hub::{Close, DeviceHandle};
 use crate::metrics::Metrics;
 use axum::extract::ws::Message as WsMessage;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use protocol::frames::{Ack, Send};
+use protocol::frames::{Ack, Auth, Authed, Send};
 use protocol::{ClientFrame, ClientMsgId, CloseCode, ErrorCode, FrameError, MsgId, ServerFrame};
 use std::time::Instant;
 
@@ -45,16 +46,37 @@ impl Strikes {
     }
 }
 
+type Inflight = FuturesUnordered<BoxFuture<'static, ServerFrame>>;
+
+/// What the loop keeps between client frames.
+struct Inbound {
+    limit: RateLimit,
+    strikes: Strikes,
+    inflight: Inflight,
+}
+
+/// When a token that expires at `exp` (unix seconds) stops being valid here.
+fn expiry(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    tokio::time::Instant::now() + std::time::Duration::from_secs(exp).saturating_sub(now)
+}
+
 impl Session {
     pub(super) async fn live(&mut self, mut handle: DeviceHandle) -> Close {
         let state = self.state.clone();
         let cfg = &state.config;
-        let mut limit = RateLimit::new(cfg.sends_per_sec, cfg.send_burst);
+        let mut inbound = Inbound {
+            limit: RateLimit::new(cfg.sends_per_sec, cfg.send_burst),
+            strikes: Strikes::default(),
+            inflight: FuturesUnordered::new(),
+        };
         let mut ping = tokio::time::interval(cfg.ping_interval);
         ping.tick().await;
         let mut last_seen = Instant::now();
-        let mut strikes = Strikes::default();
-        let mut inflight = FuturesUnordered::new();
+        let expires = tokio::time::sleep_until(expiry(self.token_exp));
+        tokio::pin!(expires);
         let stop = state.stop.clone();
         loop {
             tokio::select! {
@@ -63,10 +85,10 @@ impl Session {
                     Some(f) => if self.send_text(f).await.is_err() { return ended("gone") },
                     None => return ended("server stopping"),
                 },
-                Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                Some(reply) = inbound.inflight.next(), if !inbound.inflight.is_empty() => {
                     if self.send_frame(&reply).await.is_err() { return ended("gone") }
                 }
-                m = self.stream.next(), if inflight.len() < MAX_INFLIGHT_SENDS => {
+                m = self.stream.next(), if inbound.inflight.len() < MAX_INFLIGHT_SENDS => {
                     last_seen = Instant::now();
                     let text = match m {
                         Some(Ok(WsMessage::Text(t))) => t,
@@ -74,23 +96,13 @@ impl Session {
                         Some(Ok(_)) => continue,
                         Some(Err(_)) => return Close::new(CloseCode::TooLarge, "frame too large"),
                     };
-                    // Frame errors count towards closing; a send refused
-                    // after parsing (not a member, unavailable) does not.
-                    let (refused, strike) = match accept(&text, &mut limit) {
-                        Ok(send) => {
-                            strikes = Strikes::default();
-                            match self.start_send(send).await {
-                                Ok(acked) => { inflight.push(acked); continue }
-                                Err(e) => (e, false),
-                            }
-                        }
-                        Err(e) => (e, true),
-                    };
-                    let code = refused.code;
-                    state.metrics.send_error(code.as_str());
-                    if self.send_frame(&ServerFrame::from(refused)).await.is_err() { return ended("gone") }
-                    if let Some(close) = strike.then(|| strikes.count(code)).flatten() { return close }
+                    match self.on_text(&text, &mut inbound).await {
+                        Ok(Some(exp)) => expires.as_mut().reset(expiry(exp)),
+                        Ok(None) => {}
+                        Err(close) => return close,
+                    }
                 }
+                _ = &mut expires => return Close::new(CloseCode::Unauthorized, "token expired"),
                 _ = ping.tick() => {
                     if last_seen.elapsed() > cfg.ping_interval * 3 {
                         return ended("peer stopped answering pings");
@@ -102,12 +114,81 @@ impl Session {
         }
     }
 
+    /// One client frame. `Ok(Some(exp))`: a fresh token moved the expiry.
+    async fn on_text(&mut self, text: &str, inbound: &mut Inbound) -> Result<Option<u64>, Close> {
+        // Frame errors count towards closing; a send refused after parsing
+        // (not a member, unavailable) does not.
+        let (refused, strike) = match ClientFrame::parse(text) {
+            Ok(ClientFrame::Send(send)) if !inbound.limit.allow() => (limited(send), true),
+            Ok(ClientFrame::Send(send)) => {
+                inbound.strikes = Strikes::default();
+                match self.start_send(send).await {
+                    Ok(acked) => {
+                        inbound.inflight.push(Box::pin(acked));
+                        return Ok(None);
+                    }
+                    Err(e) => (e, false),
+                }
+            }
+            Ok(ClientFrame::Auth(auth)) => match self.reauth(&auth) {
+                Ok(authed) => {
+                    let exp = authed.exp;
+                    self.send_frame(&ServerFrame::Authed(authed))
+                        .await
+                        .map_err(gone)?;
+                    return Ok(Some(exp));
+                }
+                Err(e) => (e, true),
+            },
+            Ok(ClientFrame::Hello(_)) => (again(), true),
+            Err(e) => (e, true),
+        };
+        let code = refused.code;
+        self.state.metrics.send_error(code.as_str());
+        self.send_frame(&ServerFrame::from(refused))
+            .await
+            .map_err(gone)?;
+        match strike.then(|| inbound.strikes.count(code)).flatten() {
+            Some(close) => Err(close),
+            None => Ok(None),
+        }
+    }
+
+    /// A fresh token for this session: valid, and the same user's.
+    fn reauth(&mut self, auth: &Auth) -> Result<Authed, FrameError> {
+        let refuse = |code, message: String| FrameError {
+            id: auth.id.clone(),
+            code,
+            message,
+        };
+        let who = self
+            .state
+            .auth
+            .verify(&auth.token)
+            .map_err(|e| refuse(ErrorCode::Unauthorized, e.to_string()))?;
+        if who.user != self.user {
+            let message = format!(
+                "the token is {}'s, this session is {}'s",
+                who.user, self.user
+            );
+            return Err(refuse(ErrorCode::InvalidField, message));
+        }
+        self.token_exp = who.exp;
+        Ok(Authed {
+            id: auth.id.clone(),
+            exp: who.exp,
+        })
+    }
+
     /// Resolves and hands the send to the producer now, so one connection's
     /// sends reach Kafka in frame order; only the waits for acks overlap.
     async fn start_send(
         &self,
         send: Send,
-    ) -> Result<impl std::future::Future<Output = ServerFrame> + use<>, FrameError> {
+    ) -> Result<
+        impl std::future::Future<Output = ServerFrame> + std::marker::Send + use<>,
+        FrameError,
+    > {
         let state = &self.state;
         let (id, cmid) = (send.id.clone(), send.client_msg_id.clone());
         let prepared = crate::send::prepare(state, &self.user, &self.device, send).await?;
@@ -117,19 +198,19 @@ impl Session {
     }
 }
 
-fn accept(text: &str, limit: &mut RateLimit) -> Result<Send, FrameError> {
-    match ClientFrame::parse(text)? {
-        ClientFrame::Hello(_) => Err(FrameError {
-            id: None,
-            code: ErrorCode::InvalidField,
-            message: "hello was already accepted".into(),
-        }),
-        ClientFrame::Send(s) if !limit.allow() => Err(FrameError {
-            id: s.id,
-            code: ErrorCode::RateLimited,
-            message: "too many sends; slow down".into(),
-        }),
-        ClientFrame::Send(s) => Ok(s),
+fn limited(s: Send) -> FrameError {
+    FrameError {
+        id: s.id,
+        code: ErrorCode::RateLimited,
+        message: "too many sends; slow down".into(),
+    }
+}
+
+fn again() -> FrameError {
+    FrameError {
+        id: None,
+        code: ErrorCode::InvalidField,
+        message: "hello was already accepted".into(),
     }
 }
 

@@ -8,12 +8,13 @@ mod rate;
 mod replay;
 
 use crate::frame::encode;
-use crate::hub::Close;
+use crate::hub::{Close, Refused};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use protocol::{partition_for, CloseCode, Cursor, DeviceId, ServerFrame, UserId};
+use protocol::frames::ErrorFrame;
+use protocol::{partition_for, CloseCode, Cursor, DeviceId, ErrorCode, ServerFrame, UserId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument};
@@ -30,19 +31,20 @@ struct Gone;
 
 pub async fn run(socket: WebSocket, state: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
-    let (user, device, cursor) = match handshake::accept(&mut stream, &state).await {
-        Ok(who) => who,
+    let hello = match handshake::accept(&mut stream, &state).await {
+        Ok(hello) => hello,
         Err(close) => return finish(&mut sink, &state, close).await,
     };
-    let span = info_span!("session", user = %user, device = %device);
+    let span = info_span!("session", user = %hello.who.user, device = %hello.device);
     Session {
         state,
-        user,
-        device,
+        user: hello.who.user,
+        token_exp: hello.who.exp,
+        device: hello.device,
         sink,
         stream,
     }
-    .serve(cursor)
+    .serve(hello.cursor)
     .instrument(span)
     .await;
 }
@@ -64,6 +66,8 @@ async fn finish(sink: &mut Sink, state: &AppState, c: Close) {
 struct Session {
     state: Arc<AppState>,
     user: UserId,
+    /// When the session's token expires (unix seconds); `auth` moves it.
+    token_exp: u64,
     device: DeviceId,
     sink: Sink,
     stream: Stream,
@@ -98,9 +102,22 @@ impl Session {
             self.state
                 .hub
                 .register(&self.user, &self.device, partition, replay_from.is_some());
-        let Ok((handle, live_from)) = registered else {
-            let close = Close::new(CloseCode::PartitionMoved, "partition moved");
-            return finish(&mut self.sink, &self.state, close).await;
+        let (handle, live_from) = match registered {
+            Ok(r) => r,
+            Err(Refused::NotServed(_)) => {
+                let close = Close::new(CloseCode::PartitionMoved, "partition moved");
+                return finish(&mut self.sink, &self.state, close).await;
+            }
+            Err(e @ Refused::TooManyDevices(_)) => {
+                let err = ServerFrame::Error(ErrorFrame {
+                    id: None,
+                    code: ErrorCode::TooManyDevices,
+                    message: e.to_string(),
+                });
+                let _ = self.send_frame(&err).await;
+                let close = Close::new(CloseCode::TooManyDevices, "too many devices");
+                return finish(&mut self.sink, &self.state, close).await;
+            }
         };
         let id = handle.id;
         self.state.metrics.connections.inc();

@@ -52,6 +52,7 @@ impl Session {
             epoch: start.epoch,
             resumed: plan.resumed,
             cursor: start.cursor(),
+            token_exp: Some(self.token_exp),
         });
         self.send_frame(&welcome).await.map_err(gone)?;
         if start.replay_from.is_none() {

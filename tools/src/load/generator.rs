@@ -108,6 +108,7 @@ impl Generator {
             device_id: format!("d{device}"),
             cursor: None,
             max_backoff: Duration::from_secs(2),
+            refresh: None,
         }
     }
 
