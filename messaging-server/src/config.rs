@@ -33,6 +33,12 @@ pub struct Config {
     /// Extra librdkafka producer settings, `key=value`, comma separated.
     #[arg(long, env = "SWITCHBOARD_KAFKA_PRODUCER_CONFIG", value_delimiter = ',')]
     pub kafka_producer_config: Vec<String>,
+    /// Longest the broker may hold the live consumer's empty fetch, in ms.
+    /// The broker answers as soon as a record arrives (Apache Kafka and the
+    /// development broker both do), so a longer wait costs no latency and
+    /// an idle server polls less (docs/benchmarks.md, "Fan-out vs NATS").
+    #[arg(long = "fetch-wait-ms", env = "SWITCHBOARD_FETCH_WAIT_MS", default_value = "100", value_parser = service::args::millis)]
+    pub fetch_wait: Duration,
     /// Kafka records produced and not yet acknowledged, at most; sends past
     /// it are refused at once with `unavailable` (the broker is behind).
     #[arg(
@@ -108,6 +114,7 @@ impl fmt::Debug for Config {
             .field("kafka_brokers", &self.kafka.brokers)
             .field("topic", &self.kafka.topic)
             .field("kafka_producer_config", &self.kafka_producer_config)
+            .field("fetch_wait", &self.fetch_wait)
             .field("max_produce_in_flight", &self.max_produce_in_flight)
             .field("database_url", &self.database)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
@@ -149,6 +156,7 @@ impl Config {
             ));
         }
         in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
+        in_range("--fetch-wait-ms", self.fetch_wait.as_millis(), 1, 10_000)?;
         in_range(
             "--max-produce-in-flight",
             self.max_produce_in_flight,

@@ -53,9 +53,12 @@ async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Result<Response, ApiErro
     let max = s.config.max_frame_bytes;
     // tungstenite reserves its whole read buffer per connection (128 KiB by
     // default); frames larger than this still arrive, in several reads.
+    // Writes collect up to 16 KiB until the session flushes, so a burst of
+    // queued deliveries leaves in one write (the session flushes after each
+    // batch, so nothing waits for the buffer to fill).
     Ok(upgrade
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {

@@ -16,18 +16,25 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The server reads with a short fetch wait: latency over broker CPU
-/// (docs/benchmarks.md, "fetch wait").
-const FETCH_WAIT: Duration = Duration::from_millis(5);
+/// Resume reads wait briefly: they want what is there, now.
+const RESUME_FETCH_WAIT: Duration = Duration::from_millis(5);
 
 fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
-    service::kafka::consumer_config(brokers, group, FETCH_WAIT)
+    service::kafka::consumer_config(brokers, group, RESUME_FETCH_WAIT)
 }
 
 pub type LiveStream = StreamConsumer;
 
-pub fn live_consumer(brokers: &str, server_id: &ServerId) -> Result<LiveStream, KafkaError> {
-    consumer_config(brokers, &format!("switchboard-server-{server_id}")).create()
+/// `fetch_wait`: how long the broker may hold an empty fetch; it answers as
+/// soon as a record arrives, so a long wait costs no latency and saves idle
+/// polling (docs/benchmarks.md, "Fan-out vs NATS").
+pub fn live_consumer(
+    brokers: &str,
+    server_id: &ServerId,
+    fetch_wait: Duration,
+) -> Result<LiveStream, KafkaError> {
+    let group = format!("switchboard-server-{server_id}");
+    service::kafka::consumer_config(brokers, &group, fetch_wait).create()
 }
 
 /// Partition changes for the consumer task, from the ownership watcher.

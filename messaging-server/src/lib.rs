@@ -74,7 +74,7 @@ pub async fn serve_with(
     if !store.migrate(&shutdown).await {
         return Ok(());
     }
-    let consumer = kafka::live_consumer(&config.kafka.brokers, &info.server_id)
+    let consumer = kafka::live_consumer(&config.kafka.brokers, &info.server_id, config.fetch_wait)
         .context("failed to create the Kafka consumer")?;
     let Some(etcd) = connect_retrying(&config.etcd.endpoints, &shutdown).await else {
         return Ok(());

@@ -73,7 +73,10 @@ impl ProducerSettings {
         c.set("bootstrap.servers", &self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", "10000");
+            .set("message.timeout.ms", "10000")
+            // Small produce requests must not wait for Nagle's algorithm
+            // (up to a delayed-ACK period, 40 ms on Linux) on the way out.
+            .set("socket.nagle.disable", "true");
         for (k, v) in self.extra.iter().filter_map(|kv| kv.split_once('=')) {
             c.set(k.trim(), v.trim());
         }

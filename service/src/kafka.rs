@@ -15,7 +15,9 @@ pub fn consumer_config(brokers: &str, group: &str, fetch_wait: Duration) -> Clie
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Fetch requests leave at once instead of waiting on Nagle's algorithm.
+        .set("socket.nagle.disable", "true");
     c
 }
 

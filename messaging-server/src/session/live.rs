@@ -5,18 +5,21 @@ use super::rate::RateLimit;
 use super::{gone, Session};
 use crate::hub::{Close, DeviceHandle};
 use crate::metrics::Metrics;
-use axum::extract::ws::Message as WsMessage;
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use protocol::frames::{Ack, Auth, Authed, Send};
 use protocol::{ClientFrame, ClientMsgId, CloseCode, ErrorCode, FrameError, MsgId, ServerFrame};
 use std::time::Instant;
+use tokio::sync::mpsc;
 
 /// Bad frames in a row before the connection is closed with 4003.
 const MAX_CONSECUTIVE_ERRORS: u32 = 10;
 /// Rate-limited sends in a row before the connection is closed with 4008.
 const MAX_RATE_LIMITED: u32 = 50;
+/// Queued deliveries written before one flush.
+const WRITE_BATCH: usize = 256;
 /// Sends awaiting their Kafka ack per connection; reading pauses beyond it.
 const MAX_INFLIGHT_SENDS: usize = 64;
 
@@ -82,7 +85,7 @@ impl Session {
             tokio::select! {
                 c = &mut handle.close => return c.unwrap_or_else(|_| ended("server stopping")),
                 f = handle.rx.recv() => match f {
-                    Some(f) => if self.send_text(f).await.is_err() { return ended("gone") },
+                    Some(f) => if self.write_queued(f, &mut handle.rx).await.is_err() { return ended("gone") },
                     None => return ended("server stopping"),
                 },
                 Some(reply) = inbound.inflight.next(), if !inbound.inflight.is_empty() => {
@@ -112,6 +115,27 @@ impl Session {
                 _ = stop.cancelled() => return ended("server stopping"),
             }
         }
+    }
+
+    /// Writes `first` and whatever else is already queued (up to a batch)
+    /// with one flush: a burst of deliveries becomes one socket write.
+    async fn write_queued(
+        &mut self,
+        first: Utf8Bytes,
+        queue: &mut mpsc::Receiver<Utf8Bytes>,
+    ) -> Result<(), super::Gone> {
+        self.sink
+            .feed(WsMessage::Text(first))
+            .await
+            .map_err(|_| super::Gone)?;
+        for _ in 1..WRITE_BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            self.sink
+                .feed(WsMessage::Text(next))
+                .await
+                .map_err(|_| super::Gone)?;
+        }
+        self.sink.flush().await.map_err(|_| super::Gone)
     }
 
     /// One client frame. `Ok(Some(exp))`: a fresh token moved the expiry.

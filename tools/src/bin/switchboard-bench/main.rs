@@ -6,6 +6,7 @@
 //!   target/release/switchboard-bench fanout --members 200 --messages 3000
 //!   target/release/switchboard-bench latency --rate 5000 --seconds 20 --json docs/load/latency-5000.json
 //!   target/release/switchboard-bench route --seconds 10
+//!   target/release/switchboard-bench nats --subscribers 200 --messages 1000 --json docs/load/fanout-vs-nats.json
 //!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
 //!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
 
@@ -23,11 +24,15 @@ struct Args {
     /// (none by default: normal batching).
     #[arg(long, global = true, default_value = "")]
     producer_config: String,
+    /// The servers' live-consumer fetch wait (`SWITCHBOARD_FETCH_WAIT_MS`).
+    #[arg(long, global = true, default_value_t = 100)]
+    fetch_wait_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 static PRODUCER_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static FETCH_WAIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -35,6 +40,9 @@ enum Cmd {
     Idle {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// Seconds over which the server's idle CPU is measured.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
     },
     /// Deliveries per CPU-second of the server on a group fan-out.
     Fanout {
@@ -62,6 +70,8 @@ enum Cmd {
     },
     /// The broker alone at a fixed produce rate, with a consumer attached.
     Broker(broker::BrokerArgs),
+    /// Fan-out side by side with nats-server over WebSocket (paced and burst).
+    Nats(nats::NatsArgs),
     /// Rows per second the persister writes into PostgreSQL.
     Persist {
         #[arg(long, default_value_t = 200_000)]
@@ -115,6 +125,10 @@ impl Bench {
                 ("SWITCHBOARD_SENDS_PER_SEC", "100000".into()),
                 ("SWITCHBOARD_SEND_BURST", "100000".into()),
                 ("SWITCHBOARD_QUEUE_LEN", "8192".into()),
+                (
+                    "SWITCHBOARD_FETCH_WAIT_MS",
+                    FETCH_WAIT_MS.get().copied().unwrap_or(100).to_string(),
+                ),
             ];
             b.servers
                 .push((id, Process::spawn("messaging-server", &env)?, port));
@@ -188,7 +202,7 @@ async fn session(ws_url: &str, user: &str, device: &str) -> anyhow::Result<Ws> {
     }
 }
 
-async fn idle(infra: Arc<Infra>, connections: usize) -> anyhow::Result<()> {
+async fn idle(infra: Arc<Infra>, connections: usize, idle_secs: u64) -> anyhow::Result<()> {
     let b = Bench::start(infra, 1).await?;
     let (_, ws_url) = b.route("u0").await?;
     let pid = b.pid(0);
@@ -216,6 +230,13 @@ async fn idle(infra: Arc<Infra>, connections: usize) -> anyhow::Result<()> {
         "RSS per idle connection: {:.1} KB (target <= 20 KB)",
         per / 1000.0
     );
+    let cpu0 = tools::procstat::cpu_seconds(pid).unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let idle_cpu = tools::procstat::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    println!(
+        "server CPU while idle: {idle_cpu:.3} CPU-s over {idle_secs} s ({:.2}% of a core)",
+        idle_cpu * 100.0 / idle_secs as f64
+    );
     drop(sessions);
     b.stop().await;
     Ok(())
@@ -223,6 +244,7 @@ async fn idle(infra: Arc<Infra>, connections: usize) -> anyhow::Result<()> {
 
 mod broker;
 mod load;
+mod nats;
 mod persist;
 mod route;
 use load::{fanout, latency};
@@ -230,6 +252,7 @@ use load::{fanout, latency};
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = PRODUCER_CONFIG.set(args.producer_config.clone());
+    let _ = FETCH_WAIT_MS.set(args.fetch_wait_ms);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
@@ -237,7 +260,10 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("DOCKER_HOST", docker_compat::docker_host(&dir).await?);
         let infra = Arc::new(Infra::start().await?);
         let result = match args.cmd {
-            Cmd::Idle { connections } => idle(infra.clone(), connections).await,
+            Cmd::Idle {
+                connections,
+                idle_secs,
+            } => idle(infra.clone(), connections, idle_secs).await,
             Cmd::Fanout { members, messages } => fanout(infra.clone(), members, messages).await,
             Cmd::Latency {
                 rate,
@@ -247,6 +273,7 @@ fn main() -> anyhow::Result<()> {
             } => latency(infra.clone(), rate, seconds, pairs, json.as_deref()).await,
             Cmd::Broker(a) => broker::broker(infra.clone(), a, &args.producer_config).await,
             Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
+            Cmd::Nats(a) => nats::nats(infra.clone(), a).await,
             Cmd::Persist { records, batch_max } => {
                 persist::persist(infra.clone(), records, batch_max).await
             }
