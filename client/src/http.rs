@@ -1,7 +1,7 @@
 //! The HTTP side: routes from the coordinator, conversations, history, and
 //! sends over HTTP — errors keep the server's `{"code","message"}`.
 
-use protocol::{Accepted, ErrorBody, ErrorCode, Kind, MsgId, Target};
+use protocol::{Accepted, ErrorBody, ErrorCode, Kind, MsgId, Publish, PublishResult, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -144,6 +144,25 @@ impl Api {
             )
             .await?;
         Self::decode::<Accepted>(&url, v).map(|a| a.msg_id)
+    }
+
+    /// `POST /v1/publish`: this `Api`'s token must be an API key of the
+    /// servers. Any server takes it; the one serving `from` is asked.
+    pub async fn publish(&self, item: &Publish) -> Result<MsgId, ApiError> {
+        let url = format!("{}/v1/publish", self.server(item.from.as_str()).await?);
+        let req = self.http.post(&url).bearer_auth(&self.token).json(item);
+        let v = self.call(req, &url).await?;
+        Self::decode::<Accepted>(&url, v).map(|a| a.msg_id)
+    }
+
+    /// `POST /v1/publish/batch` (up to 1,000 items): one result per item.
+    pub async fn publish_batch(&self, items: &[Publish]) -> Result<Vec<PublishResult>, ApiError> {
+        let from = items.first().map_or("system:batch", |p| p.from.as_str());
+        let url = format!("{}/v1/publish/batch", self.server(from).await?);
+        let body = serde_json::json!({ "items": items });
+        let req = self.http.post(&url).bearer_auth(&self.token).json(&body);
+        let v = self.call(req, &url).await?;
+        Self::decode::<protocol::api::PublishBatchResults>(&url, v).map(|r| r.results)
     }
 
     pub async fn create_conversation(

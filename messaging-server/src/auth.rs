@@ -13,6 +13,10 @@ pub enum AuthError {
     Subject(#[from] protocol::IdError),
     #[error("no token")]
     Missing,
+    #[error("system: ids belong to backends, not to user tokens")]
+    SystemSubject,
+    #[error("not a valid API key")]
+    BadApiKey,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +57,9 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let (key, validation) = self.key.as_ref().ok_or(AuthError::Missing)?;
         let data = decode::<Claims>(token, key, validation)?;
+        if data.claims.sub.starts_with(protocol::api::SYSTEM_PREFIX) {
+            return Err(AuthError::SystemSubject);
+        }
         Ok(Verified {
             user: UserId::new(data.claims.sub)?,
             exp: data.claims.exp,
@@ -66,6 +73,41 @@ impl Authenticator {
             .ok_or(AuthError::Missing)?;
         Ok(self.verify(token.trim())?.user)
     }
+}
+
+/// The keys backends publish with (`SWITCHBOARD_API_KEYS`).
+pub struct ApiKeys(Vec<Vec<u8>>);
+
+impl ApiKeys {
+    pub fn new(keys: &[String]) -> Self {
+        Self(
+            keys.iter()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| k.trim().as_bytes().to_vec())
+                .collect(),
+        )
+    }
+
+    /// `Authorization: Bearer <api key>`, compared in constant time.
+    pub fn check_header(&self, header: Option<&str>) -> Result<(), AuthError> {
+        let given = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AuthError::Missing)?
+            .trim()
+            .as_bytes();
+        // Every key is compared in full, whichever matches.
+        let matched = self.0.iter().fold(false, |any, k| any | ct_eq(k, given));
+        matched.then_some(()).ok_or(AuthError::BadApiKey)
+    }
+}
+
+/// Equal without an early exit on the first differing byte.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
+    diff == 0
 }
 
 #[cfg(test)]

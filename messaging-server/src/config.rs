@@ -53,6 +53,10 @@ pub struct Config {
     /// HS256 secret for client JWTs.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET")]
     pub jwt_secret: Option<String>,
+    /// API keys backends publish with (`POST /v1/publish`), comma separated,
+    /// each at least 32 bytes. None: the publish API answers 401.
+    #[arg(long, env = "SWITCHBOARD_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
     /// PEM public key for RS256 client JWTs (instead of a secret).
     #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<String>,
@@ -119,6 +123,16 @@ impl fmt::Debug for Config {
             .field("database_url", &self.database)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
             .field(
+                "api_keys",
+                &format!(
+                    "({} keys)",
+                    self.api_keys
+                        .iter()
+                        .filter(|k| !k.trim().is_empty())
+                        .count()
+                ),
+            )
+            .field(
                 "jwt_public_key",
                 &self.jwt_public_key.as_ref().map(|_| "(set)"),
             )
@@ -153,6 +167,16 @@ impl Config {
             return Err(ConfigError::new(
                 "SWITCHBOARD_JWT_SECRET",
                 "must be at least 16 bytes",
+            ));
+        }
+        if self
+            .api_keys
+            .iter()
+            .any(|k| !k.trim().is_empty() && k.trim().len() < 32)
+        {
+            return Err(ConfigError::new(
+                "SWITCHBOARD_API_KEYS",
+                "keys must be at least 32 bytes each",
             ));
         }
         in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
@@ -235,10 +259,14 @@ mod tests {
             "0123456789abcdef-secret",
             "--database-url",
             "postgres://u:hunter2@db/x",
+            "--api-keys",
+            "backend-key-0123456789-0123456789-abc",
         ]);
         let shown = format!("{c:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("0123456789abcdef"),
+            !shown.contains("hunter2")
+                && !shown.contains("0123456789abcdef")
+                && !shown.contains("backend-key"),
             "{shown}"
         );
         assert_eq!(c.validate(), Ok(()));
@@ -249,6 +277,17 @@ mod tests {
         assert!(Config::parse_from(["ms", "--jwt-secret", "short"])
             .validate()
             .is_err());
+        let short_key = [
+            "ms",
+            "--jwt-secret",
+            "0123456789abcdef",
+            "--api-keys",
+            "short",
+        ];
+        assert_eq!(
+            Config::parse_from(short_key).validate().map_err(|e| e.flag),
+            Err("SWITCHBOARD_API_KEYS")
+        );
         let (ws, http) = c.urls("0.0.0.0:9000".parse().unwrap());
         assert_eq!(
             (ws.as_str(), http.as_str()),

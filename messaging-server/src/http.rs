@@ -19,6 +19,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/ws", get(ws))
         .route("/v1/messages", post(post_message))
+        .route("/v1/publish", post(publish_one))
+        .route("/v1/publish/batch", post(publish_batch))
         .route(
             "/v1/conversations",
             post(create_conversation).get(my_conversations),
@@ -99,19 +101,55 @@ async fn post_message(
     body: String,
 ) -> Result<Response, ApiError> {
     let sender = user(&s, &headers)?;
-    let send: protocol::frames::Send = serde_json::from_str(&body).map_err(|e| {
+    let send: protocol::frames::Send = self::body(&body)?;
+    let device = DeviceId::new("http").map_err(|e| ApiError::internal(e.to_string()))?;
+    let msg_id = crate::send::send(&s, &sender, &device, send)
+        .await
+        .map_err(frame_error)?;
+    Ok(Json(protocol::Accepted { msg_id }).into_response())
+}
+
+/// Backends only: an API key, never a user token.
+fn backend(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = headers.get("authorization").and_then(|h| h.to_str().ok());
+    s.api_keys
+        .check_header(header)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
+}
+
+fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    serde_json::from_str(text).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
             ErrorCode::BadJson
         } else {
             ErrorCode::InvalidField
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
-    })?;
-    let device = DeviceId::new("http").map_err(|e| ApiError::internal(e.to_string()))?;
-    let msg_id = crate::send::send(&s, &sender, &device, send)
-        .await
-        .map_err(frame_error)?;
+    })
+}
+
+async fn publish_one(State(s): St, headers: HeaderMap, text: String) -> Result<Response, ApiError> {
+    backend(&s, &headers)?;
+    let item: protocol::Publish = body(&text)?;
+    let msg_id = crate::publish::one(&s, item).await.map_err(frame_error)?;
     Ok(Json(protocol::Accepted { msg_id }).into_response())
+}
+
+async fn publish_batch(
+    State(s): St,
+    headers: HeaderMap,
+    text: String,
+) -> Result<Response, ApiError> {
+    backend(&s, &headers)?;
+    let batch: protocol::PublishBatch = body(&text)?;
+    let max = protocol::api::MAX_PUBLISH_BATCH;
+    if batch.items.is_empty() || batch.items.len() > max {
+        return Err(ApiError::invalid(format!(
+            "items must hold 1 to {max} publications"
+        )));
+    }
+    let results = crate::publish::batch(&s, batch.items).await;
+    Ok(Json(protocol::api::PublishBatchResults { results }).into_response())
 }
 
 #[derive(Deserialize)]

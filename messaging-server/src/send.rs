@@ -84,42 +84,74 @@ pub async fn prepare(
     device: &DeviceId,
     send: Send,
 ) -> Result<Prepared, FrameError> {
-    let started = Instant::now();
     send.check_body()?;
+    let (conversation_id, members) = resolve(state, sender, &send).await?;
+    let message = Outgoing {
+        id: send.id,
+        msg_id: MsgId::derive(sender, &send.client_msg_id),
+        conversation_id,
+        sender,
+        device,
+        kind: send.kind,
+        body: send.body,
+    };
+    build(state, message, &members)
+}
+
+/// A message about to become records, whoever sent it.
+pub struct Outgoing<'a> {
+    pub id: Option<serde_json::Value>,
+    pub msg_id: MsgId,
+    pub conversation_id: ConversationId,
+    pub sender: &'a UserId,
+    pub device: &'a DeviceId,
+    pub kind: protocol::Kind,
+    pub body: Box<serde_json::value::RawValue>,
+}
+
+/// One record per partition that holds a recipient.
+pub fn build(
+    state: &AppState,
+    m: Outgoing<'_>,
+    recipients: &[UserId],
+) -> Result<Prepared, FrameError> {
+    let started = Instant::now();
+    let fail = |code, message: String| FrameError {
+        id: m.id.clone(),
+        code,
+        message,
+    };
     let assignment = state
         .assignment()
-        .ok_or_else(|| refuse(&send, ErrorCode::Unavailable, "no partition map yet"))?;
-    let (conversation_id, members) = resolve(state, sender, &send).await?;
-    let msg_id = MsgId::derive(sender, &send.client_msg_id);
+        .ok_or_else(|| fail(ErrorCode::Unavailable, "no partition map yet".into()))?;
     let sent_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_millis() as i64);
     let mut records = Vec::new();
-    for (partition, recipients) in group_by_partition(&members, assignment.partitions) {
+    for (partition, recipients) in group_by_partition(recipients, assignment.partitions) {
         let key = recipients
             .first()
             .map(|u| u.to_string())
             .unwrap_or_default();
         let record = Record {
             v: protocol::record::RECORD_VERSION,
-            msg_id,
-            kind: send.kind,
-            conversation_id: conversation_id.clone(),
-            sender: sender.clone(),
-            sender_device: device.clone(),
+            msg_id: m.msg_id,
+            kind: m.kind,
+            conversation_id: m.conversation_id.clone(),
+            sender: m.sender.clone(),
+            sender_device: m.device.clone(),
             recipients,
-            body: send.body.clone(),
+            body: m.body.clone(),
             sent_at_ms,
         };
         let bytes = record
             .encode()
-            .map_err(|e| refuse(&send, ErrorCode::InvalidField, e.to_string()))?;
+            .map_err(|e| fail(ErrorCode::InvalidField, e.to_string()))?;
         records.push((partition, key, bytes));
     }
     Ok(Prepared {
-        id: send.id,
-        msg_id,
+        id: m.id,
+        msg_id: m.msg_id,
         records,
         started,
     })

@@ -19,6 +19,8 @@ pub struct AppState {
     pub info: ServerInfo,
     /// Verifies client JWTs.
     pub auth: Authenticator,
+    /// The keys of the publish API.
+    pub api_keys: crate::auth::ApiKeys,
     /// PostgreSQL, with conversation members cached.
     pub members: MemberCache,
     /// Watermarks and ranges of the log, for resumes.

@@ -12,7 +12,7 @@ pub mod layout;
 pub mod partition;
 pub mod record;
 
-pub use api::{Accepted, ErrorBody, Route};
+pub use api::{Accepted, ErrorBody, Publish, PublishBatch, PublishResult, PublishTarget, Route};
 pub use assignment::{Assignment, ServerInfo};
 pub use cursor::Cursor;
 pub use frames::{ClientFrame, CloseCode, EncodeError, ErrorCode, FrameError, ServerFrame, Target};

@@ -14,6 +14,7 @@ mod limits;
 mod messaging;
 mod outages;
 mod persister;
+mod publish;
 mod resume;
 mod smoke;
 mod supervision;
@@ -50,6 +51,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         limits::limits_refuse_past_the_bound_and_keep_sessions,
         fuzz::ten_thousand_random_frames_leave_the_server_and_others_fine,
         auth::expired_tokens_close_unless_refreshed,
+        publish::backends_publish_with_api_keys,
         persister::exactly_once_across_kills_and_replicas,
         persister::recovers_by_itself_after_a_postgres_outage,
     ]

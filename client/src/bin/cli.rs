@@ -3,6 +3,7 @@
 //!   export $(./dev env)
 //!   switchboard-cli --user alice send --to-user bob "hi bob"
 //!   switchboard-cli --user bob history dm:alice,bob
+//!   switchboard-cli publish --api-key "$KEY" --from system:orders --to-users bob "order shipped"
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
@@ -43,6 +44,8 @@ enum Cmd {
     Route { user: String },
     /// Send a chat (or ephemeral) message; prints its msg_id.
     Send(SendArgs),
+    /// Publish as a backend with an API key (`POST /v1/publish`); prints the msg_id.
+    Publish(PublishArgs),
     /// Print incoming messages as JSON lines; reconnects and resumes by itself.
     Tail {
         #[arg(long, default_value = "cli")]
@@ -91,6 +94,67 @@ struct SendArgs {
     id: Option<String>,
 }
 
+#[derive(Args)]
+struct PublishArgs {
+    /// An API key of the servers (`SWITCHBOARD_API_KEYS` there).
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// The sender, `system:<name>`.
+    #[arg(long, default_value = "system:cli")]
+    from: String,
+    /// Recipients, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "to_conversation",
+        required_unless_present = "to_conversation"
+    )]
+    to_users: Vec<String>,
+    #[arg(long)]
+    to_conversation: Option<String>,
+    /// Text to publish as {"text": …}; use --json for any JSON body.
+    text: Option<String>,
+    #[arg(long, conflicts_with = "text")]
+    json: Option<String>,
+    #[arg(long)]
+    ephemeral: bool,
+    /// Idempotency key: the same key gives the same msg_id (default: random).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl PublishArgs {
+    fn publication(&self) -> anyhow::Result<protocol::Publish> {
+        let to = match &self.to_conversation {
+            Some(c) => {
+                protocol::PublishTarget::Conversation(protocol::ConversationId::new(c.as_str())?)
+            }
+            None => protocol::PublishTarget::Users(
+                self.to_users
+                    .iter()
+                    .map(|u| protocol::UserId::new(u.as_str()))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let body = body_of(&self.text, &self.json)?;
+        Ok(protocol::Publish {
+            to,
+            kind: if self.ephemeral {
+                Kind::Ephemeral
+            } else {
+                Kind::Chat
+            },
+            body: serde_json::value::to_raw_value(&body)?,
+            from: protocol::UserId::new(self.from.as_str())?,
+            idempotency_key: protocol::ClientMsgId::new(key)?,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum ConversationCmd {
     Create {
@@ -127,7 +191,11 @@ impl Cli {
 }
 
 fn body(args: &SendArgs) -> anyhow::Result<Value> {
-    match (&args.text, &args.json) {
+    body_of(&args.text, &args.json)
+}
+
+fn body_of(text: &Option<String>, json: &Option<String>) -> anyhow::Result<Value> {
+    match (text, json) {
         (Some(t), _) => Ok(json!({ "text": t })),
         (None, Some(j)) => {
             serde_json::from_str(j).map_err(|e| anyhow::anyhow!("--json is not valid JSON: {e}"))
@@ -216,6 +284,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 json!({"user_id": r.user_id, "partition": r.partition, "server_id": r.server_id, "ws_url": r.ws_url, "epoch": r.epoch})
             );
+        }
+        Cmd::Publish(args) => {
+            let item = args.publication()?;
+            let msg_id = Api::new(&cli.coordinator, &args.api_key)
+                .publish(&item)
+                .await?;
+            println!("{}", msg_id.0);
         }
         Cmd::Send(args) => {
             let (user, token) = cli.identity()?;

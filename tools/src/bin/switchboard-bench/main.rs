@@ -24,6 +24,9 @@ struct Args {
     /// (none by default: normal batching).
     #[arg(long, global = true, default_value = "")]
     producer_config: String,
+    /// Partitions of the benchmark's topic.
+    #[arg(long, global = true, default_value_t = 8)]
+    partitions: u32,
     /// The servers' live-consumer fetch wait (`SWITCHBOARD_FETCH_WAIT_MS`).
     #[arg(long, global = true, default_value_t = 100)]
     fetch_wait_ms: u64,
@@ -33,6 +36,7 @@ struct Args {
 
 static PRODUCER_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 static FETCH_WAIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+static PARTITIONS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -96,7 +100,12 @@ impl Bench {
         let db = infra.database("bench").await?;
         let coordinator = harness::start_coordinator(
             "coord",
-            harness::coordinator_config(&infra, &prefix, &topic, 8),
+            harness::coordinator_config(
+                &infra,
+                &prefix,
+                &topic,
+                PARTITIONS.get().copied().unwrap_or(8),
+            ),
         )?;
         let mut b = Self {
             infra,
@@ -253,6 +262,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = PRODUCER_CONFIG.set(args.producer_config.clone());
     let _ = FETCH_WAIT_MS.set(args.fetch_wait_ms);
+    let _ = PARTITIONS.set(args.partitions);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
