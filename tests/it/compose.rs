@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const SECRET: &str = "compose-test-secret-0123456789abcdef";
+const API_KEY: &str = "compose-test-api-key-0123456789abcdef";
 
 struct Compose {
     project: String,
@@ -22,6 +23,7 @@ impl Compose {
         let project = format!("sbtest{}", std::process::id());
         let mut env = vec![
             ("SWITCHBOARD_JWT_SECRET".to_owned(), SECRET.to_owned()),
+            ("SWITCHBOARD_API_KEY".to_owned(), API_KEY.to_owned()),
             ("SB_PARTITIONS".into(), "12".into()),
         ];
         for var in [
@@ -164,5 +166,19 @@ async fn scenario(c: &Compose) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(got, "the message did not arrive on the third server");
+    // The compose file hands the API key to the servers: a backend publishes.
+    let publication = serde_json::json!({"to": {"users": [on_third[1]]}, "body": {"text": "from a backend"},
+        "from": "system:compose", "idempotency_key": "p1"});
+    reqwest::Client::new()
+        .post(format!("{}/v1/publish", three.servers[&third].http_url))
+        .bearer_auth(API_KEY)
+        .json(&publication)
+        .send()
+        .await?
+        .error_for_status()?;
+    match clients[1].frame(Duration::from_secs(10)).await? {
+        ServerFrame::Message(m) => anyhow::ensure!(m.from.as_str() == "system:compose", "{m:?}"),
+        other => anyhow::bail!("expected the publication, got {other:?}"),
+    }
     Ok(())
 }

@@ -108,7 +108,7 @@ pub async fn backends_publish_with_api_keys(infra: Arc<Infra>) -> anyhow::Result
         room.conversation_id.as_str() == "pubroom",
         "order-1 is {msg_id}; got {room:?}"
     );
-    let mut got = vec![next_message(&mut b).await?, next_message(&mut b).await?];
+    let mut got = [next_message(&mut b).await?, next_message(&mut b).await?];
     got.sort_by_key(|m| m.conversation_id.to_string());
     let convs: Vec<&str> = got.iter().map(|m| m.conversation_id.as_str()).collect();
     anyhow::ensure!(convs == ["pubroom", "system:orders"], "{convs:?}");
