@@ -79,13 +79,8 @@ impl Authenticator {
 pub struct ApiKeys(Vec<Vec<u8>>);
 
 impl ApiKeys {
-    pub fn new(keys: &[String]) -> Self {
-        Self(
-            keys.iter()
-                .filter(|k| !k.trim().is_empty())
-                .map(|k| k.trim().as_bytes().to_vec())
-                .collect(),
-        )
+    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(keys.into_iter().map(|k| k.as_bytes().to_vec()).collect())
     }
 
     /// `Authorization: Bearer <api key>`, compared in constant time.

@@ -169,11 +169,7 @@ impl Config {
                 "must be at least 16 bytes",
             ));
         }
-        if self
-            .api_keys
-            .iter()
-            .any(|k| !k.trim().is_empty() && k.trim().len() < 32)
-        {
+        if self.api_keys().any(|k| k.len() < 32) {
             return Err(ConfigError::new(
                 "SWITCHBOARD_API_KEYS",
                 "keys must be at least 32 bytes each",
@@ -228,6 +224,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The publish API's keys, trimmed; an empty `SWITCHBOARD_API_KEYS` means none.
+    pub fn api_keys(&self) -> impl Iterator<Item = &str> {
+        self.api_keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
     }
 
     /// The configured id, or a random `ms-…` one.

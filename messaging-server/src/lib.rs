@@ -189,7 +189,7 @@ fn build_state(
     Ok(Arc::new(AppState {
         hub: Arc::new(hub::Hub::new(config.queue_len, config.max_devices_per_user)),
         members: members::MemberCache::new(store, config.member_cache_entries),
-        api_keys: auth::ApiKeys::new(&config.api_keys),
+        api_keys: auth::ApiKeys::new(config.api_keys()),
         sockets: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         config,
         info,

@@ -23,37 +23,116 @@ use tracing::{info, warn};
 /// Returns the live lease id when `stop` fires so the drain can revoke it.
 pub async fn run_registration(
     state: Arc<AppState>,
-    mut client: Client,
+    client: Client,
     stop: CancellationToken,
 ) -> Option<i64> {
-    let mut draining = state.draining.subscribe();
-    let layout = EtcdLayout::new(&state.config.etcd.prefix);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
-    loop {
-        let is_draining = *draining.borrow();
-        let lease = match register(&mut client, &layout, &state, is_draining).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "registration failed, retrying");
-                if !backoff.wait(&stop).await {
-                    return None;
+    Registrar {
+        layout: EtcdLayout::new(&state.config.etcd.prefix),
+        draining: state.draining.subscribe(),
+        state,
+        client,
+        stop,
+    }
+    .run()
+    .await
+}
+
+/// What keeping one server's registration alive needs.
+struct Registrar {
+    state: Arc<AppState>,
+    client: Client,
+    layout: EtcdLayout,
+    draining: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
+}
+
+impl Registrar {
+    async fn run(mut self) -> Option<i64> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+        loop {
+            let lease = match self.register().await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "registration failed, retrying");
+                    if !backoff.wait(&self.stop).await {
+                        return None;
+                    }
+                    continue;
                 }
-                continue;
+            };
+            backoff.reset();
+            let state = &self.state;
+            state.registered.send_replace(true);
+            state.metrics.etcd_reachable.set(1);
+            info!(server = %state.info.server_id, lease, "registered");
+            if self.hold(lease).await == LeaseEnd::Stopped {
+                // Last step of a drain: the registration disappears at once.
+                let revoke = self.client.lease_revoke(lease);
+                let _ = tokio::time::timeout(Duration::from_secs(3), revoke).await;
+                self.state.registered.send_replace(false);
+                return Some(lease);
             }
-        };
-        backoff.reset();
-        state.registered.send_replace(true);
-        state.metrics.etcd_reachable.set(1);
-        info!(server = %state.info.server_id, lease, "registered");
-        let end = hold(&mut client, lease, &layout, &state, &mut draining, &stop).await;
-        if end == LeaseEnd::Stopped {
-            // Last step of a drain: the registration disappears at once.
-            let _ = tokio::time::timeout(Duration::from_secs(3), client.lease_revoke(lease)).await;
-            state.registered.send_replace(false);
-            return Some(lease);
+            warn!(server = %self.state.info.server_id, "registration lease lost; closing sessions until re-registered");
+            self.state.registered.send_replace(false);
         }
-        warn!(server = %state.info.server_id, "registration lease lost; closing sessions until re-registered");
-        state.registered.send_replace(false);
+    }
+
+    async fn register(&mut self) -> Result<i64, etcd_client::Error> {
+        let ttl = ttl_secs(self.state.config.lease_ttl);
+        let lease = self.client.lease_grant(ttl, None).await?.id();
+        let draining = *self.draining.borrow();
+        self.put_info(lease, draining).await?;
+        Ok(lease)
+    }
+
+    async fn put_info(&mut self, lease: i64, draining: bool) -> Result<(), etcd_client::Error> {
+        let info = protocol::ServerInfo {
+            draining,
+            ..self.state.info.clone()
+        };
+        let json = serde_json::to_vec(&info)
+            .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+        let key = self.layout.server_key(&info.server_id);
+        let opts = PutOptions::new().with_lease(lease);
+        self.client.put(key, json, Some(opts)).await?;
+        Ok(())
+    }
+
+    /// Holds `lease` through etcd outages; returns when it is lost or `stop` fires.
+    async fn hold(&mut self, lease: i64) -> LeaseEnd {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        loop {
+            match self.keep_alive(lease).await {
+                LeaseEnd::Unreachable => {
+                    let metrics = &self.state.metrics;
+                    if metrics.etcd_reachable.get() == 1 {
+                        warn!(server = %self.state.info.server_id, lease, "etcd unreachable; serving on the last known partition map");
+                    }
+                    metrics.etcd_reachable.set(0);
+                    if !backoff.wait(&self.stop).await {
+                        return LeaseEnd::Stopped;
+                    }
+                }
+                end => return end,
+            }
+        }
+    }
+
+    /// Keeps the lease alive and republishes the registration when draining starts.
+    async fn keep_alive(&mut self, lease: i64) -> LeaseEnd {
+        loop {
+            let (mut keeper, state) = (self.client.clone(), self.state.clone());
+            let ttl = state.config.lease_ttl;
+            tokio::select! {
+                end = keep_lease_alive(&mut keeper, lease, ttl, &self.stop, || reachable(&state, lease)) => return end,
+                r = self.draining.changed() => {
+                    let now = *self.draining.borrow();
+                    if r.is_ok() && self.put_info(lease, now).await.is_err() {
+                        return LeaseEnd::Unreachable;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -62,92 +141,6 @@ fn reachable(state: &AppState, lease: i64) {
     if state.metrics.etcd_reachable.get() == 0 {
         info!(server = %state.info.server_id, lease, "etcd reachable again; registration kept");
         state.metrics.etcd_reachable.set(1);
-    }
-}
-
-/// Holds `lease` through etcd outages; returns when it is lost or `stop` fires.
-async fn hold(
-    client: &mut Client,
-    lease: i64,
-    layout: &EtcdLayout,
-    state: &AppState,
-    draining: &mut tokio::sync::watch::Receiver<bool>,
-    stop: &CancellationToken,
-) -> LeaseEnd {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-    loop {
-        match keep_alive(client, lease, layout, state, draining, stop).await {
-            LeaseEnd::Unreachable => {
-                if state.metrics.etcd_reachable.get() == 1 {
-                    warn!(server = %state.info.server_id, lease, "etcd unreachable; serving on the last known partition map");
-                }
-                state.metrics.etcd_reachable.set(0);
-                if !backoff.wait(stop).await {
-                    return LeaseEnd::Stopped;
-                }
-            }
-            end => return end,
-        }
-    }
-}
-
-async fn register(
-    client: &mut Client,
-    layout: &EtcdLayout,
-    state: &AppState,
-    draining: bool,
-) -> Result<i64, etcd_client::Error> {
-    let lease = client
-        .lease_grant(ttl_secs(state.config.lease_ttl), None)
-        .await?
-        .id();
-    put_info(client, layout, state, lease, draining).await?;
-    Ok(lease)
-}
-
-async fn put_info(
-    client: &mut Client,
-    layout: &EtcdLayout,
-    state: &AppState,
-    lease: i64,
-    draining: bool,
-) -> Result<(), etcd_client::Error> {
-    let info = protocol::ServerInfo {
-        draining,
-        ..state.info.clone()
-    };
-    let json =
-        serde_json::to_vec(&info).map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
-    client
-        .put(
-            layout.server_key(&info.server_id),
-            json,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Keeps the lease alive and republishes the registration when draining starts.
-async fn keep_alive(
-    client: &mut Client,
-    lease: i64,
-    layout: &EtcdLayout,
-    state: &AppState,
-    draining: &mut tokio::sync::watch::Receiver<bool>,
-    stop: &CancellationToken,
-) -> LeaseEnd {
-    loop {
-        let mut keeper = client.clone();
-        tokio::select! {
-            end = keep_lease_alive(&mut keeper, lease, state.config.lease_ttl, stop, || reachable(state, lease)) => return end,
-            r = draining.changed() => {
-                let now = *draining.borrow();
-                if r.is_ok() && put_info(client, layout, state, lease, now).await.is_err() {
-                    return LeaseEnd::Unreachable;
-                }
-            }
-        }
     }
 }
 

@@ -94,11 +94,7 @@ pub async fn serve_with(
     match outcome {
         Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("the Kafka consumer failed")),
         Ok(Err(panic)) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = service::supervise::panic_message(panic.as_ref());
             error!(panic = %what, "the consumer thread panicked");
             anyhow::bail!("the consumer thread panicked: {what}")
         }

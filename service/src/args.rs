@@ -40,20 +40,21 @@ pub fn in_range<T: PartialOrd + fmt::Display>(
     Ok(())
 }
 
-/// Parses a whole number of seconds (`--*-secs` flags) into a `Duration`.
-pub fn secs(s: &str) -> Result<Duration, String> {
+fn whole(s: &str, unit: &str, to: fn(u64) -> Duration) -> Result<Duration, String> {
     s.trim()
         .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|e| format!("expected whole seconds: {e}"))
+        .map(to)
+        .map_err(|e| format!("expected whole {unit}: {e}"))
+}
+
+/// Parses a whole number of seconds (`--*-secs` flags) into a `Duration`.
+pub fn secs(s: &str) -> Result<Duration, String> {
+    whole(s, "seconds", Duration::from_secs)
 }
 
 /// Parses a whole number of milliseconds (`--*-ms` flags) into a `Duration`.
 pub fn millis(s: &str) -> Result<Duration, String> {
-    s.trim()
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|e| format!("expected whole milliseconds: {e}"))
+    whole(s, "milliseconds", Duration::from_millis)
 }
 
 #[derive(Debug, Clone, Args)]

@@ -40,15 +40,7 @@ async fn sends_again(server: &str, user: &str, to: &str) -> anyhow::Result<Durat
 }
 
 async fn producer_restarts(server: &str) -> f64 {
-    let text = match reqwest::get(format!("{server}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return -1.0,
-    };
-    text.lines()
-        .find(|l| l.starts_with("switchboard_server_producer_restarts_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
+    harness::metric(server, "switchboard_server_producer_restarts_total").await
 }
 
 pub async fn broker_pause_answers_and_recovers(infra: Arc<Infra>) -> anyhow::Result<()> {

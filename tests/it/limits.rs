@@ -106,18 +106,11 @@ pub async fn limits_refuse_past_the_bound_and_keep_sessions(
     anyhow::ensure!(extra.closed(Duration::from_secs(5)).await? == Some(4009));
     drop(devices);
     drop(extra);
-    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let base = format!("http://127.0.0.1:{port}");
     wait_until(
         "the refused and closed devices are gone",
         Duration::from_secs(10),
-        || async {
-            let text = match reqwest::get(&metrics).await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => return false,
-            };
-            text.lines()
-                .any(|l| l == "switchboard_server_connections 0")
-        },
+        || async { harness::metric(&base, "switchboard_server_connections").await == 0.0 },
     )
     .await?;
 

@@ -94,7 +94,9 @@ pub async fn etcd_down_30s_keeps_sessions_and_the_map(infra: Arc<Infra>) -> anyh
             harness::wait_until(
                 "the server confirms its lease again",
                 Duration::from_secs(20),
-                || async { metric(&s.url(), "switchboard_server_etcd_reachable").await == 1.0 },
+                || async {
+                    harness::metric(&s.url(), "switchboard_server_etcd_reachable").await == 1.0
+                },
             )
             .await?;
         }
@@ -133,18 +135,6 @@ pub async fn etcd_down_30s_keeps_sessions_and_the_map(infra: Arc<Infra>) -> anyh
     receivers.stop().await;
     stack.stop().await;
     Ok(())
-}
-
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = match reqwest::get(format!("{base}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return -1.0,
-    };
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
 }
 
 /// A device that was here, left with `cursor`, and comes back.

@@ -108,15 +108,9 @@ async fn committed(db: &Store) -> i64 {
     db.committed_records().await.unwrap_or(-1)
 }
 
-async fn assigned(port: u16) -> i64 {
-    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
-        return 0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("switchboard_persister_assigned_partitions "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+async fn assigned(port: u16) -> f64 {
+    let base = format!("http://127.0.0.1:{port}");
+    harness::metric(&base, "switchboard_persister_assigned_partitions").await
 }
 
 pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow::Result<()> {
@@ -150,7 +144,7 @@ pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow
         "both replicas shared the partitions and reached the end of each",
         Duration::from_secs(120),
         || async {
-            if assigned(port).await > 0 && assigned(port2).await > 0 {
+            if assigned(port).await > 0.0 && assigned(port2).await > 0.0 {
                 shared.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             shared.load(std::sync::atomic::Ordering::Relaxed) && committed(&pool).await == want

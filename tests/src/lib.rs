@@ -34,6 +34,20 @@ where
     }
 }
 
+/// The value of the unlabelled metric `name` on `base`'s `/metrics`, or -1
+/// when the service does not answer or does not export it.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = match reqwest::get(format!("{base}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return -1.0,
+    };
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
 pub mod services;
 pub use services::ServiceHandle;
 

@@ -83,15 +83,41 @@ struct SendArgs {
     to_user: Option<String>,
     #[arg(long)]
     to_conversation: Option<String>,
+    #[command(flatten)]
+    body: Body,
+    /// Retry key: the same id gives the same msg_id.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+/// What a message carries, for `send` and `publish`.
+#[derive(Args)]
+struct Body {
     /// Text to send as {"text": …}; use --json for any JSON body.
     text: Option<String>,
     #[arg(long, conflicts_with = "text")]
     json: Option<String>,
     #[arg(long)]
     ephemeral: bool,
-    /// Retry key: the same id gives the same msg_id.
-    #[arg(long)]
-    id: Option<String>,
+}
+
+impl Body {
+    fn value(&self) -> anyhow::Result<Value> {
+        match (&self.text, &self.json) {
+            (Some(t), _) => Ok(json!({ "text": t })),
+            (None, Some(j)) => serde_json::from_str(j)
+                .map_err(|e| anyhow::anyhow!("--json is not valid JSON: {e}")),
+            (None, None) => anyhow::bail!("give the TEXT to send or --json BODY"),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        if self.ephemeral {
+            Kind::Ephemeral
+        } else {
+            Kind::Chat
+        }
+    }
 }
 
 #[derive(Args)]
@@ -112,12 +138,8 @@ struct PublishArgs {
     to_users: Vec<String>,
     #[arg(long)]
     to_conversation: Option<String>,
-    /// Text to publish as {"text": …}; use --json for any JSON body.
-    text: Option<String>,
-    #[arg(long, conflicts_with = "text")]
-    json: Option<String>,
-    #[arg(long)]
-    ephemeral: bool,
+    #[command(flatten)]
+    body: Body,
     /// Idempotency key: the same key gives the same msg_id (default: random).
     #[arg(long)]
     key: Option<String>,
@@ -140,15 +162,10 @@ impl PublishArgs {
             .key
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let body = body_of(&self.text, &self.json)?;
         Ok(protocol::Publish {
             to,
-            kind: if self.ephemeral {
-                Kind::Ephemeral
-            } else {
-                Kind::Chat
-            },
-            body: serde_json::value::to_raw_value(&body)?,
+            kind: self.body.kind(),
+            body: serde_json::value::to_raw_value(&self.body.value()?)?,
             from: protocol::UserId::new(self.from.as_str())?,
             idempotency_key: protocol::ClientMsgId::new(key)?,
         })
@@ -187,20 +204,6 @@ impl Cli {
             }
         };
         Ok((user, token))
-    }
-}
-
-fn body(args: &SendArgs) -> anyhow::Result<Value> {
-    body_of(&args.text, &args.json)
-}
-
-fn body_of(text: &Option<String>, json: &Option<String>) -> anyhow::Result<Value> {
-    match (text, json) {
-        (Some(t), _) => Ok(json!({ "text": t })),
-        (None, Some(j)) => {
-            serde_json::from_str(j).map_err(|e| anyhow::anyhow!("--json is not valid JSON: {e}"))
-        }
-        (None, None) => anyhow::bail!("give the TEXT to send or --json BODY"),
     }
 }
 
@@ -294,17 +297,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Send(args) => {
             let (user, token) = cli.identity()?;
-            let kind = if args.ephemeral {
-                Kind::Ephemeral
-            } else {
-                Kind::Chat
-            };
             let id = args
                 .id
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
             let msg_id = Api::new(&cli.coordinator, &token)
-                .send(&user, &id, &target(args)?, body(args)?, kind)
+                .send(
+                    &user,
+                    &id,
+                    &target(args)?,
+                    args.body.value()?,
+                    args.body.kind(),
+                )
                 .await?;
             println!("{msg_id}");
         }
