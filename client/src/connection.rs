@@ -1,11 +1,12 @@
 //! The client's public face: configuration, events, and the handles that
 //! send. The connection task itself is in `runner.rs`.
 
+use crate::channels::Control;
 use crate::runner::{Outgoing, Runner};
 use crate::seen::Seen;
 use futures_util::future::BoxFuture;
-use protocol::frames::Message;
-use protocol::{ClientFrame, Cursor, ErrorCode, Kind, MsgId, ServerId, Target};
+use protocol::frames::{Message, Subscribed};
+use protocol::{ChannelName, ClientFrame, Cursor, ErrorCode, Kind, MsgId, ServerId, Target};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -72,6 +73,13 @@ pub enum Event {
     Disconnected {
         code: Option<u16>,
     },
+    /// A channel subscription is (again) in place. `recovered: false` after
+    /// a cursor means publications were missed that the log no longer holds.
+    Subscribed {
+        channel: protocol::ChannelName,
+        cursor: Cursor,
+        recovered: bool,
+    },
     /// The token was refused (4001); the client stops.
     Unauthorized,
 }
@@ -89,12 +97,19 @@ pub enum SendError {
 pub(crate) type Reply = oneshot::Sender<Result<MsgId, SendError>>;
 
 pub struct Client {
+    channels: Channels,
     duplicates: Arc<std::sync::atomic::AtomicU64>,
     sender: Sender,
     events: mpsc::Receiver<Event>,
     cursor: Arc<Mutex<Option<Cursor>>>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+}
+
+/// The app's side of the channel subscriptions.
+struct Channels {
+    ctl: mpsc::Sender<Control>,
+    cursors: crate::channels::Cursors,
 }
 
 /// A cloneable handle for sending on a `Client` from other tasks, so several
@@ -109,6 +124,8 @@ impl Client {
     pub fn start(config: ClientConfig) -> Self {
         let (out_tx, out_rx) = mpsc::channel(1024);
         let (ev_tx, ev_rx) = mpsc::channel(4096);
+        let (ctl_tx, ctl_rx) = mpsc::channel(64);
+        let channel_cursors = crate::channels::Cursors::default();
         let cursor = Arc::new(Mutex::new(config.cursor.clone()));
         let cancel = CancellationToken::new();
         let duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -123,9 +140,16 @@ impl Client {
             pending: BTreeMap::new(),
             seen: Seen::new(10_000),
             out: out_rx,
+            subs: BTreeMap::new(),
+            channel_cursors: channel_cursors.clone(),
+            ctl: ctl_rx,
             cancel: cancel.clone(),
         };
         Self {
+            channels: Channels {
+                ctl: ctl_tx,
+                cursors: channel_cursors,
+            },
             duplicates,
             sender: Sender {
                 out: out_tx,
@@ -140,6 +164,48 @@ impl Client {
 
     pub fn sender(&self) -> Sender {
         self.sender.clone()
+    }
+
+    /// Subscribes to a channel (and again on every reconnect, from the
+    /// channel's last cursor); resolves with the first `subscribed`.
+    pub async fn subscribe(&self, channel: &ChannelName) -> Result<Subscribed, SendError> {
+        self.subscribe_from(channel, None).await
+    }
+
+    /// Subscribes from a saved cursor: what was published after it is
+    /// delivered first (`recovered: true`) while the log still holds it.
+    pub async fn subscribe_from(
+        &self,
+        channel: &ChannelName,
+        cursor: Option<Cursor>,
+    ) -> Result<Subscribed, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let c = Control::Subscribe {
+            channel: channel.clone(),
+            cursor,
+            reply,
+        };
+        self.channels
+            .ctl
+            .send(c)
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.unwrap_or(Err(SendError::Stopped))
+    }
+
+    pub async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), SendError> {
+        let c = Control::Unsubscribe(channel.clone());
+        self.channels
+            .ctl
+            .send(c)
+            .await
+            .map_err(|_| SendError::Stopped)
+    }
+
+    /// The channel's last cursor (save it to recover after a restart).
+    pub fn channel_cursor(&self, channel: &ChannelName) -> Option<Cursor> {
+        let cursors = self.channels.cursors.lock().ok()?;
+        cursors.get(channel).cloned().flatten()
     }
 
     /// Sends with a fresh `client_msg_id`; resolves on the server's ack, after

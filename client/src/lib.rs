@@ -5,6 +5,7 @@
 //! jitter, deduplicate by `msg_id`, and retry unacked sends with the same
 //! `client_msg_id`.
 
+mod channels;
 mod connection;
 pub mod http;
 mod runner;
@@ -13,4 +14,5 @@ pub mod token;
 
 pub use connection::{Client, ClientConfig, Event, SendError, Sender, TokenRefresh};
 pub use http::Api;
-pub use protocol::{Cursor, Kind, MsgId, Target};
+pub use protocol::frames::Subscribed;
+pub use protocol::{ChannelName, Cursor, Kind, MsgId, Target};

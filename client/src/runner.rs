@@ -5,7 +5,9 @@ use crate::connection::{ClientConfig, Event, Reply, SendError};
 use crate::seen::Seen;
 use futures_util::{SinkExt, StreamExt};
 use protocol::frames::{Auth, Hello};
-use protocol::{ClientFrame, CloseCode, Cursor, DeviceId, ErrorCode, Kind, MsgId, ServerFrame};
+use protocol::{
+    ChannelName, ClientFrame, CloseCode, Cursor, DeviceId, ErrorCode, Kind, MsgId, ServerFrame,
+};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -51,10 +53,14 @@ pub(crate) struct Runner {
     pub pending: BTreeMap<u64, Pending>,
     pub seen: Seen,
     pub out: mpsc::Receiver<Outgoing>,
+    /// Channel subscriptions by name, re-made on every session.
+    pub subs: BTreeMap<ChannelName, crate::channels::Sub>,
+    pub channel_cursors: crate::channels::Cursors,
+    pub ctl: mpsc::Receiver<crate::channels::Control>,
     pub cancel: CancellationToken,
 }
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Runner {
@@ -107,7 +113,7 @@ impl Runner {
 
     /// Hands an event to the app. A slow app slows the socket down (the server
     /// then closes with 4004 and the client resumes): nothing is dropped.
-    async fn emit(&self, e: Event) {
+    pub(crate) async fn emit(&self, e: Event) {
         tokio::select! {
             _ = self.events.send(e) => {}
             _ = self.cancel.cancelled() => {}
@@ -140,6 +146,7 @@ impl Runner {
         for p in self.pending.values_mut() {
             p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
         }
+        self.resubscribe_all(&mut ws).await;
         self.serve(ws).await
     }
 
@@ -269,10 +276,12 @@ impl Runner {
                     let p = Pending { client_msg_id: o.client_msg_id, frame: o.frame, sent, reply: Some(o.reply) };
                     self.pending.insert(o.request_id, p);
                 }
+                Some(c) = self.ctl.recv() => self.control(&mut ws, c).await,
                 _ = retry.tick() => {
                     for p in self.pending.values_mut().filter(|p| !p.sent) {
                         p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
                     }
+                    self.retry_subscribes(&mut ws).await;
                 }
                 _ = self.cancel.cancelled() => {
                     let _ = ws.close(None).await;
@@ -286,7 +295,12 @@ impl Runner {
     async fn on_frame(&mut self, f: ServerFrame) -> Option<String> {
         match f {
             ServerFrame::Message(m) => {
-                let cursor = m.cursor.clone().filter(|_| m.kind == Kind::Chat);
+                // A channel publication moves its channel's cursor, never the user's.
+                let position = m.channel.clone().zip(m.cursor.clone());
+                let cursor = m
+                    .cursor
+                    .clone()
+                    .filter(|_| m.kind == Kind::Chat && m.channel.is_none());
                 if self.seen.insert(m.msg_id) {
                     self.emit(Event::Message(m)).await;
                 } else {
@@ -297,10 +311,17 @@ impl Runner {
                 if let (Some(c), Ok(mut cur)) = (cursor, self.cursor.lock()) {
                     *cur = Some(c);
                 }
+                self.channel_delivered(position);
             }
+            ServerFrame::Subscribed(s) => self.subscribed(s).await,
+            ServerFrame::Unsubscribed(_) => {}
             ServerFrame::Synced(s) => self.emit(Event::Synced(s.cursor)).await,
             ServerFrame::Ack(a) => self.settle(a.client_msg_id.as_str(), Ok(a.msg_id)),
-            ServerFrame::Error(e) => self.refused(e),
+            ServerFrame::Error(e) => {
+                if !self.subscribe_refused(&e) {
+                    self.refused(e)
+                }
+            }
             ServerFrame::Redirect(r) => return Some(r.ws_url),
             ServerFrame::Authed(a) => self.token_exp = Some(a.exp),
             ServerFrame::Welcome(_) => {}

@@ -9,6 +9,18 @@ use serde::Serialize;
 struct Claims<'a> {
     sub: &'a str,
     exp: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    channels: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    publish: &'a [String],
+}
+
+/// What a token allows besides being its user: channel patterns
+/// (`ch:news`, `ch:vehicle.*`) to subscribe to and to publish to.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub channels: Vec<String>,
+    pub publish: Vec<String>,
 }
 
 /// A token for `user` that expires `ttl_secs` from now (a negative TTL gives
@@ -18,6 +30,16 @@ pub fn mint_hs256(
     user: &str,
     ttl_secs: i64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_hs256_with(secret, user, ttl_secs, &Grants::default())
+}
+
+/// [`mint_hs256`] with `channels` and `publish` claims.
+pub fn mint_hs256_with(
+    secret: &str,
+    user: &str,
+    ttl_secs: i64,
+    grants: &Grants,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -25,7 +47,12 @@ pub fn mint_hs256(
     let key = EncodingKey::from_secret(secret.as_bytes());
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &Claims { sub: user, exp },
+        &Claims {
+            sub: user,
+            exp,
+            channels: &grants.channels,
+            publish: &grants.publish,
+        },
         &key,
     )
 }

@@ -18,6 +18,10 @@ pub struct Config {
     /// Partitions to create the topic with; an existing topic's own count wins.
     #[arg(long, env = "SWITCHBOARD_PARTITIONS", default_value_t = 12)]
     pub partitions: u32,
+    /// Partitions to create the channel topic (`<topic>.channels`) with;
+    /// every messaging server reads all of them.
+    #[arg(long, env = "SWITCHBOARD_CHANNEL_PARTITIONS", default_value_t = 4)]
+    pub channel_partitions: u32,
     /// Replication factor when the coordinator creates the topic.
     #[arg(long, env = "SWITCHBOARD_REPLICATION_FACTOR", default_value_t = 1)]
     pub replication_factor: i32,
@@ -38,6 +42,7 @@ impl Config {
         self.etcd.validate()?;
         self.kafka.validate()?;
         in_range("--partitions", self.partitions, 1, 100_000)?;
+        in_range("--channel-partitions", self.channel_partitions, 1, 10_000)?;
         in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
         in_range("--debounce-ms", self.debounce.as_millis(), 0, 60_000)?;
         in_range("--replication-factor", self.replication_factor, 1, 100)?;

@@ -105,6 +105,13 @@ impl Elector {
             c.replication_factor,
         )
         .await?;
+        topic::ensure_topic(
+            &c.kafka.brokers,
+            &protocol::channel_topic(&c.kafka.topic),
+            c.channel_partitions,
+            c.replication_factor,
+        )
+        .await?;
         let log_epoch = topic::ensure_log_epoch(&mut self.client, &self.layout).await?;
         let mut current = read_assignment(&mut self.client, &self.layout)
             .await?

@@ -23,13 +23,20 @@ pub enum AuthError {
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
 }
 
-/// A token that verified: whose it is and until when (unix seconds).
+/// A token that verified: whose it is, until when (unix seconds), and the
+/// channel patterns it may subscribe to and publish to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub user: UserId,
     pub exp: u64,
+    pub channels: Vec<String>,
+    pub publish: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -60,18 +67,21 @@ impl Authenticator {
         if data.claims.sub.starts_with(protocol::api::SYSTEM_PREFIX) {
             return Err(AuthError::SystemSubject);
         }
+        let claims = data.claims;
         Ok(Verified {
-            user: UserId::new(data.claims.sub)?,
-            exp: data.claims.exp,
+            user: UserId::new(claims.sub)?,
+            exp: claims.exp,
+            channels: claims.channels,
+            publish: claims.publish,
         })
     }
 
     /// `Authorization: Bearer <jwt>`.
-    pub fn verify_header(&self, header: Option<&str>) -> Result<UserId, AuthError> {
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Verified, AuthError> {
         let token = header
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthError::Missing)?;
-        Ok(self.verify(token.trim())?.user)
+        self.verify(token.trim())
     }
 }
 

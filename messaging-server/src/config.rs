@@ -68,6 +68,19 @@ pub struct Config {
     /// gets `too_many_devices` and close 4009.
     #[arg(long, env = "SWITCHBOARD_MAX_DEVICES_PER_USER", default_value_t = 32)]
     pub max_devices_per_user: usize,
+    /// Channels one connection may be subscribed to at once; one more gets
+    /// `too_many_channels` (the connection stays).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CHANNELS_PER_DEVICE",
+        default_value_t = 128
+    )]
+    pub max_channels_per_device: usize,
+    /// Members a group conversation may have. Each send writes one delivery
+    /// row per member and one record per partition holding one; larger
+    /// audiences belong in a channel (docs/benchmarks.md, "Channels").
+    #[arg(long, env = "SWITCHBOARD_MAX_GROUP_MEMBERS", default_value_t = 1000)]
+    pub max_group_members: usize,
     /// Conversations whose member lists are cached at most.
     #[arg(
         long,
@@ -138,6 +151,8 @@ impl fmt::Debug for Config {
             )
             .field("max_connections", &self.max_connections)
             .field("max_devices_per_user", &self.max_devices_per_user)
+            .field("max_channels_per_device", &self.max_channels_per_device)
+            .field("max_group_members", &self.max_group_members)
             .field("member_cache_entries", &self.member_cache_entries)
             .field("queue_len", &self.queue_len)
             .field("max_frame_bytes", &self.max_frame_bytes)
@@ -191,6 +206,13 @@ impl Config {
             1,
             10_000,
         )?;
+        in_range(
+            "--max-channels-per-device",
+            self.max_channels_per_device,
+            1,
+            100_000,
+        )?;
+        in_range("--max-group-members", self.max_group_members, 2, 1_000_000)?;
         in_range(
             "--member-cache-entries",
             self.member_cache_entries,

@@ -4,8 +4,8 @@
 use axum::extract::ws::Utf8Bytes;
 use protocol::frames::Message;
 use protocol::{
-    ConversationId, Cursor, DeviceId, EncodeError, IdError, Kind, MsgId, Record, ServerFrame,
-    UserId,
+    ChannelRecord, ConversationId, Cursor, DeviceId, EncodeError, IdError, Kind, MsgId, Record,
+    ServerFrame, UserId,
 };
 use serde_json::value::RawValue;
 use store::StoredMessage;
@@ -33,6 +33,30 @@ pub fn message(record: &Record, log_epoch: &str, offset: i64, replay: bool) -> S
         sent_at_ms: record.sent_at_ms,
         cursor: (record.kind == Kind::Chat).then(|| Cursor::new(log_epoch, offset)),
         replay,
+        channel: None,
+    })
+}
+
+/// A channel publication. Every one carries the channel's cursor (an
+/// ephemeral one too: it moves the position, it is just never recovered);
+/// `conversation_id` repeats the channel name for clients that read only it.
+pub fn channel_message(
+    record: &ChannelRecord,
+    log_epoch: &str,
+    offset: i64,
+    replay: bool,
+) -> ServerFrame {
+    ServerFrame::Message(Message {
+        msg_id: record.msg_id,
+        conversation_id: ConversationId::from(&record.channel),
+        from: record.sender.clone(),
+        from_device: record.sender_device.clone(),
+        kind: record.kind,
+        body: record.body.clone(),
+        sent_at_ms: record.sent_at_ms,
+        cursor: Some(Cursor::new(log_epoch, offset)),
+        replay,
+        channel: Some(record.channel.clone()),
     })
 }
 
@@ -56,6 +80,7 @@ pub fn stored_message(
         sent_at_ms: row.sent_at_ms,
         cursor: Some(Cursor::new(log_epoch, row.kafka_offset)),
         replay,
+        channel: None,
     }))
 }
 

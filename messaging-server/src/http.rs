@@ -69,16 +69,20 @@ async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Result<Response, ApiErro
         }))
 }
 
-fn user(s: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+fn caller(s: &AppState, headers: &HeaderMap) -> Result<crate::auth::Verified, ApiError> {
     let header = headers.get("authorization").and_then(|h| h.to_str().ok());
     s.auth
         .verify_header(header)
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
+fn user(s: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    caller(s, headers).map(|v| v.user)
+}
+
 fn frame_error(e: FrameError) -> ApiError {
     let status = match e.code {
-        ErrorCode::NotMember => StatusCode::FORBIDDEN,
+        ErrorCode::NotMember | ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,7 +104,7 @@ async fn post_message(
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
-    let sender = user(&s, &headers)?;
+    let sender = caller(&s, &headers)?;
     let send: protocol::frames::Send = self::body(&body)?;
     let device = DeviceId::new("http").map_err(|e| ApiError::internal(e.to_string()))?;
     let msg_id = crate::send::send(&s, &sender, &device, send)
@@ -183,6 +187,7 @@ async fn create_conversation(
             members.push(u);
         }
     }
+    check_group_size(&s, members.len())?;
     let store = s.members.store();
     if !store
         .create_conversation(&id, &creator, &members)
@@ -198,6 +203,17 @@ async fn create_conversation(
     s.members.invalidate(&id);
     let body = json!({ "conversation_id": id, "members": members });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `SWITCHBOARD_MAX_GROUP_MEMBERS`: beyond it an audience belongs in a channel.
+fn check_group_size(s: &AppState, members: usize) -> Result<(), ApiError> {
+    let max = s.config.max_group_members;
+    if members > max {
+        return Err(ApiError::invalid(format!(
+            "a group conversation has at most {max} members; publish to a channel for larger audiences"
+        )));
+    }
+    Ok(())
 }
 
 async fn require_member(s: &AppState, id: &ConversationId, u: &UserId) -> Result<(), ApiError> {
@@ -235,6 +251,11 @@ async fn add_member(
     Path(path): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (id, member) = member_change(&s, &headers, path).await?;
+    if let Some(now) = s.members.members(&id).await.map_err(db)? {
+        if !now.contains(&member) {
+            check_group_size(&s, now.len() + 1)?;
+        }
+    }
     s.members
         .store()
         .add_member(&id, &member)

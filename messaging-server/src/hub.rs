@@ -211,6 +211,25 @@ impl Hub {
         out
     }
 
+    /// The delivery queue of a registered device, for its channel subscriptions.
+    pub fn queue(&self, user: &UserId, id: u64) -> Option<mpsc::Sender<Utf8Bytes>> {
+        let inner = self.lock();
+        let slot = inner.users.get(user)?.iter().find(|s| s.id == id)?;
+        Some(slot.tx.clone())
+    }
+
+    /// Closes one device (e.g. its queue overflowed with channel publications).
+    pub fn close_device(&self, user: &UserId, id: u64, close: Close) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner
+            .users
+            .get_mut(user)
+            .and_then(|v| v.iter_mut().find(|s| s.id == id))
+        {
+            slot.close(close);
+        }
+    }
+
     pub fn unregister(&self, user: &UserId, id: u64) {
         let mut inner = self.lock();
         let Some(slots) = inner.users.get_mut(user) else {

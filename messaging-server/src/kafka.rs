@@ -4,7 +4,7 @@
 use crate::frame::{encode, message};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use protocol::{Record, ServerId, UserId};
+use protocol::{ChannelName, ChannelRecord, Record, ServerId, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -34,6 +34,16 @@ pub fn live_consumer(
     fetch_wait: Duration,
 ) -> Result<LiveStream, KafkaError> {
     let group = format!("switchboard-server-{server_id}");
+    service::kafka::consumer_config(brokers, &group, fetch_wait).create()
+}
+
+/// The consumer of the channel topic (every partition, manual `assign()`).
+pub fn channel_consumer(
+    brokers: &str,
+    server_id: &ServerId,
+    fetch_wait: Duration,
+) -> Result<LiveStream, KafkaError> {
+    let group = format!("switchboard-channels-{server_id}");
     service::kafka::consumer_config(brokers, &group, fetch_wait).create()
 }
 
@@ -173,6 +183,7 @@ impl LiveConsumer {
 pub struct LogReader {
     brokers: String,
     topic: String,
+    channel_topic: String,
     client: Arc<BaseConsumer>,
 }
 
@@ -181,13 +192,23 @@ impl LogReader {
         Ok(Self {
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
+            channel_topic: protocol::channel_topic(topic),
             client: Arc::new(consumer_config(brokers, "switchboard-resume").create()?),
         })
     }
 
     /// `(first offset still in the log, offset the next record will get)`.
     pub async fn watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
-        let (client, topic) = (self.client.clone(), self.topic.clone());
+        self.watermarks_of(&self.topic, partition).await
+    }
+
+    /// The same for a partition of the channel topic.
+    pub async fn channel_watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
+        self.watermarks_of(&self.channel_topic, partition).await
+    }
+
+    async fn watermarks_of(&self, topic: &str, partition: u32) -> Result<(i64, i64), KafkaError> {
+        let (client, topic) = (self.client.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
             client.fetch_watermarks(&topic, to_kafka(partition), Duration::from_secs(5))
         })
@@ -202,19 +223,41 @@ impl LogReader {
         range: std::ops::Range<i64>,
         user: &UserId,
     ) -> Result<Vec<(i64, Record)>, KafkaError> {
-        read_range(&self.brokers, &self.topic, partition, range, user).await
+        let user = user.clone();
+        let pick = move |bytes: &[u8]| {
+            Record::decode(bytes)
+                .ok()
+                .filter(|r| r.kind == protocol::Kind::Chat && r.recipients.contains(&user))
+        };
+        read_where(&self.brokers, &self.topic, partition, range, pick).await
+    }
+
+    /// The recoverable (chat) publications of `channel` in `range`, in order.
+    pub async fn read_channel(
+        &self,
+        partition: u32,
+        range: std::ops::Range<i64>,
+        channel: &ChannelName,
+    ) -> Result<Vec<(i64, ChannelRecord)>, KafkaError> {
+        let channel = channel.clone();
+        let pick = move |bytes: &[u8]| {
+            ChannelRecord::decode(bytes)
+                .ok()
+                .filter(|r| r.kind == protocol::Kind::Chat && r.channel == channel)
+        };
+        read_where(&self.brokers, &self.channel_topic, partition, range, pick).await
     }
 }
 
-/// Reads `range` of `partition` and returns the chat records for `user`.
-async fn read_range(
+/// Reads `range` of `partition` and keeps what `pick` returns.
+async fn read_where<T: Send + 'static>(
     brokers: &str,
     topic: &str,
     partition: u32,
     range: std::ops::Range<i64>,
-    user: &UserId,
-) -> Result<Vec<(i64, Record)>, KafkaError> {
-    let (brokers, topic, user) = (brokers.to_owned(), topic.to_owned(), user.clone());
+    pick: impl Fn(&[u8]) -> Option<T> + Send + 'static,
+) -> Result<Vec<(i64, T)>, KafkaError> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = consumer_config(&brokers, "switchboard-resume").create()?;
         let mut tpl = TopicPartitionList::new();
@@ -230,10 +273,8 @@ async fn read_range(
             if m.offset() >= range.end {
                 return Ok(out);
             }
-            if let Ok(r) = Record::decode(m.payload().unwrap_or_default()) {
-                if r.kind == protocol::Kind::Chat && r.recipients.contains(&user) {
-                    out.push((m.offset(), r));
-                }
+            if let Some(r) = pick(m.payload().unwrap_or_default()) {
+                out.push((m.offset(), r));
             }
             if m.offset() + 1 >= range.end {
                 return Ok(out);

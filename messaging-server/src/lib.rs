@@ -2,6 +2,7 @@
 //! sessions for the users of the partitions etcd assigns to it.
 
 mod auth;
+mod channels;
 mod config;
 mod demo;
 mod frame;
@@ -77,6 +78,9 @@ pub async fn serve_with(
     }
     let consumer = kafka::live_consumer(&config.kafka.brokers, &info.server_id, config.fetch_wait)
         .context("failed to create the Kafka consumer")?;
+    let channel_consumer =
+        kafka::channel_consumer(&config.kafka.brokers, &info.server_id, config.fetch_wait)
+            .context("failed to create the Kafka channel consumer")?;
     let Some(etcd) = connect_retrying(&config.etcd.endpoints, &shutdown).await else {
         return Ok(());
     };
@@ -92,6 +96,15 @@ pub async fn serve_with(
         }
     });
     spawn_tasks(&mut tasks, &state, consumer, etcd, listener);
+    let channels = channels::consumer::ChannelConsumer {
+        consumer: Arc::new(channel_consumer),
+        topic: state.channel_topic.clone(),
+        channels: state.channels.clone(),
+        hub: state.hub.clone(),
+        metrics: state.metrics.clone(),
+        assignment: state.assignment_rx.clone(),
+    };
+    tasks.spawn("channel-consumer", channels.run(stop.clone()));
     let failed = tokio::select! {
         biased;
         _ = shutdown.cancelled() => None,
@@ -188,6 +201,8 @@ fn build_state(
         .context("failed to create the Kafka log reader")?;
     Ok(Arc::new(AppState {
         hub: Arc::new(hub::Hub::new(config.queue_len, config.max_devices_per_user)),
+        channels: Arc::new(channels::ChannelHub::new(config.queue_len)),
+        channel_topic: protocol::channel_topic(&config.kafka.topic),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),
         sockets: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),

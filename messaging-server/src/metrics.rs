@@ -35,6 +35,15 @@ pub struct Metrics {
     pub producer_restarts: Counter,
     pub producer_ready: Gauge,
     pub produce_in_flight: Gauge,
+    pub channel_deliveries: Counter,
+    pub channels: Gauge,
+    pub channel_subscriptions: Gauge,
+    pub channel_recoveries: Family<RecoveredLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecoveredLabel {
+    pub recovered: bool,
 }
 
 impl Default for Metrics {
@@ -58,6 +67,10 @@ impl Default for Metrics {
             producer_restarts: Counter::default(),
             producer_ready: Gauge::default(),
             produce_in_flight: Gauge::default(),
+            channel_deliveries: Counter::default(),
+            channels: Gauge::default(),
+            channel_subscriptions: Gauge::default(),
+            channel_recoveries: Family::default(),
         }
     }
 }
@@ -79,6 +92,26 @@ impl Metrics {
             "send_errors",
             "Sends refused, by error code",
             self.send_errors.clone(),
+        );
+        r.register(
+            "channel_deliveries",
+            "Channel publications queued to subscribed devices",
+            self.channel_deliveries.clone(),
+        );
+        r.register(
+            "channels",
+            "Channels with at least one subscriber on this server",
+            self.channels.clone(),
+        );
+        r.register(
+            "channel_subscriptions",
+            "Channel subscriptions of this server's connections",
+            self.channel_subscriptions.clone(),
+        );
+        r.register(
+            "channel_resubscribes",
+            "Subscribes with a cursor, by whether everything missed was recovered",
+            self.channel_recoveries.clone(),
         );
         r.register(
             "deliveries",

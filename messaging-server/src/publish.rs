@@ -3,7 +3,7 @@
 //! same path to Kafka as a user's send (acked after Kafka has it, msg_id
 //! UUID-v5 of sender and idempotency key).
 
-use crate::send::{build, Outgoing};
+use crate::send::{build, build_channel, Outgoing};
 use crate::state::AppState;
 use protocol::{
     ConversationId, DeviceId, ErrorBody, ErrorCode, FrameError, MsgId, Publish, PublishResult,
@@ -62,6 +62,7 @@ async fn recipients(
                 .ok_or_else(|| refuse(ErrorCode::NotMember, format!("no conversation {c}")))?;
             Ok((c.clone(), members.to_vec()))
         }
+        PublishTarget::Channel(c) => Ok((c.into(), Vec::new())),
     }
 }
 
@@ -82,7 +83,11 @@ async fn start(
         kind: p.kind,
         body: p.body,
     };
-    Ok(build(state, message, &to)?.enqueue(state))
+    let prepared = match &p.to {
+        PublishTarget::Channel(channel) => build_channel(state, message, channel)?,
+        _ => build(state, message, &to)?,
+    };
+    Ok(prepared.enqueue(state))
 }
 
 pub async fn one(state: &AppState, p: Publish) -> Result<MsgId, FrameError> {

@@ -1,9 +1,13 @@
 //! The send path: validate, check membership, group recipients by partition,
 //! produce one record per partition, succeed only when every record is acked.
 
+use crate::auth::Verified;
 use crate::state::AppState;
 use protocol::frames::{FrameError, Send};
-use protocol::{partition_for, ConversationId, DeviceId, ErrorCode, MsgId, Record, Target, UserId};
+use protocol::{
+    partition_for, ChannelName, ChannelRecord, ConversationId, DeviceId, ErrorCode, MsgId, Record,
+    Target, UserId,
+};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -44,6 +48,13 @@ async fn resolve(
         }
         Target::User(u) => ConversationId::direct(sender, u),
         Target::Conversation(c) => c.clone(),
+        Target::Channel(_) => {
+            return Err(refuse(
+                send,
+                ErrorCode::Internal,
+                "a channel has no members",
+            ))
+        }
     };
     let members = state
         .members
@@ -67,35 +78,114 @@ async fn resolve(
     Ok((conversation, members.to_vec()))
 }
 
+/// Which topic a message's records go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// The users' topic, partitioned by recipient.
+    Users,
+    /// The channel topic, partitioned by channel name.
+    Channels,
+}
+
 /// A send that passed validation: its records, ready to be produced.
 pub struct Prepared {
     id: Option<serde_json::Value>,
     msg_id: MsgId,
+    topic: Topic,
     /// (partition, key, encoded record), one per partition with a recipient.
     records: Vec<(u32, String, Vec<u8>)>,
     started: Instant,
 }
 
 /// Validates and resolves on behalf of `sender` (the token's subject, never
-/// the frame's) and builds one record per partition holding a recipient.
+/// the frame's) and builds one record per partition holding a recipient,
+/// or for a channel the one record of the channel (if `publish` allows it).
 pub async fn prepare(
     state: &AppState,
-    sender: &UserId,
+    sender: &Verified,
     device: &DeviceId,
     send: Send,
 ) -> Result<Prepared, FrameError> {
     send.check_body()?;
-    let (conversation_id, members) = resolve(state, sender, &send).await?;
-    let message = Outgoing {
-        id: send.id,
+    if let Target::Channel(channel) = &send.to {
+        if !protocol::channel::allowed(&sender.publish, channel) {
+            let message = format!("the token's publish claim does not allow {channel}");
+            return Err(refuse(&send, ErrorCode::Forbidden, message));
+        }
+        let channel = channel.clone();
+        return build_channel(
+            state,
+            outgoing(&sender.user, device, send, (&channel).into()),
+            &channel,
+        );
+    }
+    let (conversation_id, members) = resolve(state, &sender.user, &send).await?;
+    build(
+        state,
+        outgoing(&sender.user, device, send, conversation_id),
+        &members,
+    )
+}
+
+fn outgoing<'a>(
+    sender: &'a UserId,
+    device: &'a DeviceId,
+    send: Send,
+    conversation_id: ConversationId,
+) -> Outgoing<'a> {
+    Outgoing {
         msg_id: MsgId::derive(sender, &send.client_msg_id),
+        id: send.id,
         conversation_id,
         sender,
         device,
         kind: send.kind,
         body: send.body,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The one record of a channel publication, however many subscribe.
+pub fn build_channel(
+    state: &AppState,
+    m: Outgoing<'_>,
+    channel: &ChannelName,
+) -> Result<Prepared, FrameError> {
+    let started = Instant::now();
+    let fail = |code, message: String| FrameError {
+        id: m.id.clone(),
+        code,
+        message,
     };
-    build(state, message, &members)
+    let partition = state
+        .channels
+        .partition_of(channel)
+        .ok_or_else(|| fail(ErrorCode::Unavailable, "channels are not open yet".into()))?;
+    let record = ChannelRecord {
+        v: protocol::record::RECORD_VERSION,
+        msg_id: m.msg_id,
+        kind: m.kind,
+        channel: channel.clone(),
+        sender: m.sender.clone(),
+        sender_device: m.device.clone(),
+        body: m.body,
+        sent_at_ms: now_ms(),
+    };
+    let bytes = record
+        .encode()
+        .map_err(|e| fail(ErrorCode::InvalidField, e.to_string()))?;
+    Ok(Prepared {
+        id: m.id,
+        msg_id: m.msg_id,
+        topic: Topic::Channels,
+        records: vec![(partition, channel.to_string(), bytes)],
+        started,
+    })
 }
 
 /// A message about to become records, whoever sent it.
@@ -124,9 +214,7 @@ pub fn build(
     let assignment = state
         .assignment()
         .ok_or_else(|| fail(ErrorCode::Unavailable, "no partition map yet".into()))?;
-    let sent_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let sent_at_ms = now_ms();
     let mut records = Vec::new();
     for (partition, recipients) in group_by_partition(recipients, assignment.partitions) {
         let key = recipients
@@ -152,6 +240,7 @@ pub fn build(
     Ok(Prepared {
         id: m.id,
         msg_id: m.msg_id,
+        topic: Topic::Users,
         records,
         started,
     })
@@ -170,7 +259,11 @@ impl Prepared {
             code: ErrorCode::Unavailable,
             message: e,
         };
-        let handed = state.producer.enqueue(state.topic(), &self.records);
+        let topic = match self.topic {
+            Topic::Users => state.topic(),
+            Topic::Channels => &state.channel_topic,
+        };
+        let handed = state.producer.enqueue(topic, &self.records);
         let (metrics, producer) = (state.metrics.clone(), state.producer.clone());
         async move {
             let acks = handed.map_err(|e| unavailable(&self.id, e.to_string()))?;
@@ -190,7 +283,7 @@ impl Prepared {
 /// The whole send, for `POST /v1/messages`.
 pub async fn send(
     state: &AppState,
-    sender: &UserId,
+    sender: &Verified,
     device: &DeviceId,
     send: Send,
 ) -> Result<MsgId, FrameError> {

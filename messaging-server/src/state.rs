@@ -31,6 +31,10 @@ pub struct AppState {
     pub sockets: Arc<tokio::sync::Semaphore>,
     /// Local devices and the fan-out of consumed records to them.
     pub hub: Arc<Hub>,
+    /// Channel subscriptions of local devices, and the channel fan-out.
+    pub channels: Arc<crate::channels::ChannelHub>,
+    /// `<topic>.channels`, which this server reads in full.
+    pub channel_topic: String,
     pub metrics: Metrics,
     pub registry: Registry,
     /// The newest partition map (it carries the log epoch cursors use).

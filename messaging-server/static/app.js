@@ -1,7 +1,8 @@
 // Switchboard browser demo: a small client with the same behaviour as the
 // Rust one — resolve through the coordinator, hello with the last cursor,
 // follow redirects and 4004/4005/4006 closes by resuming, drop duplicate
-// msg_ids, resend unacknowledged messages with the same client_msg_id.
+// msg_ids, resend unacknowledged messages with the same client_msg_id, and
+// subscribe to channels again after every reconnect from their last cursor.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,6 +10,8 @@ const state = {
   user: null, token: null, coordinator: null, device: null,
   ws: null, next: null, cursor: null, delay: 250, stopped: true,
   seen: new Set(), pending: new Map(), requestId: 0,
+  // channel name -> its last cursor (null before the first `subscribed`)
+  channels: new Map(),
 };
 
 function log(text) {
@@ -44,7 +47,46 @@ async function loadConversations(wsUrl) {
   } catch (e) { log(`conversations: ${e}`); }
 }
 
+function showPublication(m) {
+  if (m.cursor && state.channels.has(m.channel)) state.channels.set(m.channel, m.cursor);
+  if (state.seen.has(m.msg_id)) return;
+  state.seen.add(m.msg_id);
+  const li = document.createElement("li");
+  li.dataset.msgId = m.msg_id;
+  if (m.replay) li.classList.add("replay");
+  const text = m.body && typeof m.body.text === "string" ? m.body.text : JSON.stringify(m.body);
+  li.textContent = `${m.channel} ${m.from}: ${text}`;
+  $("channel-messages").append(li);
+}
+
+function subscribeFrame(channel) {
+  const frame = { type: "subscribe", id: `sub:${channel}`, channel };
+  const cursor = state.channels.get(channel);
+  if (cursor) frame.cursor = cursor;
+  return JSON.stringify(frame);
+}
+
+function subscribe(event) {
+  event.preventDefault();
+  const channel = $("channel").value.trim();
+  if (!channel || state.channels.has(channel)) return;
+  state.channels.set(channel, null);
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(subscribeFrame(channel));
+  $("channel").value = "";
+}
+
+function onSubscribed(f) {
+  if (!state.channels.has(f.channel)) return;
+  state.channels.set(f.channel, f.cursor);
+  log(`subscribed to ${f.channel} (recovered: ${f.recovered})`);
+  const ul = $("channels");
+  let li = [...ul.children].find((x) => x.dataset.channel === f.channel);
+  if (!li) { li = document.createElement("li"); li.dataset.channel = f.channel; ul.append(li); }
+  li.textContent = `${f.channel} (recovered: ${f.recovered})`;
+}
+
 function showMessage(m) {
+  if (m.channel) return showPublication(m);
   if (m.kind === "chat" && m.cursor) {
     state.cursor = m.cursor;
     localStorage.setItem(`switchboard.cursor.${state.user}`, m.cursor);
@@ -76,16 +118,25 @@ function onFrame(f, wsUrl) {
       setStatus(`connected as ${f.user_id} to ${f.server_id}${f.resumed ? " (resumed)" : ""}`);
       log(`welcome from ${f.server_id}, resumed: ${f.resumed}`);
       for (const frame of state.pending.values()) state.ws.send(frame);
+      for (const channel of state.channels.keys()) state.ws.send(subscribeFrame(channel));
       loadConversations(wsUrl);
       scheduleRefresh(f.token_exp);
       break;
     case "authed": log(`token refreshed, valid until ${new Date(f.exp * 1000).toLocaleTimeString()}`); scheduleRefresh(f.exp); break;
     case "message": showMessage(f); break;
     case "synced": log(`synced at ${f.cursor}`); break;
+    case "subscribed": onSubscribed(f); break;
     case "ack": state.pending.delete(f.client_msg_id); break;
     case "redirect": state.next = f.ws_url; log(`redirected to ${f.server_id}`); break;
     case "error":
       log(`error ${f.code}: ${f.message}`);
+      if (typeof f.id === "string" && f.id.startsWith("sub:")) {
+        const channel = f.id.slice(4);
+        // Not open yet on this server: ask again shortly; refused: forget it.
+        if (f.code === "unavailable") setTimeout(() => state.ws && state.ws.readyState === WebSocket.OPEN && state.ws.send(subscribeFrame(channel)), 500);
+        else state.channels.delete(channel);
+        break;
+      }
       if (f.code !== "unavailable" && f.code !== "rate_limited") {
         for (const [k, v] of state.pending) if (JSON.parse(v).id === f.id) state.pending.delete(k);
       }
@@ -181,6 +232,7 @@ function login(event) {
 
 $("login-form").addEventListener("submit", login);
 $("send-form").addEventListener("submit", send);
+$("subscribe-form").addEventListener("submit", subscribe);
 const params = new URLSearchParams(location.search);
 for (const key of ["coordinator", "user", "token"]) if (params.get(key)) $(key).value = params.get(key);
 if (params.get("user") && params.get("token")) login();

@@ -51,6 +51,8 @@ pub enum PublishTarget {
     Users(Vec<UserId>),
     /// Every member of a group conversation.
     Conversation(ConversationId),
+    /// Every device subscribed to a channel (one record however many).
+    Channel(crate::ChannelName),
 }
 
 /// Most users one publication may name.

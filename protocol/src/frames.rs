@@ -3,6 +3,7 @@
 //! every failure maps to the right stable error code, unknown fields are
 //! ignored, and a request's `id` is echoed even when the rest is invalid.
 
+use crate::channel::ChannelName;
 use crate::cursor::Cursor;
 use crate::ids::{ClientMsgId, ConversationId, DeviceId, MsgId, ServerId, UserId};
 use crate::record::Kind;
@@ -23,6 +24,11 @@ pub enum ErrorCode {
     Unavailable,
     /// The user has `SWITCHBOARD_MAX_DEVICES_PER_USER` devices on the server.
     TooManyDevices,
+    /// The token's claims do not allow this (a channel not in `channels`,
+    /// a publication not in `publish`).
+    Forbidden,
+    /// The device has `SWITCHBOARD_MAX_CHANNELS_PER_DEVICE` subscriptions.
+    TooManyChannels,
     /// HTTP only: no or a bad bearer token.
     Unauthorized,
     /// HTTP only: no such endpoint or resource.
@@ -44,6 +50,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyChannels => "too_many_channels",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
@@ -94,6 +102,8 @@ impl CloseCode {
 pub enum Target {
     User(UserId),
     Conversation(ConversationId),
+    /// A channel; the token's `publish` claim must allow it.
+    Channel(ChannelName),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,12 +136,34 @@ pub struct Auth {
     pub token: String,
 }
 
+/// `subscribe`: live publications of `channel` from now on, and with a
+/// `cursor` (from an earlier `message` or `subscribed` of this channel)
+/// the ones missed since, while the log still holds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subscribe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub channel: ChannelName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+}
+
+/// `unsubscribe`: no more publications of `channel` on this connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub channel: ChannelName,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Hello(Hello),
     Send(Send),
     Auth(Auth),
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
 }
 
 /// Why a client frame was refused; `id` is the request's, when it had one.
@@ -193,6 +225,8 @@ impl ClientFrame {
                 Ok(ClientFrame::Send(send))
             }
             "auth" => Ok(ClientFrame::Auth(concrete(text, &id)?)),
+            "subscribe" => Ok(ClientFrame::Subscribe(concrete(text, &id)?)),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe(concrete(text, &id)?)),
             other => Err(FrameError {
                 id,
                 code: ErrorCode::UnknownType,
@@ -207,6 +241,8 @@ impl ClientFrame {
             ClientFrame::Hello(_) => "hello",
             ClientFrame::Send(_) => "send",
             ClientFrame::Auth(_) => "auth",
+            ClientFrame::Subscribe(_) => "subscribe",
+            ClientFrame::Unsubscribe(_) => "unsubscribe",
         };
         serde_json::to_string(self).map_err(|source| EncodeError { frame, source })
     }
@@ -252,6 +288,10 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
     pub replay: bool,
+    /// Set on a channel publication: `cursor` is then the channel's, and
+    /// `conversation_id` repeats the channel name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +330,27 @@ pub struct Redirect {
     pub epoch: u64,
 }
 
+/// The answer to `subscribe`, after the recovered publications (if any).
+/// `cursor` is where a later re-subscribe resumes if no publication comes
+/// first; `recovered` says whether every publication after the requested
+/// cursor was delivered (false without a cursor, for a cursor of another log
+/// incarnation, or when the log no longer holds what followed it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscribed {
+    #[serde(default)]
+    pub id: Option<Value>,
+    pub channel: ChannelName,
+    pub cursor: Cursor,
+    pub recovered: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    #[serde(default)]
+    pub id: Option<Value>,
+    pub channel: ChannelName,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
@@ -300,6 +361,8 @@ pub enum ServerFrame {
     Error(ErrorFrame),
     Redirect(Redirect),
     Authed(Authed),
+    Subscribed(Subscribed),
+    Unsubscribed(Unsubscribed),
 }
 
 impl From<FrameError> for ServerFrame {
@@ -332,6 +395,8 @@ impl ServerFrame {
             ServerFrame::Error(_) => "error",
             ServerFrame::Redirect(_) => "redirect",
             ServerFrame::Authed(_) => "authed",
+            ServerFrame::Subscribed(_) => "subscribed",
+            ServerFrame::Unsubscribed(_) => "unsubscribed",
         }
     }
 
@@ -355,6 +420,8 @@ impl ServerFrame {
             "error" => ServerFrame::Error(concrete(text, &id)?),
             "redirect" => ServerFrame::Redirect(concrete(text, &id)?),
             "authed" => ServerFrame::Authed(concrete(text, &id)?),
+            "subscribed" => ServerFrame::Subscribed(concrete(text, &id)?),
+            "unsubscribed" => ServerFrame::Unsubscribed(concrete(text, &id)?),
             other => {
                 return Err(FrameError {
                     id,

@@ -18,13 +18,15 @@ pub enum IdError {
     Control { kind: &'static str },
     #[error("conversation ids starting with \"dm:\" are direct messages and must be \"dm:a,b\" with a < b")]
     BadDirect,
+    #[error("channel names must be \"ch:<name>\" with a name of the id alphabet")]
+    Channel,
 }
 
 fn in_alphabet(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')
 }
 
-fn check_alphabet(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
+pub(crate) fn check_alphabet(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     let len = s.chars().count();
     if len == 0 || len > max {
         return Err(IdError::Length { kind, max, len });
@@ -89,6 +91,7 @@ macro_rules! string_id {
         }
     };
 }
+pub(crate) use string_id;
 
 string_id!(
     /// A peer: the JWT `sub`. 1–128 chars of `[A-Za-z0-9._:@-]`.
@@ -145,6 +148,13 @@ fn check_conversation(s: &str) -> Result<(), IdError> {
             }
         }
         None => check_alphabet("conversation_id", s, 128),
+    }
+}
+
+impl From<&crate::channel::ChannelName> for ConversationId {
+    /// `ch:<name>` is in the conversation alphabet and never `dm:`.
+    fn from(c: &crate::channel::ChannelName) -> Self {
+        Self(c.as_str().to_owned())
     }
 }
 

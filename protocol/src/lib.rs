@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod assignment;
+pub mod channel;
 pub mod cursor;
 pub mod frames;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod record;
 
 pub use api::{Accepted, ErrorBody, Publish, PublishBatch, PublishResult, PublishTarget, Route};
 pub use assignment::{Assignment, ServerInfo};
+pub use channel::{channel_topic, ChannelName, ChannelRecord};
 pub use cursor::Cursor;
 pub use frames::{ClientFrame, CloseCode, EncodeError, ErrorCode, FrameError, ServerFrame, Target};
 pub use ids::{ClientMsgId, ConversationId, DeviceId, IdError, MsgId, ServerId, UserId};

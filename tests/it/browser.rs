@@ -54,12 +54,15 @@ async fn browser(webdriver: &str) -> anyhow::Result<Client> {
 }
 
 async fn open(c: &Client, stack: &Stack, user: &str) -> anyhow::Result<()> {
+    open_with(c, stack, user, &Stack::token(user)).await
+}
+
+async fn open_with(c: &Client, stack: &Stack, user: &str, token: &str) -> anyhow::Result<()> {
     let (_, ws) = stack.route(user).await?;
     let page = ws.replace("ws://", "http://").replace("/v1/ws", "/demo/");
     let url = format!(
-        "{page}?coordinator={}&user={user}&token={}",
+        "{page}?coordinator={}&user={user}&token={token}",
         stack.coordinator.url(),
-        Stack::token(user)
     );
     c.goto(&url).await?;
     text_contains(c, "#status", &format!("connected as {user}")).await
@@ -139,6 +142,83 @@ pub async fn two_browser_users_chat_and_survive_a_drain(infra: Arc<Infra>) -> an
     .await;
     let _ = a.close().await;
     let _ = b.close().await;
+    stack.stop().await;
+    result
+}
+
+const KEY: &str = "browser-key-0123456789abcdef-0123456789";
+
+async fn publish(stack: &Stack, key: &str, text: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({"to": {"channel": "ch:scores"}, "body": {"text": text},
+        "from": "system:scores", "idempotency_key": key});
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        for s in &stack.servers {
+            let r = reqwest::Client::new()
+                .post(format!("{}/v1/publish", s.url()))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "publication {key} not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The demo's channel panel: subscribe, see publications live, and after the
+/// page's server drains, resubscribe on the new one with `recovered: true`
+/// and the publication made in between.
+pub async fn browser_channel_panel_recovers_after_a_drain(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let mut stack = Stack::start_with(&infra, "browser-ch", 2, false, |c| {
+        c.api_keys = vec![KEY.to_owned()];
+    })
+    .await?;
+    let (_driver, webdriver) = chromedriver().await?;
+    let page = browser(&webdriver).await?;
+    let result = async {
+        let grants = switchboard_client::token::Grants {
+            channels: vec!["ch:*".into()],
+            publish: vec![],
+        };
+        let token = switchboard_client::token::mint_hs256_with(
+            harness::stack::JWT_SECRET,
+            "fan",
+            3600,
+            &grants,
+        )?;
+        open_with(&page, &stack, "fan", &token).await?;
+        page.find(Locator::Css("#channel"))
+            .await?
+            .send_keys("ch:scores")
+            .await?;
+        page.find(Locator::Css("#subscribe")).await?.click().await?;
+        text_contains(&page, "#channels", "ch:scores (recovered: false)").await?;
+        publish(&stack, "goal-1", "1-0").await?;
+        text_contains(&page, "#channel-messages", "1-0").await?;
+        let (server, _) = stack.route("fan").await?;
+        stack.add_server(|c| c.api_keys = vec![KEY.to_owned()])?;
+        let old = stack
+            .take_server(&server)
+            .ok_or_else(|| anyhow::anyhow!("no server"))?;
+        old.stop().await;
+        // Published while the page has no server: recovered on the next one.
+        publish(&stack, "goal-2", "2-0").await?;
+        text_contains(&page, "#log", "closed with 4006").await?;
+        text_contains(&page, "#channels", "ch:scores (recovered: true)").await?;
+        text_contains(&page, "#channel-messages", "2-0").await?;
+        let shot = screenshot(&page, "browser-channel").await?;
+        eprintln!("    screenshot: {}", shot.display());
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = page.close().await;
     stack.stop().await;
     result
 }

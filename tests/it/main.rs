@@ -6,6 +6,7 @@
 mod auth;
 mod broker_faults;
 mod browser;
+mod channels;
 mod client;
 mod compose;
 mod coordinator;
@@ -31,6 +32,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         client::cli_route_send_tail_and_history,
         client::slow_app_gets_everything_after_4004,
         browser::two_browser_users_chat_and_survive_a_drain,
+        browser::browser_channel_panel_recovers_after_a_drain,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::long_poll_returns_on_change_and_times_out,
@@ -52,6 +54,9 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         fuzz::ten_thousand_random_frames_leave_the_server_and_others_fine,
         auth::expired_tokens_close_unless_refreshed,
         publish::backends_publish_with_api_keys,
+        channels::channels_are_authorized_limited_and_served,
+        channels::channel_recovery_says_when_the_log_was_trimmed,
+        channels::channel_subscribers_lose_nothing_across_drain_and_crash,
         persister::exactly_once_across_kills_and_replicas,
         persister::recovers_by_itself_after_a_postgres_outage,
     ]

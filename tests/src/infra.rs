@@ -228,6 +228,34 @@ impl Infra {
     }
 }
 
+impl Infra {
+    /// Deletes the records of `partition` before `before`, as retention
+    /// would: the partition's log start moves to `before`.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        before: i64,
+    ) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(
+            topic,
+            service::kafka::to_kafka(partition),
+            rdkafka::Offset::Offset(before),
+        )?;
+        let done = admin.delete_records(&tpl, &AdminOptions::new()).await?;
+        for e in done.elements() {
+            e.error().map_err(|err| {
+                anyhow::anyhow!("failed to delete records of {topic}/{partition}: {err}")
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Host PID of a container's main process.
 pub fn container_pid(id: &str) -> Option<u32> {
     let out = std::process::Command::new("docker")

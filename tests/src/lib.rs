@@ -69,6 +69,7 @@ pub fn coordinator_config(
             topic: topic.to_owned(),
         },
         partitions,
+        channel_partitions: 2,
         replication_factor: 1,
         coordinator_id: None,
         lease_ttl: Duration::from_secs(2),

@@ -4,6 +4,8 @@
 //!   switchboard-cli --user alice send --to-user bob "hi bob"
 //!   switchboard-cli --user bob history dm:alice,bob
 //!   switchboard-cli publish --api-key "$KEY" --from system:orders --to-users bob "order shipped"
+//!   switchboard-cli --user carol tail --channel ch:news
+//!   switchboard-cli publish --api-key "$KEY" --to-channel ch:news "breaking"
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
@@ -59,6 +61,9 @@ enum Cmd {
         /// Exit after this many seconds.
         #[arg(long)]
         seconds: Option<u64>,
+        /// Also subscribe to this channel (repeatable).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
     },
     /// Create, change and list group conversations.
     #[command(subcommand)]
@@ -74,15 +79,21 @@ enum Cmd {
 }
 
 #[derive(Args)]
-struct SendArgs {
-    #[arg(
-        long,
-        conflicts_with = "to_conversation",
-        required_unless_present = "to_conversation"
-    )]
+#[group(id = "send_to", required = true, multiple = false)]
+struct SendTo {
+    #[arg(long)]
     to_user: Option<String>,
     #[arg(long)]
     to_conversation: Option<String>,
+    /// A channel (the token's `publish` claim must allow it).
+    #[arg(long)]
+    to_channel: Option<String>,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    #[command(flatten)]
+    to: SendTo,
     #[command(flatten)]
     body: Body,
     /// Retry key: the same id gives the same msg_id.
@@ -132,12 +143,15 @@ struct PublishArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        conflicts_with = "to_conversation",
-        required_unless_present = "to_conversation"
+        conflicts_with_all = ["to_conversation", "to_channel"],
+        required_unless_present_any = ["to_conversation", "to_channel"]
     )]
     to_users: Vec<String>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "to_channel")]
     to_conversation: Option<String>,
+    /// Every device subscribed to this channel.
+    #[arg(long)]
+    to_channel: Option<String>,
     #[command(flatten)]
     body: Body,
     /// Idempotency key: the same key gives the same msg_id (default: random).
@@ -147,11 +161,14 @@ struct PublishArgs {
 
 impl PublishArgs {
     fn publication(&self) -> anyhow::Result<protocol::Publish> {
-        let to = match &self.to_conversation {
-            Some(c) => {
+        let to = match (&self.to_conversation, &self.to_channel) {
+            (_, Some(c)) => {
+                protocol::PublishTarget::Channel(protocol::ChannelName::new(c.as_str())?)
+            }
+            (Some(c), None) => {
                 protocol::PublishTarget::Conversation(protocol::ConversationId::new(c.as_str())?)
             }
-            None => protocol::PublishTarget::Users(
+            (None, None) => protocol::PublishTarget::Users(
                 self.to_users
                     .iter()
                     .map(|u| protocol::UserId::new(u.as_str()))
@@ -198,7 +215,7 @@ impl Cli {
             .ok_or_else(|| anyhow::anyhow!("--user (or SWITCHBOARD_USER) is required"))?;
         let token = match (&self.token, &self.jwt_secret) {
             (Some(t), _) => t.clone(),
-            (None, Some(secret)) => switchboard_client::token::mint_hs256(secret, &user, 3600)?,
+            (None, Some(secret)) => dev_token(secret, &user)?,
             (None, None) => {
                 anyhow::bail!("give --token, or --jwt-secret to mint a development token")
             }
@@ -207,21 +224,46 @@ impl Cli {
     }
 }
 
+/// A development token may use every channel: whoever holds the
+/// development secret could mint any token anyway.
+fn dev_token(secret: &str, user: &str) -> anyhow::Result<String> {
+    let all = vec!["ch:*".to_owned()];
+    let grants = switchboard_client::token::Grants {
+        channels: all.clone(),
+        publish: all,
+    };
+    Ok(switchboard_client::token::mint_hs256_with(
+        secret, user, 3600, &grants,
+    )?)
+}
+
 fn target(args: &SendArgs) -> anyhow::Result<Target> {
-    Ok(match (&args.to_user, &args.to_conversation) {
-        (Some(u), _) => Target::User(protocol::UserId::new(u.as_str())?),
-        (None, Some(c)) => Target::Conversation(protocol::ConversationId::new(c.as_str())?),
-        (None, None) => anyhow::bail!("give --to-user or --to-conversation"),
+    let to = &args.to;
+    Ok(match (&to.to_user, &to.to_conversation, &to.to_channel) {
+        (Some(u), _, _) => Target::User(protocol::UserId::new(u.as_str())?),
+        (None, Some(c), _) => Target::Conversation(protocol::ConversationId::new(c.as_str())?),
+        (None, None, Some(c)) => Target::Channel(protocol::ChannelName::new(c.as_str())?),
+        (None, None, None) => anyhow::bail!("give --to-user, --to-conversation or --to-channel"),
     })
 }
 
-async fn tail(
-    cli: &Cli,
-    device: &str,
-    cursor: Option<&str>,
+/// What `tail` follows and for how long.
+struct TailArgs<'a> {
+    device: &'a str,
+    cursor: Option<&'a str>,
     count: Option<usize>,
     seconds: Option<u64>,
-) -> anyhow::Result<()> {
+    channels: &'a [String],
+}
+
+async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
+    let TailArgs {
+        device,
+        cursor,
+        count,
+        seconds,
+        channels,
+    } = args;
     let (user, token) = cli.identity()?;
     let cursor = cursor
         .map(str::parse)
@@ -239,12 +281,17 @@ async fn tail(
         refresh: cli.jwt_secret.clone().map(|secret| {
             let user = config_user.clone();
             switchboard_client::TokenRefresh::new(move || {
-                let token = switchboard_client::token::mint_hs256(&secret, &user, 3600).ok();
+                let token = dev_token(&secret, &user).ok();
                 async move { token }
             })
         }),
     };
     let mut client = Client::start(config);
+    for c in channels {
+        let channel = protocol::ChannelName::new(c.as_str())?;
+        let s = client.subscribe(&channel).await?;
+        eprintln!("subscribed to {channel} (cursor {})", s.cursor);
+    }
     let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut seen = 0;
     while count.is_none_or(|c| seen < c) {
@@ -269,6 +316,11 @@ async fn tail(
             }
             Some(Event::Unauthorized) => anyhow::bail!("the token was refused"),
             Some(Event::Synced(_)) => {}
+            Some(Event::Subscribed {
+                channel,
+                recovered,
+                cursor,
+            }) => eprintln!("subscribed to {channel} (recovered: {recovered}, cursor {cursor})"),
             None => break,
         }
     }
@@ -317,7 +369,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cursor,
             count,
             seconds,
-        } => tail(&cli, device, cursor.as_deref(), *count, *seconds).await?,
+            channels,
+        } => {
+            let args = TailArgs {
+                device,
+                cursor: cursor.as_deref(),
+                count: *count,
+                seconds: *seconds,
+                channels,
+            };
+            tail(&cli, args).await?
+        }
         Cmd::Conversation(c) => {
             let (user, token) = cli.identity()?;
             let api = Api::new(&cli.coordinator, &token);

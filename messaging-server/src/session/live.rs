@@ -78,7 +78,7 @@ impl Session {
         let mut ping = tokio::time::interval(cfg.ping_interval);
         ping.tick().await;
         let mut last_seen = Instant::now();
-        let expires = tokio::time::sleep_until(expiry(self.token_exp));
+        let expires = tokio::time::sleep_until(expiry(self.who.exp));
         tokio::pin!(expires);
         let stop = state.stop.clone();
         loop {
@@ -164,6 +164,15 @@ impl Session {
                 }
                 Err(e) => (e, true),
             },
+            Ok(ClientFrame::Subscribe(sub)) => match self.subscribe(sub).await {
+                Ok(Ok(())) => return Ok(None),
+                Ok(Err(e)) => (e, false),
+                Err(g) => return Err(gone(g)),
+            },
+            Ok(ClientFrame::Unsubscribe(un)) => {
+                self.unsubscribe(un).await.map_err(gone)?;
+                return Ok(None);
+            }
             Ok(ClientFrame::Hello(_)) => (again(), true),
             Err(e) => (e, true),
         };
@@ -190,17 +199,19 @@ impl Session {
             .auth
             .verify(&auth.token)
             .map_err(|e| refuse(ErrorCode::Unauthorized, e.to_string()))?;
-        if who.user != self.user {
+        if who.user != self.who.user {
             let message = format!(
                 "the token is {}'s, this session is {}'s",
-                who.user, self.user
+                who.user, self.who.user
             );
             return Err(refuse(ErrorCode::InvalidField, message));
         }
-        self.token_exp = who.exp;
+        let exp = who.exp;
+        // The fresh token's grants apply from now on; existing subscriptions stay.
+        self.who = who;
         Ok(Authed {
             id: auth.id.clone(),
-            exp: who.exp,
+            exp,
         })
     }
 
@@ -215,7 +226,7 @@ impl Session {
     > {
         let state = &self.state;
         let (id, cmid) = (send.id.clone(), send.client_msg_id.clone());
-        let prepared = crate::send::prepare(state, &self.user, &self.device, send).await?;
+        let prepared = crate::send::prepare(state, &self.who, &self.device, send).await?;
         let acked = prepared.enqueue(state);
         let metrics = state.metrics.clone();
         Ok(async move { reply(acked.await, id, cmid, &metrics) })

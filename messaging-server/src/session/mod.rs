@@ -2,11 +2,13 @@
 //! routing check, an optional replay from the client's cursor, then the live
 //! loop. Each step is its own module; this one ties them together.
 
+mod channels;
 mod handshake;
 mod live;
 mod rate;
 mod replay;
 
+use crate::auth::Verified;
 use crate::frame::encode;
 use crate::hub::{Close, Refused};
 use crate::state::AppState;
@@ -14,7 +16,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::frames::ErrorFrame;
-use protocol::{partition_for, CloseCode, Cursor, DeviceId, ErrorCode, ServerFrame, UserId};
+use protocol::{partition_for, CloseCode, Cursor, DeviceId, ErrorCode, ServerFrame};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info_span, warn, Instrument};
@@ -38,11 +40,11 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
     let span = info_span!("session", user = %hello.who.user, device = %hello.device);
     Session {
         state,
-        user: hello.who.user,
-        token_exp: hello.who.exp,
+        who: hello.who,
         device: hello.device,
         sink,
         stream,
+        subs: channels::Subscriptions::default(),
     }
     .serve(hello.cursor)
     .instrument(span)
@@ -65,12 +67,14 @@ async fn finish(sink: &mut Sink, state: &AppState, c: Close) {
 
 struct Session {
     state: Arc<AppState>,
-    user: UserId,
-    /// When the session's token expires (unix seconds); `auth` moves it.
-    token_exp: u64,
+    /// The token in force: user, expiry (unix seconds; `auth` moves it) and
+    /// channel grants.
+    who: Verified,
     device: DeviceId,
     sink: Sink,
     stream: Stream,
+    /// This connection's channel subscriptions.
+    subs: channels::Subscriptions,
 }
 
 impl Session {
@@ -79,7 +83,7 @@ impl Session {
             let close = Close::new(CloseCode::Draining, "no partition map yet");
             return finish(&mut self.sink, &self.state, close).await;
         };
-        let partition = partition_for(self.user.as_str(), a.partitions);
+        let partition = partition_for(self.who.user.as_str(), a.partitions);
         if !self.wait_open(partition).await {
             let close = crate::membership::close_for(&self.state, Some(&a), partition);
             return finish(&mut self.sink, &self.state, close).await;
@@ -98,10 +102,12 @@ impl Session {
             },
             None => None,
         };
-        let registered =
-            self.state
-                .hub
-                .register(&self.user, &self.device, partition, replay_from.is_some());
+        let registered = self.state.hub.register(
+            &self.who.user,
+            &self.device,
+            partition,
+            replay_from.is_some(),
+        );
         let (handle, live_from) = match registered {
             Ok(r) => r,
             Err(Refused::NotServed(_)) => {
@@ -120,6 +126,8 @@ impl Session {
             }
         };
         let id = handle.id;
+        self.subs
+            .attach(id, self.state.hub.queue(&self.who.user, id));
         self.state.metrics.connections.inc();
         let start = replay::Start {
             partition,
@@ -133,7 +141,8 @@ impl Session {
             Ok(()) => self.live(handle).await,
             Err(close) => close,
         };
-        self.state.hub.unregister(&self.user, id);
+        self.drop_subscriptions();
+        self.state.hub.unregister(&self.who.user, id);
         self.state.metrics.connections.dec();
         finish(&mut self.sink, &self.state, close).await;
     }

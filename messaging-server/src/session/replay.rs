@@ -45,14 +45,14 @@ impl Session {
             Err(message) => return Err(self.retry_later(message).await),
         };
         let welcome = ServerFrame::Welcome(Welcome {
-            user_id: self.user.clone(),
+            user_id: self.who.user.clone(),
             device_id: self.device.clone(),
             server_id: self.state.info.server_id.clone(),
             partition: start.partition,
             epoch: start.epoch,
             resumed: plan.resumed,
             cursor: start.cursor(),
-            token_exp: Some(self.token_exp),
+            token_exp: Some(self.who.exp),
         });
         self.send_frame(&welcome).await.map_err(gone)?;
         if start.replay_from.is_none() {
@@ -70,10 +70,10 @@ impl Session {
             cursor: start.cursor(),
         });
         self.send_frame(&synced).await.map_err(gone)?;
-        let buffered = self
-            .state
-            .hub
-            .finish_replay(&self.user, id, last.max(start.live_from - 1));
+        let buffered =
+            self.state
+                .hub
+                .finish_replay(&self.who.user, id, last.max(start.live_from - 1));
         for f in buffered {
             self.send_text(f).await.map_err(gone)?;
         }
@@ -131,7 +131,7 @@ impl Session {
             let rows = state
                 .members
                 .store()
-                .deliveries(&self.user, partition, range.clone())
+                .deliveries(&self.who.user, partition, range.clone())
                 .await
                 .map_err(|e| ReplayError::Read(e.into()))?;
             for row in rows {
@@ -145,7 +145,7 @@ impl Session {
         if let Some(range) = plan.from_log.clone() {
             let records = state
                 .log
-                .read_range(partition, range.clone(), &self.user)
+                .read_range(partition, range.clone(), &self.who.user)
                 .await
                 .map_err(|e| ReplayError::Read(e.into()))?;
             for (offset, r) in records {

@@ -61,7 +61,7 @@ fn malformed_frames_get_stable_codes() {
     assert_eq!(err("\"hello\"").code, ErrorCode::BadJson);
     assert_eq!(err(r#"{"token":"x"}"#).code, ErrorCode::InvalidField);
     assert_eq!(err(r#"{"type":7}"#).code, ErrorCode::InvalidField);
-    let unknown = err(r#"{"type":"subscribe","id":"r1"}"#);
+    let unknown = err(r#"{"type":"presence","id":"r1"}"#);
     assert_eq!(
         (unknown.code, unknown.id),
         (ErrorCode::UnknownType, Some(json!("r1")))
@@ -115,6 +115,7 @@ fn server_frames_round_trip() {
         sent_at_ms: 5,
         cursor: Some(Cursor::new("e", 9)),
         replay: true,
+        channel: None,
     });
     let json = msg.to_json().unwrap();
     assert!(json.starts_with(r#"{"type":"message","#), "{json}");
@@ -173,4 +174,51 @@ fn close_codes() {
     assert_eq!(CloseCode::TooSlow.code(), 4004);
     assert_eq!(CloseCode::from_code(4006), Some(CloseCode::Draining));
     assert_eq!(CloseCode::from_code(1000), None);
+}
+
+#[test]
+fn channel_frames() {
+    let sub =
+        ClientFrame::parse(r#"{"type":"subscribe","id":3,"channel":"ch:news","cursor":"e1:41"}"#)
+            .unwrap();
+    let ClientFrame::Subscribe(s) = sub else {
+        panic!("{sub:?}")
+    };
+    assert_eq!(
+        (s.channel.as_str(), s.cursor),
+        ("ch:news", Some(Cursor::new("e1", 41)))
+    );
+    let e = err(r#"{"type":"subscribe","id":4,"channel":"news"}"#);
+    assert_eq!((e.code, e.id), (ErrorCode::InvalidField, Some(json!(4))));
+    let un = ClientFrame::parse(r#"{"type":"unsubscribe","channel":"ch:news"}"#).unwrap();
+    assert!(matches!(un, ClientFrame::Unsubscribe(_)));
+    let send = ClientFrame::parse(
+        r#"{"type":"send","client_msg_id":"m","to":{"channel":"ch:news"},"body":1}"#,
+    )
+    .unwrap();
+    let ClientFrame::Send(send) = send else {
+        panic!("{send:?}")
+    };
+    assert_eq!(
+        send.to,
+        Target::Channel(ChannelName::new("ch:news").unwrap())
+    );
+
+    let subscribed = ServerFrame::Subscribed(Subscribed {
+        id: Some(json!(3)),
+        channel: ChannelName::new("ch:news").unwrap(),
+        cursor: Cursor::new("e1", 57),
+        recovered: true,
+    });
+    let json = subscribed.to_json().unwrap();
+    assert_eq!(
+        json,
+        r#"{"type":"subscribed","id":3,"channel":"ch:news","cursor":"e1:57","recovered":true}"#
+    );
+    let ServerFrame::Subscribed(back) = ServerFrame::parse(&json).unwrap() else {
+        panic!("{json}")
+    };
+    assert!(back.recovered);
+    let gone = ServerFrame::parse(r#"{"type":"unsubscribed","id":null,"channel":"ch:x"}"#).unwrap();
+    assert_eq!(gone.kind(), "unsubscribed");
 }

@@ -297,6 +297,7 @@ impl Device {
             Event::Synced(_) => return true,
             Event::Disconnected { code } => self.ledger.disconnected(code),
             Event::Unauthorized => self.ledger.disconnected(Some(4001)),
+            Event::Subscribed { .. } => {}
         }
         false
     }

@@ -7,6 +7,7 @@
 //!   target/release/switchboard-bench latency --rate 5000 --seconds 20 --json docs/load/latency-5000.json
 //!   target/release/switchboard-bench route --seconds 10
 //!   target/release/switchboard-bench nats --subscribers 200 --messages 1000 --json docs/load/fanout-vs-nats.json
+//!   target/release/switchboard-bench channels --subscribers 50000 --rate 10 --json docs/load/channels.json
 //!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
 //!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
 
@@ -76,6 +77,12 @@ enum Cmd {
     Broker(broker::BrokerArgs),
     /// Fan-out side by side with nats-server over WebSocket (paced and burst).
     Nats(nats::NatsArgs),
+    /// One channel with a large audience over three servers, beside the
+    /// same audience as a group conversation.
+    Channels(channels::ChannelArgs),
+    /// (Internal) hold channel subscribers for `channels`, in a child process.
+    #[command(hide = true)]
+    WatchChannel(channels::WatchArgs),
     /// Rows per second the persister writes into PostgreSQL.
     Persist {
         #[arg(long, default_value_t = 200_000)]
@@ -84,6 +91,9 @@ enum Cmd {
         batch_max: usize,
     },
 }
+
+/// The publish API key of the benchmark's servers.
+const BENCH_API_KEY: &str = "bench-api-key-0123456789abcdef-0123456789";
 
 struct Bench {
     infra: Arc<Infra>,
@@ -134,6 +144,10 @@ impl Bench {
                 ("SWITCHBOARD_SENDS_PER_SEC", "100000".into()),
                 ("SWITCHBOARD_SEND_BURST", "100000".into()),
                 ("SWITCHBOARD_QUEUE_LEN", "8192".into()),
+                ("SWITCHBOARD_API_KEYS", BENCH_API_KEY.into()),
+                // The channel benchmark compares a channel with a group of
+                // the same (large) audience.
+                ("SWITCHBOARD_MAX_GROUP_MEMBERS", "1000000".into()),
                 (
                     "SWITCHBOARD_FETCH_WAIT_MS",
                     FETCH_WAIT_MS.get().copied().unwrap_or(100).to_string(),
@@ -252,6 +266,7 @@ async fn idle(infra: Arc<Infra>, connections: usize, idle_secs: u64) -> anyhow::
 }
 
 mod broker;
+mod channels;
 mod load;
 mod nats;
 mod persist;
@@ -260,6 +275,10 @@ use load::{fanout, latency};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Cmd::WatchChannel(w) = args.cmd {
+        // A child of `channels`: no infrastructure of its own.
+        return tokio::runtime::Runtime::new()?.block_on(channels::watch(w));
+    }
     let _ = PRODUCER_CONFIG.set(args.producer_config.clone());
     let _ = FETCH_WAIT_MS.set(args.fetch_wait_ms);
     let _ = PARTITIONS.set(args.partitions);
@@ -284,6 +303,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Broker(a) => broker::broker(infra.clone(), a, &args.producer_config).await,
             Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
             Cmd::Nats(a) => nats::nats(infra.clone(), a).await,
+            Cmd::Channels(a) => channels::channels(infra.clone(), a).await,
+            Cmd::WatchChannel(_) => Ok(()),
             Cmd::Persist { records, batch_max } => {
                 persist::persist(infra.clone(), records, batch_max).await
             }

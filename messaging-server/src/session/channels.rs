@@ -1,0 +1,243 @@
+//! `subscribe` and `unsubscribe`: the token's `channels` claim, the
+//! per-connection limit, and recovery from a channel cursor — the missed
+//! publications first, then `subscribed`, then the live stream.
+
+use super::{Gone, Session};
+use crate::channels::Subscriber;
+use crate::frame::{channel_message, encode};
+use crate::metrics::RecoveredLabel;
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use futures_util::SinkExt;
+use protocol::frames::{Subscribe, Subscribed, Unsubscribe, Unsubscribed};
+use protocol::{ChannelName, Cursor, ErrorCode, FrameError, ServerFrame};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Longest a recovery waits for the channel consumer to reach the log's end.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// One connection's subscriptions and the queue they deliver to.
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    conn: u64,
+    queue: Option<mpsc::Sender<Utf8Bytes>>,
+    channels: HashSet<ChannelName>,
+}
+
+impl Subscriptions {
+    pub(super) fn attach(&mut self, conn: u64, queue: Option<mpsc::Sender<Utf8Bytes>>) {
+        self.conn = conn;
+        self.queue = queue;
+    }
+}
+
+/// What a recovery read gave: the frames to send and the last offset in them.
+struct Recovery {
+    frames: Vec<Utf8Bytes>,
+    last: i64,
+    recovered: bool,
+}
+
+impl Session {
+    /// `Ok(Err(e))`: refused with the connection kept.
+    pub(super) async fn subscribe(
+        &mut self,
+        sub: Subscribe,
+    ) -> Result<Result<(), FrameError>, Gone> {
+        let refuse = |code, message: String| FrameError {
+            id: sub.id.clone(),
+            code,
+            message,
+        };
+        let channel = sub.channel.clone();
+        if !protocol::channel::allowed(&self.who.channels, &channel) {
+            let message = format!("the token's channels claim does not allow {channel}");
+            return Ok(Err(refuse(ErrorCode::Forbidden, message)));
+        }
+        let max = self.state.config.max_channels_per_device;
+        if !self.subs.channels.contains(&channel) && self.subs.channels.len() >= max {
+            let message = format!("at most {max} channels per connection");
+            return Ok(Err(refuse(ErrorCode::TooManyChannels, message)));
+        }
+        let (Some(partition), Some(queue)) = (
+            self.state.channels.partition_of(&channel),
+            self.subs.queue.clone(),
+        ) else {
+            return Ok(Err(refuse(
+                ErrorCode::Unavailable,
+                "channels are not open yet".into(),
+            )));
+        };
+        let epoch = self.state.log_epoch();
+        let from = sub
+            .cursor
+            .filter(|c| c.log_epoch == epoch)
+            .map(|c| c.offset);
+        let low = match from {
+            Some(_) => match self.channel_catch_up(partition).await {
+                Ok(low) => Some(low),
+                Err(e) => {
+                    return Ok(Err(refuse(
+                        ErrorCode::Unavailable,
+                        format!("recovery unavailable: {e}"),
+                    )))
+                }
+            },
+            None => None,
+        };
+        let to = Subscriber {
+            user: self.who.user.clone(),
+            conn: self.subs.conn,
+            queue,
+        };
+        let Some(live_from) = self.state.channels.subscribe(&channel, to, from.is_some()) else {
+            return Ok(Err(refuse(
+                ErrorCode::Unavailable,
+                "channels are not open yet".into(),
+            )));
+        };
+        let recovery = match (from, low) {
+            (Some(from), Some(low)) => match self
+                .recover(&channel, partition, from, low, live_from, &epoch)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.state.channels.unsubscribe(&channel, self.subs.conn);
+                    return Ok(Err(refuse(
+                        ErrorCode::Unavailable,
+                        format!("recovery unavailable: {e}"),
+                    )));
+                }
+            },
+            _ => Recovery {
+                frames: Vec::new(),
+                last: live_from - 1,
+                recovered: false,
+            },
+        };
+        if from.is_some() {
+            let label = RecoveredLabel {
+                recovered: recovery.recovered,
+            };
+            self.state
+                .metrics
+                .channel_recoveries
+                .get_or_create(&label)
+                .inc();
+        }
+        self.subs.channels.insert(channel.clone());
+        self.count_subscriptions();
+        let last = recovery.last.max(live_from - 1);
+        let buffered = self
+            .state
+            .channels
+            .finish_recovery(&channel, self.subs.conn, last);
+        let subscribed = ServerFrame::Subscribed(Subscribed {
+            id: sub.id,
+            channel,
+            cursor: Cursor::new(epoch, last),
+            recovered: recovery.recovered,
+        });
+        let mut out = recovery.frames;
+        out.extend(encode(&subscribed).ok());
+        out.extend(buffered);
+        self.write_all(out).await.map(Ok)
+    }
+
+    /// Reads what the channel published after `from` and before `live_from`,
+    /// if the log still holds all of it.
+    async fn recover(
+        &self,
+        channel: &ChannelName,
+        partition: u32,
+        from: i64,
+        low: i64,
+        live_from: i64,
+        epoch: &str,
+    ) -> Result<Recovery, rdkafka::error::KafkaError> {
+        if from + 1 < low || from >= live_from {
+            // Trimmed by retention (or a cursor this log never gave out):
+            // say so instead of leaving a silent gap.
+            return Ok(Recovery {
+                frames: Vec::new(),
+                last: live_from - 1,
+                recovered: false,
+            });
+        }
+        let range = from + 1..live_from;
+        let records = if range.is_empty() {
+            Vec::new()
+        } else {
+            self.state
+                .log
+                .read_channel(partition, range, channel)
+                .await?
+        };
+        let mut frames = Vec::with_capacity(records.len());
+        for (offset, r) in &records {
+            frames.extend(encode(&channel_message(r, epoch, *offset, true)).ok());
+        }
+        self.state.metrics.replayed.inc_by(frames.len() as u64);
+        Ok(Recovery {
+            frames,
+            last: live_from - 1,
+            recovered: true,
+        })
+    }
+
+    /// The channel partition's log start, once the channel consumer has
+    /// passed the log's end as of now (so nothing falls between the two).
+    async fn channel_catch_up(&self, partition: u32) -> Result<i64, rdkafka::error::KafkaError> {
+        let (low, high) = self.state.log.channel_watermarks(partition).await?;
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        while Instant::now() < deadline {
+            if self
+                .state
+                .channels
+                .next_offset(partition)
+                .is_none_or(|next| next >= high)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(low)
+    }
+
+    pub(super) async fn unsubscribe(&mut self, un: Unsubscribe) -> Result<(), Gone> {
+        self.state.channels.unsubscribe(&un.channel, self.subs.conn);
+        self.subs.channels.remove(&un.channel);
+        self.count_subscriptions();
+        let frame = ServerFrame::Unsubscribed(Unsubscribed {
+            id: un.id,
+            channel: un.channel,
+        });
+        self.send_frame(&frame).await
+    }
+
+    /// Ends every subscription of the connection (it is closing).
+    pub(super) fn drop_subscriptions(&mut self) {
+        for channel in std::mem::take(&mut self.subs.channels) {
+            self.state.channels.unsubscribe(&channel, self.subs.conn);
+        }
+        self.count_subscriptions();
+    }
+
+    fn count_subscriptions(&self) {
+        let (channels, subscriptions) = self.state.channels.counts();
+        self.state.metrics.channels.set(channels as i64);
+        self.state
+            .metrics
+            .channel_subscriptions
+            .set(subscriptions as i64);
+    }
+
+    async fn write_all(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), Gone> {
+        for f in frames {
+            self.sink.feed(WsMessage::Text(f)).await.map_err(|_| Gone)?;
+        }
+        self.sink.flush().await.map_err(|_| Gone)
+    }
+}

@@ -1,0 +1,126 @@
+//! Channels (docs/protocol.md, "Channels"): named streams that devices
+//! subscribe to, carried by their own topic (`<topic>.channels`) that every
+//! messaging server reads in full.
+
+use crate::ids::{check_alphabet, DeviceId, IdError, MsgId, UserId};
+use crate::record::{Kind, RecordError, RECORD_VERSION};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// Every channel name starts with this.
+pub const CHANNEL_PREFIX: &str = "ch:";
+
+fn check_channel(s: &str) -> Result<(), IdError> {
+    match s.strip_prefix(CHANNEL_PREFIX) {
+        Some(rest) if !rest.is_empty() => check_alphabet("channel", s, 128),
+        _ => Err(IdError::Channel),
+    }
+}
+
+crate::ids::string_id!(
+    /// `ch:<name>`: 4–128 characters of the id alphabet.
+    ChannelName,
+    check_channel
+);
+
+/// The channel topic that goes with the users' topic.
+pub fn channel_topic(topic: &str) -> String {
+    format!("{topic}.channels")
+}
+
+/// A token's `channels`/`publish` claim entry: a channel name, or a prefix
+/// ending in `*` (`ch:vehicle.*` allows `ch:vehicle.42`; `ch:*` allows all).
+pub fn pattern_allows(pattern: &str, channel: &ChannelName) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => prefix.starts_with(CHANNEL_PREFIX) && channel.as_str().starts_with(prefix),
+        None => pattern == channel.as_str(),
+    }
+}
+
+/// Whether any of `patterns` allows `channel`.
+pub fn allowed<S: AsRef<str>>(patterns: &[S], channel: &ChannelName) -> bool {
+    patterns.iter().any(|p| pattern_allows(p.as_ref(), channel))
+}
+
+/// One publication in the channel topic (key: the channel name). Unknown
+/// fields are ignored on decode, as for [`crate::Record`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    pub v: u32,
+    pub msg_id: MsgId,
+    pub kind: Kind,
+    pub channel: ChannelName,
+    pub sender: UserId,
+    pub sender_device: DeviceId,
+    pub body: Box<RawValue>,
+    pub sent_at_ms: i64,
+}
+
+impl ChannelRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let rec: ChannelRecord = serde_json::from_slice(bytes)?;
+        if rec.v != RECORD_VERSION {
+            return Err(RecordError::Version(rec.v));
+        }
+        Ok(rec)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap()
+    }
+
+    #[test]
+    fn names_need_the_prefix_and_the_alphabet() {
+        assert!(ChannelName::new("ch:news").is_ok());
+        assert!(ChannelName::new("ch:vehicle.42").is_ok());
+        for bad in ["news", "ch:", "ch:a b", "ch:é", "dm:a,b", ""] {
+            assert!(ChannelName::new(bad).is_err(), "{bad}");
+        }
+        assert!(ChannelName::new(format!("ch:{}", "x".repeat(126))).is_err());
+    }
+
+    #[test]
+    fn patterns_match_exactly_or_by_prefix() {
+        assert!(pattern_allows("ch:news", &ch("ch:news")));
+        assert!(!pattern_allows("ch:news", &ch("ch:news2")));
+        assert!(pattern_allows("ch:vehicle.*", &ch("ch:vehicle.42")));
+        assert!(!pattern_allows("ch:vehicle.*", &ch("ch:vehicles")));
+        assert!(pattern_allows("ch:*", &ch("ch:anything")));
+        // A bare `*` is not a channel pattern: it would grant everything by accident.
+        assert!(!pattern_allows("*", &ch("ch:news")));
+        assert!(!allowed::<&str>(&[], &ch("ch:news")));
+        assert!(allowed(&["ch:a", "ch:news"], &ch("ch:news")));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let json = r#"{"v":1,"msg_id":"6f1c3c1e-9a57-5d8e-8f1b-0e2b7c1a2b3c","kind":"ephemeral",
+            "channel":"ch:vehicle.7","sender":"system:fleet","sender_device":"api",
+            "body":{"lat":1.5},"sent_at_ms":1,"later":true}"#;
+        let rec = ChannelRecord::decode(json.as_bytes()).unwrap();
+        assert_eq!(rec.channel.as_str(), "ch:vehicle.7");
+        let again = ChannelRecord::decode(&rec.encode().unwrap()).unwrap();
+        assert_eq!(again.body.get(), r#"{"lat":1.5}"#);
+        assert!(ChannelRecord::decode(json.replace("ch:vehicle.7", "vehicle").as_bytes()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn a_prefix_pattern_allows_exactly_its_extensions(a in "[a-z.]{1,10}", b in "[a-z.]{1,10}") {
+            let pattern = format!("ch:{a}*");
+            let name = ch(&format!("ch:{b}"));
+            prop_assert_eq!(pattern_allows(&pattern, &name), b.starts_with(&a));
+        }
+    }
+}
