@@ -11,7 +11,7 @@ NISSHI_VERSION="0.8.1"
 NISSHI_BIN="$SB_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi"
 # Host tools only: etcd and PostgreSQL run in images built from Debian's
 # packages (scripts/images/base.packages), not on the host.
-APT_PACKAGES=(protobuf-compiler debootstrap curl docker-compose chromium chromium-driver fonts-dejavu-core)
+APT_PACKAGES=(protobuf-compiler debootstrap curl docker-compose chromium chromium-driver fonts-dejavu-core nodejs)
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
 die() { printf '[dev] error: %s\n' "$*" >&2; exit 1; }

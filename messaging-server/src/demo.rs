@@ -9,6 +9,8 @@ use axum::Router;
 const INDEX: &str = include_str!("../static/index.html");
 const APP: &str = include_str!("../static/app.js");
 const STYLE: &str = include_str!("../static/style.css");
+/// The JavaScript SDK the demo is built on, served beside it.
+const SDK: &str = include_str!("../../clients/js/switchboard.js");
 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
@@ -26,6 +28,16 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     APP,
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/demo/switchboard.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    SDK,
                 )
                     .into_response()
             }),

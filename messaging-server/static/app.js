@@ -1,18 +1,11 @@
-// Switchboard browser demo: a small client with the same behaviour as the
-// Rust one — resolve through the coordinator, hello with the last cursor,
-// follow redirects and 4004/4005/4006 closes by resuming, drop duplicate
-// msg_ids, resend unacknowledged messages with the same client_msg_id, and
-// subscribe to channels again after every reconnect from their last cursor.
-"use strict";
+// Switchboard browser demo: DOM code only. Everything a client must do —
+// resolve, resume, dedupe, retry, refresh, resubscribe — is the SDK's
+// (clients/js/switchboard.js, served beside this page).
+import { Client } from "./switchboard.js";
 
 const $ = (id) => document.getElementById(id);
-const state = {
-  user: null, token: null, coordinator: null, device: null,
-  ws: null, next: null, cursor: null, delay: 250, stopped: true,
-  seen: new Set(), pending: new Map(), requestId: 0,
-  // channel name -> its last cursor (null before the first `subscribed`)
-  channels: new Map(),
-};
+let client = null;
+let user = null;
 
 function log(text) {
   const li = document.createElement("li");
@@ -22,212 +15,107 @@ function log(text) {
 
 function setStatus(text) { $("status").textContent = text; }
 
-function httpBase(wsUrl) {
-  return wsUrl.replace(/^ws/, "http").replace(/\/v1\/ws$/, "");
+function item(parts, classes) {
+  const li = document.createElement("li");
+  li.classList.add(...classes.filter(Boolean));
+  for (const [cls, text] of parts) {
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = text;
+    li.append(span);
+  }
+  return li;
 }
 
-async function route() {
-  const r = await fetch(`${state.coordinator}/v1/route?user_id=${encodeURIComponent(state.user)}`);
-  if (!r.ok) throw new Error(`route: HTTP ${r.status}`);
-  return (await r.json()).ws_url;
+function text(body) {
+  return body && typeof body.text === "string" ? body.text : JSON.stringify(body);
 }
 
-async function loadConversations(wsUrl) {
+function showMessage(m) {
+  if (m.channel) {
+    const li = item([["", `${m.channel} ${m.from}: ${text(m.body)}`]], [m.replay && "replay"]);
+    $("channel-messages").append(li);
+    return;
+  }
+  const li = item([["from", m.from], ["conv", m.conversation_id], ["text", text(m.body)]],
+    [m.replay && "replay", m.from === user && "mine"]);
+  li.dataset.msgId = m.msg_id;
+  $("messages").append(li);
+  li.scrollIntoView({ block: "end" });
+}
+
+async function loadConversations() {
   try {
-    const r = await fetch(`${httpBase(wsUrl)}/v1/conversations`, { headers: { authorization: `Bearer ${state.token}` } });
-    const body = await r.json();
+    const body = await client.api.conversations(await client.api.base(user));
     const ul = $("conversations");
     ul.replaceChildren();
     for (const c of body.conversations || []) {
       const li = document.createElement("li");
       li.textContent = `#${c.conversation_id} (${c.members.join(", ")})`;
-      li.dataset.conversation = c.conversation_id;
       ul.append(li);
     }
-  } catch (e) { log(`conversations: ${e}`); }
+  } catch (e) { log(`conversations: ${e.message}`); }
 }
 
-function showPublication(m) {
-  if (m.cursor && state.channels.has(m.channel)) state.channels.set(m.channel, m.cursor);
-  if (state.seen.has(m.msg_id)) return;
-  state.seen.add(m.msg_id);
-  const li = document.createElement("li");
-  li.dataset.msgId = m.msg_id;
-  if (m.replay) li.classList.add("replay");
-  const text = m.body && typeof m.body.text === "string" ? m.body.text : JSON.stringify(m.body);
-  li.textContent = `${m.channel} ${m.from}: ${text}`;
-  $("channel-messages").append(li);
+function onState(s) {
+  if (s.state === "connected" || s.state === "resuming") {
+    if (s.serverId) {
+      setStatus(`connected as ${user} to ${s.serverId}${s.resumed ? " (resumed)" : ""}`);
+      log(`welcome from ${s.serverId}, resumed: ${Boolean(s.resumed)}`);
+      loadConversations();
+    }
+  } else if (s.state === "disconnected" && s.code) {
+    setStatus(`disconnected (${s.code}), reconnecting…`);
+    log(`closed with ${s.code}`);
+  }
 }
 
-function subscribeFrame(channel) {
-  const frame = { type: "subscribe", id: `sub:${channel}`, channel };
-  const cursor = state.channels.get(channel);
-  if (cursor) frame.cursor = cursor;
-  return JSON.stringify(frame);
+function onSubscribed(s) {
+  log(`subscribed to ${s.channel} (recovered: ${s.recovered})`);
+  const ul = $("channels");
+  let li = [...ul.children].find((x) => x.dataset.channel === s.channel);
+  if (!li) { li = document.createElement("li"); li.dataset.channel = s.channel; ul.append(li); }
+  li.textContent = `${s.channel} (recovered: ${s.recovered})`;
+}
+
+function send(event) {
+  event.preventDefault();
+  const to = $("to").value.trim(), body = $("text").value;
+  if (!to || !body || !client) return;
+  const target = to.startsWith("#") ? { conversation: to.slice(1) } : { user: to };
+  client.send(target, { text: body }).catch((e) => log(`error ${e.code}: ${e.message}`));
+  $("text").value = "";
 }
 
 function subscribe(event) {
   event.preventDefault();
   const channel = $("channel").value.trim();
-  if (!channel || state.channels.has(channel)) return;
-  state.channels.set(channel, null);
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(subscribeFrame(channel));
+  if (!channel || !client) return;
+  client.subscribe(channel).catch((e) => log(`error ${e.code}: ${e.message}`));
   $("channel").value = "";
 }
 
-function onSubscribed(f) {
-  if (!state.channels.has(f.channel)) return;
-  state.channels.set(f.channel, f.cursor);
-  log(`subscribed to ${f.channel} (recovered: ${f.recovered})`);
-  const ul = $("channels");
-  let li = [...ul.children].find((x) => x.dataset.channel === f.channel);
-  if (!li) { li = document.createElement("li"); li.dataset.channel = f.channel; ul.append(li); }
-  li.textContent = `${f.channel} (recovered: ${f.recovered})`;
-}
-
-function showMessage(m) {
-  if (m.channel) return showPublication(m);
-  if (m.kind === "chat" && m.cursor) {
-    state.cursor = m.cursor;
-    localStorage.setItem(`switchboard.cursor.${state.user}`, m.cursor);
-  }
-  if (state.seen.has(m.msg_id)) return;
-  state.seen.add(m.msg_id);
-  const li = document.createElement("li");
-  li.dataset.msgId = m.msg_id;
-  if (m.replay) li.classList.add("replay");
-  if (m.from === state.user) li.classList.add("mine");
-  const from = document.createElement("span");
-  from.className = "from";
-  from.textContent = m.from;
-  const conv = document.createElement("span");
-  conv.className = "conv";
-  conv.textContent = m.conversation_id;
-  const text = document.createElement("span");
-  text.className = "text";
-  text.textContent = m.body && typeof m.body.text === "string" ? m.body.text : JSON.stringify(m.body);
-  li.append(from, conv, text);
-  $("messages").append(li);
-  li.scrollIntoView({ block: "end" });
-}
-
-function onFrame(f, wsUrl) {
-  switch (f.type) {
-    case "welcome":
-      state.delay = 250;
-      setStatus(`connected as ${f.user_id} to ${f.server_id}${f.resumed ? " (resumed)" : ""}`);
-      log(`welcome from ${f.server_id}, resumed: ${f.resumed}`);
-      for (const frame of state.pending.values()) state.ws.send(frame);
-      for (const channel of state.channels.keys()) state.ws.send(subscribeFrame(channel));
-      loadConversations(wsUrl);
-      scheduleRefresh(f.token_exp);
-      break;
-    case "authed": log(`token refreshed, valid until ${new Date(f.exp * 1000).toLocaleTimeString()}`); scheduleRefresh(f.exp); break;
-    case "message": showMessage(f); break;
-    case "synced": log(`synced at ${f.cursor}`); break;
-    case "subscribed": onSubscribed(f); break;
-    case "ack": state.pending.delete(f.client_msg_id); break;
-    case "redirect": state.next = f.ws_url; log(`redirected to ${f.server_id}`); break;
-    case "error":
-      log(`error ${f.code}: ${f.message}`);
-      if (typeof f.id === "string" && f.id.startsWith("sub:")) {
-        const channel = f.id.slice(4);
-        // Not open yet on this server: ask again shortly; refused: forget it.
-        if (f.code === "unavailable") setTimeout(() => state.ws && state.ws.readyState === WebSocket.OPEN && state.ws.send(subscribeFrame(channel)), 500);
-        else state.channels.delete(channel);
-        break;
-      }
-      if (f.code !== "unavailable" && f.code !== "rate_limited") {
-        for (const [k, v] of state.pending) if (JSON.parse(v).id === f.id) state.pending.delete(k);
-      }
-      break;
-  }
-}
-
-// Token refresh through a callback: halfway to expiry (at most a minute
-// early) the demo asks `refreshToken` for a fresh token and sends `auth`.
-// The demo's callback reads the token field: paste a fresh token there.
+// The demo's token refresh reads the token field: paste a fresh token there.
 async function refreshToken() {
   const t = $("token").value.trim();
-  return t && t !== state.token ? t : null;
-}
-
-function scheduleRefresh(exp) {
-  clearTimeout(state.refreshTimer);
-  if (!exp) return;
-  const left = exp * 1000 - Date.now();
-  state.refreshTimer = setTimeout(async () => {
-    const token = await refreshToken();
-    if (!token) { log("token expires soon: paste a fresh one into the token field"); return scheduleRefresh(exp); }
-    state.token = token;
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify({ type: "auth", token }));
-  }, Math.max(1000, left - Math.min(left / 2, 60000)));
-}
-
-async function connect() {
-  if (state.stopped) return;
-  let url = state.next;
-  state.next = null;
-  try {
-    url = url || await route();
-  } catch (e) {
-    return retry(`cannot resolve: ${e.message}`);
-  }
-  const ws = new WebSocket(url);
-  state.ws = ws;
-  ws.onopen = () => {
-    const hello = { type: "hello", token: state.token, device_id: state.device };
-    if (state.cursor) hello.cursor = state.cursor;
-    ws.send(JSON.stringify(hello));
-  };
-  ws.onmessage = (ev) => { try { onFrame(JSON.parse(ev.data), url); } catch (e) { log(`bad frame: ${e}`); } };
-  ws.onclose = (ev) => {
-    if (state.ws !== ws) return;
-    clearTimeout(state.refreshTimer);
-    setStatus(`disconnected (${ev.code}), reconnecting…`);
-    log(`closed with ${ev.code}`);
-    if (ev.code === 4001) {
-      refreshToken().then((token) => {
-        if (token) { state.token = token; state.delay = 250; setTimeout(connect, 20); return; }
-        state.stopped = true; setStatus("unauthorized: the token expired or is invalid; paste a fresh one");
-      });
-      return;
-    }
-    if ([4004, 4005, 4006].includes(ev.code) || state.next) { state.delay = 250; setTimeout(connect, 20 + Math.random() * 200); }
-    else retry("connection lost");
-  };
-}
-
-function retry(why) {
-  log(`${why}; retrying in ${state.delay} ms`);
-  setTimeout(connect, state.delay * (1 + Math.random() / 2));
-  state.delay = Math.min(state.delay * 2, 5000);
-}
-
-function send(event) {
-  event.preventDefault();
-  const to = $("to").value.trim(), text = $("text").value;
-  if (!to || !text || !state.ws) return;
-  const target = to.startsWith("#") ? { conversation: to.slice(1) } : { user: to };
-  const clientMsgId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
-  const frame = JSON.stringify({ type: "send", id: ++state.requestId, client_msg_id: clientMsgId, to: target, body: { text } });
-  state.pending.set(clientMsgId, frame);
-  if (state.ws.readyState === WebSocket.OPEN) state.ws.send(frame);
-  $("text").value = "";
+  if (t && t !== client.token) return t;
+  log("token expires soon: paste a fresh one into the token field");
+  return null;
 }
 
 function login(event) {
   if (event) event.preventDefault();
-  state.user = $("user").value.trim();
-  state.token = $("token").value.trim();
-  state.coordinator = $("coordinator").value.trim().replace(/\/$/, "");
-  if (!state.user || !state.token) { setStatus("enter a user and a token"); return; }
-  state.device = localStorage.getItem(`switchboard.device.${state.user}`) || `web-${Math.random().toString(36).slice(2, 10)}`;
-  localStorage.setItem(`switchboard.device.${state.user}`, state.device);
-  state.cursor = localStorage.getItem(`switchboard.cursor.${state.user}`);
-  state.stopped = false;
+  user = $("user").value.trim();
+  const token = $("token").value.trim();
+  if (!user || !token) { setStatus("enter a user and a token"); return; }
+  if (client) client.close();
+  client = new Client({ coordinators: $("coordinator").value.trim(), userId: user, token, refreshToken });
+  client.on("message", showMessage);
+  client.on("state", onState);
+  client.on("subscribed", onSubscribed);
+  client.on("error", (e) => log(`error: ${e.message}`));
   setStatus("connecting…");
-  connect();
+  client.connect();
 }
 
 $("login-form").addEventListener("submit", login);

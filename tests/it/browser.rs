@@ -9,7 +9,7 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
-async fn chromedriver() -> anyhow::Result<(tokio::process::Child, String)> {
+pub async fn chromedriver() -> anyhow::Result<(tokio::process::Child, String)> {
     let port = free_port()?;
     let child = tokio::process::Command::new("chromedriver")
         .arg(format!("--port={port}"))
@@ -34,7 +34,7 @@ async fn chromedriver() -> anyhow::Result<(tokio::process::Child, String)> {
     Ok((child, url))
 }
 
-async fn browser(webdriver: &str) -> anyhow::Result<Client> {
+pub async fn browser(webdriver: &str) -> anyhow::Result<Client> {
     let mut caps = serde_json::Map::new();
     let args = [
         "--headless=new",

@@ -11,6 +11,7 @@ mod client;
 mod compose;
 mod coordinator;
 mod fuzz;
+mod js_sdk;
 mod limits;
 mod messaging;
 mod outages;
@@ -33,6 +34,8 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         client::slow_app_gets_everything_after_4004,
         browser::two_browser_users_chat_and_survive_a_drain,
         browser::browser_channel_panel_recovers_after_a_drain,
+        js_sdk::js_sdk_in_node_delivers_exactly_once_across_failures,
+        js_sdk::js_sdk_in_chromium_delivers_exactly_once_across_failures,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::long_poll_returns_on_change_and_times_out,

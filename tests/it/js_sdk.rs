@@ -1,0 +1,181 @@
+//! The JavaScript SDK (clients/js) against the real stack, in Node and in
+//! headless Chromium: the same scenario (clients/js/tests/scenario.mjs) —
+//! 200 messages from alice to bob while bob's server is drained and then
+//! the next one crashes, and bob's short token is refreshed through the
+//! callback — must deliver every message exactly once, in order.
+
+use crate::browser::{browser, chromedriver};
+use harness::{Infra, Stack};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+fn sdk_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/js")
+}
+
+struct Scenario {
+    alice: String,
+    bob: String,
+    env: Value,
+}
+
+async fn scenario(stack: &Stack) -> anyhow::Result<Scenario> {
+    let (alice, bob) = stack.users_on_distinct_servers("js").await?;
+    let secret = harness::stack::JWT_SECRET;
+    let env = json!({
+        "coordinators": stack.coordinator.url(),
+        "alice": alice, "aliceToken": Stack::token(&alice),
+        "bob": bob, "bobToken": Stack::token(&bob),
+        // Expires mid-run: the client must refresh it through its callback.
+        "bobShortToken": switchboard_client::token::mint_hs256(secret, &bob, 8)?,
+        "messages": 200,
+    });
+    Ok(Scenario { alice, bob, env })
+}
+
+/// Progress lines from the scenario, wherever it runs.
+enum Lines {
+    Node(tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>),
+    Page(fantoccini::Client),
+}
+
+impl Lines {
+    async fn next(&mut self) -> anyhow::Result<Vec<String>> {
+        match self {
+            Lines::Node(l) => match l.next_line().await? {
+                Some(line) => Ok(vec![line]),
+                None => anyhow::bail!("node exited before the result"),
+            },
+            Lines::Page(c) => {
+                let v = c
+                    .execute("return (window.__lines || []).splice(0);", vec![])
+                    .await?;
+                let lines: Vec<String> = serde_json::from_value(v)?;
+                if lines.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(lines)
+            }
+        }
+    }
+}
+
+/// Moves bob's server at the scenario's marks and returns its result.
+async fn drive(stack: &mut Stack, bob: &str, lines: &mut Lines) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let batch = tokio::time::timeout_at(deadline, lines.next()).await??;
+        for line in batch {
+            eprintln!("    [js] {}", line.chars().take(300).collect::<String>());
+            if line == "sent 50" {
+                let (server, _) = stack.route(bob).await?;
+                stack.add_server(|_| {})?;
+                let old = stack
+                    .take_server(&server)
+                    .ok_or_else(|| anyhow::anyhow!("no {server}"))?;
+                tokio::spawn(old.stop());
+            } else if line == "sent 120" {
+                stack.wait_settled(3).await?;
+                let (server, _) = stack.route(bob).await?;
+                let old = stack
+                    .take_server(&server)
+                    .ok_or_else(|| anyhow::anyhow!("no {server}"))?;
+                old.kill().await;
+                stack.add_server(|_| {})?;
+            } else if let Some(result) = line.strip_prefix("result ") {
+                return Ok(serde_json::from_str(result)?);
+            } else if let Some(e) = line.strip_prefix("error ") {
+                anyhow::bail!("the scenario failed: {e}");
+            }
+        }
+    }
+}
+
+fn check(result: &Value) -> anyhow::Result<()> {
+    let n = |k: &str| result[k].as_u64().unwrap_or(u64::MAX);
+    anyhow::ensure!(
+        n("sent") == 200 && n("received") == 200 && n("unique") == 200 && n("missing") == 0,
+        "not exactly once: {result}"
+    );
+    anyhow::ensure!(result["inOrder"] == true, "out of order: {result}");
+    anyhow::ensure!(
+        n("refreshes") >= 1,
+        "the token was never refreshed: {result}"
+    );
+    anyhow::ensure!(
+        n("reconnects") >= 2,
+        "bob did not go through both failures: {result}"
+    );
+    Ok(())
+}
+
+pub async fn js_sdk_in_node_delivers_exactly_once_across_failures(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start(&infra, "js-node", 3, false).await?;
+    let s = scenario(&stack).await?;
+    let env = |k: &str| s.env[k].as_str().unwrap_or_default().to_owned();
+    let mut node = tokio::process::Command::new("node")
+        // Node 20's WebSocket is behind this flag; Node 22+ has it on.
+        .arg("--experimental-websocket")
+        .arg(sdk_dir().join("tests/node.mjs"))
+        .env("SB_COORDINATORS", env("coordinators"))
+        .env("SB_ALICE", &s.alice)
+        .env("SB_ALICE_TOKEN", env("aliceToken"))
+        .env("SB_BOB", &s.bob)
+        .env("SB_BOB_TOKEN", env("bobToken"))
+        .env("SB_BOB_SHORT_TOKEN", env("bobShortToken"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start node (Debian nodejs; ./dev test installs it): {e}")
+        })?;
+    let out = node
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = Lines::Node(tokio::io::BufReader::new(out).lines());
+    let result = drive(&mut stack, &s.bob, &mut lines).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), node.wait()).await??;
+    stack.stop().await;
+    check(&result?)?;
+    anyhow::ensure!(status.success(), "node exited with {status}");
+    Ok(())
+}
+
+pub async fn js_sdk_in_chromium_delivers_exactly_once_across_failures(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start(&infra, "js-web", 3, false).await?;
+    let s = scenario(&stack).await?;
+    let (_driver, webdriver) = chromedriver().await?;
+    let page = browser(&webdriver).await?;
+    let result = async {
+        page.goto(&format!("{}/demo/", stack.servers[0].url()))
+            .await?;
+        let src = std::fs::read_to_string(sdk_dir().join("tests/scenario.mjs"))?;
+        let start = r#"
+            const [src, env, done] = arguments;
+            window.__lines = [];
+            const say = (l) => window.__lines.push(l);
+            Promise.all([
+              import('/demo/switchboard.js'),
+              import(URL.createObjectURL(new Blob([src], { type: 'text/javascript' }))),
+            ]).then(([sb, scenario]) => scenario.run(sb, env, say))
+              .catch((e) => say('error ' + (e && e.stack || e)));
+            done(true);
+        "#;
+        page.execute_async(start, vec![json!(src), s.env.clone()])
+            .await?;
+        let mut lines = Lines::Page(page.clone());
+        drive(&mut stack, &s.bob, &mut lines).await
+    }
+    .await;
+    let _ = page.close().await;
+    stack.stop().await;
+    check(&result?)
+}
