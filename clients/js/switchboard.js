@@ -313,8 +313,9 @@ export class Client {
 
   async onClose(code) {
     this.ws = null;
+    // The refresh timer keeps running while disconnected: the next hello
+    // then carries the fresh token instead of one that expired meanwhile.
     clearTimeout(this.helloTimer);
-    clearTimeout(this.refreshTimer);
     for (const p of this.pending.values()) p.sent = false;
     for (const c of this.channels.values()) c.sent = false;
     this.setState("disconnected", { code });

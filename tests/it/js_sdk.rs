@@ -2,7 +2,8 @@
 //! headless Chromium: the same scenario (clients/js/tests/scenario.mjs) —
 //! 200 messages from alice to bob while bob's server is drained and then
 //! the next one crashes, and bob's short token is refreshed through the
-//! callback — must deliver every message exactly once, in order.
+//! callback (ten more messages after its expiry) — must deliver every
+//! message exactly once, in order.
 
 use crate::browser::{browser, chromedriver};
 use harness::{Infra, Stack};
@@ -25,12 +26,17 @@ struct Scenario {
 async fn scenario(stack: &Stack) -> anyhow::Result<Scenario> {
     let (alice, bob) = stack.users_on_distinct_servers("js").await?;
     let secret = harness::stack::JWT_SECRET;
+    let short_ttl = 8;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let env = json!({
         "coordinators": stack.coordinator.url(),
         "alice": alice, "aliceToken": Stack::token(&alice),
         "bob": bob, "bobToken": Stack::token(&bob),
         // Expires mid-run: the client must refresh it through its callback.
-        "bobShortToken": switchboard_client::token::mint_hs256(secret, &bob, 8)?,
+        "bobShortToken": switchboard_client::token::mint_hs256(secret, &bob, short_ttl)?,
+        "bobShortExp": now + short_ttl as u64,
         "messages": 200,
     });
     Ok(Scenario { alice, bob, env })
@@ -97,7 +103,7 @@ async fn drive(stack: &mut Stack, bob: &str, lines: &mut Lines) -> anyhow::Resul
 fn check(result: &Value) -> anyhow::Result<()> {
     let n = |k: &str| result[k].as_u64().unwrap_or(u64::MAX);
     anyhow::ensure!(
-        n("sent") == 200 && n("received") == 200 && n("unique") == 200 && n("missing") == 0,
+        n("sent") == 210 && n("received") == 210 && n("unique") == 210 && n("missing") == 0,
         "not exactly once: {result}"
     );
     anyhow::ensure!(result["inOrder"] == true, "out of order: {result}");
@@ -128,6 +134,7 @@ pub async fn js_sdk_in_node_delivers_exactly_once_across_failures(
         .env("SB_BOB", &s.bob)
         .env("SB_BOB_TOKEN", env("bobToken"))
         .env("SB_BOB_SHORT_TOKEN", env("bobShortToken"))
+        .env("SB_BOB_SHORT_EXP", s.env["bobShortExp"].to_string())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

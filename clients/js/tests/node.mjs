@@ -8,6 +8,7 @@ const env = {
   coordinators: process.env.SB_COORDINATORS,
   alice: process.env.SB_ALICE, aliceToken: process.env.SB_ALICE_TOKEN,
   bob: process.env.SB_BOB, bobToken: process.env.SB_BOB_TOKEN, bobShortToken: process.env.SB_BOB_SHORT_TOKEN,
+  bobShortExp: Number(process.env.SB_BOB_SHORT_EXP),
   messages: Number(process.env.SB_MESSAGES || 200),
 };
 if (typeof globalThis.WebSocket !== "function") {

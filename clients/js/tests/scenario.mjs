@@ -1,7 +1,8 @@
 // The SDK's end-to-end scenario, run by Node (node.mjs) and by Chromium
 // (tests/it/js_sdk.rs injects it into a page): alice sends 200 messages to
 // bob while bob's server is drained and then the next one is killed; bob's
-// token expires during the run and is refreshed through the callback.
+// token expires during the run and is refreshed through the callback; ten
+// more messages after its expiry must arrive too.
 // The Rust test moves the servers when it reads "sent 50" and "sent 120".
 //
 // `sb` is the switchboard.js module, `env` the stack's coordinates, `say`
@@ -42,9 +43,13 @@ export async function run(sb, env, say) {
       await new Promise((r) => setTimeout(r, env.pauseMs ?? 60));
     }
   }
+  // Past the short token's expiry: the session must still be bob's, on the
+  // token the callback gave, and the next messages must still arrive.
+  while (Date.now() < env.bobShortExp * 1000 + 1500) await new Promise((r) => setTimeout(r, 100));
+  for (let i = total; i < total + 10; i++) acks.push(alice.send({ user: env.bob }, { i }, { clientMsgId: `m${i}` }));
   const ids = await Promise.all(acks);
   const deadline = Date.now() + 60000;
-  while (got.length < total && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while (got.length < ids.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   const order = got.map((m) => m.body.i);
   const unique = new Set(got.map((m) => m.msg_id));
   const inOrder = order.every((v, k) => k === 0 || v > order[k - 1]);
