@@ -111,6 +111,7 @@ pub async fn channels_are_authorized_limited_and_served(infra: Arc<Infra>) -> an
     let stack = Stack::start_with(&infra, "chan-auth", 2, false, |c| {
         c.api_keys = vec![KEY.to_owned()];
         c.max_channels_per_device = 2;
+        c.max_group_members = 3;
     })
     .await?;
     let urls: Vec<String> = stack.servers.iter().map(|s| s.url()).collect();
@@ -198,6 +199,36 @@ pub async fn channels_are_authorized_limited_and_served(infra: Arc<Infra>) -> an
     anyhow::ensure!(
         c.next(Duration::from_millis(500)).await.is_err(),
         "an unsubscribed device still receives"
+    );
+
+    // Past SWITCHBOARD_MAX_GROUP_MEMBERS a group is refused: that audience
+    // belongs in a channel.
+    let http = reqwest::Client::new();
+    let create = |members: Value| {
+        http.post(format!("{}/v1/conversations", urls[0]))
+            .bearer_auth(Stack::token("owner"))
+            .json(&json!({"conversation_id": "big", "members": members}))
+            .send()
+    };
+    let r = create(json!(["m1", "m2", "m3"])).await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 400,
+        "a group of 4 was created: {}",
+        r.status()
+    );
+    anyhow::ensure!(create(json!(["m1", "m2"])).await?.status().as_u16() == 201);
+    let add = |m: &str| {
+        http.put(format!("{}/v1/conversations/big/members/{m}", urls[0]))
+            .bearer_auth(Stack::token("owner"))
+            .send()
+    };
+    anyhow::ensure!(
+        add("m2").await?.status().as_u16() == 204,
+        "re-adding a member"
+    );
+    anyhow::ensure!(
+        add("m4").await?.status().as_u16() == 400,
+        "a fourth member was added"
     );
 
     // The publish API takes channels; a channel name must be one.

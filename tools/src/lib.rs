@@ -4,3 +4,4 @@
 
 pub mod load;
 pub mod procstat;
+pub mod topic;

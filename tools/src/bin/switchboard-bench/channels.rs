@@ -165,7 +165,14 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     let users: Vec<String> = (a.first..a.first + a.count)
         .map(|i| format!("w{i}"))
         .collect();
-    let mut sockets = Vec::with_capacity(users.len());
+    let shards: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
+        (0..16)
+            .map(|_| Histogram::new_with_bounds(1, 600_000_000, 3).map(Mutex::new))
+            .collect::<Result<_, _>>()?,
+    );
+    let received = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.deadline_secs);
+    let mut tasks = tokio::task::JoinSet::new();
     for chunk in users.chunks(250) {
         let opened = futures_util::future::join_all(chunk.iter().map(|u| {
             let p = protocol::partition_for(u, assignment.partitions);
@@ -176,43 +183,20 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
             device(url, u.clone())
         }))
         .await;
-        for s in opened {
-            sockets.push(s?);
+        // Each device reads from the start: it answers the server's pings
+        // while the others are still connecting.
+        for ws in opened {
+            let i = tasks.len();
+            tasks.spawn(receive(
+                ws?,
+                (shards.clone(), i % 16),
+                received.clone(),
+                a.expect,
+                deadline,
+            ));
         }
     }
-    println!("ready {}", sockets.len());
-    let shards: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
-        (0..16)
-            .map(|_| Histogram::new_with_bounds(1, 600_000_000, 3).map(Mutex::new))
-            .collect::<Result<_, _>>()?,
-    );
-    let received = Arc::new(AtomicU64::new(0));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.deadline_secs);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut ws) in sockets.into_iter().enumerate() {
-        let (shards, received, expect) = (shards.clone(), received.clone(), a.expect);
-        tasks.spawn(async move {
-            let mut got = 0;
-            while got < expect {
-                let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await else {
-                    break;
-                };
-                let Message::Text(t) = m else { continue };
-                if !t.contains("\"channel\":") {
-                    continue;
-                }
-                if let Some(sent) = sent_us(&t) {
-                    got += 1;
-                    let lat = now_us().saturating_sub(sent).max(1);
-                    if let Ok(mut h) = shards[i % 16].lock() {
-                        let _ = h.record(lat);
-                    }
-                }
-            }
-            received.fetch_add(got as u64, Ordering::Relaxed);
-            ws
-        });
-    }
+    println!("ready {}", tasks.len());
     let mut kept = Vec::new();
     while let Some(r) = tasks.join_next().await {
         kept.extend(r.ok());
@@ -233,6 +217,37 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     };
     println!("report {}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+type Shards = (Arc<Vec<Mutex<Histogram<u64>>>>, usize);
+
+/// Records each publication's latency until `expect` have arrived.
+async fn receive(
+    mut ws: Ws,
+    (shards, shard): Shards,
+    received: Arc<AtomicU64>,
+    expect: usize,
+    deadline: tokio::time::Instant,
+) -> Ws {
+    let mut got = 0;
+    while got < expect {
+        let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await else {
+            break;
+        };
+        let Message::Text(t) = m else { continue };
+        if !t.contains("\"channel\":") {
+            continue;
+        }
+        if let Some(sent) = sent_us(&t) {
+            got += 1;
+            let lat = now_us().saturating_sub(sent).max(1);
+            if let Ok(mut h) = shards[shard].lock() {
+                let _ = h.record(lat);
+            }
+        }
+    }
+    received.fetch_add(got as u64, Ordering::Relaxed);
+    ws
 }
 
 struct Watcher {
@@ -328,7 +343,7 @@ pub async fn channels(infra: Arc<Infra>, a: ChannelArgs) -> anyhow::Result<()> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let (scpu, bcpu) = (cpu(&pids) - cpu0, cpu(&broker) - bcpu0);
-    let kafka = topic_bytes(&infra.kafka, &protocol::channel_topic(&b.topic)).await?;
+    let kafka = tools::topic::topic_bytes(&infra.kafka, &protocol::channel_topic(&b.topic)).await?;
     let group = match a.group_sends {
         0 => None,
         n => Some(group(&b, &infra, subscribed, n).await?),
@@ -417,7 +432,7 @@ async fn group(
             ("SWITCHBOARD_DATABASE_URL", b.db.clone()),
         ],
     )?;
-    let before = topic_bytes(&infra.kafka, &b.topic).await?;
+    let before = tools::topic::topic_bytes(&infra.kafka, &b.topic).await?;
     let mut acks = Vec::new();
     for i in 0..sends {
         let t = Instant::now();
@@ -429,7 +444,7 @@ async fn group(
             .error_for_status()?;
         acks.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let after = topic_bytes(&infra.kafka, &b.topic).await?;
+    let after = tools::topic::topic_bytes(&infra.kafka, &b.topic).await?;
     let store = store::Store::connect_lazy(&b.db, 2, Duration::from_secs(5))?;
     let want = (sends * (members + 1)) as i64;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -453,50 +468,6 @@ async fn group(
         send_ack_max_ms: acks.last().copied().unwrap_or(0.0),
         postgres_rows_per_send: rows as f64 / sends as f64,
     })
-}
-
-/// Records and payload bytes in a topic, all partitions.
-#[derive(Debug, Default, Clone, Copy)]
-struct TopicBytes {
-    records: u64,
-    bytes: u64,
-}
-
-/// Reads the whole topic once and adds up its records' payloads.
-async fn topic_bytes(brokers: &str, topic: &str) -> anyhow::Result<TopicBytes> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::Message as _;
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer =
-            service::kafka::consumer_config(&brokers, "bench-bytes", Duration::from_millis(50))
-                .create()?;
-        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-        let parts = md.topics().first().map_or(0, |t| t.partitions().len());
-        let mut total = TopicBytes::default();
-        for p in 0..parts {
-            let p = i32::try_from(p)?;
-            let (low, high) = c.fetch_watermarks(&topic, p, Duration::from_secs(5))?;
-            if high <= low {
-                continue;
-            }
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))?;
-            c.assign(&tpl)?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut next = low;
-            while next < high && Instant::now() < deadline {
-                if let Some(m) = c.poll(Duration::from_millis(200)) {
-                    let m = m?;
-                    total.records += 1;
-                    total.bytes += m.payload().map_or(0, <[u8]>::len) as u64;
-                    next = m.offset() + 1;
-                }
-            }
-        }
-        anyhow::Ok(total)
-    })
-    .await?
 }
 
 fn now_us() -> u64 {
