@@ -47,6 +47,37 @@ pub fn channel_consumer(
     service::kafka::consumer_config(brokers, &group, fetch_wait).create()
 }
 
+/// A consumed record, decoded and serialised once for every device it goes
+/// to (cursor epoch from the partition map); `None`, counted and logged, if
+/// it cannot be.
+pub fn framed<R>(
+    (partition, offset): (u32, i64),
+    payload: &[u8],
+    assignment: &AssignmentRx,
+    metrics: &Metrics,
+    decode: fn(&[u8]) -> Result<R, protocol::record::RecordError>,
+    frame: fn(&R, &str, i64, bool) -> protocol::ServerFrame,
+) -> Option<(R, axum::extract::ws::Utf8Bytes)> {
+    let record = decode(payload)
+        .map_err(|e| {
+            metrics.decode_failures.inc();
+            warn!(partition, offset, error = %e, "skipping undecodable record");
+        })
+        .ok()?;
+    let epoch = assignment
+        .borrow()
+        .as_ref()
+        .map(|a| a.log_epoch.clone())
+        .unwrap_or_default();
+    let framed = encode(&frame(&record, &epoch, offset, false))
+        .map_err(|e| {
+            metrics.decode_failures.inc();
+            warn!(partition, offset, error = %e, "skipping a record that cannot be framed");
+        })
+        .ok()?;
+    Some((record, framed))
+}
+
 /// Partition changes for the consumer task, from the ownership watcher.
 #[derive(Debug)]
 pub enum Ownership {
@@ -113,27 +144,16 @@ impl LiveConsumer {
     }
 
     fn dispatch(&self, partition: u32, offset: i64, payload: &[u8]) {
-        let record = match Record::decode(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.decode_failures.inc();
-                warn!(partition, offset, error = %e, "skipping undecodable record");
-                return;
-            }
-        };
-        let epoch = self
-            .assignment
-            .borrow()
-            .as_ref()
-            .map(|a| a.log_epoch.clone())
-            .unwrap_or_default();
-        let frame = match encode(&message(&record, &epoch, offset, false)) {
-            Ok(f) => f,
-            Err(e) => {
-                self.metrics.decode_failures.inc();
-                warn!(partition, offset, error = %e, "skipping a record that cannot be framed");
-                return;
-            }
+        let at = (partition, offset);
+        let Some((record, frame)) = framed(
+            at,
+            payload,
+            &self.assignment,
+            &self.metrics,
+            Record::decode,
+            message,
+        ) else {
+            return;
         };
         let d = self.hub.dispatch(partition, offset, &record, &frame);
         self.metrics.deliveries.inc_by(d.delivered as u64);

@@ -12,8 +12,16 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 fn refuse(send: &Send, code: ErrorCode, message: impl Into<String>) -> FrameError {
+    refusal(&send.id, code, message)
+}
+
+fn refusal(
+    id: &Option<serde_json::Value>,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> FrameError {
     FrameError {
-        id: send.id.clone(),
+        id: id.clone(),
         code,
         message: message.into(),
     }
@@ -157,11 +165,7 @@ pub fn build_channel(
     channel: &ChannelName,
 ) -> Result<Prepared, FrameError> {
     let started = Instant::now();
-    let fail = |code, message: String| FrameError {
-        id: m.id.clone(),
-        code,
-        message,
-    };
+    let fail = |code, message: String| refusal(&m.id, code, message);
     let partition = state
         .channels
         .partition_of(channel)
@@ -206,11 +210,7 @@ pub fn build(
     recipients: &[UserId],
 ) -> Result<Prepared, FrameError> {
     let started = Instant::now();
-    let fail = |code, message: String| FrameError {
-        id: m.id.clone(),
-        code,
-        message,
-    };
+    let fail = |code, message: String| refusal(&m.id, code, message);
     let assignment = state
         .assignment()
         .ok_or_else(|| fail(ErrorCode::Unavailable, "no partition map yet".into()))?;

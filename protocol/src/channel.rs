@@ -3,7 +3,7 @@
 //! messaging server reads in full.
 
 use crate::ids::{check_alphabet, DeviceId, IdError, MsgId, UserId};
-use crate::record::{Kind, RecordError, RECORD_VERSION};
+use crate::record::{Kind, RecordError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -59,11 +59,7 @@ pub struct ChannelRecord {
 
 impl ChannelRecord {
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let rec: ChannelRecord = serde_json::from_slice(bytes)?;
-        if rec.v != RECORD_VERSION {
-            return Err(RecordError::Version(rec.v));
-        }
-        Ok(rec)
+        crate::record::decode_versioned(bytes, |r: &ChannelRecord| r.v)
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {

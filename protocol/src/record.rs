@@ -49,13 +49,21 @@ pub enum RecordError {
     Version(u32),
 }
 
+/// Decodes a record of this version; `v` reads its version field.
+pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    v: fn(&T) -> u32,
+) -> Result<T, RecordError> {
+    let rec: T = serde_json::from_slice(bytes)?;
+    match v(&rec) {
+        RECORD_VERSION => Ok(rec),
+        other => Err(RecordError::Version(other)),
+    }
+}
+
 impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let rec: Record = serde_json::from_slice(bytes)?;
-        if rec.v != RECORD_VERSION {
-            return Err(RecordError::Version(rec.v));
-        }
-        Ok(rec)
+        decode_versioned(bytes, |r: &Record| r.v)
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {

@@ -2,8 +2,9 @@
 //! channel topic, from its end, and the fan-out to local subscribers.
 
 use super::ChannelHub;
-use crate::frame::{channel_message, encode};
+use crate::frame::channel_message;
 use crate::hub::{Close, Hub};
+use crate::kafka::framed;
 use crate::metrics::Metrics;
 use protocol::{ChannelRecord, CloseCode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -89,27 +90,17 @@ impl ChannelConsumer {
     }
 
     fn dispatch(&self, partition: u32, offset: i64, payload: &[u8]) {
-        let record = match ChannelRecord::decode(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.decode_failures.inc();
-                warn!(partition, offset, error = %e, "skipping undecodable channel record");
-                return;
-            }
-        };
-        let epoch = self
-            .assignment
-            .borrow()
-            .as_ref()
-            .map(|a| a.log_epoch.clone())
-            .unwrap_or_default();
-        let frame = match encode(&channel_message(&record, &epoch, offset, false)) {
-            Ok(f) => f,
-            Err(e) => {
-                self.metrics.decode_failures.inc();
-                warn!(partition, offset, error = %e, "skipping a channel record that cannot be framed");
-                return;
-            }
+        let at = (partition, offset);
+        let decode = ChannelRecord::decode;
+        let Some((record, frame)) = framed(
+            at,
+            payload,
+            &self.assignment,
+            &self.metrics,
+            decode,
+            channel_message,
+        ) else {
+            return;
         };
         let d = self
             .channels

@@ -11,11 +11,7 @@ use futures_util::SinkExt;
 use protocol::frames::{Subscribe, Subscribed, Unsubscribe, Unsubscribed};
 use protocol::{ChannelName, Cursor, ErrorCode, FrameError, ServerFrame};
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// Longest a recovery waits for the channel consumer to reach the log's end.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 /// One connection's subscriptions and the queue they deliver to.
 #[derive(Default)]
@@ -191,18 +187,7 @@ impl Session {
     /// passed the log's end as of now (so nothing falls between the two).
     async fn channel_catch_up(&self, partition: u32) -> Result<i64, rdkafka::error::KafkaError> {
         let (low, high) = self.state.log.channel_watermarks(partition).await?;
-        let deadline = Instant::now() + CATCH_UP_WAIT;
-        while Instant::now() < deadline {
-            if self
-                .state
-                .channels
-                .next_offset(partition)
-                .is_none_or(|next| next >= high)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        super::consumer_passes(high, || self.state.channels.next_offset(partition)).await;
         Ok(low)
     }
 
