@@ -27,7 +27,7 @@ pub(crate) enum Control {
 
 pub(crate) struct Sub {
     /// Sent on the current session and not yet answered or refused.
-    sent: bool,
+    pub(crate) sent: bool,
     reply: Option<SubscribeReply>,
 }
 

@@ -43,11 +43,24 @@ impl Api {
     /// replicas of the coordinator); a route falls over to the next replica
     /// when one cannot be reached.
     pub fn new(coordinators: &str, token: &str) -> Self {
+        Self::build(coordinators, token, true)
+    }
+
+    /// For the connection task's route lookups, made once per (re)connect:
+    /// no idle connection to the coordinator is kept between them, so a
+    /// process holding many clients holds no socket per client there, and a
+    /// reconnect storm leaves no idle sockets behind on the coordinator.
+    pub(crate) fn for_routing(coordinators: &str, token: &str) -> Self {
+        Self::build(coordinators, token, false)
+    }
+
+    fn build(coordinators: &str, token: &str, keep_alive: bool) -> Self {
         let coordinators = coordinators
             .split(',')
             .map(|c| c.trim().trim_end_matches('/').to_owned())
             .filter(|c| !c.is_empty())
             .collect();
+        let idle = if keep_alive { usize::MAX } else { 0 };
         Self {
             coordinators,
             preferred: Default::default(),
@@ -55,6 +68,7 @@ impl Api {
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(3))
                 .timeout(std::time::Duration::from_secs(30))
+                .pool_max_idle_per_host(idle)
                 .build()
                 .unwrap_or_default(),
         }

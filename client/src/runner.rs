@@ -66,7 +66,7 @@ pub(crate) type Socket =
 impl Runner {
     pub async fn run(mut self) {
         self.token = self.config.token.clone();
-        let api = crate::Api::new(&self.config.coordinator_url, &self.config.token);
+        let api = crate::Api::for_routing(&self.config.coordinator_url, &self.config.token);
         let mut delay = Duration::from_millis(100);
         let mut target: Option<String> = None;
         while !self.cancel.is_cancelled() {
@@ -121,7 +121,13 @@ impl Runner {
     }
 
     async fn session(&mut self, url: &str) -> Outcome {
-        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+        // Frames to a device are small; larger ones arrive in several reads.
+        // (The default reserves and zeroes 128 KiB per connection.)
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024);
+        let connected =
+            tokio_tungstenite::connect_async_with_config(url, Some(config), false).await;
+        let Ok((mut ws, _)) = connected else {
             return Outcome::Failed;
         };
         let cursor = self.cursor.lock().map(|c| c.clone()).unwrap_or(None);
@@ -277,7 +283,9 @@ impl Runner {
                     self.pending.insert(o.request_id, p);
                 }
                 Some(c) = self.ctl.recv() => self.control(&mut ws, c).await,
-                _ = retry.tick() => {
+                // Only while something waits to be (re)sent: an idle client
+                // does not wake (a phone's battery, a gateway's thousands).
+                _ = retry.tick(), if self.anything_unsent() => {
                     for p in self.pending.values_mut().filter(|p| !p.sent) {
                         p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
                     }
@@ -289,6 +297,10 @@ impl Runner {
                 }
             }
         }
+    }
+
+    fn anything_unsent(&self) -> bool {
+        self.pending.values().any(|p| !p.sent) || self.subs.values().any(|s| !s.sent)
     }
 
     /// Handles one frame; returns a redirect target when the server gave one.

@@ -12,9 +12,12 @@ pub struct Seen {
 
 impl Seen {
     pub fn new(cap: usize) -> Self {
+        // Grows with use up to `cap`: a process holding many clients (a
+        // gateway, a load generator) pays for the ids each has seen, not for
+        // the bound.
         Self {
-            set: HashSet::with_capacity(cap),
-            order: VecDeque::with_capacity(cap),
+            set: HashSet::new(),
+            order: VecDeque::new(),
             cap,
         }
     }

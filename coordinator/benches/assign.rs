@@ -1,5 +1,6 @@
 //! `cargo bench -p switchboard-coordinator --bench assign`: time of the
-//! assignment function for P=1024 partitions over 200 servers.
+//! assignment function, and partitions moved by a membership change, for
+//! P=1024 over 200 servers and P=4096 over 1,000 servers.
 
 use coordinator::assign::assign;
 use protocol::{ServerId, ServerInfo};
@@ -31,8 +32,19 @@ fn time(label: &str, runs: usize, mut f: impl FnMut()) {
     );
 }
 
+/// Partitions whose owner differs between two assignments.
+fn moved(a: &[Option<ServerId>], b: &[Option<ServerId>]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
 fn main() {
-    let (p, n) = (1024u32, 200usize);
+    for (p, n) in [(1024u32, 200usize), (4096, 1000)] {
+        run(p, n);
+    }
+}
+
+fn run(p: u32, n: usize) {
+    let runs = if n > 500 { 100 } else { 500 };
     let servers = fleet(n);
     let base = assign(&[], &servers, p);
     let mut joined = servers.clone();
@@ -44,19 +56,27 @@ fn main() {
         s.draining = true;
     }
     println!("assignment function, P={p}, {n} servers");
-    time("from scratch", 500, || {
+    time("from scratch", runs, || {
         drop(std::hint::black_box(assign(&[], &servers, p)))
     });
-    time("unchanged membership", 500, || {
+    time("unchanged membership", runs, || {
         drop(std::hint::black_box(assign(&base, &servers, p)))
     });
-    time("one server joins", 500, || {
+    time("one server joins", runs, || {
         drop(std::hint::black_box(assign(&base, &joined, p)))
     });
-    time("one server leaves", 500, || {
+    time("one server leaves", runs, || {
         drop(std::hint::black_box(assign(&base, &left, p)))
     });
-    time("one server drains", 500, || {
+    time("one server drains", runs, || {
         drop(std::hint::black_box(assign(&base, &drained, p)))
     });
+    for (label, fleet) in [("joins", &joined), ("leaves", &left), ("drains", &drained)] {
+        let next = assign(&base, fleet, p);
+        println!(
+            "one server {label:<7} moves {:>5} of {p} partitions (ideal {:.1})",
+            moved(&base, &next),
+            f64::from(p) / n as f64
+        );
+    }
 }

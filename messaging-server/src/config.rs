@@ -94,6 +94,11 @@ pub struct Config {
     /// Largest WebSocket frame accepted, in bytes (1009 above it).
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 128 * 1024)]
     pub max_frame_bytes: usize,
+    /// Bytes each WebSocket reads at a time, and keeps reserved while idle:
+    /// memory per session against reads per large frame (a frame larger
+    /// than this arrives in several reads).
+    #[arg(long, env = "SWITCHBOARD_WS_READ_BUFFER_BYTES", default_value_t = 1024)]
+    pub ws_read_buffer_bytes: usize,
     /// Sustained sends per second per connection.
     #[arg(long, env = "SWITCHBOARD_SENDS_PER_SEC", default_value_t = 100)]
     pub sends_per_sec: u32,
@@ -156,6 +161,7 @@ impl fmt::Debug for Config {
             .field("member_cache_entries", &self.member_cache_entries)
             .field("queue_len", &self.queue_len)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("ws_read_buffer_bytes", &self.ws_read_buffer_bytes)
             .field("sends_per_sec", &self.sends_per_sec)
             .field("send_burst", &self.send_burst)
             .field("hello_timeout", &self.hello_timeout)
@@ -224,6 +230,12 @@ impl Config {
             self.max_frame_bytes,
             protocol::MAX_BODY_BYTES + 1024,
             16 << 20,
+        )?;
+        in_range(
+            "--ws-read-buffer-bytes",
+            self.ws_read_buffer_bytes,
+            256,
+            1 << 20,
         )?;
         in_range("--sends-per-sec", self.sends_per_sec, 1, u32::MAX)?;
         in_range(

@@ -53,13 +53,14 @@ async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Result<Response, ApiErro
         );
     };
     let max = s.config.max_frame_bytes;
-    // tungstenite reserves its whole read buffer per connection (128 KiB by
-    // default); frames larger than this still arrive, in several reads.
+    // tungstenite keeps its read buffer reserved per connection (128 KiB by
+    // default): 1 KiB by default here, so an idle session costs ~9 KB;
+    // larger frames still arrive, in several reads.
     // Writes collect up to 16 KiB until the session flushes, so a burst of
     // queued deliveries leaves in one write (the session flushes after each
     // batch, so nothing waits for the buffer to fill).
     Ok(upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(s.config.ws_read_buffer_bytes)
         .write_buffer_size(16 * 1024)
         .max_message_size(max)
         .max_frame_size(max)

@@ -310,4 +310,4 @@ fn deliver(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

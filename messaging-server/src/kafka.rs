@@ -4,14 +4,14 @@
 use crate::frame::{encode, message};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use protocol::{ChannelName, ChannelRecord, Record, ServerId, UserId};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use protocol::{Record, ServerId};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use service::etcd::AssignmentRx;
 use service::kafka::{from_kafka, to_kafka};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 /// Resume reads wait briefly: they want what is there, now.
 const RESUME_FETCH_WAIT: Duration = Duration::from_millis(5);
 
-fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+pub(crate) fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
     service::kafka::consumer_config(brokers, group, RESUME_FETCH_WAIT)
 }
 
@@ -198,112 +198,4 @@ impl LiveConsumer {
     }
 }
 
-/// Reads the log for resumes: watermarks through one long-lived client,
-/// ranges through a short-lived consumer of their own.
-pub struct LogReader {
-    brokers: String,
-    topic: String,
-    channel_topic: String,
-    client: Arc<BaseConsumer>,
-}
-
-impl LogReader {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
-        Ok(Self {
-            brokers: brokers.to_owned(),
-            topic: topic.to_owned(),
-            channel_topic: protocol::channel_topic(topic),
-            client: Arc::new(consumer_config(brokers, "switchboard-resume").create()?),
-        })
-    }
-
-    /// `(first offset still in the log, offset the next record will get)`.
-    pub async fn watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
-        self.watermarks_of(&self.topic, partition).await
-    }
-
-    /// The same for a partition of the channel topic.
-    pub async fn channel_watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
-        self.watermarks_of(&self.channel_topic, partition).await
-    }
-
-    async fn watermarks_of(&self, topic: &str, partition: u32) -> Result<(i64, i64), KafkaError> {
-        let (client, topic) = (self.client.clone(), topic.to_owned());
-        tokio::task::spawn_blocking(move || {
-            client.fetch_watermarks(&topic, to_kafka(partition), Duration::from_secs(5))
-        })
-        .await
-        .map_err(|_| KafkaError::Canceled)?
-    }
-
-    /// The chat records for `user` in `range` of `partition`, in order.
-    pub async fn read_range(
-        &self,
-        partition: u32,
-        range: std::ops::Range<i64>,
-        user: &UserId,
-    ) -> Result<Vec<(i64, Record)>, KafkaError> {
-        let user = user.clone();
-        let pick = move |bytes: &[u8]| {
-            Record::decode(bytes)
-                .ok()
-                .filter(|r| r.kind == protocol::Kind::Chat && r.recipients.contains(&user))
-        };
-        read_where(&self.brokers, &self.topic, partition, range, pick).await
-    }
-
-    /// The recoverable (chat) publications of `channel` in `range`, in order.
-    pub async fn read_channel(
-        &self,
-        partition: u32,
-        range: std::ops::Range<i64>,
-        channel: &ChannelName,
-    ) -> Result<Vec<(i64, ChannelRecord)>, KafkaError> {
-        let channel = channel.clone();
-        let pick = move |bytes: &[u8]| {
-            ChannelRecord::decode(bytes)
-                .ok()
-                .filter(|r| r.kind == protocol::Kind::Chat && r.channel == channel)
-        };
-        read_where(&self.brokers, &self.channel_topic, partition, range, pick).await
-    }
-}
-
-/// Reads `range` of `partition` and keeps what `pick` returns.
-async fn read_where<T: Send + 'static>(
-    brokers: &str,
-    topic: &str,
-    partition: u32,
-    range: std::ops::Range<i64>,
-    pick: impl Fn(&[u8]) -> Option<T> + Send + 'static,
-) -> Result<Vec<(i64, T)>, KafkaError> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = consumer_config(&brokers, "switchboard-resume").create()?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, to_kafka(partition), Offset::Offset(range.start))?;
-        c.assign(&tpl)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut out = Vec::new();
-        while Instant::now() < deadline {
-            let Some(m) = c.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let m = m?;
-            if m.offset() >= range.end {
-                return Ok(out);
-            }
-            if let Some(r) = pick(m.payload().unwrap_or_default()) {
-                out.push((m.offset(), r));
-            }
-            if m.offset() + 1 >= range.end {
-                return Ok(out);
-            }
-        }
-        Err(KafkaError::MessageConsumption(
-            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-        ))
-    })
-    .await
-    .map_err(|_| KafkaError::Canceled)?
-}
+pub use crate::log_reader::LogReader;

@@ -3,12 +3,15 @@
 
 mod auth;
 mod channels;
+mod coalesce;
 mod config;
 mod demo;
+mod fds;
 mod frame;
 mod http;
 mod hub;
 mod kafka;
+mod log_reader;
 mod members;
 mod membership;
 mod metrics;
@@ -205,7 +208,9 @@ fn build_state(
         channel_topic: protocol::channel_topic(&config.kafka.topic),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),
-        sockets: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+        sockets: Arc::new(tokio::sync::Semaphore::new(connection_limit(
+            &config, &metrics,
+        ))),
         config,
         info,
         auth,
@@ -218,6 +223,25 @@ fn build_state(
         draining: tokio::sync::watch::channel(false).0,
         stop,
     }))
+}
+
+/// The configured connection limit, or fewer if the process may not open
+/// that many descriptors (the soft limit is raised to the hard one first).
+fn connection_limit(config: &Config, metrics: &metrics::Metrics) -> usize {
+    let fd_limit = fds::raise_limit();
+    let limit = fds::connection_limit(config.max_connections, fd_limit);
+    if limit < config.max_connections {
+        warn!(
+            configured = config.max_connections,
+            limit,
+            open_files = fd_limit,
+            "the open-file limit caps the connection limit; raise it (ulimit -n, LimitNOFILE, the container's nofile) to hold more"
+        );
+    }
+    metrics
+        .connection_limit
+        .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    limit
 }
 
 /// Graceful hand-off: mark draining, let the coordinator move our

@@ -18,6 +18,7 @@ pub struct CodeLabel {
 #[derive(Clone)]
 pub struct Metrics {
     pub connections: Gauge,
+    pub connection_limit: Gauge,
     pub sends: Counter,
     pub send_errors: Family<CodeLabel, Counter>,
     pub deliveries: Counter,
@@ -50,6 +51,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             connections: Gauge::default(),
+            connection_limit: Gauge::default(),
             sends: Counter::default(),
             send_errors: Family::default(),
             deliveries: Counter::default(),
@@ -82,6 +84,11 @@ impl Metrics {
             "connections",
             "Open WebSocket sessions",
             self.connections.clone(),
+        );
+        r.register(
+            "connection_limit",
+            "WebSocket sessions this server accepts at most (the configured limit, or fewer if the open-file limit is lower)",
+            self.connection_limit.clone(),
         );
         r.register(
             "sends",

@@ -26,6 +26,15 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn spawn_server(stack: &Stack, infra: &Infra, port: u16) -> anyhow::Result<Process> {
+    spawn_limited(stack, infra, port, MAX_CONNECTIONS)
+}
+
+fn spawn_limited(
+    stack: &Stack,
+    infra: &Infra,
+    port: u16,
+    max_connections: usize,
+) -> anyhow::Result<Process> {
     Process::spawn(
         "messaging-server",
         &[
@@ -38,7 +47,7 @@ fn spawn_server(stack: &Stack, infra: &Infra, port: u16) -> anyhow::Result<Proce
             ("SWITCHBOARD_TOPIC", stack.topic.clone()),
             ("SWITCHBOARD_DATABASE_URL", stack.database_url.clone()),
             ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
-            ("SWITCHBOARD_MAX_CONNECTIONS", MAX_CONNECTIONS.to_string()),
+            ("SWITCHBOARD_MAX_CONNECTIONS", max_connections.to_string()),
             ("SWITCHBOARD_MAX_DEVICES_PER_USER", MAX_DEVICES.to_string()),
         ],
     )
@@ -171,6 +180,65 @@ pub async fn limits_refuse_past_the_bound_and_keep_sessions(
     eprintln!("    {MAX_CONNECTIONS} sessions open, {refused} upgrades refused with 503 + Retry-After, RSS {before} → {after} KiB; device {} refused with 4009", MAX_DEVICES + 1);
     drop(open);
     let _ = server.terminate().await;
+    stack.stop().await;
+    Ok(())
+}
+
+/// This process's hard limit on open files (children inherit it).
+fn hard_open_files() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+        })
+}
+
+/// The connection limit in force, from a server's `/metrics`.
+async fn connection_limit(port: u16) -> Option<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("switchboard_server_connection_limit "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// A connection limit the process cannot hold descriptors for is lowered to
+/// what it can (the open-file limit less 1,024 kept for everything else),
+/// so a full server refuses upgrades with 503 instead of failing `accept`.
+pub async fn connection_limit_fits_the_open_file_limit(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let hard = hard_open_files().ok_or_else(|| anyhow::anyhow!("no open-file limit in /proc"))?;
+    let stack = Stack::start(&infra, "fdlimit", 1, false).await?;
+    let (big, small) = (free_port()?, free_port()?);
+    let configured = 10_000_000;
+    let servers = [
+        spawn_limited(&stack, &infra, big, configured)?,
+        spawn_limited(&stack, &infra, small, MAX_CONNECTIONS)?,
+    ];
+    let mut limits = [None, None];
+    for (i, port) in [big, small].into_iter().enumerate() {
+        wait_until("the metric is served", Duration::from_secs(60), || async {
+            connection_limit(port).await.is_some()
+        })
+        .await?;
+        limits[i] = connection_limit(port).await;
+    }
+    let want = (configured as u64).min(hard.saturating_sub(1024));
+    anyhow::ensure!(
+        limits == [Some(want), Some(MAX_CONNECTIONS as u64)],
+        "connection limits {limits:?}, want [{want}, {MAX_CONNECTIONS}] (hard open-file limit {hard})"
+    );
+    eprintln!(
+        "    open files {hard}: a limit of {configured} became {want}; {MAX_CONNECTIONS} stayed"
+    );
+    for s in servers {
+        let _ = s.terminate().await;
+    }
     stack.stop().await;
     Ok(())
 }

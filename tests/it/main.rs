@@ -54,6 +54,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         resume::synced_follows_everything_acked_before_hello,
         supervision::a_dying_task_is_never_a_silent_zombie,
         limits::limits_refuse_past_the_bound_and_keep_sessions,
+        limits::connection_limit_fits_the_open_file_limit,
         fuzz::ten_thousand_random_frames_leave_the_server_and_others_fine,
         auth::expired_tokens_close_unless_refreshed,
         publish::backends_publish_with_api_keys,

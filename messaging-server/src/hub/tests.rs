@@ -8,7 +8,7 @@ fn did(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
 }
 
-fn record(kind: Kind, sender: &str, device: &str, to: &[&str]) -> Record {
+pub(crate) fn record(kind: Kind, sender: &str, device: &str, to: &[&str]) -> Record {
     Record {
         v: 1,
         msg_id: protocol::MsgId(uuid::Uuid::new_v4()),

@@ -99,7 +99,10 @@ impl Session {
                         Some(Ok(_)) => continue,
                         Some(Err(_)) => return Close::new(CloseCode::TooLarge, "frame too large"),
                     };
-                    match self.on_text(&text, &mut inbound).await {
+                    // Boxed: the rare, large futures (a send's membership
+                    // read, a channel recovery) are not carried by every
+                    // idle session's task.
+                    match Box::pin(self.on_text(&text, &mut inbound)).await {
                         Ok(Some(exp)) => expires.as_mut().reset(expiry(exp)),
                         Ok(None) => {}
                         Err(close) => return close,

@@ -33,7 +33,9 @@ struct Gone;
 
 pub async fn run(socket: WebSocket, state: Arc<AppState>) {
     let (mut sink, mut stream) = socket.split();
-    let hello = match handshake::accept(&mut stream, &state).await {
+    // The handshake and the resume run once per session: boxed, so their
+    // futures are freed before the session idles (see `live`).
+    let hello = match Box::pin(handshake::accept(&mut stream, &state)).await {
         Ok(hello) => hello,
         Err(close) => return finish(&mut sink, &state, close).await,
     };
@@ -93,7 +95,7 @@ impl Session {
             .filter(|c| c.log_epoch == log_epoch)
             .map(|c| c.offset);
         let log_start = match replay_from {
-            Some(_) => match self.catch_up(partition).await {
+            Some(_) => match Box::pin(self.catch_up(partition)).await {
                 Ok(low) => Some(low),
                 Err(e) => {
                     let close = self.retry_later(format!("resume unavailable: {e}")).await;
@@ -137,7 +139,7 @@ impl Session {
             log_start,
             live_from,
         };
-        let close = match self.resume(&start, id).await {
+        let close = match Box::pin(self.resume(&start, id)).await {
             Ok(()) => self.live(handle).await,
             Err(close) => close,
         };

@@ -8,15 +8,15 @@
 //! `watch-channel` command), each under the 20,000 file descriptors a
 //! process may hold here.
 
-use super::{Bench, BENCH_API_KEY};
+use super::child::{Child, Span};
+use super::{now_us, sent_us, Bench, BENCH_API_KEY};
 use futures_util::{SinkExt, StreamExt};
-use harness::{Infra, Process};
+use harness::Infra;
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tools::procstat::cpu_seconds;
@@ -49,12 +49,8 @@ pub struct ChannelArgs {
 /// The hidden child command: hold devices, report what they received.
 #[derive(clap::Args)]
 pub struct WatchArgs {
-    #[arg(long)]
-    coordinator: String,
-    #[arg(long)]
-    first: usize,
-    #[arg(long)]
-    count: usize,
+    #[command(flatten)]
+    span: Span,
     /// Publications each device should receive before the child reports.
     #[arg(long)]
     expect: usize,
@@ -102,8 +98,7 @@ struct ChannelReport {
     group: Option<GroupReport>,
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use super::Ws;
 
 fn small_buffers() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -148,21 +143,13 @@ async fn device(ws_url: String, user: String) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-fn sent_us(frame: &str) -> Option<u64> {
-    let at = frame.find("\"sent_us\":")? + "\"sent_us\":".len();
-    let digits: String = frame[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
-    let assignment: protocol::Assignment = reqwest::get(format!("{}/v1/assignment", a.coordinator))
-        .await?
-        .json()
-        .await?;
-    let users: Vec<String> = (a.first..a.first + a.count)
+    let assignment: protocol::Assignment =
+        reqwest::get(format!("{}/v1/assignment", a.span.coordinator))
+            .await?
+            .json()
+            .await?;
+    let users: Vec<String> = (a.span.first..a.span.first + a.span.count)
         .map(|i| format!("w{i}"))
         .collect();
     let shards: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
@@ -250,51 +237,24 @@ async fn receive(
     ws
 }
 
-struct Watcher {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Watcher {
-    fn spawn(
-        coordinator: &str,
-        first: usize,
-        count: usize,
-        expect: usize,
-        deadline_secs: u64,
-    ) -> anyhow::Result<Self> {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["watch-channel", "--coordinator", coordinator])
-            .args(["--first", &first.to_string(), "--count", &count.to_string()])
-            .args([
-                "--expect",
-                &expect.to_string(),
-                "--deadline-secs",
-                &deadline_secs.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let out = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        Ok(Self {
-            child,
-            lines: tokio::io::BufReader::new(out).lines(),
-        })
-    }
-
-    /// The next line starting with `tag`, without the tag.
-    async fn line(&mut self, tag: &str) -> anyhow::Result<String> {
-        while let Some(l) = self.lines.next_line().await? {
-            if let Some(rest) = l.strip_prefix(tag) {
-                return Ok(rest.trim().to_owned());
-            }
-        }
-        let status = self.child.wait().await?;
-        anyhow::bail!("watcher exited ({status}) before {tag:?}")
-    }
+/// A `watch-channel` child holding devices `first..first + count`.
+fn watcher(
+    coordinator: &str,
+    first: usize,
+    count: usize,
+    expect: usize,
+    deadline_secs: u64,
+) -> anyhow::Result<Child> {
+    let span = Span {
+        coordinator: coordinator.to_owned(),
+        first,
+        count,
+    };
+    let flags = [
+        ("expect", expect.to_string()),
+        ("deadline-secs", deadline_secs.to_string()),
+    ];
+    Child::command("watch-channel", &span, &flags)
 }
 
 fn cpu(pids: &[u32]) -> f64 {
@@ -311,7 +271,7 @@ pub async fn channels(infra: Arc<Infra>, a: ChannelArgs) -> anyhow::Result<()> {
     for w in 0..a.watchers {
         let count = per.min(a.subscribers - w * per);
         let deadline = 900 + a.seconds * 4;
-        watchers.push(Watcher::spawn(
+        watchers.push(watcher(
             &coordinator,
             w * per,
             count,
@@ -368,13 +328,9 @@ pub async fn channels(infra: Arc<Infra>, a: ChannelArgs) -> anyhow::Result<()> {
         connect_seconds,
         group,
     };
-    let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
-    if let Some(path) = &a.json {
-        std::fs::write(path, format!("{json}\n"))?;
-    }
-    for mut w in watchers {
-        let _ = w.child.kill().await;
+    super::report(&report, a.json.as_deref())?;
+    for w in watchers {
+        w.kill().await;
     }
     b.stop().await;
     Ok(())
@@ -423,15 +379,7 @@ async fn group(
         .send()
         .await?
         .error_for_status()?;
-    let persister = Process::spawn(
-        "persister",
-        &[
-            ("SWITCHBOARD_LISTEN", "127.0.0.1:0".to_owned()),
-            ("SWITCHBOARD_KAFKA_BROKERS", infra.kafka.clone()),
-            ("SWITCHBOARD_TOPIC", b.topic.clone()),
-            ("SWITCHBOARD_DATABASE_URL", b.db.clone()),
-        ],
-    )?;
+    let persister = b.spawn_persister()?;
     let before = tools::topic::topic_bytes(&infra.kafka, &b.topic).await?;
     let mut acks = Vec::new();
     for i in 0..sends {
@@ -468,11 +416,4 @@ async fn group(
         send_ack_max_ms: acks.last().copied().unwrap_or(0.0),
         postgres_rows_per_send: rows as f64 / sends as f64,
     })
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }

@@ -1,21 +1,14 @@
 //! Fan-out throughput and send→deliver latency.
 
-use super::{session, Bench};
+use super::{now_us, session, Bench};
 use futures_util::{SinkExt, StreamExt};
 use harness::{Infra, Stack};
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tools::procstat::cpu_seconds;
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 fn cpu(pid: Option<u32>) -> f64 {
     pid.and_then(cpu_seconds).unwrap_or(0.0)

@@ -8,6 +8,8 @@
 //!   target/release/switchboard-bench route --seconds 10
 //!   target/release/switchboard-bench nats --subscribers 200 --messages 1000 --json docs/load/fanout-vs-nats.json
 //!   target/release/switchboard-bench channels --subscribers 50000 --rate 10 --json docs/load/channels.json
+//!   target/release/switchboard-bench connections --devices 100000 --servers 6 --json docs/load/connections-100k.json
+//!   target/release/switchboard-bench storm --devices 36000 --json docs/load/storm.json
 //!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
 //!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
 
@@ -31,6 +33,9 @@ struct Args {
     /// The servers' live-consumer fetch wait (`SWITCHBOARD_FETCH_WAIT_MS`).
     #[arg(long, global = true, default_value_t = 100)]
     fetch_wait_ms: u64,
+    /// Extra environment for the messaging servers, `K=V,K=V`.
+    #[arg(long, global = true, default_value = "")]
+    server_env: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -38,6 +43,7 @@ struct Args {
 static PRODUCER_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 static FETCH_WAIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 static PARTITIONS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+static SERVER_ENV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -83,6 +89,18 @@ enum Cmd {
     /// (Internal) hold channel subscribers for `channels`, in a child process.
     #[command(hide = true)]
     WatchChannel(channels::WatchArgs),
+    /// Many concurrent sessions: accept time, RSS per session, idle CPU,
+    /// DM latency while all are connected.
+    Connections(connections::ConnArgs),
+    /// (Internal) hold devices for `connections`, in a child process.
+    #[command(hide = true)]
+    HoldDevices(connections::HoldArgs),
+    /// Reconnect storm: kill -9 one of three servers, then a rolling restart,
+    /// with devices on the real client and chat flowing.
+    Storm(storm::StormArgs),
+    /// (Internal) hold client devices for `storm`, in a child process.
+    #[command(hide = true)]
+    StormDevices(storm::StormHoldArgs),
     /// Rows per second the persister writes into PostgreSQL.
     Persist {
         #[arg(long, default_value_t = 200_000)]
@@ -128,36 +146,19 @@ impl Bench {
         for i in 0..servers {
             let port = free_port()?;
             let id = format!("bench{i}");
-            let env = [
-                ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
-                ("SWITCHBOARD_SERVER_ID", id.clone()),
-                ("SWITCHBOARD_ETCD_ENDPOINTS", b.infra.etcd.clone()),
-                ("SWITCHBOARD_ETCD_PREFIX", b.prefix.clone()),
-                ("SWITCHBOARD_KAFKA_BROKERS", b.infra.kafka.clone()),
-                ("SWITCHBOARD_TOPIC", b.topic.clone()),
-                (
-                    "SWITCHBOARD_KAFKA_PRODUCER_CONFIG",
-                    PRODUCER_CONFIG.get().cloned().unwrap_or_default(),
-                ),
-                ("SWITCHBOARD_DATABASE_URL", b.db.clone()),
-                ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
-                ("SWITCHBOARD_SENDS_PER_SEC", "100000".into()),
-                ("SWITCHBOARD_SEND_BURST", "100000".into()),
-                ("SWITCHBOARD_QUEUE_LEN", "8192".into()),
-                ("SWITCHBOARD_API_KEYS", BENCH_API_KEY.into()),
-                // The channel benchmark compares a channel with a group of
-                // the same (large) audience.
-                ("SWITCHBOARD_MAX_GROUP_MEMBERS", "1000000".into()),
-                (
-                    "SWITCHBOARD_FETCH_WAIT_MS",
-                    FETCH_WAIT_MS.get().copied().unwrap_or(100).to_string(),
-                ),
-            ];
-            b.servers
-                .push((id, Process::spawn("messaging-server", &env)?, port));
+            let process = b.spawn_server(&id, port)?;
+            b.servers.push((id, process, port));
         }
-        let base = b.coordinator.url();
-        let n = servers;
+        b.settled().await?;
+        Ok(b)
+    }
+
+    /// Waits until the coordinator has every server of `self.servers` in its
+    /// assignment, every partition owned, and every server ready.
+    async fn settled(&self) -> anyhow::Result<()> {
+        let base = self.coordinator.url();
+        let want: std::collections::BTreeSet<&str> =
+            self.servers.iter().map(|(id, _, _)| id.as_str()).collect();
         wait_until(
             "servers own every partition",
             Duration::from_secs(60),
@@ -168,11 +169,13 @@ impl Bench {
                 let Ok(a) = r.json::<protocol::Assignment>().await else {
                     return false;
                 };
-                a.servers.len() == n && a.owners.iter().all(Option::is_some)
+                let have: std::collections::BTreeSet<&str> =
+                    a.servers.keys().map(|s| s.as_str()).collect();
+                have == want && a.owners.iter().all(Option::is_some)
             },
         )
         .await?;
-        for (_, _, port) in &b.servers {
+        for (_, _, port) in &self.servers {
             let url = format!("http://127.0.0.1:{port}/readyz");
             wait_until("server ready", Duration::from_secs(30), || async {
                 reqwest::get(&url)
@@ -182,7 +185,57 @@ impl Bench {
             })
             .await?;
         }
-        Ok(b)
+        Ok(())
+    }
+
+    /// A persister for the benchmark's topic and database.
+    fn spawn_persister(&self) -> anyhow::Result<Process> {
+        Process::spawn(
+            "persister",
+            &[
+                ("SWITCHBOARD_LISTEN", "127.0.0.1:0".to_owned()),
+                ("SWITCHBOARD_KAFKA_BROKERS", self.infra.kafka.clone()),
+                ("SWITCHBOARD_TOPIC", self.topic.clone()),
+                ("SWITCHBOARD_DATABASE_URL", self.db.clone()),
+            ],
+        )
+    }
+
+    /// A messaging server process with the benchmark's settings.
+    fn spawn_server(&self, id: &str, port: u16) -> anyhow::Result<Process> {
+        let mut env = vec![
+            ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
+            ("SWITCHBOARD_SERVER_ID", id.to_owned()),
+            ("SWITCHBOARD_ETCD_ENDPOINTS", self.infra.etcd.clone()),
+            ("SWITCHBOARD_ETCD_PREFIX", self.prefix.clone()),
+            ("SWITCHBOARD_KAFKA_BROKERS", self.infra.kafka.clone()),
+            ("SWITCHBOARD_TOPIC", self.topic.clone()),
+            (
+                "SWITCHBOARD_KAFKA_PRODUCER_CONFIG",
+                PRODUCER_CONFIG.get().cloned().unwrap_or_default(),
+            ),
+            ("SWITCHBOARD_DATABASE_URL", self.db.clone()),
+            ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
+            ("SWITCHBOARD_SENDS_PER_SEC", "100000".into()),
+            ("SWITCHBOARD_SEND_BURST", "100000".into()),
+            ("SWITCHBOARD_QUEUE_LEN", "8192".into()),
+            ("SWITCHBOARD_API_KEYS", BENCH_API_KEY.into()),
+            // The channel benchmark compares a channel with a group of
+            // the same (large) audience.
+            ("SWITCHBOARD_MAX_GROUP_MEMBERS", "1000000".into()),
+            (
+                "SWITCHBOARD_FETCH_WAIT_MS",
+                FETCH_WAIT_MS.get().copied().unwrap_or(100).to_string(),
+            ),
+        ];
+        let extra = SERVER_ENV.get().map(String::as_str).unwrap_or_default();
+        env.extend(
+            extra
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k, v.to_owned())),
+        );
+        Process::spawn("messaging-server", &env)
     }
 
     async fn route(&self, user: &str) -> anyhow::Result<(String, String)> {
@@ -267,21 +320,32 @@ async fn idle(infra: Arc<Infra>, connections: usize, idle_secs: u64) -> anyhow::
 
 mod broker;
 mod channels;
+mod child;
+mod connections;
 mod load;
 mod nats;
 mod persist;
 mod route;
+mod storm;
 use load::{fanout, latency};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Cmd::WatchChannel(w) = args.cmd {
-        // A child of `channels`: no infrastructure of its own.
-        return tokio::runtime::Runtime::new()?.block_on(channels::watch(w));
+    // Children of `channels` and `connections`: no infrastructure of their own.
+    match args.cmd {
+        Cmd::WatchChannel(w) => {
+            return tokio::runtime::Runtime::new()?.block_on(channels::watch(w))
+        }
+        Cmd::HoldDevices(h) => {
+            return tokio::runtime::Runtime::new()?.block_on(connections::hold(h))
+        }
+        Cmd::StormDevices(h) => return tokio::runtime::Runtime::new()?.block_on(storm::hold(h)),
+        _ => {}
     }
     let _ = PRODUCER_CONFIG.set(args.producer_config.clone());
     let _ = FETCH_WAIT_MS.set(args.fetch_wait_ms);
     let _ = PARTITIONS.set(args.partitions);
+    let _ = SERVER_ENV.set(args.server_env.clone());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
@@ -304,7 +368,9 @@ fn main() -> anyhow::Result<()> {
             Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
             Cmd::Nats(a) => nats::nats(infra.clone(), a).await,
             Cmd::Channels(a) => channels::channels(infra.clone(), a).await,
-            Cmd::WatchChannel(_) => Ok(()),
+            Cmd::Connections(a) => connections::connections(infra.clone(), a).await,
+            Cmd::Storm(a) => storm::storm(infra.clone(), a).await,
+            Cmd::WatchChannel(_) | Cmd::HoldDevices(_) | Cmd::StormDevices(_) => Ok(()),
             Cmd::Persist { records, batch_max } => {
                 persist::persist(infra.clone(), records, batch_max).await
             }
@@ -314,4 +380,45 @@ fn main() -> anyhow::Result<()> {
         }
         result
     })
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The `sent_us` a benchmark put in a message body.
+fn sent_us(frame: &str) -> Option<u64> {
+    let at = frame.find("\"sent_us\":")? + "\"sent_us\":".len();
+    let digits: String = frame[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Prints a benchmark's result and, when asked, writes it as JSON.
+fn report<T: serde::Serialize>(result: &T, path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(result)?;
+    println!("{json}");
+    if let Some(path) = path {
+        std::fs::write(path, format!("{json}\n"))?;
+    }
+    Ok(())
+}
+
+/// One sample's value from a service's Prometheus `/metrics` at `base`.
+async fn metric(base: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }

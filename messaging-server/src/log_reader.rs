@@ -1,0 +1,268 @@
+//! Bounded log reads for resumes and channel recoveries.
+
+use crate::coalesce::Coalescer;
+use protocol::{ChannelName, ChannelRecord, Record, UserId};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use service::kafka::to_kafka;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+use crate::kafka::consumer_config;
+
+/// Reads the log for resumes: watermarks through one long-lived client,
+/// ranges through a short-lived consumer of their own. Concurrent requests
+/// for one partition share one request to the broker (see `coalesce`), and
+/// at most `READERS` range reads run at once.
+pub struct LogReader {
+    topic: String,
+    channel_topic: String,
+    client: Arc<BaseConsumer>,
+    marks: Arc<Coalescer<(String, u32), (), Marks>>,
+    reads: Arc<Coalescer<u32, (Range<i64>, UserId), Read>>,
+    readers: Arc<Readers>,
+}
+
+type Marks = Result<(i64, i64), KafkaError>;
+type Read = Result<Vec<(i64, Record)>, KafkaError>;
+
+/// Range reads (each a short-lived librdkafka consumer) at once per server.
+const READERS: usize = 4;
+
+impl LogReader {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
+        Ok(Self {
+            topic: topic.to_owned(),
+            channel_topic: protocol::channel_topic(topic),
+            client: Arc::new(consumer_config(brokers, "switchboard-resume").create()?),
+            marks: Arc::default(),
+            reads: Arc::default(),
+            readers: Arc::new(Readers::new(brokers)),
+        })
+    }
+
+    /// `(first offset still in the log, offset the next record will get)`.
+    pub async fn watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
+        self.watermarks_of(&self.topic, partition).await
+    }
+
+    /// The same for a partition of the channel topic.
+    pub async fn channel_watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
+        self.watermarks_of(&self.channel_topic, partition).await
+    }
+
+    async fn watermarks_of(&self, topic: &str, partition: u32) -> Marks {
+        let client = self.client.clone();
+        let op = move |(topic, partition): (String, u32), asked: Vec<()>| {
+            let client = client.clone();
+            async move {
+                let marks = tokio::task::spawn_blocking(move || {
+                    client.fetch_watermarks(&topic, to_kafka(partition), Duration::from_secs(5))
+                })
+                .await
+                .unwrap_or(Err(KafkaError::Canceled));
+                vec![marks; asked.len()]
+            }
+        };
+        let key = (topic.to_owned(), partition);
+        self.marks
+            .call(key, (), op)
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// The chat records for `user` in `range` of `partition`, in order.
+    /// Devices resuming on the same partition at once share one read of
+    /// the union of their ranges.
+    pub async fn read_range(&self, partition: u32, range: Range<i64>, user: &UserId) -> Read {
+        let (topic, readers) = (self.topic.clone(), self.readers.clone());
+        let op = move |partition: u32, asked: Vec<(Range<i64>, UserId)>| {
+            let (topic, readers) = (topic.clone(), readers.clone());
+            async move {
+                let union = union(&asked);
+                let pick = |bytes: &[u8]| {
+                    Record::decode(bytes)
+                        .ok()
+                        .filter(|r| r.kind == protocol::Kind::Chat)
+                };
+                match read_where(&readers, &topic, partition, union, pick).await {
+                    Ok(records) => asked
+                        .iter()
+                        .map(|(range, user)| Ok(for_user(&records, range, user)))
+                        .collect(),
+                    Err(e) => vec![Err(e); asked.len()],
+                }
+            }
+        };
+        self.reads
+            .call(partition, (range, user.clone()), op)
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// The recoverable (chat) publications of `channel` in `range`, in order.
+    pub async fn read_channel(
+        &self,
+        partition: u32,
+        range: Range<i64>,
+        channel: &ChannelName,
+    ) -> Result<Vec<(i64, ChannelRecord)>, KafkaError> {
+        let channel = channel.clone();
+        let pick = move |bytes: &[u8]| {
+            ChannelRecord::decode(bytes)
+                .ok()
+                .filter(|r| r.kind == protocol::Kind::Chat && r.channel == channel)
+        };
+        read_where(&self.readers, &self.channel_topic, partition, range, pick).await
+    }
+}
+
+/// Consumers for range reads, kept between reads: making one per read costs
+/// the broker a connection, metadata and version requests each time, which
+/// in a reconnect storm is most of its work. At most `READERS` read at once.
+pub(crate) struct Readers {
+    brokers: String,
+    idle: std::sync::Mutex<Vec<BaseConsumer>>,
+    slots: Semaphore,
+}
+
+impl Readers {
+    pub(crate) fn new(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            idle: std::sync::Mutex::new(Vec::new()),
+            slots: Semaphore::new(READERS),
+        }
+    }
+
+    fn take(&self) -> Result<BaseConsumer, KafkaError> {
+        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+        match idle {
+            Some(c) => Ok(c),
+            None => consumer_config(&self.brokers, "switchboard-resume").create(),
+        }
+    }
+
+    fn give_back(&self, c: BaseConsumer) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(c);
+        }
+    }
+}
+
+/// Reads `range` of `partition` and keeps what `pick` returns.
+async fn read_where<T: Send + 'static>(
+    readers: &Arc<Readers>,
+    topic: &str,
+    partition: u32,
+    range: Range<i64>,
+    pick: impl Fn(&[u8]) -> Option<T> + Send + 'static,
+) -> Result<Vec<(i64, T)>, KafkaError> {
+    let Ok(_slot) = readers.slots.acquire().await else {
+        return Err(KafkaError::Canceled);
+    };
+    let (readers, topic) = (readers.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c = readers.take()?;
+        let out = read_with(&c, &topic, partition, range, pick);
+        // A consumer that failed is dropped, not reused.
+        if out.is_ok() && c.assign(&TopicPartitionList::new()).is_ok() {
+            readers.give_back(c);
+        }
+        out
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
+}
+
+fn read_with<T>(
+    c: &BaseConsumer,
+    topic: &str,
+    partition: u32,
+    range: Range<i64>,
+    pick: impl Fn(&[u8]) -> Option<T>,
+) -> Result<Vec<(i64, T)>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, to_kafka(partition), Offset::Offset(range.start))?;
+    c.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        // Never a record of an earlier read's assignment.
+        if m.topic() != topic || m.partition() != to_kafka(partition) || m.offset() < range.start {
+            continue;
+        }
+        if m.offset() >= range.end {
+            return Ok(out);
+        }
+        if let Some(r) = pick(m.payload().unwrap_or_default()) {
+            out.push((m.offset(), r));
+        }
+        if m.offset() + 1 >= range.end {
+            return Ok(out);
+        }
+    }
+    Err(KafkaError::MessageConsumption(
+        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+    ))
+}
+
+/// The smallest range covering every asked range.
+fn union(asked: &[(Range<i64>, UserId)]) -> Range<i64> {
+    let start = asked.iter().map(|(r, _)| r.start).min().unwrap_or(0);
+    let end = asked.iter().map(|(r, _)| r.end).max().unwrap_or(start);
+    start..end
+}
+
+/// `user`'s records of a shared read, within the range it asked for.
+fn for_user(records: &[(i64, Record)], range: &Range<i64>, user: &UserId) -> Vec<(i64, Record)> {
+    records
+        .iter()
+        .filter(|(offset, r)| range.contains(offset) && r.recipients.contains(user))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn user(s: &str) -> UserId {
+        UserId::new(s).expect("valid user id")
+    }
+
+    proptest! {
+        #[test]
+        fn a_shared_read_gives_each_device_exactly_its_range(
+            ranges in proptest::collection::vec((0i64..50, 0i64..50), 1..8),
+            to_alice in proptest::collection::vec(any::<bool>(), 60),
+        ) {
+            let asked: Vec<(Range<i64>, UserId)> = ranges
+                .iter()
+                .map(|(a, b)| (*a.min(b)..*a.max(b), user("alice")))
+                .collect();
+            let u = union(&asked);
+            let records: Vec<(i64, Record)> = u
+                .clone()
+                .map(|o| {
+                    let who = if to_alice[o as usize] { "alice" } else { "bob" };
+                    (o, crate::hub::tests::record(protocol::Kind::Chat, "carol", "d", &[who]))
+                })
+                .collect();
+            for (range, alice) in &asked {
+                let mine = for_user(&records, range, alice);
+                let want: Vec<i64> = range.clone().filter(|o| to_alice[*o as usize]).collect();
+                let got: Vec<i64> = mine.iter().map(|(o, _)| *o).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+}

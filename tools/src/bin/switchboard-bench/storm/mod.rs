@@ -1,0 +1,369 @@
+//! Reconnect storm (issue "Scale"): devices on three servers, each a real
+//! `switchboard_client::Client` (resolve through the coordinator, resume
+//! from its cursor, resend unacked sends), held by child processes
+//! (`storm-devices`). While chat DMs flow at a steady rate: `kill -9` one
+//! server and time every one of its devices until it is resumed elsewhere;
+//! then a rolling restart (SIGTERM, drain, a new process with the same id,
+//! one server at a time, as Kubernetes does). Counts every acked message
+//! that never reached its recipient (must be 0).
+
+use super::child::{Child, Span};
+use super::Bench;
+use devices::Outage;
+pub use devices::{hold, StormHoldArgs};
+use harness::Infra;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod devices;
+
+#[derive(clap::Args)]
+pub struct StormArgs {
+    #[arg(long, default_value_t = 36_000)]
+    devices: usize,
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    #[arg(long, default_value_t = 12_000)]
+    per_holder: usize,
+    /// Chat DMs per second while the failures happen (all holders together).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    #[arg(long, default_value_t = 300)]
+    senders: usize,
+    /// Longest wait for every device to be back after a failure.
+    #[arg(long, default_value_t = 180)]
+    settle_secs: u64,
+    /// Without a persister every resume reads its gap from the log (the
+    /// hardest case for the broker).
+    #[arg(long)]
+    no_persister: bool,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct OutageReport {
+    what: String,
+    devices_disconnected: usize,
+    devices_back: usize,
+    devices_resumed: usize,
+    back_p50_ms: f64,
+    back_p99_ms: f64,
+    back_max_ms: f64,
+    close_codes: BTreeMap<String, u64>,
+    route_requests: u64,
+    route_peak_per_s: f64,
+    seconds_until_all_back: f64,
+}
+
+#[derive(serde::Serialize)]
+struct StormReport {
+    devices: usize,
+    persister: bool,
+    servers: usize,
+    holders: usize,
+    connect_seconds: f64,
+    dm_rate_per_s: u64,
+    kill: OutageReport,
+    rolling_restart: Vec<OutageReport>,
+    rolling_restart_seconds: f64,
+    sent: u64,
+    acked: u64,
+    send_errors: u64,
+    delivered: u64,
+    lost: u64,
+}
+
+struct Holders(Vec<Child>);
+
+impl Holders {
+    async fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        for c in &mut self.0 {
+            c.tell(line).await?;
+        }
+        Ok(())
+    }
+
+    async fn ask(&mut self, question: &str, tag: &str) -> anyhow::Result<Vec<String>> {
+        self.tell(question).await?;
+        let mut out = Vec::new();
+        for c in &mut self.0 {
+            out.push(c.line(tag).await?);
+        }
+        Ok(out)
+    }
+
+    async fn connected(&mut self) -> anyhow::Result<usize> {
+        let lines = self.ask("status", "status").await?;
+        Ok(lines.iter().filter_map(|l| l.parse::<usize>().ok()).sum())
+    }
+
+    /// Waits until every device is connected again; seconds it took.
+    async fn all_back(&mut self, devices: usize, limit: Duration) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let mut said = Instant::now();
+        loop {
+            let n = self.connected().await?;
+            if n >= devices {
+                break;
+            }
+            if said.elapsed() > Duration::from_secs(5) {
+                println!("  {n} of {devices} devices connected");
+                said = Instant::now();
+            }
+            if t0.elapsed() > limit {
+                println!("  devices not back within {limit:?}: {n} of {devices}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    }
+}
+
+/// Samples the coordinator's route counter until stopped; the peak rate
+/// over any one second and the total.
+fn route_sampler(
+    coordinator: String,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<(f64, u64)>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut samples: Vec<(Instant, u64)> = Vec::new();
+        loop {
+            if let Some(n) = route_requests(&coordinator).await {
+                samples.push((Instant::now(), n));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = &mut stopped => break,
+            }
+        }
+        let mut peak = 0.0f64;
+        for (i, (t, n)) in samples.iter().enumerate() {
+            if let Some((t1, n1)) = samples[i..]
+                .iter()
+                .find(|(t1, _)| t1.duration_since(*t) >= Duration::from_secs(1))
+            {
+                peak = peak.max((n1 - n) as f64 / t1.duration_since(*t).as_secs_f64());
+            }
+        }
+        let total = match (samples.first(), samples.last()) {
+            (Some((_, a)), Some((_, b))) => b - a,
+            _ => 0,
+        };
+        (peak, total)
+    });
+    (stop, task)
+}
+
+async fn route_requests(coordinator: &str) -> Option<u64> {
+    let n = super::metric(coordinator, "switchboard_coordinator_route_requests_total").await;
+    n.map(|v| v as u64)
+}
+
+/// One failure: `act` runs, then every device must be back.
+async fn measure<F, Fut>(
+    what: &str,
+    b: &Bench,
+    holders: &mut Holders,
+    devices: usize,
+    settle: Duration,
+    act: F,
+) -> anyhow::Result<OutageReport>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let (stop, sampler) = route_sampler(b.coordinator.url());
+    let t = super::now_us();
+    act().await?;
+    // Devices notice a drain or a killed socket within moments; let them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seconds_until_all_back = holders.all_back(devices, settle).await? + 1.0;
+    let _ = stop.send(());
+    let (route_peak_per_s, route_requests) = sampler.await?;
+    let mut all = Outage::default();
+    for line in holders.ask(&format!("storm {t}"), "storm").await? {
+        let o: Outage = serde_json::from_str(&line)?;
+        all.affected += o.affected;
+        all.back += o.back;
+        all.resumed += o.resumed;
+        all.back_ms.extend(o.back_ms);
+        for (k, v) in o.close_codes {
+            *all.close_codes.entry(k).or_default() += v;
+        }
+    }
+    all.back_ms.sort_by(f64::total_cmp);
+    let q = |q: f64| {
+        all.back_ms
+            .get(((all.back_ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let r = OutageReport {
+        what: what.to_owned(),
+        devices_disconnected: all.affected,
+        devices_back: all.back,
+        devices_resumed: all.resumed,
+        back_p50_ms: q(0.5),
+        back_p99_ms: q(0.99),
+        back_max_ms: q(1.0),
+        close_codes: all.close_codes,
+        route_requests,
+        route_peak_per_s,
+        seconds_until_all_back,
+    };
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(r)
+}
+
+fn holder(
+    b: &Bench,
+    a: &StormArgs,
+    first: usize,
+    count: usize,
+    holders: usize,
+) -> anyhow::Result<Child> {
+    let span = Span {
+        coordinator: b.coordinator.url(),
+        first,
+        count,
+    };
+    let flags = [
+        ("total", a.devices.to_string()),
+        ("senders", (a.senders / holders).max(1).to_string()),
+        ("rate", (a.rate / holders as u64).max(1).to_string()),
+    ];
+    Child::command("storm-devices", &span, &flags)
+}
+
+pub async fn storm(infra: Arc<Infra>, a: StormArgs) -> anyhow::Result<()> {
+    let mut b = Bench::start(infra.clone(), a.servers).await?;
+    // The whole stack: resumes read what the persister has stored from
+    // PostgreSQL, the rest from the log.
+    let persister = match a.no_persister {
+        true => None,
+        false => Some(b.spawn_persister()?),
+    };
+    let n = a.devices.div_ceil(a.per_holder.max(1));
+    let t0 = Instant::now();
+    let mut holders = Holders(Vec::new());
+    for k in 0..n {
+        let first = k * a.per_holder;
+        holders.0.push(holder(
+            &b,
+            &a,
+            first,
+            a.per_holder.min(a.devices - first),
+            n,
+        )?);
+    }
+    let settle = Duration::from_secs(a.settle_secs);
+    holders
+        .all_back(a.devices, Duration::from_secs(600))
+        .await?;
+    let connect_seconds = t0.elapsed().as_secs_f64();
+    println!("{} devices connected in {connect_seconds:.1} s", a.devices);
+    holders.tell("go").await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let victim = b.servers.remove(1);
+    let kill = measure(
+        "kill -9 one server",
+        &b,
+        &mut holders,
+        a.devices,
+        settle,
+        || async { victim.1.kill().await },
+    )
+    .await?;
+    // The orchestrator restarts the crashed server under its own name.
+    let process = b.spawn_server(&victim.0, victim.2)?;
+    b.servers.insert(1, (victim.0, process, victim.2));
+    b.settled().await?;
+    holders.all_back(a.devices, settle).await?;
+    let t_roll = Instant::now();
+    let mut rolling = Vec::new();
+    for i in 0..b.servers.len() {
+        let (id, process, port) = b.servers.remove(i);
+        let what = format!("rolling restart: {id}");
+        let r = measure(&what, &b, &mut holders, a.devices, settle, || async {
+            process.terminate().await.map(drop)
+        })
+        .await?;
+        rolling.push(r);
+        let process = b.spawn_server(&id, port)?;
+        b.servers.insert(i, (id, process, port));
+        b.settled().await?;
+    }
+    let rolling_restart_seconds = t_roll.elapsed().as_secs_f64();
+    holders.tell("stop").await?;
+    let m = messages(&mut holders).await?;
+    let report = StormReport {
+        devices: a.devices,
+        persister: !a.no_persister,
+        servers: a.servers,
+        holders: n,
+        connect_seconds,
+        dm_rate_per_s: a.rate,
+        kill,
+        rolling_restart: rolling,
+        rolling_restart_seconds,
+        sent: m.sent,
+        acked: m.acked.len() as u64,
+        send_errors: m.send_errors,
+        delivered: m.received.len() as u64,
+        lost: m.acked.difference(&m.received).count() as u64,
+    };
+    super::report(&report, a.json.as_deref())?;
+    for c in holders.0 {
+        c.kill().await;
+    }
+    if let Some(p) = persister {
+        let _ = p.terminate().await;
+    }
+    b.stop().await;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Messages {
+    sent: u64,
+    send_errors: u64,
+    acked: BTreeSet<String>,
+    received: BTreeSet<String>,
+}
+
+/// Every send answered (acked or refused) and every acked one received, or
+/// what there is after a minute.
+async fn messages(holders: &mut Holders) -> anyhow::Result<Messages> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut m = Messages::default();
+        for line in holders.ask("report", "report").await? {
+            let r: serde_json::Value = serde_json::from_str(&line)?;
+            m.sent += r["sent"].as_u64().unwrap_or(0);
+            m.send_errors += r["send_errors"].as_u64().unwrap_or(0);
+            let keys = |k: &str| -> Vec<String> {
+                r[k].as_array()
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            m.acked.extend(keys("acked"));
+            m.received.extend(keys("received"));
+        }
+        let answered = m.acked.len() as u64 + m.send_errors == m.sent;
+        if (answered && m.acked.is_subset(&m.received)) || Instant::now() > deadline {
+            return Ok(m);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
