@@ -37,7 +37,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
     // futures are freed before the session idles (see `live`).
     let hello = match Box::pin(handshake::accept(&mut stream, &state)).await {
         Ok(hello) => hello,
-        Err(close) => return finish(&mut sink, &state, close).await,
+        Err(close) => return finish((&mut sink, &mut stream), &state, close).await,
     };
     let span = info_span!("session", user = %hello.who.user, device = %hello.device);
     Session {
@@ -53,8 +53,16 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
     .await;
 }
 
-/// Sends the close's frame (e.g. a redirect), then the close itself.
-async fn finish(sink: &mut Sink, state: &AppState, c: Close) {
+/// Longest the server waits for the client's answer to its close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends the close's frame (e.g. a redirect), then the close itself, then
+/// reads (and drops) what the client still sends until its own close frame
+/// (RFC 6455 §7.1.1: the server closes TCP after the client's close). A
+/// socket closed with unread data in it is reset, and a reset can discard
+/// the close frame before the client reads it — a client that pipelined
+/// sends would see "connection reset" instead of, say, 4008.
+async fn finish((sink, stream): (&mut Sink, &mut Stream), state: &AppState, c: Close) {
     state.metrics.close(c.code.code());
     if let Some(f) = c.frame {
         let _ = sink.send(WsMessage::Text(f)).await;
@@ -64,6 +72,14 @@ async fn finish(sink: &mut Sink, state: &AppState, c: Close) {
         reason: Utf8Bytes::from_static(c.reason),
     };
     let _ = sink.send(WsMessage::Close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     let _ = sink.close().await;
 }
 
@@ -83,12 +99,12 @@ impl Session {
     async fn serve(mut self, cursor: Option<Cursor>) {
         let Some(a) = self.state.assignment() else {
             let close = Close::new(CloseCode::Draining, "no partition map yet");
-            return finish(&mut self.sink, &self.state, close).await;
+            return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
         };
         let partition = partition_for(self.who.user.as_str(), a.partitions);
         if !self.wait_open(partition).await {
             let close = crate::membership::close_for(&self.state, Some(&a), partition);
-            return finish(&mut self.sink, &self.state, close).await;
+            return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
         }
         let log_epoch = self.state.log_epoch();
         let replay_from = cursor
@@ -99,7 +115,7 @@ impl Session {
                 Ok(low) => Some(low),
                 Err(e) => {
                     let close = self.retry_later(format!("resume unavailable: {e}")).await;
-                    return finish(&mut self.sink, &self.state, close).await;
+                    return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
                 }
             },
             None => None,
@@ -114,7 +130,7 @@ impl Session {
             Ok(r) => r,
             Err(Refused::NotServed(_)) => {
                 let close = Close::new(CloseCode::PartitionMoved, "partition moved");
-                return finish(&mut self.sink, &self.state, close).await;
+                return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
             }
             Err(e @ Refused::TooManyDevices(_)) => {
                 let err = ServerFrame::Error(ErrorFrame {
@@ -124,7 +140,7 @@ impl Session {
                 });
                 let _ = self.send_frame(&err).await;
                 let close = Close::new(CloseCode::TooManyDevices, "too many devices");
-                return finish(&mut self.sink, &self.state, close).await;
+                return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
             }
         };
         let id = handle.id;
@@ -146,7 +162,7 @@ impl Session {
         self.drop_subscriptions();
         self.state.hub.unregister(&self.who.user, id);
         self.state.metrics.connections.dec();
-        finish(&mut self.sink, &self.state, close).await;
+        finish((&mut self.sink, &mut self.stream), &self.state, close).await;
     }
 
     /// The seam of a resume is the log's end as of the hello: waits (briefly)
