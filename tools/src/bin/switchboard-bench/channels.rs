@@ -144,11 +144,7 @@ async fn device(ws_url: String, user: String) -> anyhow::Result<Ws> {
 }
 
 pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
-    let assignment: protocol::Assignment =
-        reqwest::get(format!("{}/v1/assignment", a.span.coordinator))
-            .await?
-            .json()
-            .await?;
+    let assignment = a.span.assignment().await?;
     let users: Vec<String> = (a.span.first..a.span.first + a.span.count)
         .map(|i| format!("w{i}"))
         .collect();

@@ -23,6 +23,14 @@ pub struct Span {
     pub count: usize,
 }
 
+impl Span {
+    /// The partition map the child routes its devices by.
+    pub async fn assignment(&self) -> anyhow::Result<protocol::Assignment> {
+        let url = format!("{}/v1/assignment", self.coordinator);
+        Ok(reqwest::get(url).await?.json().await?)
+    }
+}
+
 impl Child {
     /// Runs hidden command `cmd` for `span`, with `--flag value` for each of `flags`.
     pub fn command(cmd: &str, span: &Span, flags: &[(&str, String)]) -> anyhow::Result<Self> {

@@ -167,11 +167,7 @@ async fn device(server: SocketAddr, net: u8, i: usize, user: &str) -> anyhow::Re
 }
 
 pub async fn hold(a: HoldArgs) -> anyhow::Result<()> {
-    let assignment: protocol::Assignment =
-        reqwest::get(format!("{}/v1/assignment", a.span.coordinator))
-            .await?
-            .json()
-            .await?;
+    let assignment = a.span.assignment().await?;
     let stats = Arc::new(Stats {
         latency: Mutex::new(Some(Histogram::new_with_bounds(1, 600_000_000, 3)?)),
         ..Stats::default()
@@ -312,11 +308,6 @@ fn holder(
     count: usize,
     holders: usize,
 ) -> anyhow::Result<Child> {
-    let span = Span {
-        coordinator: b.coordinator.url(),
-        first,
-        count,
-    };
     let flags = [
         ("total", a.devices.to_string()),
         ("net", (10 + k).to_string()),
@@ -324,7 +315,7 @@ fn holder(
         ("rate", (a.dm_rate / holders as u64).to_string()),
         ("seconds", a.dm_seconds.to_string()),
     ];
-    Child::command("hold-devices", &span, &flags)
+    Child::command("hold-devices", &b.span(first, count), &flags)
 }
 
 pub async fn connections(infra: Arc<Infra>, a: ConnArgs) -> anyhow::Result<()> {

@@ -188,6 +188,15 @@ impl Bench {
         Ok(())
     }
 
+    /// Devices `first..first + count` of this benchmark's cluster, for a child.
+    fn span(&self, first: usize, count: usize) -> child::Span {
+        child::Span {
+            coordinator: self.coordinator.url(),
+            first,
+            count,
+        }
+    }
+
     /// A persister for the benchmark's topic and database.
     fn spawn_persister(&self) -> anyhow::Result<Process> {
         Process::spawn(

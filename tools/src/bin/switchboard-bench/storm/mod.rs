@@ -7,7 +7,7 @@
 //! one server at a time, as Kubernetes does). Counts every acked message
 //! that never reached its recipient (must be 0).
 
-use super::child::{Child, Span};
+use super::child::Child;
 use super::Bench;
 use devices::Outage;
 pub use devices::{hold, StormHoldArgs};
@@ -229,17 +229,12 @@ fn holder(
     count: usize,
     holders: usize,
 ) -> anyhow::Result<Child> {
-    let span = Span {
-        coordinator: b.coordinator.url(),
-        first,
-        count,
-    };
     let flags = [
         ("total", a.devices.to_string()),
         ("senders", (a.senders / holders).max(1).to_string()),
         ("rate", (a.rate / holders as u64).max(1).to_string()),
     ];
-    Child::command("storm-devices", &span, &flags)
+    Child::command("storm-devices", &b.span(first, count), &flags)
 }
 
 pub async fn storm(infra: Arc<Infra>, a: StormArgs) -> anyhow::Result<()> {
