@@ -251,9 +251,17 @@ impl Runner {
     }
 
     async fn serve(&mut self, mut ws: Socket) -> Outcome {
+        const RETRY_EVERY: Duration = Duration::from_millis(500);
         let mut redirect = None;
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The retry tick is off while nothing waits; when something
+            // starts waiting, its first retry is a full period away. (An
+            // interval left off for a while otherwise fires every missed
+            // tick at once: a burst of resends that the server answers with
+            // `rate_limited` until it closes the connection, 4008.)
+            let waiting_before = self.anything_unsent();
             let refresh_at = self.refresh_at();
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             tokio::select! {
@@ -295,6 +303,9 @@ impl Runner {
                     let _ = ws.close(None).await;
                     return Outcome::Stopped;
                 }
+            }
+            if !waiting_before && self.anything_unsent() {
+                retry.reset();
             }
         }
     }

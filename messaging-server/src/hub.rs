@@ -244,6 +244,7 @@ impl Hub {
         inner.connections -= removed;
     }
 
+    #[cfg(test)]
     /// Hands one consumed record to every local device of its recipients.
     pub fn dispatch(
         &self,
@@ -252,26 +253,58 @@ impl Hub {
         record: &Record,
         frame: &Utf8Bytes,
     ) -> Dispatched {
+        self.dispatch_batch(&[Consumed {
+            partition,
+            offset,
+            record,
+            frame,
+        }])
+    }
+
+    /// Hands a run of consumed records (in log order) to their local
+    /// devices under one lock, device by device: a device's frames of the
+    /// whole run are queued back to back, so its session wakes once and
+    /// writes them with one flush — a burst costs a wake-up per device, not
+    /// per delivery.
+    pub fn dispatch_batch(&self, batch: &[Consumed<'_>]) -> Dispatched {
         let mut inner = self.lock();
-        match inner.next_offset.get_mut(&partition) {
-            Some(next) => *next = (*next).max(offset + 1),
-            None => return Dispatched::default(),
+        let mut by_user: HashMap<&UserId, Vec<&Consumed<'_>>> = HashMap::new();
+        for c in batch {
+            match inner.next_offset.get_mut(&c.partition) {
+                Some(next) => *next = (*next).max(c.offset + 1),
+                None => continue,
+            }
+            for user in &c.record.recipients {
+                by_user.entry(user).or_default().push(c);
+            }
         }
         let mut out = Dispatched::default();
-        for user in &record.recipients {
+        for (user, consumed) in by_user {
             let Some(slots) = inner.users.get_mut(user) else {
                 continue;
             };
             for slot in slots.iter_mut() {
-                let own_device = *user == record.sender && slot.device == record.sender_device;
-                if slot.partition != partition || (record.kind == Kind::Ephemeral && own_device) {
-                    continue;
+                for c in &consumed {
+                    let r = c.record;
+                    let own_device = *user == r.sender && slot.device == r.sender_device;
+                    if slot.partition != c.partition || (r.kind == Kind::Ephemeral && own_device) {
+                        continue;
+                    }
+                    deliver(slot, c.offset, c.frame, self.queue_len, &mut out);
                 }
-                deliver(slot, offset, frame, self.queue_len, &mut out);
             }
         }
         out
     }
+}
+
+/// A consumed record and its frame, for [`Hub::dispatch_batch`].
+#[derive(Clone, Copy)]
+pub struct Consumed<'a> {
+    pub partition: u32,
+    pub offset: i64,
+    pub record: &'a Record,
+    pub frame: &'a Utf8Bytes,
 }
 
 fn deliver(

@@ -2,11 +2,13 @@
 //! exactly this server's partitions) and bounded log reads for resume.
 
 use crate::frame::{encode, message};
-use crate::hub::Hub;
+use crate::hub::{Consumed, Hub};
 use crate::metrics::Metrics;
+use futures_util::FutureExt;
 use protocol::{Record, ServerId};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use service::etcd::AssignmentRx;
 use service::kafka::{from_kafka, to_kafka};
@@ -15,6 +17,29 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// Most consumed records handed to the hub under one lock.
+const MAX_RUN: usize = 512;
+
+/// `first` and the records already waiting behind it (at most
+/// [`MAX_RUN`]): dispatched together, a burst wakes each session once.
+pub fn ready_run<'c>(
+    consumer: &'c StreamConsumer,
+    first: BorrowedMessage<'c>,
+) -> Vec<BorrowedMessage<'c>> {
+    let mut run = vec![first];
+    while run.len() < MAX_RUN {
+        match consumer.recv().now_or_never() {
+            Some(Ok(m)) => run.push(m),
+            Some(Err(e)) => {
+                warn!(error = %e, "consume failed");
+                break;
+            }
+            None => break,
+        }
+    }
+    run
+}
 
 /// Resume reads wait briefly: they want what is there, now.
 const RESUME_FETCH_WAIT: Duration = Duration::from_millis(5);
@@ -25,9 +50,11 @@ pub(crate) fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
 
 pub type LiveStream = StreamConsumer;
 
-/// `fetch_wait`: how long the broker may hold an empty fetch; it answers as
-/// soon as a record arrives, so a long wait costs no latency and saves idle
-/// polling (docs/benchmarks.md, "Fan-out vs NATS").
+/// `fetch_wait`: how long the broker may hold an empty fetch. Kafka answers
+/// it as soon as a record arrives, so a long wait costs no latency there and
+/// saves idle polling; nisshi re-reads at half the remaining wait, so there
+/// it trades latency for broker CPU (docs/benchmarks.md, "Fetch wait on
+/// nisshi").
 pub fn live_consumer(
     brokers: &str,
     server_id: &ServerId,
@@ -78,6 +105,25 @@ pub fn framed<R>(
     Some((record, framed))
 }
 
+/// A consumed run's records that decode, each with its (partition, offset)
+/// and its frame, in the run's order.
+pub fn framed_run<R>(
+    run: &[BorrowedMessage<'_>],
+    assignment: &AssignmentRx,
+    metrics: &Metrics,
+    decode: fn(&[u8]) -> Result<R, protocol::record::RecordError>,
+    frame: fn(&R, &str, i64, bool) -> protocol::ServerFrame,
+) -> Vec<((u32, i64), R, axum::extract::ws::Utf8Bytes)> {
+    run.iter()
+        .filter_map(|m| {
+            let at = (from_kafka(m.partition()), m.offset());
+            let payload = m.payload().unwrap_or_default();
+            let (record, framed) = framed(at, payload, assignment, metrics, decode, frame)?;
+            Some((at, record, framed))
+        })
+        .collect()
+}
+
 /// Partition changes for the consumer task, from the ownership watcher.
 #[derive(Debug)]
 pub enum Ownership {
@@ -100,10 +146,7 @@ impl LiveConsumer {
         loop {
             tokio::select! {
                 m = self.consumer.recv() => match m {
-                    Ok(msg) => {
-                        let (p, o) = (from_kafka(msg.partition()), msg.offset());
-                        self.dispatch(p, o, msg.payload().unwrap_or_default());
-                    }
+                    Ok(msg) => self.dispatch(&ready_run(&self.consumer, msg)),
                     Err(e) => {
                         warn!(error = %e, "consume failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -143,22 +186,29 @@ impl LiveConsumer {
         });
     }
 
-    fn dispatch(&self, partition: u32, offset: i64, payload: &[u8]) {
-        let at = (partition, offset);
-        let Some((record, frame)) = framed(
-            at,
-            payload,
+    fn dispatch(&self, run: &[BorrowedMessage<'_>]) {
+        let framed = framed_run(
+            run,
             &self.assignment,
             &self.metrics,
             Record::decode,
             message,
-        ) else {
-            return;
-        };
-        let d = self.hub.dispatch(partition, offset, &record, &frame);
+        );
+        let batch: Vec<Consumed<'_>> = framed
+            .iter()
+            .map(|((partition, offset), record, frame)| Consumed {
+                partition: *partition,
+                offset: *offset,
+                record,
+                frame,
+            })
+            .collect();
+        let d = self.hub.dispatch_batch(&batch);
         self.metrics.deliveries.inc_by(d.delivered as u64);
         self.metrics.overflows.inc_by(d.overflowed as u64);
-        self.metrics.set_position(partition, offset);
+        for c in &batch {
+            self.metrics.set_position(c.partition, c.offset);
+        }
     }
 
     async fn apply(&mut self, change: Ownership) {

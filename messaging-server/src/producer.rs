@@ -6,8 +6,9 @@
 //! sends queued until librdkafka's message timeout.
 
 use crate::metrics::Metrics;
+use polled::{Delivery, Polled};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,23 +33,9 @@ pub enum ProduceError {
     Kafka(#[from] KafkaError),
 }
 
-/// Wakes the supervisor as soon as librdkafka reports a fatal error.
-pub struct FatalWatch {
-    wake: Arc<Notify>,
-}
+mod polled;
 
-impl rdkafka::ClientContext for FatalWatch {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if is_fatal(&error) {
-            error!(%error, reason, "kafka producer hit a fatal error");
-            self.wake.notify_one();
-        } else {
-            warn!(%error, reason, "kafka producer error");
-        }
-    }
-}
-
-pub type KafkaProducer = FutureProducer<FatalWatch>;
+pub type KafkaProducer = Polled;
 
 fn is_fatal(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
@@ -80,7 +67,7 @@ impl ProducerSettings {
         for (k, v) in self.extra.iter().filter_map(|kv| kv.split_once('=')) {
             c.set(k.trim(), v.trim());
         }
-        c.create_with_context(FatalWatch { wake: wake.clone() })
+        Polled::create(&c, wake.clone())
     }
 }
 
@@ -96,7 +83,7 @@ pub struct Producers {
 
 /// Acks of one send's records; the in-flight permits are released with it.
 pub struct Acks {
-    acks: Vec<DeliveryFuture>,
+    acks: Vec<Delivery>,
     _permits: OwnedSemaphorePermit,
     gauge: prometheus_client::metrics::gauge::Gauge,
     count: i64,
@@ -113,8 +100,8 @@ impl Acks {
     pub async fn wait(mut self) -> Result<(), KafkaError> {
         for ack in std::mem::take(&mut self.acks) {
             match ack.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(KafkaError::Canceled),
             }
         }
@@ -172,12 +159,13 @@ impl Producers {
         let producer = self.current.read().unwrap_or_else(|e| e.into_inner());
         let mut acks = Vec::with_capacity(records.len());
         for (partition, key, payload) in records {
-            let rec = FutureRecord::to(topic)
+            let (opaque, ack) = Polled::delivery();
+            let rec = BaseRecord::with_opaque_to(topic, opaque)
                 .partition(service::kafka::to_kafka(*partition))
                 .key(key)
                 .payload(payload);
-            match producer.send_result(rec) {
-                Ok(ack) => acks.push(ack),
+            match producer.producer().send(rec) {
+                Ok(()) => acks.push(ack),
                 Err((e, _)) => {
                     if is_fatal(&e) {
                         self.wake.notify_one();
@@ -207,7 +195,7 @@ impl Producers {
     /// Waits for what was produced to be acknowledged, up to `timeout`.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let p = self.current();
-        tokio::task::spawn_blocking(move || p.flush(timeout))
+        tokio::task::spawn_blocking(move || p.producer().flush(timeout))
             .await
             .map_err(|_| KafkaError::Canceled)?
     }
@@ -220,7 +208,7 @@ impl Producers {
                 _ = tokio::time::sleep(CHECK_EVERY) => {}
                 _ = stop.cancelled() => return,
             }
-            let fatal = self.current().client().fatal_error();
+            let fatal = self.current().producer().client().fatal_error();
             if let Some((code, reason)) = fatal {
                 self.replace(code, reason, &stop).await;
             }

@@ -124,9 +124,13 @@ impl Ctx {
     }
 }
 
-/// The persister may wait longer per fetch than a messaging server: it
-/// writes in batches anyway, and the broker is spared the polling.
-const FETCH_WAIT: Duration = Duration::from_millis(10);
+/// How long the broker may hold an empty fetch. The persister writes in
+/// batches and nobody waits on it (resume reads the log past what it has
+/// written), so it does not pay for low latency: a broker that polls its
+/// storage for a waiting fetch (nisshi: a read of every partition at half
+/// the remaining wait, again and again) spends CPU in proportion to the
+/// number of waits (docs/benchmarks.md, "Fetch wait on nisshi").
+const FETCH_WAIT: Duration = Duration::from_millis(100);
 
 pub fn create(config: &Config, group: &str, ctx: Ctx) -> KafkaResult<BaseConsumer<Ctx>> {
     let consumer: BaseConsumer<Ctx> =

@@ -279,3 +279,59 @@ async fn tail_connected(
         .map_err(|_| anyhow::anyhow!("tail exited before connecting"))?;
     Ok(reader)
 }
+
+/// A client idle long enough for its retry tick to miss many periods, then
+/// sends past the server's rate limit: a refused send is retried a period
+/// apart until accepted — never a burst of resends that the server
+/// would close with 4008 — and each is acked once.
+pub async fn rate_limited_sends_are_retried_without_a_burst(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let stack = Stack::start_with(&infra, "rl", 1, false, |c| {
+        c.sends_per_sec = 2;
+        c.send_burst = 2;
+    })
+    .await?;
+    let mut alice = Client::start(config(&stack, "rl-alice", "phone"));
+    match tokio::time::timeout(Duration::from_secs(10), alice.next_event()).await? {
+        Some(Event::Connected { .. }) => {}
+        other => anyhow::bail!("expected Connected, got {other:?}"),
+    }
+    // 30 s idle: 60 missed periods of the 500-ms retry tick, more than the
+    // 50 refusals in a row after which the server closes with 4008.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let to = Target::User(protocol::UserId::new("rl-bob")?);
+    let mut ids = HashSet::new();
+    for i in 0..10 {
+        let body = serde_json::json!({ "i": i });
+        let id = tokio::time::timeout(
+            Duration::from_secs(30),
+            alice.send(to.clone(), body, Kind::Chat),
+        )
+        .await??;
+        ids.insert(id);
+    }
+    anyhow::ensure!(ids.len() == 10, "{} distinct acks of 10", ids.len());
+    while let Ok(Some(e)) =
+        tokio::time::timeout(Duration::from_millis(100), alice.next_event()).await
+    {
+        anyhow::ensure!(
+            !matches!(e, Event::Disconnected { .. }),
+            "the session was closed: {e:?}"
+        );
+    }
+    let base = stack.servers[0].url();
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    anyhow::ensure!(
+        !text
+            .lines()
+            .any(|l| l.contains("code=\"4008\"") && !l.ends_with(" 0")),
+        "the server closed a session with 4008"
+    );
+    alice.close().await;
+    stack.stop().await;
+    Ok(())
+}

@@ -32,6 +32,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         client::client_resumes_and_dedupes_across_a_drain,
         client::cli_route_send_tail_and_history,
         client::slow_app_gets_everything_after_4004,
+        client::rate_limited_sends_are_retried_without_a_burst,
         browser::two_browser_users_chat_and_survive_a_drain,
         browser::browser_channel_panel_recovers_after_a_drain,
         js_sdk::js_sdk_in_node_delivers_exactly_once_across_failures,

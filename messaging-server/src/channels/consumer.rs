@@ -1,17 +1,17 @@
 //! The channel consumer: manual `assign()` of every partition of the
 //! channel topic, from its end, and the fan-out to local subscribers.
 
-use super::ChannelHub;
+use super::{ChannelHub, Publication};
 use crate::frame::channel_message;
 use crate::hub::{Close, Hub};
-use crate::kafka::framed;
+use crate::kafka::{framed_run, ready_run};
 use crate::metrics::Metrics;
 use protocol::{ChannelRecord, CloseCode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Offset, TopicPartitionList};
 use service::etcd::AssignmentRx;
-use service::kafka::from_kafka;
 use service::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +48,7 @@ impl ChannelConsumer {
         loop {
             tokio::select! {
                 m = self.consumer.recv() => match m {
-                    Ok(msg) => self.dispatch(from_kafka(msg.partition()), msg.offset(), msg.payload().unwrap_or_default()),
+                    Ok(msg) => self.dispatch(&ready_run(&self.consumer, msg)),
                     Err(e) => {
                         warn!(error = %e, "channel consume failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -89,22 +89,24 @@ impl ChannelConsumer {
         Ok(n)
     }
 
-    fn dispatch(&self, partition: u32, offset: i64, payload: &[u8]) {
-        let at = (partition, offset);
-        let decode = ChannelRecord::decode;
-        let Some((record, frame)) = framed(
-            at,
-            payload,
+    fn dispatch(&self, run: &[BorrowedMessage<'_>]) {
+        let framed = framed_run(
+            run,
             &self.assignment,
             &self.metrics,
-            decode,
+            ChannelRecord::decode,
             channel_message,
-        ) else {
-            return;
-        };
-        let d = self
-            .channels
-            .dispatch(partition, offset, &record.channel, &frame);
+        );
+        let batch: Vec<Publication<'_>> = framed
+            .iter()
+            .map(|((partition, offset), record, frame)| Publication {
+                partition: *partition,
+                offset: *offset,
+                channel: &record.channel,
+                frame,
+            })
+            .collect();
+        let d = self.channels.dispatch_batch(&batch);
         self.metrics.channel_deliveries.inc_by(d.delivered as u64);
         self.metrics.overflows.inc_by(d.overflowed.len() as u64);
         for (user, conn) in d.overflowed {

@@ -159,6 +159,7 @@ impl ChannelHub {
         removed > 0
     }
 
+    #[cfg(test)]
     /// Hands one publication of `channel` (at `offset` of `partition`) to
     /// every local subscriber.
     pub fn dispatch(
@@ -168,41 +169,82 @@ impl ChannelHub {
         channel: &ChannelName,
         frame: &Utf8Bytes,
     ) -> Dispatched {
+        self.dispatch_batch(&[Publication {
+            partition,
+            offset,
+            channel,
+            frame,
+        }])
+    }
+
+    /// Hands publications (in log order) to the local subscribers under one
+    /// lock. Each stretch of the same channel goes out subscription by
+    /// subscription, so a connection's frames of the stretch are queued back
+    /// to back and its session wakes once for all of them (see
+    /// [`crate::hub::Hub::dispatch_batch`]); a connection on several
+    /// channels still sees them in log order.
+    pub fn dispatch_batch(&self, batch: &[Publication<'_>]) -> Dispatched {
         let mut inner = self.lock();
-        match inner.next_offset.get_mut(partition as usize) {
-            Some(next) => *next = (*next).max(offset + 1),
-            None => return Dispatched::default(),
-        }
         let mut out = Dispatched::default();
-        let Some(subs) = inner.channels.get_mut(channel) else {
-            return out;
-        };
-        for sub in subs.iter_mut().filter(|s| !s.closed) {
-            if let Some(buf) = sub.replay.as_mut() {
-                if buf.len() < self.queue_len {
-                    buf.push((offset, frame.clone()));
-                    continue;
-                }
-            } else if offset <= sub.last_offset {
-                continue;
-            } else {
-                sub.last_offset = offset;
-                match sub.to.queue.try_send(frame.clone()) {
-                    Ok(()) => {
-                        out.delivered += 1;
-                        continue;
+        for stretch in batch.chunk_by(|a, b| a.channel == b.channel) {
+            let open: Vec<&Publication<'_>> = stretch
+                .iter()
+                .filter(|p| match inner.next_offset.get_mut(p.partition as usize) {
+                    Some(next) => {
+                        *next = (*next).max(p.offset + 1);
+                        true
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => continue,
-                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    None => false,
+                })
+                .collect();
+            let Some(subs) = inner.channels.get_mut(stretch[0].channel) else {
+                continue;
+            };
+            for sub in subs.iter_mut() {
+                for p in &open {
+                    if sub.closed {
+                        break;
+                    }
+                    deliver(sub, p, self.queue_len, &mut out);
                 }
             }
-            // A full queue or recovery buffer: a later frame reaching the
-            // device after a dropped one would carry its cursor past the gap.
-            sub.closed = true;
-            out.overflowed.push((sub.to.user.clone(), sub.to.conn));
         }
         out
     }
+}
+
+/// A consumed channel record and its frame, for [`ChannelHub::dispatch_batch`].
+#[derive(Clone, Copy)]
+pub struct Publication<'a> {
+    pub partition: u32,
+    pub offset: i64,
+    pub channel: &'a ChannelName,
+    pub frame: &'a Utf8Bytes,
+}
+
+fn deliver(sub: &mut Sub, p: &Publication<'_>, queue_len: usize, out: &mut Dispatched) {
+    if let Some(buf) = sub.replay.as_mut() {
+        if buf.len() < queue_len {
+            buf.push((p.offset, p.frame.clone()));
+            return;
+        }
+    } else if p.offset <= sub.last_offset {
+        return;
+    } else {
+        sub.last_offset = p.offset;
+        match sub.to.queue.try_send(p.frame.clone()) {
+            Ok(()) => {
+                out.delivered += 1;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+        }
+    }
+    // A full queue or recovery buffer: a later frame reaching the device
+    // after a dropped one would carry its cursor past the gap.
+    sub.closed = true;
+    out.overflowed.push((sub.to.user.clone(), sub.to.conn));
 }
 
 #[cfg(test)]

@@ -117,3 +117,60 @@ proptest! {
         prop_assert_eq!(seen, want);
     }
 }
+
+/// Connections 1..=4 subscribed to ch:a (all) and ch:b (even ones) with
+/// queues of `queue`, and what each received after `dispatch`.
+fn received_after(queue: usize, dispatch: impl FnOnce(&ChannelHub)) -> Vec<Vec<String>> {
+    let hub = ChannelHub::new(queue);
+    hub.open(vec![0, 0]);
+    let mut rxs = Vec::new();
+    for conn in 1..=4u64 {
+        let (to, rx) = sub(conn, queue);
+        hub.subscribe(&ch("ch:a"), to.clone(), false);
+        if conn % 2 == 0 {
+            hub.subscribe(&ch("ch:b"), to, false);
+        }
+        rxs.push(rx);
+    }
+    dispatch(&hub);
+    rxs.iter_mut().map(drain).collect()
+}
+
+proptest! {
+    /// A run dispatched at once gives every connection exactly the frames,
+    /// in the order, that dispatching one by one gives — a queue that
+    /// overflows included (nothing after the gap).
+    #[test]
+    fn a_run_delivers_what_single_dispatches_deliver(
+        on_b in proptest::collection::vec(proptest::bool::ANY, 0..30),
+        queue in 1usize..40,
+        cut in 0usize..30,
+    ) {
+        let names: Vec<ChannelName> = on_b.iter().map(|b| ch(if *b { "ch:b" } else { "ch:a" })).collect();
+        let frames: Vec<Utf8Bytes> = (0..names.len() as i64).map(frame).collect();
+        // Offsets count per partition, as the log does.
+        let at = |i: usize| {
+            let p = protocol::partition_for(names[i].as_str(), 2);
+            let offset = names[..i].iter().filter(|n| protocol::partition_for(n.as_str(), 2) == p).count();
+            (p, offset as i64)
+        };
+        let one_by_one = received_after(queue, |hub| {
+            for i in 0..names.len() {
+                let (p, o) = at(i);
+                hub.dispatch(p, o, &names[i], &frames[i]);
+            }
+        });
+        let batched = received_after(queue, |hub| {
+            let all: Vec<Publication<'_>> = (0..names.len())
+                .map(|i| {
+                    let (partition, offset) = at(i);
+                    Publication { partition, offset, channel: &names[i], frame: &frames[i] }
+                })
+                .collect();
+            let (first, rest) = all.split_at(cut.min(all.len()));
+            hub.dispatch_batch(first);
+            hub.dispatch_batch(rest);
+        });
+        prop_assert_eq!(one_by_one, batched);
+    }
+}

@@ -173,3 +173,60 @@ fn devices_per_user_are_bounded_and_a_reconnect_counts_once() {
         "another user"
     );
 }
+
+/// (recipients among a..d, ephemeral, sender among a..d, sender device 1..2)
+type Spec = (Vec<u8>, bool, u8, u8);
+
+fn spec_record(s: &Spec) -> Record {
+    let names = ["a", "b", "c", "d"];
+    let to: Vec<&str> = s.0.iter().map(|i| names[*i as usize % 4]).collect();
+    let kind = if s.1 { Kind::Ephemeral } else { Kind::Chat };
+    let device = if s.3 % 2 == 0 { "1" } else { "2" };
+    record(kind, names[s.2 as usize % 4], device, &to)
+}
+
+/// Every device a..d × 1..2 on partition 0, and what each received.
+fn devices_after(dispatch: impl FnOnce(&Hub)) -> Vec<Vec<String>> {
+    let hub = Hub::new(1024, 32);
+    hub.open_partition(0, 0);
+    let mut handles: Vec<DeviceHandle> = ["a", "b", "c", "d"]
+        .iter()
+        .flat_map(|u| ["1", "2"].map(|d| (uid(u), did(d))))
+        .map(|(u, d)| hub.register(&u, &d, 0, false).unwrap().0)
+        .collect();
+    dispatch(&hub);
+    handles.iter_mut().map(drain).collect()
+}
+
+proptest::proptest! {
+    /// A run dispatched at once reaches every device with exactly the
+    /// frames, in the order, that dispatching record by record gives.
+    #[test]
+    fn a_run_delivers_what_single_dispatches_deliver(
+        specs in proptest::collection::vec(
+            (proptest::collection::vec(0u8..4, 0..4), proptest::bool::ANY, 0u8..4, 0u8..2),
+            0..40,
+        ),
+        cut in 0usize..40,
+    ) {
+        let records: Vec<Record> = specs.iter().map(spec_record).collect();
+        let frames: Vec<Utf8Bytes> = (0..records.len() as i64).map(frame).collect();
+        let one_by_one = devices_after(|hub| {
+            for (i, r) in records.iter().enumerate() {
+                hub.dispatch(0, i as i64, r, &frames[i]);
+            }
+        });
+        let batched = devices_after(|hub| {
+            let all: Vec<Consumed<'_>> = records
+                .iter()
+                .zip(&frames)
+                .enumerate()
+                .map(|(i, (record, frame))| Consumed { partition: 0, offset: i as i64, record, frame })
+                .collect();
+            let (first, rest) = all.split_at(cut.min(all.len()));
+            hub.dispatch_batch(first);
+            hub.dispatch_batch(rest);
+        });
+        proptest::prop_assert_eq!(one_by_one, batched);
+    }
+}

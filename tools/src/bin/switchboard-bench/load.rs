@@ -112,6 +112,12 @@ struct Answers {
 }
 
 impl Answers {
+    /// Sends answered so far, acked or refused.
+    fn answered(&self) -> u64 {
+        let refused: u64 = self.refused.lock().map_or(0, |r| r.values().sum());
+        self.acked.load(Ordering::Relaxed) + refused
+    }
+
     fn count(&self, frame: &str) {
         if frame.contains("\"type\":\"ack\"") {
             self.acked.fetch_add(1, Ordering::Relaxed);
@@ -144,10 +150,22 @@ struct LatencyReport {
     p99_ms: f64,
     p999_ms: f64,
     max_ms: f64,
-    /// CPU seconds over the run: sending server, receiving server, broker.
+    /// CPU seconds over the window: sending server, receiving server,
+    /// broker, and this tool (the 200 client sessions).
     cpu_s: std::collections::BTreeMap<&'static str, f64>,
     /// CPU per sent message, in microseconds, for the same processes.
     cpu_us_per_message: std::collections::BTreeMap<&'static str, f64>,
+    /// CPU per acknowledged (and delivered) message, in microseconds.
+    cpu_us_per_acked_message: std::collections::BTreeMap<&'static str, f64>,
+    /// Seconds from the first send until every send was answered and every
+    /// acked one delivered: the window of `cpu_s`.
+    window_s: f64,
+    /// Cores each process kept busy on average over the window.
+    cores_used: std::collections::BTreeMap<&'static str, f64>,
+    /// The process that kept the most cores busy: where the time went.
+    busiest: &'static str,
+    /// Cores of this machine.
+    machine_cores: usize,
 }
 
 pub async fn latency(
@@ -235,23 +253,33 @@ pub async fn latency(
             }
         }));
     }
-    let (c0, c1, bc) = (
+    let me = Some(std::process::id());
+    let (c0, c1, bc, gc, t0) = (
         cpu(Some(b.pid(0))),
         cpu(Some(b.pid(1))),
         cpu(infra.broker_pid()),
+        cpu(me),
+        Instant::now(),
     );
     for t in sender_tasks {
         t.await?;
     }
     let total = sent.load(Ordering::Relaxed);
+    // Until every send is answered and every acked one delivered (refused
+    // ones never are), at most 10 s.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+    while (answers.answered() < total
+        || delivered.load(Ordering::Relaxed) < answers.acked.load(Ordering::Relaxed))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (s0, s1, bk) = (
+    let window = t0.elapsed().as_secs_f64();
+    let (s0, s1, bk, generator) = (
         cpu(Some(b.pid(0))) - c0,
         cpu(Some(b.pid(1))) - c1,
         cpu(infra.broker_pid()) - bc,
+        cpu(me) - gc,
     );
     let h = hist
         .lock()
@@ -279,20 +307,36 @@ pub async fn latency(
         ms(0.999),
         h.max() as f64 / 1000.0
     );
-    println!("CPU s: sending server {s0:.2}, receiving server {s1:.2}, broker {bk:.2}");
+    println!("CPU s over {window:.1} s: sending server {s0:.2}, receiving server {s1:.2}, broker {bk:.2}, load generator {generator:.2}");
     if let Some(path) = json {
         let cpu_s: std::collections::BTreeMap<&'static str, f64> = [
             ("sending_server", s0),
             ("receiving_server", s1),
             ("broker", bk),
+            ("load_generator", generator),
         ]
         .into();
+        let acked = answers.acked.load(Ordering::Relaxed);
+        let per = |n: u64| -> std::collections::BTreeMap<&'static str, f64> {
+            cpu_s
+                .iter()
+                .map(|(k, v)| (*k, v * 1e6 / n.max(1) as f64))
+                .collect()
+        };
+        let cores_used: std::collections::BTreeMap<&'static str, f64> = cpu_s
+            .iter()
+            .map(|(k, v)| (*k, v / window.max(1e-9)))
+            .collect();
+        let busiest = cores_used
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or("", |(k, _)| *k);
         let report = LatencyReport {
             rate,
             seconds,
             pairs,
             sent: total,
-            acked: answers.acked.load(Ordering::Relaxed),
+            acked,
             refused: answers
                 .refused
                 .lock()
@@ -305,10 +349,12 @@ pub async fn latency(
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             max_ms: h.max() as f64 / 1000.0,
-            cpu_us_per_message: cpu_s
-                .iter()
-                .map(|(k, v)| (*k, v * 1e6 / total.max(1) as f64))
-                .collect(),
+            cpu_us_per_message: per(total),
+            cpu_us_per_acked_message: per(acked),
+            cores_used,
+            busiest,
+            window_s: window,
+            machine_cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_s,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
