@@ -2,6 +2,12 @@ use clap::Parser;
 use messaging_server::Config;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: a delivery allocates and frees small
+/// buffers on every runtime thread, and glibc's arenas spent ~15% of a
+/// server's CPU on it under fan-out (docs/benchmarks.md, "Fan-out vs NATS").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
