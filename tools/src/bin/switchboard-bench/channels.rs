@@ -119,18 +119,31 @@ fn token(user: &str) -> String {
 async fn device(ws_url: String, user: String) -> anyhow::Result<Ws> {
     let (mut ws, _) =
         tokio_tungstenite::connect_async_with_config(&ws_url, Some(small_buffers()), false).await?;
-    let hello = serde_json::json!({"type": "hello", "token": token(&user), "device_id": "w"});
+    join(&mut ws, &user, &token(&user), Some(CHANNEL)).await?;
+    Ok(ws)
+}
+
+/// Says hello with `token` and, with `channel`, subscribes to it (again
+/// while the server answers `unavailable`); returns once welcomed and
+/// subscribed.
+pub(super) async fn join(
+    ws: &mut Ws,
+    user: &str,
+    token: &str,
+    channel: Option<&str>,
+) -> anyhow::Result<()> {
+    let hello = serde_json::json!({"type": "hello", "token": token, "device_id": "w"});
     ws.send(Message::text(hello.to_string())).await?;
-    let sub = serde_json::json!({"type": "subscribe", "id": 1, "channel": CHANNEL});
-    let mut subscribed = false;
-    while !subscribed {
+    let sub = serde_json::json!({"type": "subscribe", "id": 1, "channel": channel});
+    loop {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
             Some(Ok(Message::Text(t))) if t.contains("\"type\":\"welcome\"") => {
+                if channel.is_none() {
+                    return Ok(());
+                }
                 ws.send(Message::text(sub.to_string())).await?
             }
-            Some(Ok(Message::Text(t))) if t.contains("\"type\":\"subscribed\"") => {
-                subscribed = true
-            }
+            Some(Ok(Message::Text(t))) if t.contains("\"type\":\"subscribed\"") => return Ok(()),
             Some(Ok(Message::Text(t))) if t.contains("\"unavailable\"") => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 ws.send(Message::text(sub.to_string())).await?
@@ -140,7 +153,6 @@ async fn device(ws_url: String, user: String) -> anyhow::Result<Ws> {
             other => anyhow::bail!("{user}: {other:?}"),
         }
     }
-    Ok(ws)
 }
 
 pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {

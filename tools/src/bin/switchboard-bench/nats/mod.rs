@@ -242,28 +242,8 @@ fn channel_token(user: &str) -> String {
 /// A session whose hello was welcomed; with `channel`, subscribed to it.
 async fn sb_session(url: &str, user: &str, channel: Option<&str>) -> anyhow::Result<super::Ws> {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    let hello =
-        serde_json::json!({"type": "hello", "token": channel_token(user), "device_id": "d"});
-    ws.send(Message::text(hello.to_string())).await?;
-    let mut waiting_for = "\"type\":\"welcome\"";
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?;
-        let text = match m {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(_)) => continue,
-            other => anyhow::bail!("{user}: session ended: {other:?}"),
-        };
-        if text.contains("\"unavailable\"") {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        } else if !text.contains(waiting_for) {
-            anyhow::bail!("{user}: {text}");
-        } else if waiting_for.contains("subscribed") || channel.is_none() {
-            return Ok(ws);
-        }
-        let sub = serde_json::json!({"type": "subscribe", "id": 1, "channel": channel});
-        ws.send(Message::text(sub.to_string())).await?;
-        waiting_for = "\"type\":\"subscribed\"";
-    }
+    super::channels::join(&mut ws, user, &channel_token(user), channel).await?;
+    Ok(ws)
 }
 
 impl Switchboard {
