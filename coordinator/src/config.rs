@@ -28,7 +28,9 @@ pub struct Config {
     /// This replica's id in the election (default: a random id).
     #[arg(long, env = "SWITCHBOARD_COORDINATOR_ID")]
     pub coordinator_id: Option<String>,
-    /// Lease TTL of the leader's election key, in seconds.
+    /// Lease TTL of the leader's election key, in seconds; also how long a
+    /// new leader keeps unregistered servers of its inherited map while they
+    /// register again after an etcd stall (keep it equal to the servers').
     #[arg(long = "lease-ttl-secs", env = "SWITCHBOARD_LEASE_TTL_SECS", default_value = "5", value_parser = secs)]
     pub lease_ttl: Duration,
     /// Quiet time that folds a burst of membership changes into one epoch, in milliseconds.

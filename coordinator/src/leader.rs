@@ -3,6 +3,7 @@
 
 use crate::assign::assign;
 use crate::metrics::Metrics;
+use crate::rejoin::Rejoin;
 use crate::topic;
 use crate::Config;
 use etcd_client::{
@@ -13,7 +14,7 @@ use protocol::{Assignment, EtcdLayout, ServerId, ServerInfo};
 use service::etcd::{keep_lease_alive, ttl_secs, LeaseEnd};
 use service::Backoff;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -48,6 +49,7 @@ impl Elector {
                 Err(e) => warn!(coordinator = %self.id, error = %e, "leadership term ended"),
             }
             self.metrics.is_leader.set(0);
+            self.metrics.awaited_servers.set(0);
             if !backoff.wait(&cancel).await {
                 break;
             }
@@ -117,6 +119,8 @@ impl Elector {
             .await?
             .unwrap_or_else(|| Assignment::empty(partitions));
         let (mut servers, rev) = read_servers(&mut self.client, &self.layout).await?;
+        let mut rejoin = Rejoin::new(&current, &servers, Instant::now() + c.lease_ttl);
+        self.log_awaited(&rejoin);
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1);
@@ -125,13 +129,30 @@ impl Elector {
             .watch(self.layout.servers_prefix(), Some(opts))
             .await?;
         loop {
-            if let Some(next) = next_assignment(&current, &servers, partitions, &log_epoch) {
+            let members = rejoin.members(&servers, Instant::now());
+            self.metrics
+                .awaited_servers
+                .set(rejoin.waiting().count() as i64);
+            if let Some(next) = next_assignment(&current, &members, partitions, &log_epoch) {
                 write_fenced(&mut self.client, &self.layout, key, &next).await?;
                 self.log_publish(&current, &next);
                 current = next;
             }
-            wait_for_change(&mut watch, c.debounce, lost).await?;
+            let until = rejoin.deadline();
+            wait_for_change(&mut watch, c.debounce, until, lost).await?;
             servers = read_servers(&mut self.client, &self.layout).await?.0;
+        }
+    }
+
+    fn log_awaited(&self, rejoin: &Rejoin) {
+        let waiting: Vec<&ServerId> = rejoin.waiting().collect();
+        if !waiting.is_empty() {
+            info!(
+                coordinator = %self.id,
+                servers = ?waiting,
+                grace = ?self.config.lease_ttl,
+                "servers of the inherited map are not registered; keeping them for one lease TTL while they register again"
+            );
         }
     }
 
@@ -237,16 +258,25 @@ pub async fn read_servers(
 }
 
 /// Returns after a membership event followed by `debounce` of quiet
-/// collection, so a burst becomes one epoch.
+/// collection, so a burst becomes one epoch, or at `until` (a grace ending).
 async fn wait_for_change(
     watch: &mut WatchStream,
     debounce: Duration,
+    until: Option<Instant>,
     lost: &CancellationToken,
 ) -> Result<(), LeaderError> {
+    let deadline = async {
+        match until {
+            Some(t) => tokio::time::sleep_until(t.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
     loop {
         let msg = tokio::select! {
             m = watch.message() => m?,
             _ = lost.cancelled() => return Err(LeaderError::LeaseLost),
+            _ = &mut deadline => return Ok(()),
         };
         let Some(msg) = msg else {
             return Err(etcd_client::Error::WatchError("server watch ended".into()).into());

@@ -6,6 +6,7 @@ mod config;
 mod http;
 pub mod leader;
 mod metrics;
+mod rejoin;
 mod topic;
 
 pub use config::Config;

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub reassigned: Counter,
     pub published: Counter,
     pub is_leader: Gauge,
+    pub awaited_servers: Gauge,
     pub route_requests: Counter,
 }
 
@@ -59,6 +60,11 @@ impl Metrics {
             "is_leader",
             "1 while this replica leads",
             self.is_leader.clone(),
+        );
+        r.register(
+            "awaited_servers",
+            "Servers of the inherited map a new leader keeps for one lease TTL while they register again (leader only)",
+            self.awaited_servers.clone(),
         );
         r.register(
             "route_requests",

@@ -347,13 +347,12 @@ async fn history(
 }
 
 async fn readyz(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
-    if s.is_ready() {
-        Ok(Json(
-            json!({"status": "ready", "server_id": s.info.server_id}),
-        ))
-    } else {
-        Err(ApiError::unavailable(
-            "not registered, draining, or no partition map yet",
-        ))
+    match s.not_ready() {
+        None => Ok(Json(json!({
+            "status": "ready",
+            "server_id": s.info.server_id,
+            "partitions": s.metrics.owned_partitions.get(),
+        }))),
+        Some(why) => Err(ApiError::unavailable(why)),
     }
 }

@@ -8,7 +8,7 @@ use crate::state::AppState;
 use etcd_client::{Client, PutOptions};
 use protocol::frames::Redirect;
 use protocol::{Assignment, CloseCode, EtcdLayout, ServerFrame};
-use service::etcd::{keep_lease_alive, ttl_secs, LeaseEnd};
+use service::etcd::{keep_lease_alive, ttl_secs, LeaseEnd, REQUEST_TIMEOUT};
 use service::Backoff;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ struct Registrar {
 
 impl Registrar {
     async fn run(mut self) -> Option<i64> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.retry_at_most());
         loop {
             let lease = match self.register().await {
                 Ok(l) => l,
@@ -61,27 +61,49 @@ impl Registrar {
                 }
             };
             backoff.reset();
-            let state = &self.state;
-            state.registered.send_replace(true);
-            state.metrics.etcd_reachable.set(1);
-            info!(server = %state.info.server_id, lease, "registered");
+            self.set_registered(true);
+            self.state.metrics.etcd_reachable.set(1);
+            info!(server = %self.state.info.server_id, lease, "registered");
             if self.hold(lease).await == LeaseEnd::Stopped {
                 // Last step of a drain: the registration disappears at once.
                 let revoke = self.client.lease_revoke(lease);
                 let _ = tokio::time::timeout(Duration::from_secs(3), revoke).await;
-                self.state.registered.send_replace(false);
+                self.set_registered(false);
                 return Some(lease);
             }
-            warn!(server = %self.state.info.server_id, "registration lease lost; closing sessions until re-registered");
-            self.state.registered.send_replace(false);
+            warn!(server = %self.state.info.server_id, lease, "registration lease lost; closing sessions until re-registered");
+            self.set_registered(false);
         }
     }
 
+    /// Longest pause between attempts while etcd does not answer: a third of
+    /// the TTL, so a lease lost in an etcd stall is noticed and replaced
+    /// within about a third of a TTL of etcd answering again — well inside
+    /// the coordinator's grace of one TTL (coordinator/src/rejoin.rs).
+    fn retry_at_most(&self) -> Duration {
+        (self.state.config.lease_ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    fn set_registered(&self, yes: bool) {
+        self.state.registered.send_replace(yes);
+        self.state.metrics.registered.set(i64::from(yes));
+    }
+
+    /// A fresh lease and our registration on it, each step bounded so a
+    /// stalled etcd is retried rather than waited on forever.
     async fn register(&mut self) -> Result<i64, etcd_client::Error> {
         let ttl = ttl_secs(self.state.config.lease_ttl);
-        let lease = self.client.lease_grant(ttl, None).await?.id();
+        let grant = self.client.lease_grant(ttl, None);
+        let lease = tokio::time::timeout(REQUEST_TIMEOUT, grant)
+            .await
+            .map_err(|_| etcd_client::Error::LeaseKeepAliveError("lease grant timed out".into()))??
+            .id();
         let draining = *self.draining.borrow();
-        self.put_info(lease, draining).await?;
+        tokio::time::timeout(REQUEST_TIMEOUT, self.put_info(lease, draining))
+            .await
+            .map_err(|_| {
+                etcd_client::Error::LeaseKeepAliveError("registration timed out".into())
+            })??;
         Ok(lease)
     }
 
@@ -100,7 +122,7 @@ impl Registrar {
 
     /// Holds `lease` through etcd outages; returns when it is lost or `stop` fires.
     async fn hold(&mut self, lease: i64) -> LeaseEnd {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.retry_at_most());
         loop {
             match self.keep_alive(lease).await {
                 LeaseEnd::Unreachable => {

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub lag: Family<PartitionLabel, Gauge>,
     pub owned_partitions: Gauge,
     pub etcd_reachable: Gauge,
+    pub registered: Gauge,
     pub connections_refused: Counter,
     pub send_ack_seconds: Histogram,
     pub producer_restarts: Counter,
@@ -64,6 +65,7 @@ impl Default for Metrics {
             lag: Family::default(),
             owned_partitions: Gauge::default(),
             etcd_reachable: Gauge::default(),
+            registered: Gauge::default(),
             connections_refused: Counter::default(),
             send_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             producer_restarts: Counter::default(),
@@ -174,6 +176,11 @@ impl Metrics {
             "etcd_reachable",
             "1 while etcd confirms this server's lease, 0 while it does not answer",
             self.etcd_reachable.clone(),
+        );
+        r.register(
+            "registered",
+            "1 while this server holds a live registration lease; 0 while it owns nothing because it is not registered",
+            self.registered.clone(),
         );
         r.register(
             "send_ack_seconds",

@@ -69,12 +69,29 @@ impl AppState {
         *self.draining.borrow()
     }
 
-    /// Serving means registered, not draining, holding a partition map and
-    /// a working producer.
+    /// Serving means registered, not draining, named in the current map and
+    /// holding a working producer.
     pub fn is_ready(&self) -> bool {
-        *self.registered.borrow()
-            && !self.is_draining()
-            && self.assignment().is_some()
-            && self.producer.is_healthy()
+        self.not_ready().is_none()
+    }
+
+    /// Why this server does not serve now, for `/readyz` and the logs.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            return Some("draining");
+        }
+        if !*self.registered.borrow() {
+            return Some("not registered in etcd (registering, or its lease was lost)");
+        }
+        match self.assignment() {
+            None => return Some("no partition map yet"),
+            // Registered, but the coordinator has not (or no longer) put us
+            // in the map: we own nothing, so an orchestrator must not count us.
+            Some(a) if !a.servers.contains_key(&self.info.server_id) => {
+                return Some("not in the coordinator's partition map")
+            }
+            Some(_) => {}
+        }
+        (!self.producer.is_healthy()).then_some("the Kafka producer is not ready")
     }
 }

@@ -140,7 +140,10 @@ pub async fn keep_lease_alive(
     let every = (ttl / 3).max(Duration::from_millis(100));
     let opened = tokio::time::timeout(every * 2, client.lease_keep_alive(lease)).await;
     let Ok(Ok((mut keeper, mut stream))) = opened else {
-        return LeaseEnd::Unreachable;
+        // etcd-client reports a lease etcd no longer has ("lease not found",
+        // as after a stall longer than the TTL) as an error like any other:
+        // only a direct question tells a lost lease from an absent etcd.
+        return lease_state(client, lease, every * 2).await;
     };
     loop {
         if keeper.keep_alive().await.is_err() {
@@ -155,6 +158,16 @@ pub async fn keep_lease_alive(
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return LeaseEnd::Stopped,
         }
+    }
+}
+
+/// Asks etcd whether `lease` still exists: `Lost` when etcd says it does not
+/// (TTL -1, or 0 as it expires), `Unreachable` when etcd does not answer
+/// within `within` or the lease is alive (the caller then retries on it).
+pub async fn lease_state(client: &mut Client, lease: i64, within: Duration) -> LeaseEnd {
+    match tokio::time::timeout(within, client.lease_time_to_live(lease, None)).await {
+        Ok(Ok(r)) if r.ttl() <= 0 => LeaseEnd::Lost,
+        _ => LeaseEnd::Unreachable,
     }
 }
 

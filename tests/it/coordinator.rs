@@ -274,6 +274,78 @@ async fn stale_write_is_fenced(infra: &Infra, etcd: &mut Client) -> anyhow::Resu
     Ok(())
 }
 
+/// Every registration expired at once (as after an etcd stall longer than
+/// the TTL) and a new leader takes over: it keeps the servers of the map it
+/// inherited for one TTL, so one that registers again keeps its partitions
+/// without a map in between that lacks it, and one that does not is removed
+/// when the grace ends — two epochs would mean an empty map was published.
+pub async fn new_leader_waits_a_ttl_for_the_servers_of_its_map(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let (layout, cfg, mut etcd) = setup(&infra, "rejoin").await?;
+    let first = start_coordinator("coord-a", cfg.clone())?;
+    let s1 = register(&mut etcd, &layout, "s1").await?;
+    let s2 = register(&mut etcd, &layout, "s2").await?;
+    let a = wait_assignment(&first.url(), Duration::from_secs(20), |a| {
+        a.servers.len() == 2 && balanced(a)
+    })
+    .await?;
+    first.stop().await;
+    for m in [&s1, &s2] {
+        m.keeper.abort();
+        etcd.lease_revoke(m.lease).await?;
+    }
+    let second = start_coordinator("coord-b", cfg)?;
+    let base = second.url();
+    wait_until("the new leader leads", Duration::from_secs(20), || {
+        is_leader(&base)
+    })
+    .await?;
+    let led = Instant::now();
+    let held = assignment(&base)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no map"))?;
+    anyhow::ensure!(
+        held.epoch == a.epoch && held.servers.len() == 2,
+        "the new leader published a map without the unregistered servers at once: {held:?}"
+    );
+    // The leader has read the registrations and holds both servers.
+    wait_until(
+        "the leader awaits s1 and s2",
+        Duration::from_secs(5),
+        || async { harness::metric(&base, "switchboard_coordinator_awaited_servers").await == 2.0 },
+    )
+    .await?;
+    let _s1 = register(&mut etcd, &layout, "s1").await?;
+    let b = wait_assignment(&base, Duration::from_secs(10), |b| {
+        !b.servers.contains_key("s2")
+    })
+    .await?;
+    let dropped_after = led.elapsed();
+    anyhow::ensure!(
+        b.epoch == a.epoch + 1,
+        "one new epoch expected (s2 dropped), got {} → {}",
+        a.epoch,
+        b.epoch
+    );
+    anyhow::ensure!(
+        owners_of(&a, "s1")
+            .iter()
+            .all(|p| owners_of(&b, "s1").contains(p))
+            && b.owners.iter().all(|o| owner_name(o) == Some("s1")),
+        "s1 must keep its partitions and take s2's: {:?} → {:?}",
+        a.owners,
+        b.owners
+    );
+    anyhow::ensure!(
+        dropped_after <= Duration::from_secs(TTL as u64 + 2),
+        "s2 dropped only {dropped_after:?} after the new leader took over"
+    );
+    eprintln!("    inherited map kept; s2 dropped {dropped_after:?} after the new leader took over, in one epoch");
+    second.stop().await;
+    Ok(())
+}
+
 pub async fn long_poll_returns_on_change_and_times_out(infra: Arc<Infra>) -> anyhow::Result<()> {
     let (layout, cfg, mut etcd) = setup(&infra, "poll").await?;
     let coord = start_coordinator("coord", cfg)?;

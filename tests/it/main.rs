@@ -10,6 +10,7 @@ mod channels;
 mod client;
 mod compose;
 mod coordinator;
+mod etcd_stall;
 mod fuzz;
 mod js_sdk;
 mod limits;
@@ -39,6 +40,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         js_sdk::js_sdk_in_chromium_delivers_exactly_once_across_failures,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
+        coordinator::new_leader_waits_a_ttl_for_the_servers_of_its_map,
         coordinator::long_poll_returns_on_change_and_times_out,
         coordinator::route_api_validates_and_answers,
         broker_faults::broker_pause_answers_and_recovers,
@@ -52,6 +54,9 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         messaging::dashboard_queries_only_exported_metrics,
         outages::etcd_down_30s_keeps_sessions_and_the_map,
         outages::postgres_down_30s_degrades_and_recovers,
+        etcd_stall::keep_alive_tells_a_lost_lease_from_a_stalled_etcd,
+        etcd_stall::etcd_stall_longer_than_the_lease_recovers_by_itself,
+        etcd_stall::etcd_stall_shorter_than_the_lease_changes_nothing,
         resume::synced_follows_everything_acked_before_hello,
         supervision::a_dying_task_is_never_a_silent_zombie,
         limits::limits_refuse_past_the_bound_and_keep_sessions,

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 const OUTAGE: Duration = Duration::from_secs(30);
 /// Traffic before the outage, during it, and after it.
 const TRAFFIC: Duration = Duration::from_secs(45);
-const OUTAGE_STARTS: Duration = Duration::from_secs(5);
+pub(crate) const OUTAGE_STARTS: Duration = Duration::from_secs(5);
 
 /// DMs from `senders` senders to the receivers in turn; group = receiver index.
-fn dms(
+pub(crate) fn dms(
     prefix: &'static str,
     users: &[String],
 ) -> impl Fn(usize, usize) -> (String, usize, serde_json::Value) + Send + Sync + 'static {
@@ -32,14 +32,14 @@ fn dms(
 
 /// What the coordinator and the servers answered while a dependency was down.
 #[derive(Debug, Default)]
-struct Watched {
-    routes_ok: usize,
-    routes_failed: usize,
-    not_ready: usize,
+pub(crate) struct Watched {
+    pub routes_ok: usize,
+    pub routes_failed: usize,
+    pub not_ready: usize,
 }
 
 /// Polls routes and readiness every 500 ms for `how_long`.
-async fn watch(stack: &Stack, user: &str, how_long: Duration) -> Watched {
+pub(crate) async fn watch(stack: &Stack, user: &str, how_long: Duration) -> Watched {
     let mut w = Watched::default();
     let until = Instant::now() + how_long;
     let mut urls: Vec<String> = stack.servers.iter().map(|s| s.url()).collect();
@@ -60,7 +60,7 @@ async fn watch(stack: &Stack, user: &str, how_long: Duration) -> Watched {
     w
 }
 
-fn report(what: &str, o: &Outcomes, delivered: usize, persisted: usize) {
+pub(crate) fn report(what: &str, o: &Outcomes, delivered: usize, persisted: usize) {
     eprintln!(
         "    {what}: sent {}, acked {}, unavailable {}, delivered {delivered}, lost 0, persisted {persisted}, slowest answer {:?}",
         o.acked.len() + o.unavailable + o.other.len(),

@@ -14,6 +14,8 @@ pub struct Received {
     /// Chat msg_ids in arrival order, each once.
     pub chat: Vec<MsgId>,
     pub unique: HashSet<MsgId>,
+    /// Chat messages the app got again after the client's dedupe (must stay 0).
+    pub duplicates: usize,
     /// Sessions the device had (welcomes).
     pub sessions: usize,
     /// Sessions that resumed from a cursor.
@@ -40,6 +42,8 @@ async fn collect(mut client: Client, out: Arc<Mutex<Received>>, stop: Cancellati
                 let mut o = lock();
                 if o.unique.insert(m.msg_id) {
                     o.chat.push(m.msg_id);
+                } else {
+                    o.duplicates += 1;
                 }
             }
             Some(Event::Disconnected { code }) => lock().close_codes.push(code),
