@@ -82,10 +82,25 @@ mod tests {
         fn partition_is_in_range(user in "[A-Za-z0-9._:@-]{1,128}", p in 1u32..4096) {
             prop_assert!(partition_for(&user, p) < p);
         }
+    }
 
-        #[test]
-        fn partition_is_deterministic(user in ".{0,64}", p in 1u32..512) {
-            prop_assert_eq!(partition_for(&user, p), partition_for(&user, p));
+    /// Users spread over the partitions (each within 25% of the mean for
+    /// 20,000 ids), so one partition's server is not everyone's: a hash that
+    /// ignored bytes, or a wrong mask, fails this.
+    #[test]
+    fn users_spread_evenly_over_partitions() {
+        for p in [2u32, 7, 12, 64] {
+            let mut counts = vec![0u32; p as usize];
+            for i in 0..20_000 {
+                counts[partition_for(&format!("user-{i}"), p) as usize] += 1;
+            }
+            let mean = 20_000 / p;
+            for (part, n) in counts.iter().enumerate() {
+                assert!(
+                    n.abs_diff(mean) * 4 <= mean,
+                    "P={p}: partition {part} holds {n} of 20,000 users (mean {mean})"
+                );
+            }
         }
     }
 }

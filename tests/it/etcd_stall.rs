@@ -89,7 +89,7 @@ pub async fn etcd_stall_shorter_than_the_lease_changes_nothing(
 
 /// What one stall under traffic showed; the checks every stall must pass
 /// (sends acknowledged, deliveries during the stall, nothing lost or
-/// duplicated, nothing ready while serving nothing) are made before it returns.
+/// duplicated — `expect_delivered` — nothing ready while serving nothing) are made before it returns.
 struct Run {
     o: Outcomes,
     during: Watched,
@@ -168,7 +168,6 @@ async fn stall_under_traffic(infra: &Infra, name: &str, stall: Duration) -> anyh
     let mut sessions = Vec::new();
     for inbox in &receivers.inboxes {
         let r = inbox.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        anyhow::ensure!(r.duplicates == 0, "the app saw {} duplicates", r.duplicates);
         sessions.push((r.sessions, r.close_codes.len()));
     }
     let after = stack.assignment().await?;

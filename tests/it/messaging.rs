@@ -664,6 +664,13 @@ pub async fn dashboard_queries_only_exported_metrics(infra: Arc<Infra>) -> anyho
         .as_ref()
         .map(|p| p.url())
         .unwrap_or_default();
+    // A dashboard read wrongly (no panels, another layout) must not pass
+    // for one whose every query is exported.
+    anyhow::ensure!(
+        wanted.len() >= 10,
+        "the dashboard yielded only {} metric names: {wanted:?}",
+        wanted.len()
+    );
     let bases = [stack.coordinator.url(), stack.servers[0].url(), persister];
     let missing = std::sync::Mutex::new(wanted.clone());
     let _ = harness::wait_until(

@@ -31,7 +31,7 @@ async fn burst(stack: &Stack, to: &str, round: usize) -> anyhow::Result<Vec<MsgI
         .iter()
         .map(|s| s.url())
         .find(|u| Some(u.clone()) != stack.server_http(&owner))
-        .unwrap_or_else(|| stack.servers[0].url());
+        .ok_or_else(|| anyhow::anyhow!("no server other than {owner} to send through"))?;
     let http = reqwest::Client::new();
     let sends = (0..BURST).map(|i| {
         let body =

@@ -79,9 +79,11 @@ pub async fn a_dying_task_is_never_a_silent_zombie(infra: Arc<Infra>) -> anyhow:
     .await?;
     persister_faults.fail("consumer");
     exits_with(&persister, "panicked").await?;
+    // Exited means gone: no HTTP server left behind answering probes for a
+    // persister whose consumer is dead.
     anyhow::ensure!(
-        not_ready(&purl).await,
-        "a persister without its consumer reports ready"
+        reqwest::get(format!("{purl}/readyz")).await.is_err(),
+        "the persister exited but its HTTP server still answers"
     );
     eprintln!("    server: Kafka consumer panicked → not ready, sessions closed 4006, exit error; persister: consumer thread panicked → exit error");
     stack.stop().await;

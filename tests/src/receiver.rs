@@ -16,6 +16,9 @@ pub struct Received {
     pub unique: HashSet<MsgId>,
     /// Chat messages the app got again after the client's dedupe (must stay 0).
     pub duplicates: usize,
+    /// Frames the client dropped as already delivered: duplicates at the
+    /// protocol level (resends after a reconnect, replay overlapping live).
+    pub protocol_duplicates: u64,
     /// Sessions the device had (welcomes).
     pub sessions: usize,
     /// Sessions that resumed from a cursor.
@@ -50,6 +53,7 @@ async fn collect(mut client: Client, out: Arc<Mutex<Received>>, stop: Cancellati
             Some(_) => {}
             None => break,
         }
+        lock().protocol_duplicates = client.duplicates();
     }
     client.close().await;
 }
@@ -93,7 +97,8 @@ impl Receivers {
         })
     }
 
-    /// Waits until receiver `i` holds every msg_id of `want(i)`, for each `i`.
+    /// Waits until receiver `i` holds every msg_id of `want(i)`, for each `i`;
+    /// fails as well when any app saw a message twice.
     pub async fn expect_each(
         &self,
         want: impl Fn(usize) -> Vec<MsgId>,
@@ -119,6 +124,17 @@ impl Receivers {
                 );
             }
         }
+        let mut protocol_duplicates = Vec::new();
+        for (i, inbox) in self.inboxes.iter().enumerate() {
+            let o = inbox.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            anyhow::ensure!(
+                o.duplicates == 0,
+                "receiver {i}: the app saw {} messages twice",
+                o.duplicates
+            );
+            protocol_duplicates.push(o.protocol_duplicates);
+        }
+        eprintln!("    duplicates dropped by the clients (protocol level), per device: {protocol_duplicates:?}");
         Ok(())
     }
 

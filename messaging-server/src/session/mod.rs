@@ -73,9 +73,15 @@ async fn finish((sink, stream): (&mut Sink, &mut Stream), state: &AppState, c: C
     };
     let _ = sink.send(WsMessage::Close(Some(frame))).await;
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Some(Ok(m)) = stream.next().await {
-            if matches!(m, WsMessage::Close(_)) {
-                break;
+        loop {
+            match stream.next().await {
+                Some(Ok(WsMessage::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                // Nothing more can be read (an oversized frame's payload is
+                // still unparsed in the socket): hold the socket for the rest
+                // of the wait instead of resetting it at once, so the client
+                // reads the close (1009) before the reset.
+                Some(Err(_)) => std::future::pending::<()>().await,
             }
         }
     })
