@@ -36,12 +36,8 @@ async fn read_hello(stream: &mut Stream, state: &AppState) -> Result<frames::Hel
     loop {
         let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => return Err(Close::new(CloseCode::NoHello, "no hello in time")),
-            Ok(None) | Ok(Some(Err(_))) => {
-                return Err(Close::new(
-                    CloseCode::TooLarge,
-                    "frame too large or connection failed",
-                ))
-            }
+            Ok(None) => return Err(Close::new(CloseCode::NoHello, "closed before hello")),
+            Ok(Some(Err(e))) => return Err(super::read_failed(&e)),
             Ok(Some(Ok(m))) => m,
         };
         let text = match msg {

@@ -97,7 +97,7 @@ impl Session {
                         Some(Ok(WsMessage::Text(t))) => t,
                         Some(Ok(WsMessage::Close(_))) | None => return ended("client closed"),
                         Some(Ok(_)) => continue,
-                        Some(Err(_)) => return Close::new(CloseCode::TooLarge, "frame too large"),
+                        Some(Err(e)) => return super::read_failed(&e),
                     };
                     // Boxed: the rare, large futures (a send's membership
                     // read, a channel recovery) are not carried by every

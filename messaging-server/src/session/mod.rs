@@ -72,21 +72,47 @@ async fn finish((sink, stream): (&mut Sink, &mut Stream), state: &AppState, c: C
         reason: Utf8Bytes::from_static(c.reason),
     };
     let _ = sink.send(WsMessage::Close(Some(frame))).await;
+    // After a frame above the limit the rest of the stream cannot be parsed:
+    // hold the socket for the rest of the wait instead of resetting it at
+    // once (its unread data would make the close a reset), so the client
+    // reads our close first.
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        loop {
-            match stream.next().await {
-                Some(Ok(WsMessage::Close(_))) | None => break,
-                Some(Ok(_)) => {}
-                // Nothing more can be read (an oversized frame's payload is
-                // still unparsed in the socket): hold the socket for the rest
-                // of the wait instead of resetting it at once, so the client
-                // reads the close (1009) before the reset.
-                Some(Err(_)) => std::future::pending::<()>().await,
-            }
+        if c.code == CloseCode::TooLarge || !drain(stream).await {
+            std::future::pending::<()>().await;
         }
     })
     .await;
     let _ = sink.close().await;
+}
+
+/// Reads and drops frames until the client's close or disconnect (true), or
+/// until a frame that cannot be read (false).
+async fn drain(stream: &mut Stream) -> bool {
+    loop {
+        match stream.next().await {
+            Some(Ok(WsMessage::Close(_))) | None => return true,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return !unreadable(&e),
+        }
+    }
+}
+
+/// How a failed read ends a session: 1009 for a frame above the limit,
+/// otherwise the peer is gone and the code is for the metrics alone.
+fn read_failed(e: &axum::Error) -> Close {
+    if unreadable(e) {
+        Close::new(CloseCode::TooLarge, "frame too large")
+    } else {
+        Close::new(CloseCode::Draining, "connection failed")
+    }
+}
+
+/// A frame above the size limit: the peer is still connected, but nothing
+/// after it can be parsed. (Other errors mean the peer is gone.)
+fn unreadable(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
 struct Session {
