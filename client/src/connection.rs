@@ -137,6 +137,7 @@ impl Client {
             token: String::new(),
             token_exp: None,
             refreshed_after_refusal: false,
+            silence: crate::runner::DEFAULT_SILENCE,
             pending: BTreeMap::new(),
             seen: Seen::new(10_000),
             out: out_rx,

@@ -30,6 +30,9 @@ pub(crate) struct Outgoing {
     pub reply: Reply,
 }
 
+/// Before a welcome says the server's ping interval: two of the default 20 s.
+pub(crate) const DEFAULT_SILENCE: Duration = Duration::from_secs(40);
+
 enum Outcome {
     Redirect(String),
     Reresolve,
@@ -49,6 +52,9 @@ pub(crate) struct Runner {
     pub token_exp: Option<u64>,
     /// A 4001 was answered with one refresh already: the next one stops.
     pub refreshed_after_refusal: bool,
+    /// Hearing nothing for this long (two of the server's ping intervals)
+    /// means the connection is dead, whatever TCP says.
+    pub silence: Duration,
     /// By request id: resent in that order after a reconnect.
     pub pending: BTreeMap<u64, Pending>,
     pub seen: Seen,
@@ -174,6 +180,9 @@ impl Runner {
                         }
                         self.token_exp = w.token_exp;
                         self.refreshed_after_refusal = false;
+                        self.silence = w.ping_ms.map_or(DEFAULT_SILENCE, |ms| {
+                            Duration::from_millis(ms.saturating_mul(2))
+                        });
                         self.emit(Event::Connected {
                             server_id: w.server_id,
                             resumed: w.resumed,
@@ -255,6 +264,7 @@ impl Runner {
         let mut redirect = None;
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
         loop {
             // The retry tick is off while nothing waits; when something
             // starts waiting, its first retry is a full period away. (An
@@ -268,22 +278,16 @@ impl Runner {
                 _ = tokio::time::sleep_until(refresh_at.unwrap_or(far)), if refresh_at.is_some() => {
                     self.refresh_token(&mut ws).await;
                 }
-                m = ws.next() => match m {
-                    Some(Ok(Ws::Text(t))) => {
-                        if let Ok(f) = ServerFrame::parse(&t) {
-                            if let Some(to) = self.on_frame(f).await { redirect = Some(to) }
-                        }
+                // Not even the server's pings for two intervals: a half-open
+                // connection (a cut link, a server frozen or gone without a
+                // FIN), which TCP alone would report only after many minutes.
+                _ = tokio::time::sleep_until(heard + self.silence) => return self.closed(None).await,
+                m = ws.next() => {
+                    heard = tokio::time::Instant::now();
+                    if let Some(end) = self.on_ws(m, &mut redirect).await {
+                        return end;
                     }
-                    Some(Ok(Ws::Close(c))) => {
-                        let outcome = self.closed(c.map(|c| u16::from(c.code))).await;
-                        return match (redirect, outcome) {
-                            (Some(url), Outcome::Reresolve) => Outcome::Redirect(url),
-                            (_, o) => o,
-                        };
-                    }
-                    Some(Ok(_)) => {}
-                    _ => return self.closed(None).await,
-                },
+                }
                 o = self.out.recv() => {
                     let Some(o) = o else { return Outcome::Stopped };
                     let sent = ws.send(Ws::text(o.frame.clone())).await.is_ok();
@@ -307,6 +311,33 @@ impl Runner {
             if !waiting_before && self.anything_unsent() {
                 retry.reset();
             }
+        }
+    }
+
+    /// One read from the socket; `Some` when the session is over.
+    async fn on_ws(
+        &mut self,
+        m: Option<Result<Ws, tokio_tungstenite::tungstenite::Error>>,
+        redirect: &mut Option<String>,
+    ) -> Option<Outcome> {
+        match m {
+            Some(Ok(Ws::Text(t))) => {
+                if let Ok(f) = ServerFrame::parse(&t) {
+                    if let Some(to) = self.on_frame(f).await {
+                        *redirect = Some(to);
+                    }
+                }
+                None
+            }
+            Some(Ok(Ws::Close(c))) => {
+                let outcome = self.closed(c.map(|c| u16::from(c.code))).await;
+                Some(match (redirect.take(), outcome) {
+                    (Some(url), Outcome::Reresolve) => Outcome::Redirect(url),
+                    (_, o) => o,
+                })
+            }
+            Some(Ok(_)) => None,
+            _ => Some(self.closed(None).await),
         }
     }
 
@@ -347,7 +378,7 @@ impl Runner {
             }
             ServerFrame::Redirect(r) => return Some(r.ws_url),
             ServerFrame::Authed(a) => self.token_exp = Some(a.exp),
-            ServerFrame::Welcome(_) => {}
+            ServerFrame::Welcome(_) | ServerFrame::Pong(_) => {}
         }
         None
     }

@@ -201,6 +201,7 @@ export class Client {
     clearTimeout(this.timer);
     clearTimeout(this.helloTimer);
     clearTimeout(this.refreshTimer);
+    clearTimeout(this.liveTimer);
     if (this.ws) this.ws.close(1000);
     const stopped = new SwitchboardError("stopped", "the client was closed");
     for (const p of this.pending.values()) p.reject(stopped);
@@ -286,6 +287,7 @@ export class Client {
     };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
+      this.heard = Date.now();
       let f;
       try { f = JSON.parse(typeof ev.data === "string" ? ev.data : String(ev.data)); } catch (e) { return this.emit("error", e); }
       this.onFrame(f);
@@ -316,6 +318,7 @@ export class Client {
     // The refresh timer keeps running while disconnected: the next hello
     // then carries the fresh token instead of one that expired meanwhile.
     clearTimeout(this.helloTimer);
+    clearTimeout(this.liveTimer);
     for (const p of this.pending.values()) p.sent = false;
     for (const c of this.channels.values()) c.sent = false;
     this.setState("disconnected", { code });
@@ -389,8 +392,31 @@ export class Client {
     if (!w.resumed) this.store.set(`cursor.${this.o.userId}`, w.cursor);
     this.setState(w.resumed ? "resuming" : "connected", { serverId: w.server_id, resumed: w.resumed });
     this.scheduleRefresh(w.token_exp);
+    this.watchLiveness(this.ws, w.ping_ms || 20000);
     this.flushPending();
     for (const channel of this.channels.keys()) this.sendSubscribe(channel);
+  }
+
+  /**
+   * Browsers cannot see WebSocket pings, so the client asks: a `ping` after
+   * one ping interval of silence, and a link silent for two is dead (a cut
+   * link or a frozen server that TCP would report only minutes later).
+   */
+  watchLiveness(ws, everyMs) {
+    clearTimeout(this.liveTimer);
+    const tick = () => {
+      if (this.ws !== ws) return;
+      const quiet = Date.now() - this.heard;
+      if (quiet >= 2 * everyMs) {
+        this.ws = null;
+        try { ws.close(); } catch (_) { /* already closing */ }
+        this.onClose(1006);
+        return;
+      }
+      if (quiet >= everyMs) this.write({ type: "ping" });
+      this.liveTimer = setTimeout(tick, everyMs / 2);
+    };
+    this.liveTimer = setTimeout(tick, everyMs / 2);
   }
 
   onMessage(m) {

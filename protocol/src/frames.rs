@@ -148,6 +148,15 @@ pub struct Subscribe {
     pub cursor: Option<Cursor>,
 }
 
+/// `ping`: answered `pong` with the same `id`. For clients that cannot see
+/// WebSocket pings (browsers): hearing nothing for two `ping_ms` of the
+/// `welcome` means the connection is dead.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ping {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+}
+
 /// `unsubscribe`: no more publications of `channel` on this connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unsubscribe {
@@ -164,6 +173,7 @@ pub enum ClientFrame {
     Auth(Auth),
     Subscribe(Subscribe),
     Unsubscribe(Unsubscribe),
+    Ping(Ping),
 }
 
 /// Why a client frame was refused; `id` is the request's, when it had one.
@@ -227,6 +237,7 @@ impl ClientFrame {
             "auth" => Ok(ClientFrame::Auth(concrete(text, &id)?)),
             "subscribe" => Ok(ClientFrame::Subscribe(concrete(text, &id)?)),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe(concrete(text, &id)?)),
+            "ping" => Ok(ClientFrame::Ping(concrete(text, &id)?)),
             other => Err(FrameError {
                 id,
                 code: ErrorCode::UnknownType,
@@ -243,6 +254,7 @@ impl ClientFrame {
             ClientFrame::Auth(_) => "auth",
             ClientFrame::Subscribe(_) => "subscribe",
             ClientFrame::Unsubscribe(_) => "unsubscribe",
+            ClientFrame::Ping(_) => "ping",
         };
         serde_json::to_string(self).map_err(|source| EncodeError { frame, source })
     }
@@ -274,6 +286,11 @@ pub struct Welcome {
     /// fresh one before, or the session is closed with 4001 then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_exp: Option<u64>,
+    /// How often the server pings (WebSocket pings) and expects to hear from
+    /// the client: a client that hears nothing for two of these may take the
+    /// connection for dead; the server drops one silent for three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -363,6 +380,7 @@ pub enum ServerFrame {
     Authed(Authed),
     Subscribed(Subscribed),
     Unsubscribed(Unsubscribed),
+    Pong(Ping),
 }
 
 impl From<FrameError> for ServerFrame {
@@ -397,6 +415,7 @@ impl ServerFrame {
             ServerFrame::Authed(_) => "authed",
             ServerFrame::Subscribed(_) => "subscribed",
             ServerFrame::Unsubscribed(_) => "unsubscribed",
+            ServerFrame::Pong(_) => "pong",
         }
     }
 
@@ -422,6 +441,7 @@ impl ServerFrame {
             "authed" => ServerFrame::Authed(concrete(text, &id)?),
             "subscribed" => ServerFrame::Subscribed(concrete(text, &id)?),
             "unsubscribed" => ServerFrame::Unsubscribed(concrete(text, &id)?),
+            "pong" => ServerFrame::Pong(concrete(text, &id)?),
             other => {
                 return Err(FrameError {
                     id,

@@ -12,6 +12,7 @@ mod compose;
 mod coordinator;
 mod etcd_stall;
 mod fuzz;
+mod half_open;
 mod js_sdk;
 mod limits;
 mod messaging;
@@ -33,6 +34,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         client::client_resumes_and_dedupes_across_a_drain,
         client::cli_route_send_tail_and_history,
         client::slow_app_gets_everything_after_4004,
+        half_open::half_open_connections_are_noticed_by_both_ends,
         client::rate_limited_sends_are_retried_without_a_burst,
         browser::two_browser_users_chat_and_survive_a_drain,
         browser::browser_channel_panel_recovers_after_a_drain,

@@ -94,3 +94,4 @@ pub use process::Process;
 pub mod receiver;
 pub mod traffic;
 pub use receiver::{Received, Receivers};
+pub mod proxy;

@@ -176,6 +176,12 @@ impl Session {
                 self.unsubscribe(un).await.map_err(gone)?;
                 return Ok(None);
             }
+            Ok(ClientFrame::Ping(ping)) => {
+                self.send_frame(&ServerFrame::Pong(ping))
+                    .await
+                    .map_err(gone)?;
+                return Ok(None);
+            }
             Ok(ClientFrame::Hello(_)) => (again(), true),
             Err(e) => (e, true),
         };

@@ -53,6 +53,7 @@ impl Session {
             resumed: plan.resumed,
             cursor: start.cursor(),
             token_exp: Some(self.who.exp),
+            ping_ms: u64::try_from(self.state.config.ping_interval.as_millis()).ok(),
         });
         self.send_frame(&welcome).await.map_err(gone)?;
         if start.replay_from.is_none() {

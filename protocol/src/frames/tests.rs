@@ -222,3 +222,16 @@ fn channel_frames() {
     let gone = ServerFrame::parse(r#"{"type":"unsubscribed","id":null,"channel":"ch:x"}"#).unwrap();
     assert_eq!(gone.kind(), "unsubscribed");
 }
+
+#[test]
+fn ping_is_answered_by_a_pong_with_its_id() {
+    let ClientFrame::Ping(ping) = ClientFrame::parse(r#"{"type":"ping","id":7}"#).unwrap() else {
+        panic!("not a ping")
+    };
+    assert_eq!(ping.id, Some(json!(7)));
+    let pong = ServerFrame::Pong(ping).to_json().unwrap();
+    assert_eq!(pong, r#"{"type":"pong","id":7}"#);
+    assert_eq!(ServerFrame::parse(&pong).unwrap().kind(), "pong");
+    let bare = ClientFrame::Ping(Ping::default()).to_json().unwrap();
+    assert_eq!(bare, r#"{"type":"ping"}"#);
+}

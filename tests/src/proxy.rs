@@ -1,0 +1,96 @@
+//! A TCP relay on loopback whose link a test can cut without closing it: the
+//! half-open connection of a partition (no FIN, no RST). While cut, bytes in
+//! both directions are dropped and new connections wait, as a SYN would be
+//! retransmitted until the link heals, and an end of stream waits too.
+
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct Proxy {
+    addr: SocketAddr,
+    link: watch::Sender<Link>,
+    accept: JoinHandle<()>,
+}
+
+/// Where the relay leads (set once the target's port is known) and whether
+/// the link is cut; connections wait while either forbids them.
+#[derive(Clone, Copy, Default)]
+struct Link {
+    target: Option<SocketAddr>,
+    cut: bool,
+}
+
+impl Proxy {
+    /// Listens on a port of its own on 127.0.0.1; relays once `target` is set.
+    pub async fn bind() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (link, rx) = watch::channel(Link::default());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, rx.clone()));
+            }
+        });
+        Ok(Self { addr, link, accept })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn target(&self, target: SocketAddr) {
+        self.link.send_modify(|l| l.target = Some(target));
+    }
+
+    /// Cuts the link (`true`) or heals it.
+    pub fn cut(&self, cut: bool) {
+        self.link.send_modify(|l| l.cut = cut);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn relay(client: TcpStream, mut link: watch::Receiver<Link>) {
+    let target = match link.wait_for(|l| !l.cut && l.target.is_some()).await {
+        Ok(l) => l.target,
+        Err(_) => return,
+    };
+    let Some(Ok(upstream)) =
+        futures_util::future::OptionFuture::from(target.map(TcpStream::connect)).await
+    else {
+        return;
+    };
+    let (client_read, client_write) = client.into_split();
+    let (up_read, up_write) = upstream.into_split();
+    tokio::join!(
+        pipe(client_read, up_write, link.clone()),
+        pipe(up_read, client_write, link)
+    );
+}
+
+/// Copies `from` to `to` while the link is whole, drops what arrives while
+/// it is cut, and passes an end of stream on.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::Receiver<Link>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !link.borrow().cut && to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    // A FIN crosses a cut link no more than data: it arrives once healed.
+    if link.wait_for(|l| !l.cut).await.is_ok() {
+        let _ = to.shutdown().await;
+    }
+}
