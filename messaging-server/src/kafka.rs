@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Most consumed records handed to the hub under one lock.
 const MAX_RUN: usize = 512;
@@ -74,9 +74,11 @@ pub fn channel_consumer(
     service::kafka::consumer_config(brokers, &group, fetch_wait).create()
 }
 
+pub use protocol::record::TooNew;
+
 /// A consumed record, decoded and serialised once for every device it goes
 /// to (cursor epoch from the partition map); `None`, counted and logged, if
-/// it cannot be.
+/// it cannot be (poison); `Err` if it is too new to read past.
 pub fn framed<R>(
     (partition, offset): (u32, i64),
     payload: &[u8],
@@ -84,13 +86,22 @@ pub fn framed<R>(
     metrics: &Metrics,
     decode: fn(&[u8]) -> Result<R, protocol::record::RecordError>,
     frame: fn(&R, &str, i64, bool) -> protocol::ServerFrame,
-) -> Option<(R, axum::extract::ws::Utf8Bytes)> {
-    let record = decode(payload)
-        .map_err(|e| {
+) -> Result<Option<(R, axum::extract::ws::Utf8Bytes)>, TooNew> {
+    let record = match decode(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(version) = e.too_new() {
+                return Err(TooNew {
+                    partition,
+                    offset,
+                    version,
+                });
+            }
             metrics.decode_failures.inc();
             warn!(partition, offset, error = %e, "skipping undecodable record");
-        })
-        .ok()?;
+            return Ok(None);
+        }
+    };
     let epoch = assignment
         .borrow()
         .as_ref()
@@ -101,27 +112,35 @@ pub fn framed<R>(
             metrics.decode_failures.inc();
             warn!(partition, offset, error = %e, "skipping a record that cannot be framed");
         })
-        .ok()?;
-    Some((record, framed))
+        .ok();
+    Ok(framed.map(|f| (record, f)))
 }
 
+/// A decoded record at its (partition, offset), with its frame.
+pub type FramedRecord<R> = ((u32, i64), R, axum::extract::ws::Utf8Bytes);
+
 /// A consumed run's records that decode, each with its (partition, offset)
-/// and its frame, in the run's order.
+/// and its frame, in the run's order — up to the first record too new to
+/// read past, which ends the run (nothing of its partition after it is
+/// delivered).
 pub fn framed_run<R>(
     run: &[BorrowedMessage<'_>],
     assignment: &AssignmentRx,
     metrics: &Metrics,
     decode: fn(&[u8]) -> Result<R, protocol::record::RecordError>,
     frame: fn(&R, &str, i64, bool) -> protocol::ServerFrame,
-) -> Vec<((u32, i64), R, axum::extract::ws::Utf8Bytes)> {
-    run.iter()
-        .filter_map(|m| {
-            let at = (from_kafka(m.partition()), m.offset());
-            let payload = m.payload().unwrap_or_default();
-            let (record, framed) = framed(at, payload, assignment, metrics, decode, frame)?;
-            Some((at, record, framed))
-        })
-        .collect()
+) -> (Vec<FramedRecord<R>>, Option<TooNew>) {
+    let mut out = Vec::with_capacity(run.len());
+    for m in run {
+        let at = (from_kafka(m.partition()), m.offset());
+        let payload = m.payload().unwrap_or_default();
+        match framed(at, payload, assignment, metrics, decode, frame) {
+            Ok(Some((record, framed))) => out.push((at, record, framed)),
+            Ok(None) => {}
+            Err(too_new) => return (out, Some(too_new)),
+        }
+    }
+    (out, None)
 }
 
 /// Partition changes for the consumer task, from the ownership watcher.
@@ -146,7 +165,14 @@ impl LiveConsumer {
         loop {
             tokio::select! {
                 m = self.consumer.recv() => match m {
-                    Ok(msg) => self.dispatch(&ready_run(&self.consumer, msg)),
+                    Ok(msg) => if let Some(too_new) = self.dispatch(&ready_run(&self.consumer, msg)) {
+                        // Ending the task drains and stops the server (it is
+                        // supervised): its partitions go to servers that can
+                        // read on, and no cursor passes the record meanwhile.
+                        error!(error = %too_new, "a record too new for this server; stopping");
+                        self.metrics.too_new_records.inc();
+                        return;
+                    },
                     Err(e) => {
                         warn!(error = %e, "consume failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -186,8 +212,9 @@ impl LiveConsumer {
         });
     }
 
-    fn dispatch(&self, run: &[BorrowedMessage<'_>]) {
-        let framed = framed_run(
+    /// Delivers what `run` holds up to a record too new to read past.
+    fn dispatch(&self, run: &[BorrowedMessage<'_>]) -> Option<TooNew> {
+        let (framed, too_new) = framed_run(
             run,
             &self.assignment,
             &self.metrics,
@@ -209,6 +236,7 @@ impl LiveConsumer {
         for c in &batch {
             self.metrics.set_position(c.partition, c.offset);
         }
+        too_new
     }
 
     async fn apply(&mut self, change: Ownership) {

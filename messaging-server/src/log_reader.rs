@@ -1,6 +1,7 @@
 //! Bounded log reads for resumes and channel recoveries.
 
 use crate::coalesce::Coalescer;
+use protocol::record::RecordError;
 use protocol::{ChannelName, ChannelRecord, Record, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -27,7 +28,27 @@ pub struct LogReader {
 }
 
 type Marks = Result<(i64, i64), KafkaError>;
-type Read = Result<Vec<(i64, Record)>, KafkaError>;
+type Read = Result<Vec<(i64, Record)>, ReadError>;
+
+/// Why a range could not be read: the broker, or a record in it that this
+/// server is too old to read past (never skipped: the reader's cursor would
+/// pass a message it did not deliver).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    TooNew(#[from] crate::kafka::TooNew),
+}
+
+/// A decoded record for a read: `Ok(None)` skips poison, `Err(version)`
+/// stops at a record too new to read past.
+fn readable<R>(decoded: Result<R, RecordError>) -> Result<Option<R>, u32> {
+    match decoded {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => e.too_new().map_or(Ok(None), Err),
+    }
+}
 
 /// Range reads (each a short-lived librdkafka consumer) at once per server.
 const READERS: usize = 4;
@@ -84,9 +105,8 @@ impl LogReader {
             async move {
                 let union = union(&asked);
                 let pick = |bytes: &[u8]| {
-                    Record::decode(bytes)
-                        .ok()
-                        .filter(|r| r.kind == protocol::Kind::Chat)
+                    readable(Record::decode(bytes))
+                        .map(|r| r.filter(|r| r.kind == protocol::Kind::Chat))
                 };
                 match read_where(&readers, &topic, partition, union, pick).await {
                     Ok(records) => asked
@@ -100,7 +120,7 @@ impl LogReader {
         self.reads
             .call(partition, (range, user.clone()), op)
             .await
-            .unwrap_or(Err(KafkaError::Canceled))
+            .unwrap_or(Err(KafkaError::Canceled.into()))
     }
 
     /// The recoverable (chat) publications of `channel` in `range`, in order.
@@ -109,12 +129,11 @@ impl LogReader {
         partition: u32,
         range: Range<i64>,
         channel: &ChannelName,
-    ) -> Result<Vec<(i64, ChannelRecord)>, KafkaError> {
+    ) -> Result<Vec<(i64, ChannelRecord)>, ReadError> {
         let channel = channel.clone();
         let pick = move |bytes: &[u8]| {
-            ChannelRecord::decode(bytes)
-                .ok()
-                .filter(|r| r.kind == protocol::Kind::Chat && r.channel == channel)
+            readable(ChannelRecord::decode(bytes))
+                .map(|r| r.filter(|r| r.kind == protocol::Kind::Chat && r.channel == channel))
         };
         read_where(&self.readers, &self.channel_topic, partition, range, pick).await
     }
@@ -159,10 +178,10 @@ async fn read_where<T: Send + 'static>(
     topic: &str,
     partition: u32,
     range: Range<i64>,
-    pick: impl Fn(&[u8]) -> Option<T> + Send + 'static,
-) -> Result<Vec<(i64, T)>, KafkaError> {
+    pick: impl Fn(&[u8]) -> Result<Option<T>, u32> + Send + 'static,
+) -> Result<Vec<(i64, T)>, ReadError> {
     let Ok(_slot) = readers.slots.acquire().await else {
-        return Err(KafkaError::Canceled);
+        return Err(KafkaError::Canceled.into());
     };
     let (readers, topic) = (readers.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -183,8 +202,8 @@ fn read_with<T>(
     topic: &str,
     partition: u32,
     range: Range<i64>,
-    pick: impl Fn(&[u8]) -> Option<T>,
-) -> Result<Vec<(i64, T)>, KafkaError> {
+    pick: impl Fn(&[u8]) -> Result<Option<T>, u32>,
+) -> Result<Vec<(i64, T)>, ReadError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, to_kafka(partition), Offset::Offset(range.start))?;
     c.assign(&tpl)?;
@@ -202,16 +221,24 @@ fn read_with<T>(
         if m.offset() >= range.end {
             return Ok(out);
         }
-        if let Some(r) = pick(m.payload().unwrap_or_default()) {
-            out.push((m.offset(), r));
+        match pick(m.payload().unwrap_or_default()) {
+            Ok(Some(r)) => out.push((m.offset(), r)),
+            Ok(None) => {}
+            Err(version) => {
+                let offset = m.offset();
+                return Err(crate::kafka::TooNew {
+                    partition,
+                    offset,
+                    version,
+                }
+                .into());
+            }
         }
         if m.offset() + 1 >= range.end {
             return Ok(out);
         }
     }
-    Err(KafkaError::MessageConsumption(
-        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-    ))
+    Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut).into())
 }
 
 /// The smallest range covering every asked range.

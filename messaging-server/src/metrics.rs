@@ -27,6 +27,7 @@ pub struct Metrics {
     pub overflows: Counter,
     pub closes: Family<CodeLabel, Counter>,
     pub decode_failures: Counter,
+    pub too_new_records: Counter,
     pub position: Family<PartitionLabel, Gauge>,
     pub lag: Family<PartitionLabel, Gauge>,
     pub owned_partitions: Gauge,
@@ -61,6 +62,7 @@ impl Default for Metrics {
             overflows: Counter::default(),
             closes: Family::default(),
             decode_failures: Counter::default(),
+            too_new_records: Counter::default(),
             position: Family::default(),
             lag: Family::default(),
             owned_partitions: Gauge::default(),
@@ -151,6 +153,11 @@ impl Metrics {
             "decode_failures",
             "Consumed records that could not be decoded",
             self.decode_failures.clone(),
+        );
+        r.register(
+            "too_new_records",
+            "Records of a newer version than this server reads: it stopped rather than skip them (upgrade it)",
+            self.too_new_records.clone(),
         );
         r.register(
             "partition_position",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use store::{Store, StoreError};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub struct Ctx {
     pub store: Store,
@@ -141,9 +141,18 @@ pub fn create(config: &Config, group: &str, ctx: Ctx) -> KafkaResult<BaseConsume
     Ok(consumer)
 }
 
+/// Why consuming ended before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    TooNew(#[from] protocol::record::TooNew),
+}
+
 /// Consumes until cancelled, writing a batch when it is full or old
 /// enough. A consumer librdkafka refuses to create ends it (and the process).
-pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> KafkaResult<()> {
+pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> Result<(), ConsumeError> {
     let group = &config.group_id;
     info!(%group, "joining the consumer group");
     let cancel = ctx.cancel.clone();
@@ -160,7 +169,16 @@ pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> KafkaResult<()> {
             Some(Ok(m)) => {
                 let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
                 let partition = service::kafka::from_kafka(m.partition());
-                pending.add(partition, m.offset(), m.payload().unwrap_or_default());
+                let added = pending.add(partition, m.offset(), m.payload().unwrap_or_default());
+                drop(pending);
+                if let Err(too_new) = added {
+                    // What came before it is written; then the consumer
+                    // stops (and the process, supervised, exits non-zero)
+                    // rather than commit an offset past it.
+                    error!(error = %too_new, "a record too new for this persister; stopping");
+                    ctx.flush();
+                    return Err(ConsumeError::TooNew(too_new));
+                }
                 oldest.get_or_insert_with(Instant::now);
             }
             Some(Err(e)) => warn!(error = %e, "consume failed"),

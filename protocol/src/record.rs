@@ -49,12 +49,54 @@ pub enum RecordError {
     Version(u32),
 }
 
+/// Where a reader met a record too new for it (see
+/// [`RecordError::is_too_new`]): its partition is read no further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the record at partition {partition} offset {offset} has version {version}, newer than this reader ({RECORD_VERSION}); upgrade it")]
+pub struct TooNew {
+    pub partition: u32,
+    pub offset: i64,
+    pub version: u32,
+}
+
+impl RecordError {
+    /// The version of a record too new for this reader (see `is_too_new`).
+    pub fn too_new(&self) -> Option<u32> {
+        match self {
+            RecordError::Version(v) if *v > RECORD_VERSION => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A record written by a newer release: an upgrade is under way (or its
+    /// writers were switched on before every reader understood them). Never
+    /// skipped — whoever reads past it moves cursors beyond a message it did
+    /// not deliver; the reader stops at it instead.
+    pub fn is_too_new(&self) -> bool {
+        self.too_new().is_some()
+    }
+}
+
 /// Decodes a record of this version; `v` reads its version field.
 pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     v: fn(&T) -> u32,
 ) -> Result<T, RecordError> {
-    let rec: T = serde_json::from_slice(bytes)?;
+    let rec: T = match serde_json::from_slice(bytes) {
+        Ok(rec) => rec,
+        // A newer version may not even have this version's shape: tell it
+        // from a poison record by its `v` alone (only on this rare path).
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct Versioned {
+                v: u32,
+            }
+            return Err(match serde_json::from_slice::<Versioned>(bytes) {
+                Ok(Versioned { v }) if v > RECORD_VERSION => RecordError::Version(v),
+                _ => RecordError::Json(e),
+            });
+        }
+    };
     match v(&rec) {
         RECORD_VERSION => Ok(rec),
         other => Err(RecordError::Version(other)),
@@ -105,5 +147,20 @@ mod tests {
             "conversation_id":"c1","sender":"a b","sender_device":"d","recipients":[],
             "body":null,"sent_at_ms":0}"#;
         assert!(Record::decode(bad_user.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_newer_record_is_too_new_whatever_its_shape_and_poison_is_not() {
+        let v2 = Record::decode(br#"{"v":2,"msg_id":"x","payload":"another shape"}"#);
+        assert!(v2.as_ref().is_err_and(RecordError::is_too_new), "{v2:?}");
+        for poison in [
+            &b"not json"[..],
+            br#"{"v":1}"#,
+            br#"{"v":0,"msg_id":1}"#,
+            br#"{"kind":"chat"}"#,
+        ] {
+            let e = Record::decode(poison).expect_err("poison decodes");
+            assert!(!e.is_too_new(), "{e}");
+        }
     }
 }

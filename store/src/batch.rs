@@ -47,6 +47,11 @@ impl RowBatch {
 
     /// Moves the partition's position past `offset` without a row (an
     /// ephemeral or undecodable record).
+    /// The offset this batch commits for `partition`, if it holds any of it.
+    pub fn next_offset(&self, partition: u32) -> Option<i64> {
+        self.next.get(&partition).copied()
+    }
+
     pub fn skip(&mut self, partition: u32, offset: i64) {
         self.next.insert(partition, offset + 1);
     }

@@ -22,6 +22,7 @@ mod publish;
 mod resume;
 mod smoke;
 mod supervision;
+mod versions;
 
 use harness::tests;
 use harness::trials::TestFn;
@@ -61,6 +62,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         etcd_stall::etcd_stall_shorter_than_the_lease_changes_nothing,
         resume::synced_follows_everything_acked_before_hello,
         supervision::a_dying_task_is_never_a_silent_zombie,
+        versions::a_record_too_new_is_never_skipped,
         limits::limits_refuse_past_the_bound_and_keep_sessions,
         limits::connection_limit_fits_the_open_file_limit,
         fuzz::ten_thousand_random_frames_leave_the_server_and_others_fine,

@@ -4,7 +4,7 @@
 use super::{ChannelHub, Publication};
 use crate::frame::channel_message;
 use crate::hub::{Close, Hub};
-use crate::kafka::{framed_run, ready_run};
+use crate::kafka::{framed_run, ready_run, TooNew};
 use crate::metrics::Metrics;
 use protocol::{ChannelRecord, CloseCode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -16,7 +16,7 @@ use service::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub struct ChannelConsumer {
     pub consumer: Arc<StreamConsumer>,
@@ -48,7 +48,13 @@ impl ChannelConsumer {
         loop {
             tokio::select! {
                 m = self.consumer.recv() => match m {
-                    Ok(msg) => self.dispatch(&ready_run(&self.consumer, msg)),
+                    Ok(msg) => if let Some(too_new) = self.dispatch(&ready_run(&self.consumer, msg)) {
+                        // As for user partitions (kafka::LiveConsumer): stop
+                        // rather than move any subscriber's cursor past it.
+                        error!(error = %too_new, "a channel record too new for this server; stopping");
+                        self.metrics.too_new_records.inc();
+                        return;
+                    },
                     Err(e) => {
                         warn!(error = %e, "channel consume failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -89,8 +95,8 @@ impl ChannelConsumer {
         Ok(n)
     }
 
-    fn dispatch(&self, run: &[BorrowedMessage<'_>]) {
-        let framed = framed_run(
+    fn dispatch(&self, run: &[BorrowedMessage<'_>]) -> Option<TooNew> {
+        let (framed, too_new) = framed_run(
             run,
             &self.assignment,
             &self.metrics,
@@ -113,5 +119,6 @@ impl ChannelConsumer {
             let close = Close::new(CloseCode::TooSlow, "queue overflow");
             self.hub.close_device(&user, conn, close);
         }
+        too_new
     }
 }

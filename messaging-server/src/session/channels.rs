@@ -152,7 +152,7 @@ impl Session {
         low: i64,
         live_from: i64,
         epoch: &str,
-    ) -> Result<Recovery, rdkafka::error::KafkaError> {
+    ) -> Result<Recovery, crate::log_reader::ReadError> {
         if from + 1 < low || from >= live_from {
             // Trimmed by retention (or a cursor this log never gave out):
             // say so instead of leaving a silent gap.
