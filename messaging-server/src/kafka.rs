@@ -90,12 +90,8 @@ pub fn framed<R>(
     let record = match decode(payload) {
         Ok(r) => r,
         Err(e) => {
-            if let Some(version) = e.too_new() {
-                return Err(TooNew {
-                    partition,
-                    offset,
-                    version,
-                });
+            if let Some(too_new) = e.too_new_at(partition, offset) {
+                return Err(too_new);
             }
             metrics.decode_failures.inc();
             warn!(partition, offset, error = %e, "skipping undecodable record");

@@ -26,12 +26,8 @@ impl Batch {
         let rec = match Record::decode(payload) {
             Ok(r) => r,
             Err(e) => {
-                if let Some(version) = e.too_new() {
-                    return Err(TooNew {
-                        partition,
-                        offset,
-                        version,
-                    });
+                if let Some(too_new) = e.too_new_at(partition, offset) {
+                    return Err(too_new);
                 }
                 self.records += 1;
                 self.undecodable += 1;

@@ -60,6 +60,16 @@ pub struct TooNew {
 }
 
 impl RecordError {
+    /// Where this error is a record too new for this reader, that record.
+    pub fn too_new_at(&self, partition: u32, offset: i64) -> Option<TooNew> {
+        let version = self.too_new()?;
+        Some(TooNew {
+            partition,
+            offset,
+            version,
+        })
+    }
+
     /// The version of a record too new for this reader (see `is_too_new`).
     pub fn too_new(&self) -> Option<u32> {
         match self {

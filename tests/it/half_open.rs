@@ -164,14 +164,7 @@ async fn post(server: &str, i: usize) -> anyhow::Result<protocol::MsgId> {
 
 async fn post_to(server: &str, to: &str, i: usize) -> anyhow::Result<protocol::MsgId> {
     let body = serde_json::json!({"client_msg_id": format!("ho-{to}-{i}"), "to": {"user": to}, "body": {"i": i}});
-    let r = reqwest::Client::new()
-        .post(format!("{server}/v1/messages"))
-        .bearer_auth(Stack::token("ho-alice"))
-        .json(&body)
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(r.json::<protocol::Accepted>().await?.msg_id)
+    harness::traffic::post_send(server, "ho-alice", &body).await
 }
 
 async fn expect_connected(c: &mut Client, resumed: bool) -> anyhow::Result<()> {

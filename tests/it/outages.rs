@@ -175,14 +175,7 @@ impl Late {
 }
 
 async fn post(stack: &Stack, user: &str, body: &serde_json::Value) -> anyhow::Result<MsgId> {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/messages", stack.servers[0].url()))
-        .bearer_auth(Stack::token(user))
-        .json(body)
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(r.json::<protocol::Accepted>().await?.msg_id)
+    harness::traffic::post_send(&stack.servers[0].url(), user, body).await
 }
 
 /// What a user sees of PostgreSQL while it is down: history and group sends

@@ -5,7 +5,7 @@
 //! services' `serve_with` hook, which nothing outside Rust code can reach.
 
 use crate::messaging::connect;
-use harness::{wait_until, Infra, ServiceHandle, Stack};
+use harness::{wait_until, Infra, Stack};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,20 +13,6 @@ async fn not_ready(url: &str) -> bool {
     !reqwest::get(format!("{url}/readyz"))
         .await
         .is_ok_and(|r| r.status().is_success())
-}
-
-async fn exits_with(handle: &ServiceHandle, needle: &str) -> anyhow::Result<()> {
-    wait_until("the service exits", Duration::from_secs(40), || async {
-        handle.exit().is_some()
-    })
-    .await?;
-    match handle.exit() {
-        Some(Err(e)) if e.contains(needle) => Ok(()),
-        other => anyhow::bail!(
-            "{} exited with {other:?}, want an error about {needle}",
-            handle.name
-        ),
-    }
 }
 
 pub async fn a_dying_task_is_never_a_silent_zombie(infra: Arc<Infra>) -> anyhow::Result<()> {
@@ -60,7 +46,7 @@ pub async fn a_dying_task_is_never_a_silent_zombie(infra: Arc<Infra>) -> anyhow:
     let handle = stack
         .take_server(&victim)
         .ok_or_else(|| anyhow::anyhow!("no handle for {victim}"))?;
-    exits_with(&handle, "kafka-consumer").await?;
+    handle.exits_with("kafka-consumer").await?;
     stack.wait_settled(1).await?;
     connect(&stack, &user, "d").await?;
 
@@ -78,7 +64,7 @@ pub async fn a_dying_task_is_never_a_silent_zombie(infra: Arc<Infra>) -> anyhow:
     )
     .await?;
     persister_faults.fail("consumer");
-    exits_with(&persister, "panicked").await?;
+    persister.exits_with("panicked").await?;
     // Exited means gone: no HTTP server left behind answering probes for a
     // persister whose consumer is dead.
     anyhow::ensure!(

@@ -6,7 +6,8 @@
 //! stops with its committed offset before it — so an upgraded release
 //! delivers and stores it later, and nothing is lost.
 
-use harness::{wait_until, Infra, ServiceHandle, Stack, WsClient};
+use harness::traffic::post_send;
+use harness::{Infra, Stack, WsClient};
 use protocol::{MsgId, ServerFrame};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
@@ -45,9 +46,9 @@ pub async fn a_record_too_new_is_never_skipped(infra: Arc<Infra>) -> anyhow::Res
     let ms1 = stack
         .take_server("ms1")
         .ok_or_else(|| anyhow::anyhow!("no ms1"))?;
-    exits_with(&ms1, "kafka-consumer").await?;
+    ms1.exits_with("kafka-consumer").await?;
     if let Some(persister) = &stack.persister {
-        exits_with(persister, "newer than this reader").await?;
+        persister.exits_with("newer than this reader").await?;
     }
     // A server of the same (old) release takes over: a resume reaching the
     // record is refused, never replayed past it.
@@ -101,14 +102,7 @@ async fn next(c: &mut Client) -> anyhow::Result<Event> {
 
 async fn post(server: &str, i: usize) -> anyhow::Result<MsgId> {
     let body = serde_json::json!({"client_msg_id": format!("ver{i}"), "to": {"user": USER}, "body": {"i": i}});
-    let r = reqwest::Client::new()
-        .post(format!("{server}/v1/messages"))
-        .bearer_auth(Stack::token("ver-alice"))
-        .json(&body)
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(r.json::<protocol::Accepted>().await?.msg_id)
+    post_send(server, "ver-alice", &body).await
 }
 
 /// Writes a record of version 2 — another shape altogether — to the user's
@@ -148,19 +142,5 @@ async fn resume_refusal(stack: &Stack, cursor: &protocol::Cursor) -> anyhow::Res
             ServerFrame::Message(m) => anyhow::bail!("replayed {m:?}"),
             _ => {}
         }
-    }
-}
-
-async fn exits_with(handle: &ServiceHandle, needle: &str) -> anyhow::Result<()> {
-    wait_until("the service stops", Duration::from_secs(40), || async {
-        handle.exit().is_some()
-    })
-    .await?;
-    match handle.exit() {
-        Some(Err(e)) if e.contains(needle) => Ok(()),
-        other => anyhow::bail!(
-            "{} exited with {other:?}, want an error about {needle}",
-            handle.name
-        ),
     }
 }

@@ -75,6 +75,24 @@ impl ServiceHandle {
         self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Waits (up to 40 s) until the service has stopped by itself with an
+    /// error that mentions `needle`.
+    pub async fn exits_with(&self, needle: &str) -> anyhow::Result<()> {
+        crate::wait_until(
+            "the service exits",
+            std::time::Duration::from_secs(40),
+            || async { self.exit().is_some() },
+        )
+        .await?;
+        match self.exit() {
+            Some(Err(e)) if e.contains(needle) => Ok(()),
+            other => anyhow::bail!(
+                "{} exited with {other:?}, want an error about {needle}",
+                self.name
+            ),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

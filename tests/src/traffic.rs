@@ -82,6 +82,23 @@ async fn send(
     }
 }
 
+/// One send through `server`'s HTTP API as `user` (the `send` frame as the
+/// body); its msg_id once Kafka acknowledged it.
+pub async fn post_send(
+    server: &str,
+    user: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<MsgId> {
+    let r = reqwest::Client::new()
+        .post(format!("{server}/v1/messages"))
+        .bearer_auth(Stack::token(user))
+        .json(body)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(r.json::<protocol::Accepted>().await?.msg_id)
+}
+
 /// `senders` concurrent senders, each sending every `every` until `until`,
 /// alternating servers; `body(sender, n)` gives (user, group, body).
 pub async fn drive(
