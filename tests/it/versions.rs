@@ -28,6 +28,8 @@ pub async fn a_record_too_new_is_never_skipped(infra: Arc<Infra>) -> anyhow::Res
         max_backoff: Duration::from_secs(1),
         refresh: None,
     });
+    // Live delivery starts at the welcome: send only once bob has one.
+    while !matches!(next(&mut bob).await?, Event::Connected { .. }) {}
     let mut before = Vec::new();
     for i in 0..3 {
         before.push(post(&server, i).await?);
