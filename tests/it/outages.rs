@@ -55,7 +55,9 @@ pub(crate) async fn watch(stack: &Stack, user: &str, how_long: Duration) -> Watc
                 .is_ok_and(|r| r.status().is_success());
             w.not_ready += usize::from(!ready);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Never past `until`: a stall test's freeze lasts exactly its length.
+        let left = until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
     }
     w
 }
