@@ -112,6 +112,15 @@ pub fn framed<R>(
     Ok(framed.map(|f| (record, f)))
 }
 
+/// A consumer (user or channel partitions) met a record too new for this
+/// server: it ends, and as a supervised task that drains and stops the
+/// server — its partitions go to servers that can read on, and no cursor
+/// passes the record meanwhile.
+pub fn stop_at(too_new: &TooNew, metrics: &Metrics) {
+    error!(error = %too_new, "a record too new for this server; stopping");
+    metrics.too_new_records.inc();
+}
+
 /// A decoded record at its (partition, offset), with its frame.
 pub type FramedRecord<R> = ((u32, i64), R, axum::extract::ws::Utf8Bytes);
 
@@ -162,12 +171,7 @@ impl LiveConsumer {
             tokio::select! {
                 m = self.consumer.recv() => match m {
                     Ok(msg) => if let Some(too_new) = self.dispatch(&ready_run(&self.consumer, msg)) {
-                        // Ending the task drains and stops the server (it is
-                        // supervised): its partitions go to servers that can
-                        // read on, and no cursor passes the record meanwhile.
-                        error!(error = %too_new, "a record too new for this server; stopping");
-                        self.metrics.too_new_records.inc();
-                        return;
+                        return stop_at(&too_new, &self.metrics);
                     },
                     Err(e) => {
                         warn!(error = %e, "consume failed");

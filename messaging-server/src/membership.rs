@@ -172,7 +172,7 @@ fn reachable(state: &AppState, lease: i64) {
 pub fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> Close {
     // A map without us means etcd dropped our registration, whichever of the
     // two watches (lease keep-alive, assignment) noticed first.
-    let dropped = a.is_some_and(|a| !a.servers.contains_key(&state.info.server_id));
+    let dropped = a.is_some_and(|a| !state.in_map(a));
     let draining = state.is_draining() || !*state.registered.borrow() || dropped;
     let (code, reason) = if draining {
         (CloseCode::Draining, "server draining")

@@ -75,6 +75,12 @@ impl AppState {
         self.not_ready().is_none()
     }
 
+    /// Whether `a` names this server (a map without it means etcd dropped
+    /// its registration, or the coordinator has not seen it yet).
+    pub fn in_map(&self, a: &Assignment) -> bool {
+        a.servers.contains_key(&self.info.server_id)
+    }
+
     /// Why this server does not serve now, for `/readyz` and the logs.
     pub fn not_ready(&self) -> Option<&'static str> {
         if self.is_draining() {
@@ -87,9 +93,7 @@ impl AppState {
             None => return Some("no partition map yet"),
             // Registered, but the coordinator has not (or no longer) put us
             // in the map: we own nothing, so an orchestrator must not count us.
-            Some(a) if !a.servers.contains_key(&self.info.server_id) => {
-                return Some("not in the coordinator's partition map")
-            }
+            Some(a) if !self.in_map(&a) => return Some("not in the coordinator's partition map"),
             Some(_) => {}
         }
         (!self.producer.is_healthy()).then_some("the Kafka producer is not ready")

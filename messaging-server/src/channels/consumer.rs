@@ -4,7 +4,7 @@
 use super::{ChannelHub, Publication};
 use crate::frame::channel_message;
 use crate::hub::{Close, Hub};
-use crate::kafka::{framed_run, ready_run, TooNew};
+use crate::kafka::{framed_run, ready_run, stop_at, TooNew};
 use crate::metrics::Metrics;
 use protocol::{ChannelRecord, CloseCode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -16,7 +16,7 @@ use service::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub struct ChannelConsumer {
     pub consumer: Arc<StreamConsumer>,
@@ -49,11 +49,7 @@ impl ChannelConsumer {
             tokio::select! {
                 m = self.consumer.recv() => match m {
                     Ok(msg) => if let Some(too_new) = self.dispatch(&ready_run(&self.consumer, msg)) {
-                        // As for user partitions (kafka::LiveConsumer): stop
-                        // rather than move any subscriber's cursor past it.
-                        error!(error = %too_new, "a channel record too new for this server; stopping");
-                        self.metrics.too_new_records.inc();
-                        return;
+                        return stop_at(&too_new, &self.metrics);
                     },
                     Err(e) => {
                         warn!(error = %e, "channel consume failed");
