@@ -56,6 +56,9 @@ pub struct ClientConfig {
     /// Resume from here (e.g. a cursor saved by the app).
     pub cursor: Option<Cursor>,
     pub max_backoff: Duration,
+    /// Also hand the app each frame the dedupe drops, as
+    /// `Event::Duplicate` (for histories and diagnostics; apps leave it off).
+    pub report_duplicates: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +71,9 @@ pub enum Event {
     },
     /// A message, once per `msg_id` (duplicates from resumes are dropped).
     Message(Message),
+    /// A frame whose msg_id the app already had (only with
+    /// `ClientConfig::report_duplicates`).
+    Duplicate(Message),
     /// The replay is over; everything after is live.
     Synced(Cursor),
     Disconnected {

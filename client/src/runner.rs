@@ -360,10 +360,17 @@ impl Runner {
                 } else {
                     self.duplicates
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if self.config.report_duplicates {
+                        self.emit(Event::Duplicate(m)).await;
+                    }
                 }
-                // Only past what the app has been handed: a resume replays the rest.
+                // Only past what the app has been handed: a resume replays the
+                // rest. Never backwards: a duplicate replayed from an older
+                // record would only make the next resume replay more.
                 if let (Some(c), Ok(mut cur)) = (cursor, self.cursor.lock()) {
-                    *cur = Some(c);
+                    if cur.as_ref().is_none_or(|old| moves_forward(old, &c)) {
+                        *cur = Some(c);
+                    }
                 }
                 self.channel_delivered(position);
             }
@@ -414,5 +421,25 @@ impl Runner {
                 message: e.message,
             }));
         }
+    }
+}
+
+/// A cursor in another log epoch replaces the old one (the log was reset);
+/// in the same epoch only a later offset does.
+fn moves_forward(old: &Cursor, new: &Cursor) -> bool {
+    old.log_epoch != new.log_epoch || new.offset > old.offset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_moves_forward_or_to_a_new_epoch_only() {
+        let c = |e: &str, o| Cursor::new(e, o);
+        assert!(moves_forward(&c("a", 5), &c("a", 6)));
+        assert!(!moves_forward(&c("a", 5), &c("a", 5)));
+        assert!(!moves_forward(&c("a", 5), &c("a", 4)));
+        assert!(moves_forward(&c("a", 5), &c("b", 0)));
     }
 }

@@ -10,12 +10,23 @@ use std::collections::BTreeMap;
 
 pub type Owners = Vec<Option<ServerId>>;
 
+/// Servers that may own partitions: not draining and reaching the broker.
+/// When none reaches the broker, moving partitions helps nobody: then every
+/// server that is not draining stays eligible, as if all reached it.
 fn eligible(servers: &BTreeMap<ServerId, ServerInfo>) -> Vec<(&ServerId, u64)> {
-    servers
-        .values()
-        .filter(|s| !s.draining)
-        .map(|s| (&s.server_id, u64::from(s.weight.max(1))))
-        .collect()
+    let pick = |reaching_only: bool| -> Vec<(&ServerId, u64)> {
+        servers
+            .values()
+            .filter(|s| !(s.draining || reaching_only && s.broker_unreachable))
+            .map(|s| (&s.server_id, u64::from(s.weight.max(1))))
+            .collect()
+    };
+    let reaching = pick(true);
+    if reaching.is_empty() {
+        pick(false)
+    } else {
+        reaching
+    }
 }
 
 fn quotas<'a>(

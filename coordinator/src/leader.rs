@@ -2,6 +2,7 @@
 //! every membership change, each write fenced on still holding leadership.
 
 use crate::assign::assign;
+use crate::broker_grace::BrokerGrace;
 use crate::metrics::Metrics;
 use crate::rejoin::Rejoin;
 use crate::topic;
@@ -120,6 +121,7 @@ impl Elector {
             .unwrap_or_else(|| Assignment::empty(partitions));
         let (mut servers, rev) = read_servers(&mut self.client, &self.layout).await?;
         let mut rejoin = Rejoin::new(&current, &servers, Instant::now() + c.lease_ttl);
+        let mut broker = BrokerGrace::new(c.lease_ttl);
         self.log_awaited(&rejoin);
         let opts = WatchOptions::new()
             .with_prefix()
@@ -129,7 +131,8 @@ impl Elector {
             .watch(self.layout.servers_prefix(), Some(opts))
             .await?;
         loop {
-            let members = rejoin.members(&servers, Instant::now());
+            let now = Instant::now();
+            let members = broker.members(&rejoin.members(&servers, now), now);
             self.metrics
                 .awaited_servers
                 .set(rejoin.waiting().count() as i64);
@@ -138,7 +141,10 @@ impl Elector {
                 self.log_publish(&current, &next);
                 current = next;
             }
-            let until = rejoin.deadline();
+            let until = [rejoin.deadline(), broker.deadline(now)]
+                .into_iter()
+                .flatten()
+                .min();
             wait_for_change(&mut watch, c.debounce, until, lost).await?;
             servers = read_servers(&mut self.client, &self.layout).await?.0;
         }

@@ -2,6 +2,7 @@
 //! (docs/architecture.md; the map's contract is in docs/protocol.md, "Assignment") and serves it over HTTP.
 
 pub mod assign;
+mod broker_grace;
 mod config;
 mod http;
 pub mod leader;

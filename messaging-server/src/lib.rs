@@ -2,12 +2,14 @@
 //! sessions for the users of the partitions etcd assigns to it.
 
 mod auth;
+mod broker_watch;
 mod channels;
 mod coalesce;
 mod config;
 mod demo;
 mod fds;
 mod frame;
+mod freeze;
 mod http;
 mod hub;
 mod kafka;
@@ -84,6 +86,10 @@ pub async fn serve_with(
     let channel_consumer =
         kafka::channel_consumer(&config.kafka.brokers, &info.server_id, config.fetch_wait)
             .context("failed to create the Kafka channel consumer")?;
+    let broker_probe: rdkafka::consumer::BaseConsumer =
+        kafka::consumer_config(&config.kafka.brokers, &format!("{}-probe", info.server_id))
+            .create()
+            .context("failed to create the broker probe")?;
     let Some(etcd) = connect_retrying(&config.etcd.endpoints, &shutdown).await else {
         return Ok(());
     };
@@ -99,6 +105,16 @@ pub async fn serve_with(
         }
     });
     spawn_tasks(&mut tasks, &state, consumer, etcd, listener);
+    tasks.spawn(
+        "broker-watch",
+        broker_watch::run(
+            broker_watch::metadata_probe(Arc::new(broker_probe), state.topic().to_owned()),
+            state.config.lease_ttl,
+            state.broker_reachable.clone(),
+            state.metrics.broker_reachable.clone(),
+            stop.clone(),
+        ),
+    );
     let channels = channels::consumer::ChannelConsumer {
         consumer: Arc::new(channel_consumer),
         topic: state.channel_topic.clone(),
@@ -151,6 +167,15 @@ fn spawn_tasks(
         "ownership",
         membership::run_ownership(state.clone(), own_tx, stop.clone()),
     );
+    let woken = state.clone();
+    tasks.spawn("freeze-watch", async move {
+        let close_all = |_| {
+            let close =
+                || hub::Close::new(protocol::CloseCode::Draining, "server woke from a freeze");
+            woken.hub.close_all(|_, _| close());
+        };
+        woken.freeze.run(close_all, woken.stop.clone()).await;
+    });
     let registration = membership::run_registration(state.clone(), etcd, stop.clone());
     tasks.spawn("registration", async move {
         let _ = registration.await;
@@ -179,6 +204,7 @@ fn advertise(config: &Config, listener: &TcpListener) -> anyhow::Result<ServerIn
         http_url,
         weight: config.weight,
         draining: false,
+        broker_unreachable: false,
     })
 }
 
@@ -202,6 +228,8 @@ fn build_state(
         .context("failed to create the Kafka producer")?;
     let log = kafka::LogReader::new(&config.kafka.brokers, &config.kafka.topic)
         .context("failed to create the Kafka log reader")?;
+    let limit = freeze::FreezeWatch::limit_for(config.lease_ttl);
+    let freeze = Arc::new(freeze::FreezeWatch::new(limit));
     Ok(Arc::new(AppState {
         hub: Arc::new(hub::Hub::new(config.queue_len, config.max_devices_per_user)),
         channels: Arc::new(channels::ChannelHub::new(config.queue_len)),
@@ -221,6 +249,8 @@ fn build_state(
         assignment_rx,
         registered: tokio::sync::watch::channel(false).0,
         draining: tokio::sync::watch::channel(false).0,
+        broker_reachable: tokio::sync::watch::channel(true).0,
+        freeze,
         stop,
     }))
 }

@@ -29,6 +29,7 @@ pub async fn run_registration(
     Registrar {
         layout: EtcdLayout::new(&state.config.etcd.prefix),
         draining: state.draining.subscribe(),
+        broker: state.broker_reachable.subscribe(),
         state,
         client,
         stop,
@@ -43,6 +44,7 @@ struct Registrar {
     client: Client,
     layout: EtcdLayout,
     draining: tokio::sync::watch::Receiver<bool>,
+    broker: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
 }
 
@@ -98,8 +100,7 @@ impl Registrar {
             .await
             .map_err(|_| etcd_client::Error::LeaseKeepAliveError("lease grant timed out".into()))??
             .id();
-        let draining = *self.draining.borrow();
-        tokio::time::timeout(REQUEST_TIMEOUT, self.put_info(lease, draining))
+        tokio::time::timeout(REQUEST_TIMEOUT, self.put_info(lease))
             .await
             .map_err(|_| {
                 etcd_client::Error::LeaseKeepAliveError("registration timed out".into())
@@ -107,9 +108,10 @@ impl Registrar {
         Ok(lease)
     }
 
-    async fn put_info(&mut self, lease: i64, draining: bool) -> Result<(), etcd_client::Error> {
+    async fn put_info(&mut self, lease: i64) -> Result<(), etcd_client::Error> {
         let info = protocol::ServerInfo {
-            draining,
+            draining: *self.draining.borrow(),
+            broker_unreachable: !*self.broker.borrow(),
             ..self.state.info.clone()
         };
         let json = serde_json::to_vec(&info)
@@ -140,7 +142,8 @@ impl Registrar {
         }
     }
 
-    /// Keeps the lease alive and republishes the registration when draining starts.
+    /// Keeps the lease alive and republishes the registration when draining
+    /// starts or the broker stops (or starts again) answering.
     async fn keep_alive(&mut self, lease: i64) -> LeaseEnd {
         loop {
             let (mut keeper, state) = (self.client.clone(), self.state.clone());
@@ -148,8 +151,12 @@ impl Registrar {
             tokio::select! {
                 end = keep_lease_alive(&mut keeper, lease, ttl, &self.stop, || reachable(&state, lease)) => return end,
                 r = self.draining.changed() => {
-                    let now = *self.draining.borrow();
-                    if r.is_ok() && self.put_info(lease, now).await.is_err() {
+                    if r.is_ok() && self.put_info(lease).await.is_err() {
+                        return LeaseEnd::Unreachable;
+                    }
+                }
+                r = self.broker.changed() => {
+                    if r.is_ok() && self.put_info(lease).await.is_err() {
                         return LeaseEnd::Unreachable;
                     }
                 }

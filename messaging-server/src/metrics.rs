@@ -32,6 +32,7 @@ pub struct Metrics {
     pub lag: Family<PartitionLabel, Gauge>,
     pub owned_partitions: Gauge,
     pub etcd_reachable: Gauge,
+    pub broker_reachable: Gauge,
     pub registered: Gauge,
     pub connections_refused: Counter,
     pub send_ack_seconds: Histogram,
@@ -67,6 +68,7 @@ impl Default for Metrics {
             lag: Family::default(),
             owned_partitions: Gauge::default(),
             etcd_reachable: Gauge::default(),
+            broker_reachable: Gauge::default(),
             registered: Gauge::default(),
             connections_refused: Counter::default(),
             send_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -183,6 +185,11 @@ impl Metrics {
             "etcd_reachable",
             "1 while etcd confirms this server's lease, 0 while it does not answer",
             self.etcd_reachable.clone(),
+        );
+        r.register(
+            "broker_reachable",
+            "1 while the broker answers this server's metadata requests; 0 after a lease TTL without an answer (its partitions are then moved)",
+            self.broker_reachable.clone(),
         );
         r.register(
             "registered",

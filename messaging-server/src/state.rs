@@ -43,6 +43,11 @@ pub struct AppState {
     pub registered: watch::Sender<bool>,
     /// True from the start of a drain; registration republishes on change.
     pub draining: watch::Sender<bool>,
+    /// Tells a session it is reading frames sent while the process was frozen.
+    pub freeze: Arc<crate::freeze::FreezeWatch>,
+    /// False while the broker does not answer (`broker_watch`); the
+    /// registration republishes on change.
+    pub broker_reachable: watch::Sender<bool>,
     /// Ends sessions and background tasks once the drain is over.
     pub stop: CancellationToken,
 }
@@ -95,6 +100,9 @@ impl AppState {
             // in the map: we own nothing, so an orchestrator must not count us.
             Some(a) if !self.in_map(&a) => return Some("not in the coordinator's partition map"),
             Some(_) => {}
+        }
+        if !*self.broker_reachable.borrow() {
+            return Some("the broker does not answer (partitions handed to servers that reach it)");
         }
         (!self.producer.is_healthy()).then_some("the Kafka producer is not ready")
     }

@@ -14,6 +14,10 @@ pub struct ServerInfo {
     pub weight: u32,
     #[serde(default)]
     pub draining: bool,
+    /// The server cannot reach the broker: the coordinator moves its
+    /// partitions to servers that can (when one can).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broker_unreachable: bool,
 }
 
 impl ServerInfo {
@@ -26,6 +30,7 @@ impl ServerInfo {
             http_url: format!("http://{host}"),
             weight: 1,
             draining: false,
+            broker_unreachable: false,
         }
     }
 }
@@ -107,6 +112,7 @@ mod tests {
                 http_url: "http://x".into(),
                 weight: 1,
                 draining: false,
+                broker_unreachable: false,
             },
         );
         a.owners = vec![Some(s1.clone()), None, Some(s1.clone())];

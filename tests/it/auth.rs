@@ -98,6 +98,7 @@ pub async fn expired_tokens_close_unless_refreshed(infra: Arc<Infra>) -> anyhow:
         device_id: "phone".into(),
         cursor: None,
         max_backoff: Duration::from_secs(1),
+        report_duplicates: false,
     });
     let (mut got, mut sessions, mut closes) = (0, 0, Vec::new());
     let until = Instant::now() + Duration::from_secs(10);

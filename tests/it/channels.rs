@@ -309,6 +309,7 @@ fn client(stack: &Stack, user: &str) -> Client {
         device_id: "screen".into(),
         cursor: None,
         max_backoff: Duration::from_secs(1),
+        report_duplicates: false,
         refresh: None,
     })
 }

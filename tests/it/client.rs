@@ -14,6 +14,7 @@ fn config(stack: &Stack, user: &str, device: &str) -> ClientConfig {
         device_id: device.into(),
         cursor: None,
         max_backoff: Duration::from_secs(2),
+        report_duplicates: false,
         refresh: None,
     }
 }

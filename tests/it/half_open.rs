@@ -37,6 +37,7 @@ pub async fn half_open_connections_are_noticed_by_both_ends(
         device_id: "phone".into(),
         cursor: None,
         max_backoff: Duration::from_secs(1),
+        report_duplicates: false,
         refresh: None,
     });
     expect_connected(&mut bob, false)

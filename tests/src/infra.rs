@@ -20,7 +20,7 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{GenericImage, ImageExt};
 
 pub const IMAGE_TAG: &str = "local";
-const PG_PASSWORD: &str = "switchboard";
+pub const PG_PASSWORD: &str = "switchboard";
 
 pub struct Infra {
     pub run_id: String,
@@ -281,10 +281,17 @@ fn broker_image(addr: &str) -> testcontainers::ContainerRequest<GenericImage> {
 }
 
 async fn wait_for_postgres(port: u16) -> anyhow::Result<()> {
-    let url = format!("postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{port}/postgres");
+    wait_for_postgres_url(&format!(
+        "postgres://switchboard:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+    ))
+    .await
+}
+
+/// Waits until PostgreSQL at `url` accepts a connection.
+pub async fn wait_for_postgres_url(url: &str) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match PgConnection::connect(&url).await {
+        match PgConnection::connect(url).await {
             Ok(conn) => {
                 let _ = conn.close().await;
                 return Ok(());
@@ -299,7 +306,7 @@ async fn wait_for_postgres(port: u16) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_etcd(url: &str) -> anyhow::Result<()> {
+pub async fn wait_for_etcd(url: &str) -> anyhow::Result<()> {
     let endpoints = vec![url.to_owned()];
     wait_until("etcd answers", Duration::from_secs(60), || async {
         match service::etcd::connect(&endpoints).await {

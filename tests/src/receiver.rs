@@ -79,6 +79,7 @@ impl Receivers {
                 device_id: "phone".into(),
                 cursor: None,
                 max_backoff: Duration::from_secs(1),
+                report_duplicates: false,
                 refresh: None,
             });
             tasks.push(tokio::spawn(collect(client, out.clone(), stop.clone())));

@@ -277,6 +277,7 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
         device_id: device.to_owned(),
         cursor,
         max_backoff: Duration::from_secs(5),
+        report_duplicates: false,
         // With the development secret, a long tail mints its own fresh tokens.
         refresh: cli.jwt_secret.clone().map(|secret| {
             let user = config_user.clone();
@@ -315,7 +316,7 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
                 eprintln!("disconnected ({code:?}); reconnecting")
             }
             Some(Event::Unauthorized) => anyhow::bail!("the token was refused"),
-            Some(Event::Synced(_)) => {}
+            Some(Event::Synced(_)) | Some(Event::Duplicate(_)) => {}
             Some(Event::Subscribed {
                 channel,
                 recovered,

@@ -133,3 +133,32 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn a_server_cut_from_the_broker_owns_nothing_while_another_reaches_it(n in 2usize..12, p in 1u32..128, cut in 0usize..12) {
+        let mut s = fleet(n);
+        let before = assign(&[], &s, p);
+        let id = sid(&format!("s{:03}", cut % n));
+        if let Some(info) = s.get_mut(&id) {
+            info.broker_unreachable = true;
+        }
+        let after = assign(&before, &s, p);
+        prop_assert!(after.iter().all(|o| o.is_some()));
+        prop_assert!(!after.iter().flatten().any(|o| *o == id));
+        // Only its partitions moved.
+        for part in moved(&before, &after) {
+            prop_assert_eq!(before[part].as_ref(), Some(&id));
+        }
+    }
+
+    #[test]
+    fn when_no_server_reaches_the_broker_nothing_moves(n in 1usize..12, p in 1u32..128) {
+        let mut s = fleet(n);
+        let before = assign(&[], &s, p);
+        for info in s.values_mut() {
+            info.broker_unreachable = true;
+        }
+        prop_assert_eq!(assign(&before, &s, p), before);
+    }
+}

@@ -92,6 +92,11 @@ impl Session {
                     if self.send_frame(&reply).await.is_err() { return ended("gone") }
                 }
                 m = self.stream.next(), if inbound.inflight.len() < MAX_INFLIGHT_SENDS => {
+                    if state.freeze.just_woke() {
+                        // Sent while we were frozen: the client resends it
+                        // wherever it reconnects (see freeze.rs).
+                        return ended("server woke from a freeze");
+                    }
                     last_seen = Instant::now();
                     let text = match m {
                         Some(Ok(WsMessage::Text(t))) => t,

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             println!("{}", report.table());
             println!(
                 "report: {}  plot: {}",
-                args.options.out.join("report.json").display(),
+                args.options.report_path().display(),
                 args.options.out.join("latency.png").display()
             );
             if report.passed() {

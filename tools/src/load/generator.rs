@@ -6,6 +6,8 @@
 
 use super::ledger::{now_us, Ledger};
 use super::traffic::{Mix, Population, To};
+use crate::history::record::Recorder;
+use crate::history::Op;
 use protocol::{ConversationId, MsgId, Target, UserId};
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +37,9 @@ pub struct Settings {
 pub struct Generator {
     pub population: Population,
     pub ledger: Arc<Ledger>,
+    pub recorder: Arc<Recorder>,
+    /// Partitions of the topic (from the coordinator's map).
+    partitions: u32,
     settings: Settings,
     names: Vec<String>,
     senders: Vec<Sender>,
@@ -60,9 +65,13 @@ impl Generator {
             .map(|u| format!("{prefix}u{u}"))
             .collect();
         create_groups(&settings, &population, &names, &prefix).await?;
+        let partitions = assignment(&settings.coordinators).await?.partitions;
         let ledger = Arc::new(Ledger::new(population.device_count()));
+        let recorder = Arc::new(Recorder::new(population.device_count()));
         let mut g = Self {
             ledger,
+            recorder,
+            partitions,
             in_flight: Arc::new(Semaphore::new(settings.in_flight)),
             names,
             senders: Vec::new(),
@@ -93,6 +102,11 @@ impl Generator {
         Ok(g)
     }
 
+    /// The coordinator URL(s) the devices resolve through.
+    pub fn coordinators(&self) -> &str {
+        &self.settings.coordinators
+    }
+
     /// Every user name of this run starts with it.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -109,6 +123,7 @@ impl Generator {
             cursor: None,
             max_backoff: Duration::from_secs(2),
             refresh: None,
+            report_duplicates: true,
         }
     }
 
@@ -120,6 +135,8 @@ impl Generator {
         self.finish.push(tx);
         let device = Device {
             index: self.population.device_index(user, device),
+            partition: protocol::partition_for(&self.names[user], self.partitions),
+            recorder: self.recorder.clone(),
             ledger: self.ledger.clone(),
             connected: self.connected.clone(),
             ever_connected: false,
@@ -177,21 +194,36 @@ impl Generator {
             return;
         };
         let msg_id = MsgId::derive(&sender_id, &cmid);
-        self.ledger
-            .sending(msg_id, p.kind, &self.population.expected(&p));
-        let sender = self.senders[self.population.device_index(p.sender, p.device)].clone();
+        let expected = self.population.expected(&p);
+        self.ledger.sending(msg_id, p.kind, &expected);
+        let index = self.population.device_index(p.sender, p.device);
+        let op = Op::Send {
+            msg_id,
+            kind: p.kind,
+            dm: matches!(p.to, To::User(_)),
+            to: expected.iter().map(|&d| d as u32).collect(),
+        };
+        self.recorder.record(index, op);
+        let sender = self.senders[index].clone();
         let ledger = self.ledger.clone();
+        let recorder = self.recorder.clone();
         let body = serde_json::json!({ "t": now_us(), "n": n });
         let kind = p.kind;
         self.sends.spawn(async move {
-            match sender.send_with_id(&format!("m{n}"), to, body, kind).await {
-                Ok(id) if id == msg_id => ledger.acked(id),
-                Ok(_) => ledger.send_failed("unexpected msg_id"),
-                Err(SendError::Stopped) => ledger.send_failed("unacked when the client closed"),
-                Err(SendError::Refused { code, .. }) => {
-                    ledger.send_failed(&format!("refused: {code:?}"))
+            let failed = match sender.send_with_id(&format!("m{n}"), to, body, kind).await {
+                Ok(id) if id == msg_id => {
+                    recorder.record(index, Op::Ack { msg_id });
+                    ledger.acked(id);
+                    None
                 }
-                Err(SendError::Invalid(_)) => ledger.send_failed("invalid"),
+                Ok(_) => Some("unexpected msg_id".to_owned()),
+                Err(SendError::Stopped) => Some("unacked when the client closed".to_owned()),
+                Err(SendError::Refused { code, .. }) => Some(format!("refused: {code:?}")),
+                Err(SendError::Invalid(_)) => Some("invalid".to_owned()),
+            };
+            if let Some(reason) = failed {
+                ledger.send_failed(&reason);
+                recorder.record(index, Op::SendFailed { msg_id, reason });
             }
             drop(permit);
         });
@@ -230,6 +262,7 @@ impl Generator {
     /// how many devices finished the resume with `synced`.
     pub async fn final_resume(mut self) -> usize {
         self.ledger.seal();
+        self.recorder.seal();
         for f in self.finish.drain(..) {
             let _ = f.send(());
         }
@@ -243,6 +276,8 @@ impl Generator {
 
 struct Device {
     index: usize,
+    partition: u32,
+    recorder: Arc<Recorder>,
     ledger: Arc<Ledger>,
     connected: Arc<AtomicUsize>,
     ever_connected: bool,
@@ -267,6 +302,7 @@ impl Device {
         let cursor = client.cursor();
         self.ledger.client_duplicates(client.duplicates());
         client.close().await;
+        self.recorder.record(self.index, Op::FinalResume);
         let mut client = Client::start(ClientConfig { cursor, ..config });
         let synced = tokio::time::timeout(Duration::from_secs(120), async {
             while let Some(e) = client.next_event().await {
@@ -285,8 +321,10 @@ impl Device {
 
     /// Records one event; true once the replay of a resume is over.
     fn on_event(&mut self, e: Event) -> bool {
+        self.record(&e);
         match e {
             Event::Message(m) => self.ledger.delivered(self.index, &m),
+            Event::Duplicate(_) => {}
             Event::Connected { resumed, .. } => {
                 self.ledger.connected(resumed, self.ever_connected);
                 if !self.ever_connected {
@@ -301,6 +339,65 @@ impl Device {
         }
         false
     }
+}
+
+impl Device {
+    fn record(&self, e: &Event) {
+        let cursor = |m: &protocol::frames::Message| {
+            m.cursor
+                .as_ref()
+                .filter(|_| m.channel.is_none())
+                .map(|c| String::from(c.clone()))
+        };
+        let op = match e {
+            Event::Message(m) => Op::Deliver {
+                msg_id: m.msg_id,
+                cursor: cursor(m),
+                replay: m.replay,
+            },
+            Event::Duplicate(m) => Op::Duplicate {
+                msg_id: m.msg_id,
+                cursor: cursor(m),
+                replay: m.replay,
+            },
+            Event::Connected {
+                server_id, resumed, ..
+            } => Op::Connect {
+                server: server_id.to_string(),
+                resumed: *resumed,
+                partition: self.partition,
+            },
+            Event::Disconnected { code } => Op::Close { code: *code },
+            Event::Unauthorized => Op::Close { code: Some(4001) },
+            Event::Synced(_) | Event::Subscribed { .. } => return,
+        };
+        self.recorder.record(self.index, op);
+    }
+}
+
+/// The coordinator's map, from the first replica that answers.
+pub async fn assignment(coordinators: &str) -> anyhow::Result<protocol::Assignment> {
+    let mut last = None;
+    for url in coordinators.split(',') {
+        let got = async {
+            reqwest::Client::new()
+                .get(format!("{}/v1/assignment", url.trim_end_matches('/')))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<protocol::Assignment>()
+                .await
+        }
+        .await;
+        match got {
+            Ok(a) => return Ok(a),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no coordinator answered with its map: {last:?}"
+    ))
 }
 
 async fn create_groups(

@@ -4,10 +4,13 @@
 //! failures, then checks that no chat message was lost or duplicated and
 //! that PostgreSQL holds exactly one row per message.
 
+pub mod backing;
 pub mod chaos;
 pub mod cluster;
 pub mod generator;
 pub mod ledger;
+pub mod net;
+pub mod partitions;
 pub mod plot;
 pub mod report;
 pub mod traffic;
@@ -65,9 +68,21 @@ pub struct Options {
     /// failure happened this many times.
     #[arg(long, default_value_t = 1)]
     pub chaos_rounds: usize,
-    /// Seconds a failed service stays down before its restart.
+    /// Seconds a failed service stays down before its restart (a cut link
+    /// or a frozen process, with --partitions).
     #[arg(long, default_value_t = 3)]
     pub chaos_down: u64,
+    /// Network faults and gray failures instead of kills (needs --chaos and
+    /// --network).
+    #[arg(long)]
+    pub network_faults: bool,
+    /// Only these faults (comma-separated), instead of every kill
+    /// (--chaos) or every network fault (--network-faults).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Vec<chaos::Fault>,
+    /// With --network-faults: seconds the servers' link to the broker stays slow and lossy.
+    #[arg(long, default_value_t = 60)]
+    pub slow_secs: u64,
     /// Coordinator replicas to start.
     #[arg(long, default_value_t = 2)]
     pub coordinators: usize,
@@ -80,6 +95,14 @@ pub struct Options {
     /// Partitions of the topic.
     #[arg(long, default_value_t = 12)]
     pub partitions: u32,
+    /// Every process on an address of its own, on a Docker network of the
+    /// run's own (needed by --network-faults).
+    #[arg(long)]
+    pub network: bool,
+    /// The servers' ping interval: a half-open connection is noticed by the
+    /// client after two, by the server after three.
+    #[arg(long, default_value_t = 20)]
+    pub ping_secs: u64,
     /// Extra librdkafka settings for the servers' producers, `k=v,k=v`.
     #[arg(long, default_value = "")]
     pub producer_config: String,
@@ -97,6 +120,9 @@ pub struct Options {
     /// Where report.json and latency.png go.
     #[arg(long, default_value = "target/load")]
     pub out: PathBuf,
+    /// Where the report goes (default: report.json in --out).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Upper bound for each wait after the send window (acks, deliveries, rows).
     #[arg(long, default_value_t = 180)]
     pub settle_secs: u64,
@@ -116,10 +142,30 @@ impl Options {
         if self.chaos && self.coordinator_url.is_some() {
             return Err("--chaos needs the containerised system (drop --coordinator-url)".into());
         }
+        if self.network_faults && !self.chaos {
+            return Err("--network-faults needs --chaos".into());
+        }
+        if self.fault_kinds().iter().any(|f| f.is_network()) && !self.network {
+            return Err("network faults need --network".into());
+        }
         if self.chaos && (self.servers < 2 || self.coordinators < 2) {
             return Err("--chaos needs at least 2 servers and 2 coordinators".into());
         }
         Ok(())
+    }
+
+    fn fault_kinds(&self) -> Vec<chaos::Fault> {
+        match (self.faults.is_empty(), self.network_faults) {
+            (false, _) => self.faults.clone(),
+            (true, true) => chaos::PARTITIONS.to_vec(),
+            (true, false) => chaos::ALL.to_vec(),
+        }
+    }
+
+    pub fn report_path(&self) -> PathBuf {
+        self.report
+            .clone()
+            .unwrap_or_else(|| self.out.join("report.json"))
     }
 
     /// The generator's settings and the database to check, from the
@@ -163,6 +209,8 @@ impl Options {
             persisters: self.persisters,
             partitions: self.partitions,
             producer_config: self.producer_config.clone(),
+            network: self.network,
+            ping_secs: self.ping_secs,
         }
     }
 }
@@ -215,6 +263,13 @@ async fn drive(opts: &Options, cluster: Option<&Cluster>) -> anyhow::Result<Repo
     }
     eprintln!("[load] connecting {} devices", opts.users * opts.devices);
     let mut gen = generator::Generator::start(settings).await?;
+    let recorder = gen.recorder.clone();
+    let maps = CancellationToken::new();
+    let poller = tokio::spawn(poll_maps(
+        recorder.clone(),
+        gen.coordinators().to_owned(),
+        maps.clone(),
+    ));
     let ledger = gen.ledger.clone();
     let prefix = gen.prefix().to_owned();
     let devices = gen.population.device_count();
@@ -225,6 +280,12 @@ async fn drive(opts: &Options, cluster: Option<&Cluster>) -> anyhow::Result<Repo
     gen.wait_quiet(Duration::from_secs(5), settle).await;
     eprintln!("[load] final resume of every device");
     let resumed = gen.final_resume().await;
+    maps.cancel();
+    let _ = poller.await;
+    let history_dir = opts.out.join("history");
+    recorder.write(&history_dir)?;
+    let (run, entries) = crate::history::read(&history_dir)?;
+    let history = crate::history::check::check(&run, &entries);
     let postgres = match db {
         Some(url) => Some(pg_check(&url, &prefix, &ledger.chat_ids(), settle).await?),
         None => None,
@@ -251,6 +312,7 @@ async fn drive(opts: &Options, cluster: Option<&Cluster>) -> anyhow::Result<Repo
         faults: window.faults,
         fault_counts,
         cpu: window.cpu,
+        history,
         failures: Vec::new(),
     };
     report.judge();
@@ -278,6 +340,7 @@ async fn send_window(
         if opts.chaos { " with chaos" } else { "" }
     );
     let cpu_before = cpu_snapshot(cluster);
+    let recorder = gen.recorder.clone();
     let started = Instant::now();
     let stop = CancellationToken::new();
     let until = started + Duration::from_secs(opts.seconds);
@@ -291,6 +354,8 @@ async fn send_window(
         rounds: opts.chaos_rounds,
         every: Duration::from_secs(opts.chaos_every),
         down: Duration::from_secs(opts.chaos_down),
+        slow: Duration::from_secs(opts.slow_secs),
+        faults: opts.fault_kinds(),
     };
     let (_, faults) = tokio::join!(
         async {
@@ -300,7 +365,14 @@ async fn send_window(
         async {
             match (cluster, opts.chaos) {
                 (Some(c), true) => {
-                    chaos::run(c, schedule, started, enough.clone(), stop.clone()).await
+                    chaos::run(
+                        c,
+                        schedule,
+                        (started, &recorder),
+                        enough.clone(),
+                        stop.clone(),
+                    )
+                    .await
                 }
                 _ => Vec::new(),
             }
@@ -350,8 +422,33 @@ fn cpu_use(
         .collect()
 }
 
+/// Records the coordinator's map every 100 ms (kept only when it changed),
+/// for the checker's stale-ownership count.
+async fn poll_maps(
+    recorder: std::sync::Arc<crate::history::record::Recorder>,
+    coordinators: String,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        for url in coordinators.split(',') {
+            if let Ok(a) = generator::assignment(url).await {
+                let owners = a
+                    .owners
+                    .iter()
+                    .map(|o| o.as_ref().map(|s| s.to_string()))
+                    .collect();
+                recorder.map(url, a.epoch, owners);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
 fn write(opts: &Options, report: &Report) -> anyhow::Result<()> {
-    let path = opts.out.join("report.json");
+    let path = opts.report_path();
     std::fs::write(&path, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("failed to write {}", path.display()))
 }

@@ -67,6 +67,8 @@ pub struct Report {
     pub faults: Vec<Happened>,
     pub fault_counts: BTreeMap<String, usize>,
     pub cpu: Vec<CpuUse>,
+    /// The recorded history's check (`history/` beside report.json).
+    pub history: crate::history::check::Findings,
     pub failures: Vec<String>,
 }
 
@@ -102,6 +104,14 @@ impl Report {
                 pg.rows, pg.distinct_chat_msg_ids_sent, pg.missing, pg.extra
             )),
             _ => {}
+        }
+        if !self.history.passed() {
+            let h = &self.history.total;
+            f.push(format!(
+                "the history check found {} lost, {} app duplicates, {} DM order violations, {} cursor regressions (e.g. {:?})",
+                h.lost, h.app_duplicates, h.dm_order_violations, h.cursor_regressions,
+                self.history.examples.iter().take(5).collect::<Vec<_>>()
+            ));
         }
         for h in self.faults.iter().filter(|h| h.error.is_some()) {
             f.push(format!(

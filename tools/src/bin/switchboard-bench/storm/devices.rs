@@ -86,6 +86,7 @@ pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
             device_id: "d".into(),
             cursor: None,
             max_backoff: Duration::from_secs(5),
+            report_duplicates: false,
         });
         if local < a.senders {
             let every = Duration::from_secs_f64(a.senders as f64 / a.rate.max(1) as f64);
