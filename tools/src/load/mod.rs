@@ -316,6 +316,18 @@ async fn drive(opts: &Options, cluster: Option<&Cluster>) -> anyhow::Result<Repo
         failures: Vec::new(),
     };
     report.judge();
+    if opts.chaos {
+        for f in opts.fault_kinds() {
+            let n = report.faults.iter().filter(|h| h.fault == f).count();
+            if n < opts.chaos_rounds {
+                report.failures.push(format!(
+                    "{} happened {n} times, fewer than --chaos-rounds {} (a longer --seconds lets the run go on)",
+                    f.label(),
+                    opts.chaos_rounds
+                ));
+            }
+        }
+    }
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("failed to create {}", opts.out.display()))?;
     let title = format!(
