@@ -32,6 +32,7 @@ use protocol::{EtcdLayout, ServerInfo};
 use service::etcd::{connect_retrying, spawn_assignment_watch};
 pub use service::supervise::Faults;
 use service::supervise::Supervisor;
+use service::Secret;
 use state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ pub async fn serve_with(
     info!(server = %info.server_id, ws_url = %info.ws_url, "messaging server starting");
     // A key that does not load fails before anything is connected.
     let auth = auth::Authenticator::new(
-        config.jwt_secret.as_deref(),
+        config.jwt_secret.as_ref().map(Secret::expose),
         config.jwt_public_key.as_deref(),
     )
     .context("failed to load the JWT key")?;

@@ -5,9 +5,11 @@ pub mod args;
 pub mod etcd;
 pub mod http;
 pub mod kafka;
+pub mod secret;
 pub mod supervise;
 
 pub use args::ConfigError;
+pub use secret::Secret;
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -177,7 +177,7 @@ async fn publish(stack: &Stack, key: &str, text: &str) -> anyhow::Result<()> {
 /// and the publication made in between.
 pub async fn browser_channel_panel_recovers_after_a_drain(infra: Arc<Infra>) -> anyhow::Result<()> {
     let mut stack = Stack::start_with(&infra, "browser-ch", 2, false, |c| {
-        c.api_keys = vec![KEY.to_owned()];
+        c.api_keys = vec![KEY.to_owned().into()];
     })
     .await?;
     let (_driver, webdriver) = chromedriver().await?;
@@ -203,7 +203,7 @@ pub async fn browser_channel_panel_recovers_after_a_drain(infra: Arc<Infra>) -> 
         publish(&stack, "goal-1", "1-0").await?;
         text_contains(&page, "#channel-messages", "1-0").await?;
         let (server, _) = stack.route("fan").await?;
-        stack.add_server(|c| c.api_keys = vec![KEY.to_owned()])?;
+        stack.add_server(|c| c.api_keys = vec![KEY.to_owned().into()])?;
         let old = stack
             .take_server(&server)
             .ok_or_else(|| anyhow::anyhow!("no server"))?;

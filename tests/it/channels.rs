@@ -109,7 +109,7 @@ fn error_code(f: &ServerFrame) -> Option<ErrorCode> {
 
 pub async fn channels_are_authorized_limited_and_served(infra: Arc<Infra>) -> anyhow::Result<()> {
     let stack = Stack::start_with(&infra, "chan-auth", 2, false, |c| {
-        c.api_keys = vec![KEY.to_owned()];
+        c.api_keys = vec![KEY.to_owned().into()];
         c.max_channels_per_device = 2;
         c.max_group_members = 3;
     })
@@ -254,7 +254,7 @@ pub async fn channel_recovery_says_when_the_log_was_trimmed(
     infra: Arc<Infra>,
 ) -> anyhow::Result<()> {
     let stack = Stack::start_with(&infra, "chan-trim", 1, false, |c| {
-        c.api_keys = vec![KEY.to_owned()]
+        c.api_keys = vec![KEY.to_owned().into()]
     })
     .await?;
     let urls: Vec<String> = stack.servers.iter().map(|s| s.url()).collect();
@@ -321,7 +321,7 @@ pub async fn channel_subscribers_lose_nothing_across_drain_and_crash(
     infra: Arc<Infra>,
 ) -> anyhow::Result<()> {
     let mut stack = Stack::start_with(&infra, "chan-fail", 3, false, |c| {
-        c.api_keys = vec![KEY.to_owned()]
+        c.api_keys = vec![KEY.to_owned().into()]
     })
     .await?;
     let a = stack.assignment().await?;
@@ -358,7 +358,7 @@ pub async fn channel_subscribers_lose_nothing_across_drain_and_crash(
             let old = stack
                 .take_server(&drained)
                 .ok_or_else(|| anyhow::anyhow!("no {drained}"))?;
-            stack.add_server(|c| c.api_keys = vec![KEY.to_owned()])?;
+            stack.add_server(|c| c.api_keys = vec![KEY.to_owned().into()])?;
             tokio::spawn(old.stop());
         }
         if i == 100 {
@@ -366,7 +366,7 @@ pub async fn channel_subscribers_lose_nothing_across_drain_and_crash(
                 .take_server(&crashed)
                 .ok_or_else(|| anyhow::anyhow!("no {crashed}"))?;
             old.kill().await;
-            stack.add_server(|c| c.api_keys = vec![KEY.to_owned()])?;
+            stack.add_server(|c| c.api_keys = vec![KEY.to_owned().into()])?;
         }
         let urls: Vec<String> = stack.servers.iter().map(|s| s.url()).collect();
         sent.push(publish(&urls, channel.as_str(), &format!("p{i}"), "chat").await?);

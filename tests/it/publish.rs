@@ -27,7 +27,7 @@ fn publication(to: Value, key: &str) -> Value {
 
 pub async fn backends_publish_with_api_keys(infra: Arc<Infra>) -> anyhow::Result<()> {
     let stack = Stack::start_with(&infra, "publish", 2, true, |c| {
-        c.api_keys = vec![KEY.to_owned()];
+        c.api_keys = vec![KEY.to_owned().into()];
     })
     .await?;
     let (s0, s1) = (stack.servers[0].url(), stack.servers[1].url());
