@@ -3,7 +3,7 @@
 //! from the broker, from its clients, frozen; the coordinator leader cut
 //! from etcd; the persister cut from PostgreSQL and from the broker; a slow,
 //! lossy broker link; a 1 | 2 split of the servers) while chat DMs, group
-//! messages and ephemeral messages flow; then the recorded history is
+//! messages, channel publications and ephemeral messages flow; then the recorded history is
 //! checked: nothing lost, no duplicate the app saw, DMs in order, no cursor
 //! regression, one map per epoch, one PostgreSQL row per message.
 
@@ -31,6 +31,7 @@ async fn network_faults_lose_nothing(_infra: Arc<Infra>) -> anyhow::Result<()> {
         "--users=24",
         "--devices=2",
         "--group-size=6",
+        "--channel=10",
         "--rate=20",
         "--seconds=30",
         "--network",

@@ -8,7 +8,7 @@ use super::ledger::{now_us, Ledger};
 use super::traffic::{Mix, Population, To};
 use crate::history::record::Recorder;
 use crate::history::Op;
-use protocol::{ConversationId, MsgId, Target, UserId};
+use protocol::{ChannelName, ConversationId, MsgId, Target, UserId};
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,8 @@ pub struct Settings {
     pub groups: usize,
     pub rate: f64,
     pub mix: Mix,
+    /// Channels the devices subscribe to (one each).
+    pub channels: usize,
     /// Sends allowed to wait for their ack at once (the rest wait to start).
     pub in_flight: usize,
     pub seed: u64,
@@ -54,11 +56,12 @@ pub struct Generator {
 impl Generator {
     /// Creates the groups and connects every device.
     pub async fn start(settings: Settings) -> anyhow::Result<Self> {
-        let population = Population::new(
+        let population = Population::with_channels(
             settings.users,
             settings.devices,
             settings.group_size,
             settings.groups,
+            settings.channels,
         );
         let prefix = format!("l{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         let names: Vec<String> = (0..settings.users)
@@ -112,11 +115,23 @@ impl Generator {
         &self.prefix
     }
 
+    /// Channel `c` of this run.
+    fn channel(&self, c: usize) -> Option<ChannelName> {
+        ChannelName::new(format!("ch:{}.c{c}", self.prefix)).ok()
+    }
+
     fn client_config(&self, user: usize, device: usize) -> ClientConfig {
         let name = &self.names[user];
+        // Every channel of this run, to watch and to publish to.
+        let run_channels = vec![format!("ch:{}.*", self.prefix)];
+        let grants = switchboard_client::token::Grants {
+            channels: run_channels.clone(),
+            publish: run_channels,
+        };
+        let secret = &self.settings.jwt_secret;
         ClientConfig {
             coordinator_url: self.settings.coordinators.clone(),
-            token: switchboard_client::token::mint_hs256(&self.settings.jwt_secret, name, 86_400)
+            token: switchboard_client::token::mint_hs256_with(secret, name, 86_400, &grants)
                 .unwrap_or_default(),
             user_id: name.clone(),
             device_id: format!("d{device}"),
@@ -133,8 +148,13 @@ impl Generator {
         self.senders.push(client.sender());
         let (tx, rx) = oneshot::channel();
         self.finish.push(tx);
+        let index = self.population.device_index(user, device);
         let device = Device {
-            index: self.population.device_index(user, device),
+            channel: self
+                .population
+                .channel_of(index)
+                .and_then(|c| self.channel(c)),
+            index,
             partition: protocol::partition_for(&self.names[user], self.partitions),
             recorder: self.recorder.clone(),
             ledger: self.ledger.clone(),
@@ -180,12 +200,13 @@ impl Generator {
     ) {
         let p = self.population.plan(self.settings.mix, rng);
         let to = match &p.to {
-            To::User(u) => UserId::new(self.names[*u].as_str()).map(Target::User),
-            To::Group(g) => {
-                ConversationId::new(format!("{}g{g}", self.prefix)).map(Target::Conversation)
-            }
+            To::User(u) => UserId::new(self.names[*u].as_str()).ok().map(Target::User),
+            To::Group(g) => ConversationId::new(format!("{}g{g}", self.prefix))
+                .ok()
+                .map(Target::Conversation),
+            To::Channel(c) => self.channel(*c).map(Target::Channel),
         };
-        let (Ok(to), Ok(sender_id), Ok(cmid)) = (
+        let (Some(to), Ok(sender_id), Ok(cmid)) = (
             to,
             UserId::new(self.names[p.sender].as_str()),
             protocol::ClientMsgId::new(format!("m{n}")),
@@ -196,6 +217,9 @@ impl Generator {
         let msg_id = MsgId::derive(&sender_id, &cmid);
         let expected = self.population.expected(&p);
         self.ledger.sending(msg_id, p.kind, &expected);
+        if matches!(p.to, To::Channel(_)) {
+            self.ledger.to_channel(msg_id);
+        }
         let index = self.population.device_index(p.sender, p.device);
         let op = Op::Send {
             msg_id,
@@ -276,6 +300,8 @@ impl Generator {
 
 struct Device {
     index: usize,
+    /// The channel it watches (recovered from its cursor after a restart).
+    channel: Option<ChannelName>,
     partition: u32,
     recorder: Arc<Recorder>,
     ledger: Arc<Ledger>,
@@ -290,6 +316,12 @@ impl Device {
         config: ClientConfig,
         mut finish: oneshot::Receiver<()>,
     ) -> bool {
+        if let Some(ch) = &self.channel {
+            // Events wait in the client's queue meanwhile.
+            if let Err(e) = client.subscribe(ch).await {
+                self.ledger.send_failed(&format!("subscribe: {e}"));
+            }
+        }
         loop {
             tokio::select! {
                 e = client.next_event() => match e {
@@ -300,10 +332,21 @@ impl Device {
             }
         }
         let cursor = client.cursor();
+        let channel_cursor = self
+            .channel
+            .as_ref()
+            .and_then(|ch| client.channel_cursor(ch));
         self.ledger.client_duplicates(client.duplicates());
         client.close().await;
         self.recorder.record(self.index, Op::FinalResume);
         let mut client = Client::start(ClientConfig { cursor, ..config });
+        if let Some(ch) = &self.channel {
+            // Resolves after what was published since the cursor was delivered.
+            if let Err(e) = client.subscribe_from(ch, channel_cursor).await {
+                self.ledger
+                    .send_failed(&format!("subscribe at the final resume: {e}"));
+            }
+        }
         let synced = tokio::time::timeout(Duration::from_secs(120), async {
             while let Some(e) = client.next_event().await {
                 if self.on_event(e) {

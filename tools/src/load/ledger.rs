@@ -23,6 +23,8 @@ struct Sent {
     /// Acked only after the final resume began: its deliveries cannot be
     /// checked (a device may have finished its resume before).
     late: bool,
+    /// A channel publication: never written to PostgreSQL.
+    channel: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -114,6 +116,7 @@ impl Ledger {
                     expected,
                     acked: false,
                     late: false,
+                    channel: false,
                 },
             );
         });
@@ -206,12 +209,22 @@ impl Ledger {
         self.with(|i| (i.live.clone(), i.all.clone()))
     }
 
-    /// Distinct chat msg_ids the generator sent (acked or not).
+    /// `id` (already `sending`) is a channel publication.
+    pub fn to_channel(&self, id: MsgId) {
+        self.with(|i| {
+            if let Some(s) = i.sent.get_mut(&id) {
+                s.channel = true;
+            }
+        });
+    }
+
+    /// Distinct chat msg_ids the generator sent (acked or not) that
+    /// PostgreSQL must hold: every chat message but channel publications.
     pub fn chat_ids(&self) -> HashSet<MsgId> {
         self.with(|i| {
             i.sent
                 .iter()
-                .filter(|(_, s)| s.kind == Kind::Chat)
+                .filter(|(_, s)| s.kind == Kind::Chat && !s.channel)
                 .map(|(id, _)| *id)
                 .collect()
         })
@@ -322,5 +335,15 @@ mod tests {
         l.acked(id(1));
         let t = l.tally();
         assert_eq!((t.chat_acked, t.chat_acked_late, t.lost), (0, 1, 0));
+    }
+
+    #[test]
+    fn postgresql_holds_chat_but_not_channel_publications() {
+        let l = Ledger::new(2);
+        l.sending(id(1), Kind::Chat, &[0, 1]);
+        l.sending(id(2), Kind::Ephemeral, &[1]);
+        l.sending(id(3), Kind::Chat, &[1]);
+        l.to_channel(id(3));
+        assert_eq!(l.chat_ids(), [id(1)].into_iter().collect());
     }
 }

@@ -52,6 +52,13 @@ pub struct Options {
     /// Percent of sends that are ephemeral (DM or group).
     #[arg(long, default_value_t = 15)]
     pub ephemeral: u32,
+    /// Percent of sends that are chat publications to a channel (each
+    /// device subscribes to one of --channels channels).
+    #[arg(long, default_value_t = 0)]
+    pub channel: u32,
+    /// Channels, with --channel.
+    #[arg(long, default_value_t = 4)]
+    pub channels: usize,
     /// Sends waiting for their ack at once; beyond it the rate drops.
     #[arg(long, default_value_t = 4000)]
     pub in_flight: usize,
@@ -136,8 +143,11 @@ impl Options {
         if !self.rate.is_finite() || self.rate <= 0.0 || self.seconds == 0 {
             return Err("--rate and --seconds must be positive".into());
         }
-        if self.dm + self.group + self.ephemeral == 0 {
-            return Err("--dm, --group and --ephemeral cannot all be 0".into());
+        if self.dm + self.group + self.ephemeral + self.channel == 0 {
+            return Err("--dm, --group, --ephemeral and --channel cannot all be 0".into());
+        }
+        if self.channel > 0 && self.channels == 0 {
+            return Err("--channel needs --channels of at least 1".into());
         }
         if self.chaos && self.coordinator_url.is_some() {
             return Err("--chaos needs the containerised system (drop --coordinator-url)".into());
@@ -195,7 +205,9 @@ impl Options {
                 dm: self.dm,
                 group: self.group,
                 ephemeral: self.ephemeral,
+                channel: self.channel,
             },
+            channels: if self.channel > 0 { self.channels } else { 0 },
             in_flight: self.in_flight,
             seed: self.seed,
         };

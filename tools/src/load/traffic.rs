@@ -14,6 +14,8 @@ pub struct Population {
     pub groups: Vec<Vec<usize>>,
     /// The groups each user belongs to.
     pub groups_of: Vec<Vec<usize>>,
+    /// Channels; device `d` subscribes to channel `d % channels`.
+    pub channels: usize,
 }
 
 /// Shares of each kind of message, in percent of all sends.
@@ -22,12 +24,15 @@ pub struct Mix {
     pub dm: u32,
     pub group: u32,
     pub ephemeral: u32,
+    /// Chat publications to a channel.
+    pub channel: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum To {
     User(usize),
     Group(usize),
+    Channel(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +47,17 @@ impl Population {
     /// Groups of `size` members: user `u` starts group `g` when
     /// `u % groups_every == 0`, with the next `size - 1` users (wrapping).
     pub fn new(users: usize, devices: usize, group_size: usize, groups: usize) -> Self {
+        Self::with_channels(users, devices, group_size, groups, 0)
+    }
+
+    /// [`Population::new`] with `channels` channels (none when 0).
+    pub fn with_channels(
+        users: usize,
+        devices: usize,
+        group_size: usize,
+        groups: usize,
+        channels: usize,
+    ) -> Self {
         let size = group_size.clamp(2, users.max(2));
         let stride = (users / groups.max(1)).max(1);
         let groups: Vec<Vec<usize>> = (0..groups.min(users))
@@ -58,6 +74,7 @@ impl Population {
             devices,
             groups,
             groups_of,
+            channels,
         }
     }
 
@@ -69,19 +86,36 @@ impl Population {
         user * self.devices + device
     }
 
+    /// The channel device `index` subscribes to.
+    pub fn channel_of(&self, index: usize) -> Option<usize> {
+        (self.channels > 0).then(|| index % self.channels)
+    }
+
     /// The next message: a random sending device, a kind drawn from `mix`
-    /// (a group message from a user in no group becomes a DM), a target.
+    /// (a group message from a user in no group becomes a DM, and so does a
+    /// channel publication without channels), a target.
     pub fn plan(&self, mix: Mix, rng: &mut impl Rng) -> Planned {
         let sender = rng.random_range(0..self.users);
         let device = rng.random_range(0..self.devices);
-        let total = (mix.dm + mix.group + mix.ephemeral).max(1);
+        let total = (mix.dm + mix.group + mix.ephemeral + mix.channel).max(1);
         let roll = rng.random_range(0..total);
         let (kind, group) = if roll < mix.dm {
             (Kind::Chat, false)
         } else if roll < mix.dm + mix.group {
             (Kind::Chat, true)
-        } else {
+        } else if roll < mix.dm + mix.group + mix.ephemeral {
             (Kind::Ephemeral, rng.random_bool(0.5))
+        } else if self.channels > 0 {
+            let to = To::Channel(rng.random_range(0..self.channels));
+            let kind = Kind::Chat;
+            return Planned {
+                sender,
+                device,
+                kind,
+                to,
+            };
+        } else {
+            (Kind::Chat, false)
         };
         let mine = &self.groups_of[sender];
         let to = if group && !mine.is_empty() {
@@ -110,6 +144,12 @@ impl Population {
         let mut users = match &p.to {
             To::User(u) => vec![p.sender, *u],
             To::Group(g) => self.groups[*g].clone(),
+            // Its subscribers, the sending device included.
+            To::Channel(c) => {
+                return (0..self.device_count())
+                    .filter(|&d| self.channel_of(d) == Some(*c))
+                    .collect()
+            }
         };
         users.sort_unstable();
         users.dedup();
@@ -131,8 +171,9 @@ mod tests {
 
     const MIX: Mix = Mix {
         dm: 50,
-        group: 30,
+        group: 25,
         ephemeral: 20,
+        channel: 5,
     };
 
     #[test]
@@ -175,18 +216,25 @@ mod tests {
     proptest! {
         #[test]
         fn plans_are_valid(users in 2usize..60, devices in 1usize..5, size in 2usize..10,
-                           groups in 0usize..10, seed: u64) {
-            let pop = Population::new(users, devices, size, groups);
+                           groups in 0usize..10, channels in 0usize..4, seed: u64) {
+            let pop = Population::with_channels(users, devices, size, groups, channels);
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             for _ in 0..50 {
                 let p = pop.plan(MIX, &mut rng);
                 let expected = pop.expected(&p);
                 let sending = pop.device_index(p.sender, p.device);
-                prop_assert_eq!(expected.contains(&sending), p.kind == Kind::Chat);
                 match p.to {
                     To::User(u) => prop_assert_ne!(u, p.sender),
                     To::Group(g) => prop_assert!(pop.groups[g].contains(&p.sender)),
+                    To::Channel(c) => {
+                        prop_assert!(c < channels && p.kind == Kind::Chat);
+                        prop_assert!(expected.iter().all(|&d| pop.channel_of(d) == Some(c)));
+                        prop_assert_eq!(expected.len(), (0..pop.device_count()).filter(|&d| d % channels == c).count());
+                        prop_assert_eq!(expected.contains(&sending), pop.channel_of(sending) == Some(c));
+                        continue;
+                    }
                 }
+                prop_assert_eq!(expected.contains(&sending), p.kind == Kind::Chat);
                 let mut sorted = expected.clone();
                 sorted.dedup();
                 prop_assert_eq!(sorted.len(), expected.len());
