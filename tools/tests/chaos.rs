@@ -4,26 +4,19 @@
 //! one PostgreSQL row per distinct msg_id. One persister: after its
 //! `kill -9` the broker must hand its partitions back to the restarted one.
 
-use clap::Parser;
 use harness::Infra;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tools::load::chaos::ALL;
-use tools::load::{run, Options};
+use tools::load::{options_from, run};
 
 fn main() -> ExitCode {
     harness::trials::main(harness::tests![chaos_run_loses_nothing])
 }
 
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    options: Options,
-}
-
 async fn chaos_run_loses_nothing(infra: Arc<Infra>) -> anyhow::Result<()> {
     let out = std::env::current_dir()?.join("../target/test-artifacts/load-chaos");
-    let args = Args::try_parse_from([
+    let options = options_from([
         "load",
         "--users=24",
         "--devices=3",
@@ -40,7 +33,7 @@ async fn chaos_run_loses_nothing(infra: Arc<Infra>) -> anyhow::Result<()> {
         "--settle-secs=90",
         &format!("--out={}", out.display()),
     ])?;
-    let report = run(&args.options, Some(infra)).await?;
+    let report = run(&options, Some(infra)).await?;
     eprintln!("{}", report.table());
     for fault in ALL {
         anyhow::ensure!(

@@ -7,26 +7,19 @@
 //! checked: nothing lost, no duplicate the app saw, DMs in order, no cursor
 //! regression, one map per epoch, one PostgreSQL row per message.
 
-use clap::Parser;
 use harness::Infra;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tools::load::chaos::PARTITIONS;
-use tools::load::{run, Options};
+use tools::load::{options_from, run};
 
 fn main() -> ExitCode {
     harness::trials::main(harness::tests![network_faults_lose_nothing])
 }
 
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    options: Options,
-}
-
 async fn network_faults_lose_nothing(_infra: Arc<Infra>) -> anyhow::Result<()> {
     let out = std::env::current_dir()?.join("../target/test-artifacts/load-partitions");
-    let args = Args::try_parse_from([
+    let options = options_from([
         "load",
         "--users=24",
         "--devices=2",
@@ -48,7 +41,7 @@ async fn network_faults_lose_nothing(_infra: Arc<Infra>) -> anyhow::Result<()> {
         "--settle-secs=90",
         &format!("--out={}", out.display()),
     ])?;
-    let report = run(&args.options, None).await?;
+    let report = run(&options, None).await?;
     eprintln!("{}", report.table());
     for fault in PARTITIONS {
         anyhow::ensure!(

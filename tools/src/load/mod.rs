@@ -227,6 +227,21 @@ impl Options {
     }
 }
 
+/// Options from command-line words, as `switchboard-load` takes them (for
+/// the tests' short runs).
+pub fn options_from<I, T>(args: I) -> Result<Options, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        options: Options,
+    }
+    <Args as clap::Parser>::try_parse_from(args).map(|a| a.options)
+}
+
 /// Runs the whole load (and chaos) run and writes the report files.
 /// `infra`: broker, etcd and PostgreSQL to share (tests); `None` starts them.
 pub async fn run(

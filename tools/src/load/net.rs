@@ -9,19 +9,24 @@ use anyhow::Context;
 use rand::Rng;
 use std::time::Duration;
 
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("docker")
+/// Runs `program` and returns its output, or an error with what it printed.
+async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(program)
         .args(args)
         .output()
         .await
-        .context("failed to run docker")?;
+        .with_context(|| format!("failed to run {program}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "docker {}: {}",
+        "{program} {}: {}",
         args.first().copied().unwrap_or(""),
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn docker(args: &[&str]) -> anyhow::Result<String> {
+    run("docker", args).await
 }
 
 /// A container the run created; removed by `remove` or, failing that, on drop.
@@ -123,18 +128,10 @@ impl Container {
             .to_string();
         let mut args = vec!["-t", &pid, "-n", "iptables", "-w"];
         args.extend_from_slice(rule);
-        let out = tokio::process::Command::new("nsenter")
-            .args(&args)
-            .output()
+        run("nsenter", &args)
             .await
-            .context("failed to run nsenter")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "iptables {rule:?} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
+            .with_context(|| format!("iptables {rule:?} in {}", self.name))
+            .map(drop)
     }
 
     /// Drops every packet to and from `peer` (optionally one TCP port of
