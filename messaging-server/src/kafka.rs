@@ -1,22 +1,22 @@
-//! Kafka consumers: the live consumer (manual `assign()` of
-//! exactly this server's partitions) and bounded log reads for resume.
+//! Kafka clients of the server's consumers (the loop is
+//! [`crate::consumer`]), a consumed run decoded and framed once, and the
+//! user topic's sink: the hub.
 
+use crate::consumer::Sink;
+use crate::delivery::Entry;
 use crate::frame::{encode, message};
-use crate::hub::{Consumed, Hub};
+use crate::hub::{Close, Hub};
 use crate::metrics::Metrics;
 use futures_util::FutureExt;
-use protocol::{Record, ServerId};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use protocol::{Record, ServerFrame, ServerId};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
 use service::etcd::AssignmentRx;
-use service::kafka::{from_kafka, to_kafka};
-use std::sync::Arc;
+use service::kafka::from_kafka;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 /// Most consumed records handed to the hub under one lock.
 const MAX_RUN: usize = 512;
@@ -122,7 +122,7 @@ pub fn stop_at(too_new: &TooNew, metrics: &Metrics) {
 }
 
 /// A decoded record at its (partition, offset), with its frame.
-pub type FramedRecord<R> = ((u32, i64), R, axum::extract::ws::Utf8Bytes);
+pub type FramedRecord<R> = Entry<R, axum::extract::ws::Utf8Bytes>;
 
 /// A consumed run's records that decode, each with its (partition, offset)
 /// and its frame, in the run's order — up to the first record too new to
@@ -140,7 +140,12 @@ pub fn framed_run<R>(
         let at = (from_kafka(m.partition()), m.offset());
         let payload = m.payload().unwrap_or_default();
         match framed(at, payload, assignment, metrics, decode, frame) {
-            Ok(Some((record, framed))) => out.push((at, record, framed)),
+            Ok(Some((record, frame))) => out.push(Entry {
+                partition: at.0,
+                offset: at.1,
+                record,
+                frame,
+            }),
             Ok(None) => {}
             Err(too_new) => return (out, Some(too_new)),
         }
@@ -148,131 +153,39 @@ pub fn framed_run<R>(
     (out, None)
 }
 
-/// Partition changes for the consumer task, from the ownership watcher.
-#[derive(Debug)]
-pub enum Ownership {
-    Gain(u32),
-    Lose(u32, crate::hub::Close),
-}
+/// The user topic's records go to the hub: each to its recipients' devices.
+impl Sink for Hub {
+    type Record = Record;
 
-pub struct LiveConsumer {
-    pub consumer: Arc<LiveStream>,
-    pub topic: String,
-    pub hub: Arc<Hub>,
-    pub metrics: Metrics,
-    /// The partition map; its log epoch goes into every cursor.
-    pub assignment: AssignmentRx,
-}
+    fn decode(payload: &[u8]) -> Result<Record, protocol::record::RecordError> {
+        Record::decode(payload)
+    }
 
-impl LiveConsumer {
-    pub async fn run(mut self, mut ctrl: mpsc::Receiver<Ownership>, cancel: CancellationToken) {
-        let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                m = self.consumer.recv() => match m {
-                    Ok(msg) => if let Some(too_new) = self.dispatch(&ready_run(&self.consumer, msg)) {
-                        return stop_at(&too_new, &self.metrics);
-                    },
-                    Err(e) => {
-                        warn!(error = %e, "consume failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = lag_tick.tick() => self.report_lag(),
-                c = ctrl.recv() => match c {
-                    Some(c) => self.apply(c).await,
-                    None => return,
-                },
-                _ = cancel.cancelled() => return,
-            }
+    fn frame(record: &Record, log_epoch: &str, offset: i64, replayed: bool) -> ServerFrame {
+        message(record, log_epoch, offset, replayed)
+    }
+
+    fn open(&self, starts: &[(u32, i64)]) {
+        for (p, start) in starts {
+            self.open_partition(*p, *start);
         }
     }
 
-    /// Lag for dashboards only: the broker's high watermark is never used
-    /// for delivery decisions.
-    fn report_lag(&self) {
-        let (consumer, topic, metrics) = (
-            self.consumer.clone(),
-            self.topic.clone(),
-            self.metrics.clone(),
-        );
-        let positions = self.hub.positions();
-        tokio::task::spawn_blocking(move || {
-            metrics.lag.clear();
-            for (p, next) in positions {
-                match consumer.fetch_watermarks(&topic, to_kafka(p), Duration::from_secs(2)) {
-                    Ok((_, high)) => {
-                        let label = crate::metrics::PartitionLabel { partition: p };
-                        metrics.lag.get_or_create(&label).set((high - next).max(0));
-                    }
-                    Err(e) => tracing::debug!(partition = p, error = %e, "lag not measured"),
-                }
-            }
-            tracing::debug!("lag measured");
-        });
+    fn close(&self, partition: u32, close: Close) {
+        self.close_partition(partition, |_| close.clone());
     }
 
-    /// Delivers what `run` holds up to a record too new to read past.
-    fn dispatch(&self, run: &[BorrowedMessage<'_>]) -> Option<TooNew> {
-        let (framed, too_new) = framed_run(
-            run,
-            &self.assignment,
-            &self.metrics,
-            Record::decode,
-            message,
-        );
-        let batch: Vec<Consumed<'_>> = framed
-            .iter()
-            .map(|((partition, offset), record, frame)| Consumed {
-                partition: *partition,
-                offset: *offset,
-                record,
-                frame,
-            })
-            .collect();
-        let d = self.hub.dispatch_batch(&batch);
-        self.metrics.deliveries.inc_by(d.delivered as u64);
-        self.metrics.overflows.inc_by(d.overflowed as u64);
-        for c in &batch {
-            self.metrics.set_position(c.partition, c.offset);
+    fn positions(&self) -> Vec<(u32, i64)> {
+        Hub::positions(self)
+    }
+
+    fn deliver(&self, run: &[FramedRecord<Record>], metrics: &Metrics) {
+        let d = self.dispatch_batch(run);
+        metrics.deliveries.inc_by(d.delivered as u64);
+        metrics.overflows.inc_by(d.overflowed as u64);
+        for c in run {
+            metrics.set_position(c.partition, c.offset);
         }
-        too_new
-    }
-
-    async fn apply(&mut self, change: Ownership) {
-        match change {
-            Ownership::Gain(p) => {
-                if let Err(e) = self.gain(p).await {
-                    warn!(partition = p, error = %e, "failed to take partition; will retry on the next epoch");
-                }
-            }
-            Ownership::Lose(p, close) => {
-                self.hub.close_partition(p, |_| close.clone());
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&self.topic, to_kafka(p));
-                if let Err(e) = self.consumer.incremental_unassign(&tpl) {
-                    warn!(partition = p, error = %e, "unassign failed");
-                }
-                info!(partition = p, "released partition");
-            }
-        }
-    }
-
-    /// Starts reading at the log's end: sessions of the partition may start
-    /// at once, everything before `high` replayed, everything after live.
-    async fn gain(&mut self, p: u32) -> Result<(), KafkaError> {
-        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
-        let (_, high) = tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(&topic, to_kafka(p), Duration::from_secs(5))
-        })
-        .await
-        .map_err(|_| KafkaError::Canceled)??;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, to_kafka(p), Offset::Offset(high))?;
-        self.consumer.incremental_assign(&tpl)?;
-        self.hub.open_partition(p, high);
-        info!(partition = p, start = high, "serving partition");
-        Ok(())
     }
 }
 

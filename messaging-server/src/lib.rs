@@ -6,6 +6,8 @@ mod broker_watch;
 mod channels;
 mod coalesce;
 mod config;
+mod consumer;
+mod delivery;
 mod demo;
 mod fds;
 mod frame;
@@ -116,15 +118,21 @@ pub async fn serve_with(
             stop.clone(),
         ),
     );
-    let channels = channels::consumer::ChannelConsumer {
+    let channels = consumer::LogConsumer {
         consumer: Arc::new(channel_consumer),
         topic: state.channel_topic.clone(),
-        channels: state.channels.clone(),
-        hub: state.hub.clone(),
+        sink: Arc::new(channels::consumer::ChannelSink {
+            channels: state.channels.clone(),
+            hub: state.hub.clone(),
+        }),
         metrics: state.metrics.clone(),
         assignment: state.assignment_rx.clone(),
+        lag: None,
     };
-    tasks.spawn("channel-consumer", channels.run(stop.clone()));
+    tasks.spawn(
+        "channel-consumer",
+        channels::consumer::run(channels, stop.clone()),
+    );
     let failed = tokio::select! {
         biased;
         _ = shutdown.cancelled() => None,
@@ -152,12 +160,13 @@ fn spawn_tasks(
 ) {
     let stop = state.stop.clone();
     let (own_tx, own_rx) = tokio::sync::mpsc::channel(256);
-    let live = kafka::LiveConsumer {
+    let live = consumer::LogConsumer {
         consumer: Arc::new(consumer),
         topic: state.topic().to_owned(),
-        hub: state.hub.clone(),
+        sink: state.hub.clone(),
         metrics: state.metrics.clone(),
         assignment: state.assignment_rx.clone(),
+        lag: Some(state.metrics.lag.clone()),
     };
     tasks.spawn("kafka-consumer", live.run(own_rx, stop.clone()));
     tasks.spawn(

@@ -1,9 +1,9 @@
 //! Registration in etcd under a lease, and turning assignment epochs into
 //! partition gains and losses for the consumer.
 
+use crate::consumer::Ownership;
 use crate::frame::encode;
 use crate::hub::Close;
-use crate::kafka::Ownership;
 use crate::state::AppState;
 use etcd_client::{Client, PutOptions};
 use protocol::frames::Redirect;

@@ -1,120 +1,84 @@
-//! The channel consumer: manual `assign()` of every partition of the
-//! channel topic, from its end, and the fan-out to local subscribers.
+//! The channel topic's sink: every partition of it, assigned from its end
+//! at start, fanned out to local subscribers by the channel hub.
 
-use super::{ChannelHub, Publication};
+use super::ChannelHub;
+use crate::consumer::{LogConsumer, Sink};
 use crate::frame::channel_message;
 use crate::hub::{Close, Hub};
-use crate::kafka::{framed_run, ready_run, stop_at, TooNew};
+use crate::kafka::FramedRecord;
 use crate::metrics::Metrics;
-use protocol::{ChannelRecord, CloseCode};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
-use rdkafka::{Offset, TopicPartitionList};
-use service::etcd::AssignmentRx;
+use protocol::record::RecordError;
+use protocol::{ChannelRecord, CloseCode, ServerFrame};
 use service::Backoff;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub struct ChannelConsumer {
-    pub consumer: Arc<StreamConsumer>,
-    pub topic: String,
-    pub channels: Arc<ChannelHub>,
-    pub hub: Arc<Hub>,
-    pub metrics: Metrics,
-    /// The partition map; its log epoch goes into every channel cursor.
-    pub assignment: AssignmentRx,
+/// Channel publications go to the channel hub; a connection whose queue
+/// overflows is closed through the (user) hub that owns it.
+pub struct ChannelSink {
+    pub channels: std::sync::Arc<ChannelHub>,
+    pub hub: std::sync::Arc<Hub>,
 }
 
-impl ChannelConsumer {
-    pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        loop {
-            match self.open().await {
-                Ok(n) => {
-                    info!(topic = %self.topic, partitions = n, "serving channels");
-                    break;
-                }
-                Err(e) => {
-                    warn!(topic = %self.topic, error = %e, "channel topic not readable yet; retrying")
-                }
-            }
-            if !backoff.wait(&stop).await {
-                return;
-            }
-        }
-        loop {
-            tokio::select! {
-                m = self.consumer.recv() => match m {
-                    Ok(msg) => if let Some(too_new) = self.dispatch(&ready_run(&self.consumer, msg)) {
-                        return stop_at(&too_new, &self.metrics);
-                    },
-                    Err(e) => {
-                        warn!(error = %e, "channel consume failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = stop.cancelled() => return,
-            }
-        }
+impl Sink for ChannelSink {
+    type Record = ChannelRecord;
+
+    fn decode(payload: &[u8]) -> Result<ChannelRecord, RecordError> {
+        ChannelRecord::decode(payload)
     }
 
-    /// Assigns every partition at its high watermark: a subscription sees
-    /// what is published from now on; older publications come from recovery.
-    async fn open(&self) -> Result<usize, KafkaError> {
-        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
-        let starts = tokio::task::spawn_blocking(move || {
-            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-            let n = md.topics().first().map_or(0, |t| t.partitions().len());
-            if n == 0 {
-                return Err(KafkaError::MetadataFetch(
-                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-                ));
-            }
-            let mut starts = Vec::with_capacity(n);
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..n {
-                let p = i32::try_from(p).unwrap_or(i32::MAX);
-                let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))?;
-                tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
-                starts.push(high);
-            }
-            consumer.assign(&tpl)?;
-            Ok(starts)
-        })
-        .await
-        .map_err(|_| KafkaError::Canceled)??;
-        let n = starts.len();
+    fn frame(record: &ChannelRecord, log_epoch: &str, offset: i64, replayed: bool) -> ServerFrame {
+        channel_message(record, log_epoch, offset, replayed)
+    }
+
+    fn open(&self, starts: &[(u32, i64)]) {
         self.channels.open(starts);
-        Ok(n)
     }
 
-    fn dispatch(&self, run: &[BorrowedMessage<'_>]) -> Option<TooNew> {
-        let (framed, too_new) = framed_run(
-            run,
-            &self.assignment,
-            &self.metrics,
-            ChannelRecord::decode,
-            channel_message,
-        );
-        let batch: Vec<Publication<'_>> = framed
-            .iter()
-            .map(|((partition, offset), record, frame)| Publication {
-                partition: *partition,
-                offset: *offset,
-                channel: &record.channel,
-                frame,
-            })
-            .collect();
-        let d = self.channels.dispatch_batch(&batch);
-        self.metrics.channel_deliveries.inc_by(d.delivered as u64);
-        self.metrics.overflows.inc_by(d.overflowed.len() as u64);
+    /// Every server reads every channel partition: none is ever lost.
+    fn close(&self, _: u32, _: Close) {}
+
+    fn positions(&self) -> Vec<(u32, i64)> {
+        self.channels.positions()
+    }
+
+    fn deliver(&self, run: &[FramedRecord<ChannelRecord>], metrics: &Metrics) {
+        let d = self.channels.dispatch_batch(run);
+        metrics.channel_deliveries.inc_by(d.delivered as u64);
+        metrics.overflows.inc_by(d.overflowed.len() as u64);
         for (user, conn) in d.overflowed {
             let close = Close::new(CloseCode::TooSlow, "queue overflow");
             self.hub.close_device(&user, conn, close);
         }
-        too_new
     }
+}
+
+/// Assigns every partition of the channel topic at its end (retrying
+/// until the topic is readable), then consumes until `stop`. A
+/// subscription sees what is published from then on; older publications
+/// come from recovery.
+pub async fn run(consumer: LogConsumer<ChannelSink>, stop: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let opened = match consumer.partition_count().await {
+            Ok(n) => consumer.gain(&(0..n).collect::<Vec<_>>()).await.map(|()| n),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(n) => {
+                info!(topic = %consumer.topic, partitions = n, "serving channels");
+                break;
+            }
+            Err(e) => {
+                warn!(topic = %consumer.topic, error = %e, "channel topic not readable yet; retrying")
+            }
+        }
+        if !backoff.wait(&stop).await {
+            return;
+        }
+    }
+    // Channel partitions never move: nothing sends ownership changes.
+    let (_keep, never) = tokio::sync::mpsc::channel(1);
+    consumer.run(never, stop).await;
 }

@@ -217,11 +217,11 @@ proptest::proptest! {
             }
         });
         let batched = devices_after(|hub| {
-            let all: Vec<Consumed<'_>> = records
+            let all: Vec<Consumed> = records
                 .iter()
                 .zip(&frames)
                 .enumerate()
-                .map(|(i, (record, frame))| Consumed { partition: 0, offset: i as i64, record, frame })
+                .map(|(i, (record, frame))| Entry { partition: 0, offset: i as i64, record: record.clone(), frame: frame.clone() })
                 .collect();
             let (first, rest) = all.split_at(cut.min(all.len()));
             hub.dispatch_batch(first);

@@ -187,7 +187,8 @@ impl Session {
     /// passed the log's end as of now (so nothing falls between the two).
     async fn channel_catch_up(&self, partition: u32) -> Result<i64, rdkafka::error::KafkaError> {
         let (low, high) = self.state.log.channel_watermarks(partition).await?;
-        super::consumer_passes(high, || self.state.channels.next_offset(partition)).await;
+        let wait = super::CATCH_UP_WAIT;
+        self.state.channels.passes(partition, high, wait).await;
         Ok(low)
     }
 

@@ -202,7 +202,7 @@ impl Session {
     /// before the hello is replayed before `synced`. Returns the log start.
     async fn catch_up(&self, partition: u32) -> Result<i64, rdkafka::error::KafkaError> {
         let (low, high) = self.state.log.watermarks(partition).await?;
-        consumer_passes(high, || self.state.hub.next_offset(partition)).await;
+        self.state.hub.passes(partition, high, CATCH_UP_WAIT).await;
         Ok(low)
     }
 
@@ -241,18 +241,6 @@ impl Session {
                 Ok(())
             }
         }
-    }
-}
-
-/// Waits (at most `CATCH_UP_WAIT`) until a consumer whose next offset
-/// `next` reports has reached `high` (or the partition is not served).
-async fn consumer_passes(high: i64, next: impl Fn() -> Option<i64>) {
-    let deadline = Instant::now() + CATCH_UP_WAIT;
-    while Instant::now() < deadline {
-        if next().is_none_or(|next| next >= high) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
