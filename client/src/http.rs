@@ -1,9 +1,15 @@
 //! The HTTP side: routes from the coordinator, conversations, history, and
 //! sends over HTTP — errors keep the server's `{"code","message"}`.
 
-use protocol::{Accepted, ErrorBody, ErrorCode, Kind, MsgId, Publish, PublishResult, Target};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use protocol::api::{
+    Conversation, Conversations, CreateConversation, HistoryPage, PublishBatchResults,
+};
+use protocol::{
+    Accepted, ClientMsgId, ErrorBody, ErrorCode, Kind, MsgId, Publish, PublishBatch,
+    PublishResult, Target,
+};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -22,11 +28,8 @@ pub enum ApiError {
 
 pub use protocol::Route;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Page {
-    pub messages: Vec<Value>,
-    pub next_before: Option<String>,
-}
+/// A page of history: `GET /v1/conversations/{id}/messages`.
+pub type Page = HistoryPage;
 
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -150,7 +153,17 @@ impl Api {
         kind: Kind,
     ) -> Result<MsgId, ApiError> {
         let url = format!("{}/v1/messages", self.server(user).await?);
-        let req = json!({"client_msg_id": client_msg_id, "to": to, "body": body, "kind": kind});
+        let bad = |detail: String| ApiError::Decode {
+            url: url.clone(),
+            detail,
+        };
+        let req = protocol::frames::Send {
+            id: None,
+            client_msg_id: ClientMsgId::new(client_msg_id).map_err(|e| bad(e.to_string()))?,
+            to: to.clone(),
+            body: RawValue::from_string(body.to_string()).map_err(|e| bad(e.to_string()))?,
+            kind,
+        };
         let v = self
             .call(
                 self.http.post(&url).bearer_auth(&self.token).json(&req),
@@ -173,10 +186,12 @@ impl Api {
     pub async fn publish_batch(&self, items: &[Publish]) -> Result<Vec<PublishResult>, ApiError> {
         let from = items.first().map_or("system:batch", |p| p.from.as_str());
         let url = format!("{}/v1/publish/batch", self.server(from).await?);
-        let body = serde_json::json!({ "items": items });
+        let body = PublishBatch {
+            items: items.to_vec(),
+        };
         let req = self.http.post(&url).bearer_auth(&self.token).json(&body);
         let v = self.call(req, &url).await?;
-        Self::decode::<protocol::api::PublishBatchResults>(&url, v).map(|r| r.results)
+        Self::decode::<PublishBatchResults>(&url, v).map(|r| r.results)
     }
 
     pub async fn create_conversation(
@@ -184,16 +199,19 @@ impl Api {
         user: &str,
         id: Option<&str>,
         members: &[String],
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Conversation, ApiError> {
         let url = format!("{}/v1/conversations", self.server(user).await?);
-        let req = json!({"conversation_id": id, "members": members});
-        Ok(self
+        let req = CreateConversation {
+            conversation_id: id.map(str::to_owned),
+            members: members.to_vec(),
+        };
+        let v = self
             .call(
                 self.http.post(&url).bearer_auth(&self.token).json(&req),
                 &url,
             )
-            .await?
-            .unwrap_or(Value::Null))
+            .await?;
+        Self::decode(&url, v)
     }
 
     pub async fn add_member(
@@ -235,12 +253,12 @@ impl Api {
         .map(|_| ())
     }
 
-    pub async fn conversations(&self, user: &str) -> Result<Value, ApiError> {
+    pub async fn conversations(&self, user: &str) -> Result<Conversations, ApiError> {
         let url = format!("{}/v1/conversations", self.server(user).await?);
-        Ok(self
+        let v = self
             .call(self.http.get(&url).bearer_auth(&self.token), &url)
-            .await?
-            .unwrap_or(Value::Null))
+            .await?;
+        Self::decode(&url, v)
     }
 
     pub async fn history(

@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use protocol::{partition_for, UserId};
 use serde::Deserialize;
-use serde_json::json;
+use protocol::api::Status;
 use service::etcd::AssignmentRx;
 use service::http::{metrics_response, not_found, rejection, ApiError};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/route", get(route))
         .route("/v1/assignment", get(assignment))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(|| async { Json(Status::ok()) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -95,9 +95,12 @@ async fn assignment(
     Ok(Json(&*a).into_response())
 }
 
-async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn readyz(State(s): State<AppState>) -> Result<Json<Status>, ApiError> {
     match s.assignment.borrow().as_ref() {
-        Some(a) => Ok(Json(json!({"status": "ready", "epoch": a.epoch}))),
+        Some(a) => Ok(Json(Status {
+            epoch: Some(a.epoch),
+            ..Status::ready()
+        })),
         None => Err(ApiError::unavailable("no assignment yet")),
     }
 }

@@ -2,6 +2,7 @@
 //! serialised once and the bytes are shared by every device it goes to.
 
 use axum::extract::ws::Utf8Bytes;
+use protocol::api::HistoryMessage;
 use protocol::frames::Message;
 use protocol::{
     ChannelRecord, ConversationId, Cursor, DeviceId, EncodeError, IdError, Kind, MsgId, Record,
@@ -60,24 +61,36 @@ pub fn channel_message(
     })
 }
 
+/// A stored row as a history page shows it.
+pub fn history_message(row: &StoredMessage) -> Result<HistoryMessage, RowError> {
+    let msg_id = row.msg_id;
+    let id = |source| RowError::Id { msg_id, source };
+    Ok(HistoryMessage {
+        msg_id: MsgId(msg_id),
+        conversation_id: ConversationId::new(row.conversation_id.as_str()).map_err(id)?,
+        from: UserId::new(row.sender.as_str()).map_err(id)?,
+        from_device: DeviceId::new(row.sender_device.as_str()).map_err(id)?,
+        body: RawValue::from_string(row.body.clone())
+            .map_err(|source| RowError::Body { msg_id, source })?,
+        sent_at_ms: row.sent_at_ms,
+    })
+}
+
 /// A message read back from PostgreSQL, as the client would have seen it live.
 pub fn stored_message(
     row: &StoredMessage,
     log_epoch: &str,
     replay: bool,
 ) -> Result<ServerFrame, RowError> {
-    let msg_id = row.msg_id;
-    let id = |source| RowError::Id { msg_id, source };
-    let body = RawValue::from_string(row.body.clone())
-        .map_err(|source| RowError::Body { msg_id, source })?;
+    let m = history_message(row)?;
     Ok(ServerFrame::Message(Message {
-        msg_id: MsgId(msg_id),
-        conversation_id: ConversationId::new(row.conversation_id.as_str()).map_err(id)?,
-        from: UserId::new(row.sender.as_str()).map_err(id)?,
-        from_device: DeviceId::new(row.sender_device.as_str()).map_err(id)?,
+        msg_id: m.msg_id,
+        conversation_id: m.conversation_id,
+        from: m.from,
+        from_device: m.from_device,
         kind: Kind::Chat,
-        body,
-        sent_at_ms: row.sent_at_ms,
+        body: m.body,
+        sent_at_ms: m.sent_at_ms,
         cursor: Some(Cursor::new(log_epoch, row.kafka_offset)),
         replay,
         channel: None,

@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use protocol::api::{Conversation, Conversations, HistoryPage, Status};
 use protocol::{ConversationId, DeviceId, ErrorCode, FrameError, UserId};
 use serde::Deserialize;
-use serde_json::json;
 use service::http::{metrics_response, not_found, ApiError};
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(add_member).delete(remove_member),
         )
         .route("/v1/conversations/{id}/messages", get(history))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(|| async { Json(Status::ok()) }))
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
@@ -157,20 +157,13 @@ async fn publish_batch(
     Ok(Json(protocol::api::PublishBatchResults { results }).into_response())
 }
 
-#[derive(Deserialize)]
-struct CreateConversation {
-    conversation_id: Option<String>,
-    #[serde(default)]
-    members: Vec<String>,
-}
-
 async fn create_conversation(
     State(s): St,
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
     let creator = user(&s, &headers)?;
-    let req: CreateConversation =
+    let req: protocol::api::CreateConversation =
         serde_json::from_str(&body).map_err(|e| ApiError::invalid(e.to_string()))?;
     let id = match req.conversation_id {
         Some(id) => conversation(&id)?,
@@ -202,7 +195,10 @@ async fn create_conversation(
         ));
     }
     s.members.invalidate(&id);
-    let body = json!({ "conversation_id": id, "members": members });
+    let body = Conversation {
+        conversation_id: id,
+        members,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -285,11 +281,14 @@ async fn remove_member(
 async fn my_conversations(State(s): St, headers: HeaderMap) -> Result<Response, ApiError> {
     let u = user(&s, &headers)?;
     let list = s.members.store().conversations_of(&u).await.map_err(db)?;
-    let items: Vec<_> = list
+    let conversations = list
         .into_iter()
-        .map(|(id, members)| json!({"conversation_id": id, "members": members}))
+        .map(|(conversation_id, members)| Conversation {
+            conversation_id,
+            members,
+        })
         .collect();
-    Ok(Json(json!({ "conversations": items })).into_response())
+    Ok(Json(Conversations { conversations }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -334,25 +333,25 @@ async fn history(
                 .map(|r| format!("{}_{}", r.sent_at_ms, r.msg_id))
         })
         .flatten();
-    let messages: Vec<serde_json::Value> = rows
+    let messages = rows
         .iter()
-        .map(|r| {
-            let body: serde_json::Value =
-                serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null);
-            json!({"msg_id": r.msg_id, "conversation_id": r.conversation_id, "from": r.sender,
-                   "from_device": r.sender_device, "body": body, "sent_at_ms": r.sent_at_ms})
-        })
-        .collect();
-    Ok(Json(json!({ "messages": messages, "next_before": next })).into_response())
+        .map(crate::frame::history_message)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let page = HistoryPage {
+        messages,
+        next_before: next,
+    };
+    Ok(Json(page).into_response())
 }
 
-async fn readyz(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
+async fn readyz(State(s): St) -> Result<Json<Status>, ApiError> {
     match s.not_ready() {
-        None => Ok(Json(json!({
-            "status": "ready",
-            "server_id": s.info.server_id,
-            "partitions": s.metrics.owned_partitions.get(),
-        }))),
+        None => Ok(Json(Status {
+            server_id: Some(s.info.server_id.clone()),
+            partitions: Some(s.metrics.owned_partitions.get()),
+            ..Status::ready()
+        })),
         Some(why) => Err(ApiError::unavailable(why)),
     }
 }

@@ -115,13 +115,13 @@ async fn serve_http(
     let app = Router::new()
         .route(
             "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+            get(|| async { Json(protocol::api::Status::ok()) }),
         )
         .route(
             "/readyz",
             get(move || async move {
                 if consuming.load(Ordering::SeqCst) {
-                    Ok(Json(serde_json::json!({"status": "ready"})))
+                    Ok(Json(protocol::api::Status::ready()))
                 } else {
                     Err(ApiError::unavailable("the consumer is not running"))
                 }

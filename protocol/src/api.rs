@@ -1,9 +1,8 @@
-//! HTTP bodies of the contract (docs/protocol.md, "HTTP API") that more than
-//! one crate reads or writes: the coordinator's route answer and the error
-//! shape every endpoint uses.
+//! Every HTTP body of the contract (docs/protocol.md, "HTTP API"): what the
+//! servers answer and what the clients send and read back.
 
 use crate::frames::ErrorCode;
-use crate::ids::{ClientMsgId, ConversationId, MsgId, ServerId, UserId};
+use crate::ids::{ClientMsgId, ConversationId, DeviceId, MsgId, ServerId, UserId};
 use crate::record::Kind;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -102,6 +101,82 @@ pub struct PublishBatchResults {
     pub results: Vec<PublishResult>,
 }
 
+/// `GET /healthz` (`"ok"`) and a ready `GET /readyz` (`"ready"`); a
+/// service adds what it knows (a server its id and partitions, a
+/// coordinator the map's epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<ServerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+}
+
+impl Status {
+    pub fn ok() -> Self {
+        Self::of("ok")
+    }
+
+    pub fn ready() -> Self {
+        Self::of("ready")
+    }
+
+    fn of(status: &str) -> Self {
+        Self {
+            status: status.to_owned(),
+            server_id: None,
+            partitions: None,
+            epoch: None,
+        }
+    }
+}
+
+/// `POST /v1/conversations`: a group conversation (the caller is a member;
+/// without an id the server makes one). Ids are checked by the server, so
+/// a bad one is answered with its reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateConversation {
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// A conversation and its members (`POST /v1/conversations` answers one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub conversation_id: ConversationId,
+    pub members: Vec<UserId>,
+}
+
+/// `GET /v1/conversations`: the caller's conversations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversations {
+    pub conversations: Vec<Conversation>,
+}
+
+/// One stored chat message in a history page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    pub msg_id: MsgId,
+    pub conversation_id: ConversationId,
+    pub from: UserId,
+    pub from_device: DeviceId,
+    pub body: Box<RawValue>,
+    pub sent_at_ms: i64,
+}
+
+/// `GET /v1/conversations/{id}/messages`: newest first; `next_before`
+/// fetches the next (older) page, absent on the last one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub messages: Vec<HistoryMessage>,
+    pub next_before: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +211,25 @@ mod tests {
             serde_json::to_string(&ok).unwrap(),
             r#"{"msg_id":"00000000-0000-0000-0000-000000000000"}"#
         );
+    }
+
+    #[test]
+    fn status_conversation_and_history_bodies_as_documented() {
+        assert_eq!(serde_json::to_string(&Status::ok()).unwrap(), r#"{"status":"ok"}"#);
+        let ready = Status {
+            epoch: Some(4),
+            ..Status::ready()
+        };
+        assert_eq!(serde_json::to_string(&ready).unwrap(), r#"{"status":"ready","epoch":4}"#);
+        let create: CreateConversation = serde_json::from_str(r#"{"members":["b"]}"#).unwrap();
+        assert_eq!((create.conversation_id, create.members), (None, vec!["b".to_owned()]));
+        let json = r#"{"conversations":[{"conversation_id":"room","members":["a","b"]}]}"#;
+        let list: Conversations = serde_json::from_str(json).unwrap();
+        assert_eq!(list.conversations[0].members.len(), 2);
+        assert_eq!(serde_json::to_string(&list).unwrap(), json);
+        let json = r#"{"messages":[{"msg_id":"00000000-0000-0000-0000-000000000000","conversation_id":"room","from":"a","from_device":"p","body":{"t":"hi"},"sent_at_ms":5}],"next_before":null}"#;
+        let page: HistoryPage = serde_json::from_str(json).unwrap();
+        assert_eq!(page.messages[0].body.get(), r#"{"t":"hi"}"#);
+        assert_eq!(serde_json::to_string(&page).unwrap(), json);
     }
 }

@@ -84,7 +84,7 @@ impl Store {
     pub async fn conversations_of(
         &self,
         user: &UserId,
-    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    ) -> Result<Vec<(ConversationId, Vec<UserId>)>, StoreError> {
         let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
             "SELECT m.conversation_id, array_agg(all_m.user_id ORDER BY all_m.user_id) \
              FROM conversation_members m JOIN conversation_members all_m USING (conversation_id) \
@@ -93,6 +93,17 @@ impl Store {
         .bind(user.as_str())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows)
+        rows.into_iter()
+            .map(|(id, members)| {
+                let members = members
+                    .into_iter()
+                    .map(UserId::new)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Row(format!("conversation {id}: {e}")))?;
+                let id = ConversationId::new(id.as_str())
+                    .map_err(|e| StoreError::Row(format!("conversation {id}: {e}")))?;
+                Ok((id, members))
+            })
+            .collect()
     }
 }

@@ -23,6 +23,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("partition {0} does not fit the schema's int4 column")]
     Partition(u32),
+    /// A stored row no longer reads as the value it was written from.
+    #[error("unreadable row: {0}")]
+    Row(String),
 }
 
 /// A pool of PostgreSQL connections and the statements run over it.

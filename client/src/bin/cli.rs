@@ -385,11 +385,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (user, token) = cli.identity()?;
             let api = Api::new(&cli.coordinator, &token);
             match c {
-                ConversationCmd::Create { id, members } => println!(
-                    "{}",
-                    api.create_conversation(&user, id.as_deref(), members)
-                        .await?
-                ),
+                ConversationCmd::Create { id, members } => {
+                    let c = api.create_conversation(&user, id.as_deref(), members);
+                    println!("{}", serde_json::to_string(&c.await?)?)
+                }
                 ConversationCmd::Add {
                     conversation,
                     user: u,
@@ -398,7 +397,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     conversation,
                     user: u,
                 } => api.remove_member(&user, conversation, u).await?,
-                ConversationCmd::List => println!("{}", api.conversations(&user).await?),
+                ConversationCmd::List => {
+                    println!("{}", serde_json::to_string(&api.conversations(&user).await?)?)
+                }
             }
         }
         Cmd::History {
@@ -411,7 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .history(&user, conversation, before.as_deref(), *limit)
                 .await?;
             for m in &page.messages {
-                println!("{m}");
+                println!("{}", serde_json::to_string(m)?);
             }
             if let Some(next) = page.next_before {
                 eprintln!("more: --before {next}");
