@@ -5,8 +5,8 @@ use protocol::api::{
     Conversation, Conversations, CreateConversation, HistoryPage, PublishBatchResults,
 };
 use protocol::{
-    Accepted, ClientMsgId, ErrorBody, ErrorCode, Kind, MsgId, Publish, PublishBatch,
-    PublishResult, Target,
+    Accepted, ClientMsgId, ErrorBody, ErrorCode, Kind, MsgId, Publish, PublishBatch, PublishResult,
+    Target,
 };
 use serde_json::value::RawValue;
 use serde_json::Value;

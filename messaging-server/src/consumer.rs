@@ -2,7 +2,7 @@
 //! the log's end, runs of ready records decoded and framed once, handed to
 //! a [`Sink`] (the hub for user partitions, the channel hub for channels).
 
-use crate::hub::Close;
+use crate::ending::Ending;
 use crate::kafka::{framed_run, ready_run, stop_at, FramedRecord, LiveStream, TooNew};
 use crate::metrics::{Metrics, PartitionLabel};
 use prometheus_client::metrics::family::Family;
@@ -29,7 +29,7 @@ pub trait Sink: Send + Sync + 'static {
     /// Partitions start being delivered at these offsets, all at once.
     fn open(&self, starts: &[(u32, i64)]);
     /// `partition` is no longer served; its subscribers end with `close`.
-    fn close(&self, partition: u32, close: Close);
+    fn close(&self, partition: u32, close: Ending);
     /// Served partitions and the next offset of each.
     fn positions(&self) -> Vec<(u32, i64)>;
     /// Delivers a decoded run (in log order) and counts it.
@@ -40,7 +40,7 @@ pub trait Sink: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum Ownership {
     Gain(u32),
-    Lose(u32, Close),
+    Lose(u32, Ending),
 }
 
 pub struct LogConsumer<S> {

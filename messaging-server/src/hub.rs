@@ -2,46 +2,29 @@
 //! to them: the [`crate::delivery`] core keyed by recipient, plus what only
 //! devices have (a bound per user, a close signal with its reason).
 
-use crate::delivery::{self, Entry, Fanout, Keyed, Overflow};
+use crate::delivery::{self, Entry, Fanout, Keyed};
+use crate::ending::Ending;
 use axum::extract::ws::Utf8Bytes;
-use protocol::{CloseCode, DeviceId, Kind, Record, UserId};
+use protocol::{DeviceId, Kind, Record, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Why and how a connection must end; `frame` (e.g. a redirect) goes first.
-#[derive(Debug, Clone)]
-pub struct Close {
-    pub code: CloseCode,
-    pub frame: Option<Utf8Bytes>,
-    pub reason: &'static str,
-}
-
-impl Close {
-    pub fn new(code: CloseCode, reason: &'static str) -> Self {
-        Self {
-            code,
-            frame: None,
-            reason,
-        }
-    }
-}
-
 pub struct DeviceHandle {
     pub id: u64,
     pub rx: mpsc::Receiver<Utf8Bytes>,
-    pub close: oneshot::Receiver<Close>,
+    pub close: oneshot::Receiver<Ending>,
 }
 
 /// What the hub keeps about a device beside its delivery seat.
 struct Device {
     device: DeviceId,
-    close: Option<oneshot::Sender<Close>>,
+    close: Option<oneshot::Sender<Ending>>,
 }
 
 type Seat = delivery::Seat<Device, Utf8Bytes>;
 
-fn end(seat: &mut Seat, c: Close) {
+fn end(seat: &mut Seat, c: Ending) {
     seat.close();
     if let Some(tx) = seat.sub.close.take() {
         let _ = tx.send(c);
@@ -110,7 +93,7 @@ impl Hub {
     }
 
     /// Stops serving `partition` and closes its devices with `close(user)`.
-    pub fn close_partition(&self, partition: u32, close: impl Fn(&UserId) -> Close) {
+    pub fn close_partition(&self, partition: u32, close: impl Fn(&UserId) -> Ending) {
         let mut core = self.fanout.lock();
         core.forget(partition);
         for (user, seat) in core.seats_mut().filter(|(_, s)| s.partition == partition) {
@@ -121,7 +104,7 @@ impl Hub {
     }
 
     /// Closes every device (drain, lost lease) and stops serving all partitions.
-    pub fn close_all(&self, close: impl Fn(&UserId, u32) -> Close) {
+    pub fn close_all(&self, close: impl Fn(&UserId, u32) -> Ending) {
         let mut core = self.fanout.lock();
         core.forget_all();
         for (user, seat) in core.seats_mut() {
@@ -180,7 +163,7 @@ impl Hub {
     }
 
     /// Closes one device (e.g. its queue overflowed with channel publications).
-    pub fn close_device(&self, user: &UserId, id: u64, close: Close) {
+    pub fn close_device(&self, user: &UserId, id: u64, close: Ending) {
         if let Some(seat) = self.fanout.lock().seat_mut(user, id) {
             end(seat, close);
         }
@@ -218,11 +201,7 @@ impl Hub {
         let mut core = self.fanout.lock();
         for (user, id, why) in &d.overflowed {
             if let Some(seat) = core.seat_mut(user, *id) {
-                let reason = match why {
-                    Overflow::Queue => "queue overflow",
-                    Overflow::Replay => "replay buffer overflow",
-                };
-                end(seat, Close::new(CloseCode::TooSlow, reason));
+                end(seat, Ending::TooSlow(*why));
             }
         }
         Dispatched {

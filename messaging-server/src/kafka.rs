@@ -4,8 +4,9 @@
 
 use crate::consumer::Sink;
 use crate::delivery::Entry;
+use crate::ending::Ending;
 use crate::frame::{encode, message};
-use crate::hub::{Close, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use futures_util::FutureExt;
 use protocol::{Record, ServerFrame, ServerId};
@@ -171,7 +172,7 @@ impl Sink for Hub {
         }
     }
 
-    fn close(&self, partition: u32, close: Close) {
+    fn close(&self, partition: u32, close: Ending) {
         self.close_partition(partition, |_| close.clone());
     }
 

@@ -9,6 +9,7 @@ mod config;
 mod consumer;
 mod delivery;
 mod demo;
+mod ending;
 mod fds;
 mod frame;
 mod freeze;
@@ -180,9 +181,8 @@ fn spawn_tasks(
     let woken = state.clone();
     tasks.spawn("freeze-watch", async move {
         let close_all = |_| {
-            let close =
-                || hub::Close::new(protocol::CloseCode::Draining, "server woke from a freeze");
-            woken.hub.close_all(|_, _| close());
+            let woke = || ending::Ending::leaving("server woke from a freeze");
+            woken.hub.close_all(|_, _| woke());
         };
         woken.freeze.run(close_all, woken.stop.clone()).await;
     });

@@ -2,12 +2,11 @@
 //! partition gains and losses for the consumer.
 
 use crate::consumer::Ownership;
-use crate::frame::encode;
-use crate::hub::Close;
+use crate::ending::Ending;
 use crate::state::AppState;
 use etcd_client::{Client, PutOptions};
 use protocol::frames::Redirect;
-use protocol::{Assignment, CloseCode, EtcdLayout, ServerFrame};
+use protocol::{Assignment, EtcdLayout};
 use service::etcd::{keep_lease_alive, ttl_secs, LeaseEnd, REQUEST_TIMEOUT};
 use service::Backoff;
 use std::collections::BTreeSet;
@@ -176,30 +175,28 @@ fn reachable(state: &AppState, lease: i64) {
 /// How a session of `partition` that is not (or no longer) served here ends:
 /// 4006 when this server is draining or lost its registration, else 4005,
 /// with a redirect to the new owner when the map names one.
-pub fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> Close {
+pub fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> Ending {
     // A map without us means etcd dropped our registration, whichever of the
     // two watches (lease keep-alive, assignment) noticed first.
     let dropped = a.is_some_and(|a| !state.in_map(a));
     let draining = state.is_draining() || !*state.registered.borrow() || dropped;
-    let (code, reason) = if draining {
-        (CloseCode::Draining, "server draining")
-    } else {
-        (CloseCode::PartitionMoved, "partition moved")
-    };
-    let frame = a.and_then(|a| {
+    let redirect = a.and_then(|a| {
         let owner = a
             .owner(partition)
             .filter(|o| o.server_id != state.info.server_id)?;
-        encode(&ServerFrame::Redirect(Redirect {
+        Some(Redirect {
             server_id: owner.server_id.clone(),
             ws_url: owner.ws_url.clone(),
             epoch: a.epoch,
-        }))
-        .ok()
+        })
     });
-    Close {
-        frame,
-        ..Close::new(code, reason)
+    if draining {
+        Ending::Leaving {
+            why: "server draining",
+            redirect,
+        }
+    } else {
+        Ending::Moved(redirect)
     }
 }
 

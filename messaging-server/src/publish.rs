@@ -14,11 +14,7 @@ use protocol::{
 const DEVICE: &str = "api";
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> FrameError {
-    FrameError {
-        id: None,
-        code,
-        message: message.into(),
-    }
+    FrameError::new(None, code, message)
 }
 
 /// Checks a publication and resolves who receives it. Publications to users

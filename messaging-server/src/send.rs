@@ -12,19 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 fn refuse(send: &Send, code: ErrorCode, message: impl Into<String>) -> FrameError {
-    refusal(&send.id, code, message)
-}
-
-fn refusal(
-    id: &Option<serde_json::Value>,
-    code: ErrorCode,
-    message: impl Into<String>,
-) -> FrameError {
-    FrameError {
-        id: id.clone(),
-        code,
-        message: message.into(),
-    }
+    FrameError::new(send.id.clone(), code, message)
 }
 
 /// Groups recipients by partition: at most one record per partition.
@@ -165,7 +153,7 @@ pub fn build_channel(
     channel: &ChannelName,
 ) -> Result<Prepared, FrameError> {
     let started = Instant::now();
-    let fail = |code, message: String| refusal(&m.id, code, message);
+    let fail = |code, message: String| FrameError::new(m.id.clone(), code, message);
     let partition = state
         .channels
         .partition_of(channel)
@@ -210,7 +198,7 @@ pub fn build(
     recipients: &[UserId],
 ) -> Result<Prepared, FrameError> {
     let started = Instant::now();
-    let fail = |code, message: String| refusal(&m.id, code, message);
+    let fail = |code, message: String| FrameError::new(m.id.clone(), code, message);
     let assignment = state
         .assignment()
         .ok_or_else(|| fail(ErrorCode::Unavailable, "no partition map yet".into()))?;
@@ -254,10 +242,8 @@ impl Prepared {
         self,
         state: &AppState,
     ) -> impl std::future::Future<Output = Result<MsgId, FrameError>> + use<> {
-        let unavailable = |id: &Option<serde_json::Value>, e: String| FrameError {
-            id: id.clone(),
-            code: ErrorCode::Unavailable,
-            message: e,
+        let unavailable = |id: &Option<serde_json::Value>, e: String| {
+            FrameError::new(id.clone(), ErrorCode::Unavailable, e)
         };
         let topic = match self.topic {
             Topic::Users => state.topic(),

@@ -215,14 +215,23 @@ mod tests {
 
     #[test]
     fn status_conversation_and_history_bodies_as_documented() {
-        assert_eq!(serde_json::to_string(&Status::ok()).unwrap(), r#"{"status":"ok"}"#);
+        assert_eq!(
+            serde_json::to_string(&Status::ok()).unwrap(),
+            r#"{"status":"ok"}"#
+        );
         let ready = Status {
             epoch: Some(4),
             ..Status::ready()
         };
-        assert_eq!(serde_json::to_string(&ready).unwrap(), r#"{"status":"ready","epoch":4}"#);
+        assert_eq!(
+            serde_json::to_string(&ready).unwrap(),
+            r#"{"status":"ready","epoch":4}"#
+        );
         let create: CreateConversation = serde_json::from_str(r#"{"members":["b"]}"#).unwrap();
-        assert_eq!((create.conversation_id, create.members), (None, vec!["b".to_owned()]));
+        assert_eq!(
+            (create.conversation_id, create.members),
+            (None, vec!["b".to_owned()])
+        );
         let json = r#"{"conversations":[{"conversation_id":"room","members":["a","b"]}]}"#;
         let list: Conversations = serde_json::from_str(json).unwrap();
         assert_eq!(list.conversations[0].members.len(), 2);

@@ -177,11 +177,24 @@ pub enum ClientFrame {
 }
 
 /// Why a client frame was refused; `id` is the request's, when it had one.
-#[derive(Debug, Clone, PartialEq)]
+/// The session answers it as an `error` frame, HTTP as `{"code","message"}`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message} ({})", code.as_str())]
 pub struct FrameError {
     pub id: Option<Value>,
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl FrameError {
+    /// A refusal of the request `id` (`None`: not a request's answer).
+    pub fn new(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

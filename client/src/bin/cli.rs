@@ -398,7 +398,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     user: u,
                 } => api.remove_member(&user, conversation, u).await?,
                 ConversationCmd::List => {
-                    println!("{}", serde_json::to_string(&api.conversations(&user).await?)?)
+                    println!(
+                        "{}",
+                        serde_json::to_string(&api.conversations(&user).await?)?
+                    )
                 }
             }
         }

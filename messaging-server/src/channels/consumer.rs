@@ -3,12 +3,14 @@
 
 use super::ChannelHub;
 use crate::consumer::{LogConsumer, Sink};
+use crate::delivery::Overflow;
+use crate::ending::Ending;
 use crate::frame::channel_message;
-use crate::hub::{Close, Hub};
+use crate::hub::Hub;
 use crate::kafka::FramedRecord;
 use crate::metrics::Metrics;
 use protocol::record::RecordError;
-use protocol::{ChannelRecord, CloseCode, ServerFrame};
+use protocol::{ChannelRecord, ServerFrame};
 use service::Backoff;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +39,7 @@ impl Sink for ChannelSink {
     }
 
     /// Every server reads every channel partition: none is ever lost.
-    fn close(&self, _: u32, _: Close) {}
+    fn close(&self, _: u32, _: Ending) {}
 
     fn positions(&self) -> Vec<(u32, i64)> {
         self.channels.positions()
@@ -48,8 +50,8 @@ impl Sink for ChannelSink {
         metrics.channel_deliveries.inc_by(d.delivered as u64);
         metrics.overflows.inc_by(d.overflowed.len() as u64);
         for (user, conn) in d.overflowed {
-            let close = Close::new(CloseCode::TooSlow, "queue overflow");
-            self.hub.close_device(&user, conn, close);
+            self.hub
+                .close_device(&user, conn, Ending::TooSlow(Overflow::Queue));
         }
     }
 }

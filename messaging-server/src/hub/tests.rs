@@ -1,4 +1,5 @@
 use super::*;
+use crate::delivery::Overflow;
 use serde_json::value::RawValue;
 
 fn uid(s: &str) -> UserId {
@@ -115,18 +116,11 @@ fn overflow_closes_with_4004_and_partition_loss_closes_its_devices() {
         hub.dispatch(0, o, &record(Kind::Chat, "x", "x", &["a"]), &frame(o));
     }
     assert_eq!(
-        slow.close.try_recv().map(|c| c.code).ok(),
-        Some(CloseCode::TooSlow)
+        slow.close.try_recv().ok(),
+        Some(Ending::TooSlow(Overflow::Queue))
     );
-    hub.close_partition(1, |_| Close {
-        code: CloseCode::PartitionMoved,
-        frame: None,
-        reason: "moved",
-    });
-    assert_eq!(
-        other.close.try_recv().map(|c| c.code).ok(),
-        Some(CloseCode::PartitionMoved)
-    );
+    hub.close_partition(1, |_| Ending::Moved(None));
+    assert_eq!(other.close.try_recv().ok(), Some(Ending::Moved(None)));
     assert!(!hub.is_open(1));
     hub.unregister(&uid("a"), slow.id);
     hub.unregister(&uid("b"), other.id);
@@ -149,8 +143,8 @@ fn nothing_is_queued_after_an_overflow() {
         "a frame after the gap reached a closed device"
     );
     assert_eq!(
-        slow.close.try_recv().map(|c| c.code).ok(),
-        Some(CloseCode::TooSlow)
+        slow.close.try_recv().ok(),
+        Some(Ending::TooSlow(Overflow::Queue))
     );
 }
 

@@ -41,11 +41,7 @@ impl Session {
         &mut self,
         sub: Subscribe,
     ) -> Result<Result<(), FrameError>, Gone> {
-        let refuse = |code, message: String| FrameError {
-            id: sub.id.clone(),
-            code,
-            message,
-        };
+        let refuse = |code, message: String| FrameError::new(sub.id.clone(), code, message);
         let channel = sub.channel.clone();
         if !protocol::channel::allowed(&self.who.channels, &channel) {
             let message = format!("the token's channels claim does not allow {channel}");

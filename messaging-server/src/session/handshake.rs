@@ -1,8 +1,8 @@
 //! The first frame: a `hello` in time, with a token that verifies.
 
+use super::Close;
 use super::Stream;
 use crate::auth::Verified;
-use crate::hub::Close;
 use crate::state::AppState;
 use axum::extract::ws::Message as WsMessage;
 use futures_util::StreamExt;

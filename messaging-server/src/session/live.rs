@@ -2,8 +2,9 @@
 //! and the hub's close requests — one `select!` per connection.
 
 use super::rate::RateLimit;
+use super::Close;
 use super::{gone, Session};
-use crate::hub::{Close, DeviceHandle};
+use crate::hub::DeviceHandle;
 use crate::metrics::Metrics;
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
 use futures_util::future::BoxFuture;
@@ -83,7 +84,7 @@ impl Session {
         let stop = state.stop.clone();
         loop {
             tokio::select! {
-                c = &mut handle.close => return c.unwrap_or_else(|_| ended("server stopping")),
+                c = &mut handle.close => return c.map_or_else(|_| ended("server stopping"), Close::from),
                 f = handle.rx.recv() => match f {
                     Some(f) => if self.write_queued(f, &mut handle.rx).await.is_err() { return ended("gone") },
                     None => return ended("server stopping"),
@@ -203,11 +204,7 @@ impl Session {
 
     /// A fresh token for this session: valid, and the same user's.
     fn reauth(&mut self, auth: &Auth) -> Result<Authed, FrameError> {
-        let refuse = |code, message: String| FrameError {
-            id: auth.id.clone(),
-            code,
-            message,
-        };
+        let refuse = |code, message: String| FrameError::new(auth.id.clone(), code, message);
         let who = self
             .state
             .auth
@@ -248,19 +245,11 @@ impl Session {
 }
 
 fn limited(s: Send) -> FrameError {
-    FrameError {
-        id: s.id,
-        code: ErrorCode::RateLimited,
-        message: "too many sends; slow down".into(),
-    }
+    FrameError::new(s.id, ErrorCode::RateLimited, "too many sends; slow down")
 }
 
 fn again() -> FrameError {
-    FrameError {
-        id: None,
-        code: ErrorCode::InvalidField,
-        message: "hello was already accepted".into(),
-    }
+    FrameError::new(None, ErrorCode::InvalidField, "hello was already accepted")
 }
 
 fn reply(

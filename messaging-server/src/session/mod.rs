@@ -9,8 +9,10 @@ mod rate;
 mod replay;
 
 use crate::auth::Verified;
+use crate::delivery::Overflow;
+use crate::ending::Ending;
 use crate::frame::encode;
-use crate::hub::{Close, Refused};
+use crate::hub::Refused;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -26,6 +28,43 @@ type Stream = SplitStream<WebSocket>;
 
 /// Longest a resume waits for the live consumer to reach the log's end.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// How a connection ends on the wire: a close code and reason, after a
+/// frame (a redirect) when there is one. Everything that ends a session
+/// becomes one here, at the edge.
+#[derive(Debug, Clone)]
+pub struct Close {
+    pub code: CloseCode,
+    pub frame: Option<Utf8Bytes>,
+    pub reason: &'static str,
+}
+
+impl Close {
+    pub fn new(code: CloseCode, reason: &'static str) -> Self {
+        Self {
+            code,
+            frame: None,
+            reason,
+        }
+    }
+}
+
+impl From<Ending> for Close {
+    fn from(e: Ending) -> Self {
+        let (code, reason, redirect) = match e {
+            Ending::TooSlow(Overflow::Queue) => (CloseCode::TooSlow, "queue overflow", None),
+            Ending::TooSlow(Overflow::Replay) => {
+                (CloseCode::TooSlow, "replay buffer overflow", None)
+            }
+            Ending::Moved(r) => (CloseCode::PartitionMoved, "partition moved", r),
+            Ending::Leaving { why, redirect } => (CloseCode::Draining, why, redirect),
+        };
+        Self {
+            frame: redirect.and_then(|r| encode(&ServerFrame::Redirect(r)).ok()),
+            ..Self::new(code, reason)
+        }
+    }
+}
 
 /// The socket failed or the peer left: nothing more can be said to it.
 #[derive(Debug)]
@@ -135,7 +174,7 @@ impl Session {
         };
         let partition = partition_for(self.who.user.as_str(), a.partitions);
         if !self.wait_open(partition).await {
-            let close = crate::membership::close_for(&self.state, Some(&a), partition);
+            let close = crate::membership::close_for(&self.state, Some(&a), partition).into();
             return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
         }
         let log_epoch = self.state.log_epoch();
@@ -246,4 +285,45 @@ impl Session {
 
 fn gone(_: Gone) -> Close {
     Close::new(CloseCode::Draining, "gone")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::frames::Redirect;
+    use protocol::ServerId;
+
+    #[test]
+    fn endings_become_their_close_codes_with_the_redirect_first() {
+        let to = Redirect {
+            server_id: ServerId::new("ms-2").unwrap(),
+            ws_url: "ws://h:2/v1/ws".into(),
+            epoch: 9,
+        };
+        let moved = Close::from(Ending::Moved(Some(to.clone())));
+        assert_eq!(moved.code, CloseCode::PartitionMoved);
+        let frame = moved.frame.expect("a redirect frame");
+        assert!(frame.as_str().contains(r#""type":"redirect""#), "{frame}");
+        assert!(frame.as_str().contains("ms-2"), "{frame}");
+        let leaving = Close::from(Ending::Leaving {
+            why: "server draining",
+            redirect: Some(to),
+        });
+        assert_eq!(
+            (leaving.code, leaving.reason),
+            (CloseCode::Draining, "server draining")
+        );
+        assert!(leaving.frame.is_some());
+        for (overflow, reason) in [
+            (Overflow::Queue, "queue overflow"),
+            (Overflow::Replay, "replay buffer overflow"),
+        ] {
+            let slow = Close::from(Ending::TooSlow(overflow));
+            assert_eq!(
+                (slow.code, slow.reason, slow.frame.is_none()),
+                (CloseCode::TooSlow, reason, true)
+            );
+        }
+        assert_eq!(Close::from(Ending::leaving("x")).code, CloseCode::Draining);
+    }
 }

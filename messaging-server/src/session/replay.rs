@@ -2,9 +2,9 @@
 //! missed: first from PostgreSQL, then from Kafka, then the live records the
 //! hub buffered meanwhile (each offset once).
 
+use super::Close;
 use super::{gone, Session};
 use crate::frame::{message, stored_message};
-use crate::hub::Close;
 use crate::resume::{self, ResumePlan};
 use protocol::frames::{ErrorFrame, Synced, Welcome};
 use protocol::{CloseCode, Cursor, ErrorCode, ServerFrame};
