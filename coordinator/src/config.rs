@@ -1,6 +1,6 @@
 use clap::Parser;
 use service::args::{in_range, millis, secs, EtcdArgs, KafkaArgs};
-use service::ConfigError;
+use service::{Check, ConfigError};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -38,9 +38,9 @@ pub struct Config {
     pub debounce: Duration,
 }
 
-impl Config {
-    /// Checked before any socket opens; the error is one line for the operator.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+/// Checked before any socket opens; the error is one line for the operator.
+impl Check for Config {
+    fn check(&self) -> Result<(), ConfigError> {
         self.etcd.validate()?;
         self.kafka.validate()?;
         in_range("--partitions", self.partitions, 1, 100_000)?;
@@ -50,7 +50,9 @@ impl Config {
         in_range("--replication-factor", self.replication_factor, 1, 100)?;
         Ok(())
     }
+}
 
+impl Config {
     pub fn coordinator_id(&self) -> String {
         self.coordinator_id.clone().unwrap_or_else(|| {
             format!(
@@ -68,7 +70,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_are_refused() {
         let c = Config::parse_from(["coordinator"]);
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.check(), Ok(()));
         for (args, flag) in [
             (vec!["coordinator", "--partitions", "0"], "--partitions"),
             (
@@ -84,7 +86,7 @@ mod tests {
                 "--debounce-ms",
             ),
         ] {
-            let err = Config::parse_from(args.clone()).validate();
+            let err = Config::parse_from(args.clone()).check();
             assert_eq!(err.map_err(|e| e.flag), Err(flag), "{args:?}");
         }
     }

@@ -17,6 +17,7 @@ use protocol::EtcdLayout;
 use service::etcd::{connect_retrying, spawn_assignment_watch};
 pub use service::supervise::Faults;
 use service::supervise::Supervisor;
+use service::Valid;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -24,13 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// Binds `config.listen` and runs until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Valid<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = service::bind(config.listen).await?;
     serve(config, listener, shutdown).await
 }
 
 pub async fn serve(
-    config: Config,
+    config: Valid<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -41,12 +42,11 @@ pub async fn serve(
 /// task ends before `shutdown`, the coordinator stops and returns the error,
 /// so the process exits non-zero and is restarted.
 pub async fn serve_with(
-    config: Config,
+    config: Valid<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
     faults: Faults,
 ) -> anyhow::Result<()> {
-    config.validate()?;
     let layout = EtcdLayout::new(&config.etcd.prefix);
     let id = config.coordinator_id();
     info!(coordinator = %id, addr = %listener.local_addr()?, "coordinator starting");
@@ -70,7 +70,7 @@ pub async fn serve_with(
     let elector = leader::Elector {
         client,
         layout,
-        config,
+        config: config.into_inner(),
         id,
         metrics: metrics.clone(),
     };

@@ -1,7 +1,7 @@
 use clap::Parser;
 use protocol::ServerId;
 use service::args::{in_range, secs, DatabaseArgs, EtcdArgs, KafkaArgs};
-use service::{ConfigError, Secret};
+use service::{Check, ConfigError, Secret};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -122,9 +122,9 @@ pub struct Config {
     pub require_jwt_secret: bool,
 }
 
-impl Config {
-    /// Checked before any socket opens; the error is one line for the operator.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+/// Checked before any socket opens; the error is one line for the operator.
+impl Check for Config {
+    fn check(&self) -> Result<(), ConfigError> {
         self.etcd.validate()?;
         self.kafka.validate()?;
         self.database.validate()?;
@@ -213,7 +213,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     /// The publish API's keys, trimmed; an empty `SWITCHBOARD_API_KEYS` means none.
     pub fn api_keys(&self) -> impl Iterator<Item = &str> {
         self.api_keys
@@ -263,9 +265,9 @@ mod tests {
         );
         // Derived, so every field is shown (a hand-written one drifted).
         assert!(shown.contains("require_jwt_secret: true"), "{shown}");
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.check(), Ok(()));
         assert!(
-            Config::parse_from(["ms"]).validate().is_err(),
+            Config::parse_from(["ms"]).check().is_err(),
             "no secret must be refused"
         );
         assert!(Config::parse_from(["ms", "--jwt-secret", "short"])
@@ -279,7 +281,7 @@ mod tests {
             "short",
         ];
         assert_eq!(
-            Config::parse_from(short_key).validate().map_err(|e| e.flag),
+            Config::parse_from(short_key).check().map_err(|e| e.flag),
             Err("SWITCHBOARD_API_KEYS")
         );
         let (ws, http) = c.urls("0.0.0.0:9000".parse().unwrap());

@@ -36,6 +36,7 @@ use service::etcd::{connect_retrying, spawn_assignment_watch};
 pub use service::supervise::Faults;
 use service::supervise::Supervisor;
 use service::Secret;
+use service::Valid;
 use state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,14 +49,14 @@ use tracing::{error, info, warn};
 /// `unavailable` (group sends past the member cache, history, resume).
 const DB_WAIT: Duration = Duration::from_secs(2);
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Valid<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = service::bind(config.listen).await?;
     serve(config, listener, shutdown).await
 }
 
 /// Serves on `listener` until `shutdown`, then drains (docs/architecture.md, "Drain").
 pub async fn serve(
-    config: Config,
+    config: Valid<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -66,12 +67,11 @@ pub async fn serve(
 /// task ends before `shutdown`, the server drains (readiness false, sessions
 /// closed with 4006) and returns the error, so the process exits non-zero.
 pub async fn serve_with(
-    config: Config,
+    config: Valid<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
     faults: Faults,
 ) -> anyhow::Result<()> {
-    config.validate()?;
     let info = advertise(&config, &listener)?;
     info!(server = %info.server_id, ws_url = %info.ws_url, "messaging server starting");
     // A key that does not load fails before anything is connected.
@@ -100,7 +100,14 @@ pub async fn serve_with(
     let stop = CancellationToken::new();
     let layout = EtcdLayout::new(&config.etcd.prefix);
     let (assignment_rx, watch) = spawn_assignment_watch(etcd.clone(), layout, stop.clone());
-    let state = build_state(config, info, auth, store, assignment_rx, stop.clone())?;
+    let state = build_state(
+        config.into_inner(),
+        info,
+        auth,
+        store,
+        assignment_rx,
+        stop.clone(),
+    )?;
     let mut tasks = Supervisor::new(faults);
     tasks.spawn("assignment-watch", async move {
         match watch.await {

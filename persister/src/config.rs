@@ -1,6 +1,6 @@
 use clap::Parser;
 use service::args::{in_range, millis, DatabaseArgs, KafkaArgs};
-use service::ConfigError;
+use service::{Check, ConfigError};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,9 +30,9 @@ pub struct Config {
     pub batch_wait: Duration,
 }
 
-impl Config {
-    /// Checked before any socket opens; the error is one line for the operator.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+/// Checked before any socket opens; the error is one line for the operator.
+impl Check for Config {
+    fn check(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         self.database.validate()?;
         in_range("--batch-max", self.batch_max, 1, 100_000)?;
@@ -51,10 +51,10 @@ mod tests {
     #[test]
     fn validates_and_masks() {
         let c = Config::parse_from(["p", "--database-url", "postgres://u:pw@h/db"]);
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.check(), Ok(()));
         assert!(!format!("{c:?}").contains("pw@"));
         assert_eq!(c.batch_wait, Duration::from_millis(50));
-        let bad = Config::parse_from(["p", "--batch-max", "0"]).validate();
+        let bad = Config::parse_from(["p", "--batch-max", "0"]).check();
         assert_eq!(bad.map_err(|e| e.flag), Err("--batch-max"));
         assert!(Config::parse_from(["p", "--database-url", "mysql://x"])
             .validate()

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use service::http::{metrics_response, not_found, ApiError};
 pub use service::supervise::Faults;
+use service::Valid;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,13 +22,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Valid<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = service::bind(config.listen).await?;
     serve(config, listener, shutdown).await
 }
 
 pub async fn serve(
-    config: Config,
+    config: Valid<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -38,12 +39,11 @@ pub async fn serve(
 /// ending before `shutdown` — with an error or a panic — is an error the
 /// process exits with, never a clean exit; `/readyz` is false from then on.
 pub async fn serve_with(
-    config: Config,
+    config: Valid<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
     faults: Faults,
 ) -> anyhow::Result<()> {
-    config.validate()?;
     info!(addr = %listener.local_addr()?, topic = %config.kafka.topic, "persister starting");
     let store = store::Store::connect_lazy(&config.database.url, 4, Duration::from_secs(5))
         .context("invalid database url")?;

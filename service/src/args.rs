@@ -24,6 +24,36 @@ impl ConfigError {
     }
 }
 
+/// A service's settings and the checks they must pass before anything
+/// starts.
+pub trait Check: Sized {
+    fn check(&self) -> Result<(), ConfigError>;
+
+    /// The settings, checked once: what `run` takes.
+    fn validate(self) -> Result<Valid<Self>, ConfigError> {
+        self.check()?;
+        Ok(Valid(self))
+    }
+}
+
+/// Settings that passed [`Check::check`]; only [`Check::validate`] makes one.
+#[derive(Debug, Clone)]
+pub struct Valid<T>(T);
+
+impl<T> Valid<T> {
+    /// The checked settings, for state built once at start.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Valid<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// `Ok` when `value` lies in `lo..=hi`, else the error naming `flag`.
 pub fn in_range<T: PartialOrd + fmt::Display>(
     flag: &'static str,

@@ -8,7 +8,7 @@ pub mod kafka;
 pub mod secret;
 pub mod supervise;
 
-pub use args::ConfigError;
+pub use args::{Check, ConfigError, Valid};
 pub use secret::Secret;
 
 use std::time::Duration;
@@ -101,6 +101,35 @@ pub fn mask_url(url: &str) -> String {
             format!("{}{user}:***{}", &url[..s + 3], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+/// A service's `main`: parse the flags and environment and check them once
+/// (a bad setting exits 2 with one line, before any socket opens), log the
+/// effective settings (secrets masked), cancel on SIGINT/SIGTERM, and `run`.
+pub async fn main<T, F, Fut>(service: &str, run: F) -> std::process::ExitCode
+where
+    T: clap::Parser + Check + std::fmt::Debug,
+    F: FnOnce(Valid<T>, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = match T::parse().validate() {
+        Ok(c) => c,
+        Err(reason) => {
+            eprintln!("{service}: invalid configuration: {reason}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    tracing::info!(config = ?*config, "effective configuration");
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    match run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{service} failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

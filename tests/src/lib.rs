@@ -78,6 +78,8 @@ pub fn coordinator_config(
 }
 
 pub fn start_coordinator(name: &str, config: coordinator::Config) -> anyhow::Result<ServiceHandle> {
+    use service::Check;
+    let config = config.validate()?;
     ServiceHandle::start(name, move |listener, cancel| {
         coordinator::serve(config, listener, cancel)
     })

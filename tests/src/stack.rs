@@ -162,6 +162,7 @@ impl Stack {
         let id = format!("ms{}", self.next_server);
         let mut config = self.server_config(&id);
         tweak(&mut config);
+        let config = service::Check::validate(config)?;
         let handle = ServiceHandle::start(&id, move |l, c| {
             messaging_server::serve_with(config, l, c, faults)
         })?;
@@ -183,6 +184,7 @@ impl Stack {
         c.group_id = format!("{}-persister", self.topic);
         c.database.url = self.database_url.clone();
         c.batch_wait = Duration::from_millis(20);
+        let c = service::Check::validate(c)?;
         self.persister = Some(ServiceHandle::start("persister", move |l, cancel| {
             persister::serve_with(c, l, cancel, faults)
         })?);
