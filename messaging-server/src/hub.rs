@@ -66,6 +66,7 @@ impl Hub {
 
     pub fn open_partition(&self, partition: u32, start: i64) {
         self.fanout.lock().open(partition, start);
+        self.fanout.wake();
     }
 
     /// The next offset the consumer will hand to `partition`'s devices.
@@ -171,6 +172,13 @@ impl Hub {
 
     pub fn unregister(&self, user: &UserId, id: u64) {
         self.fanout.lock().remove(user, id);
+        self.fanout.wake();
+    }
+
+    /// Resolves at the next change of partitions, deliveries or devices
+    /// after this call: create it, check, then await it.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.fanout.changed()
     }
 
     #[cfg(test)]

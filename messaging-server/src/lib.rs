@@ -40,7 +40,7 @@ use service::Valid;
 use state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -296,22 +296,30 @@ fn connection_limit(config: &Config, metrics: &metrics::Metrics) -> usize {
 async fn drain(state: &AppState) {
     info!(server = %state.info.server_id, "draining");
     state.draining.send_replace(true);
-    let deadline = Instant::now() + state.config.drain_timeout;
-    while Instant::now() < deadline && *state.registered.borrow() {
-        let mine = state
-            .assignment()
-            .map(|a| a.partitions_of(&state.info.server_id).len())
-            .unwrap_or(0);
-        if mine == 0 {
-            break;
+    let handed_off = async {
+        loop {
+            let changes = state.changes();
+            let mine = state
+                .assignment()
+                .map_or(0, |a| a.partitions_of(&state.info.server_id).len());
+            if mine == 0 || !*state.registered.borrow() {
+                return;
+            }
+            changes.any().await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let _ = tokio::time::timeout(state.config.drain_timeout, handed_off).await;
     membership::close_all_for_drain(state);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while state.hub.connections() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gone = async {
+        loop {
+            let changed = state.hub.changed();
+            if state.hub.connections() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), gone).await;
     if let Err(e) = state.producer.flush(Duration::from_secs(5)).await {
         warn!(error = %e, "producer flush incomplete");
     }

@@ -11,7 +11,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -75,7 +74,7 @@ impl ProducerSettings {
 pub struct Producers {
     settings: ProducerSettings,
     current: RwLock<Arc<KafkaProducer>>,
-    healthy: AtomicBool,
+    healthy: tokio::sync::watch::Sender<bool>,
     wake: Arc<Notify>,
     in_flight: Arc<Semaphore>,
     metrics: Metrics,
@@ -118,7 +117,7 @@ impl Producers {
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
             current: RwLock::new(Arc::new(first)),
-            healthy: AtomicBool::new(true),
+            healthy: tokio::sync::watch::Sender::new(true),
             wake,
             metrics,
         })
@@ -126,7 +125,12 @@ impl Producers {
 
     /// False from a fatal error until its replacement exists.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
+        *self.healthy.borrow()
+    }
+
+    /// Sees every change of [`Producers::is_healthy`].
+    pub fn health(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.healthy.subscribe()
     }
 
     fn current(&self) -> Arc<KafkaProducer> {
@@ -217,7 +221,7 @@ impl Producers {
 
     async fn replace(&self, code: RDKafkaErrorCode, reason: String, stop: &CancellationToken) {
         error!(?code, %reason, "kafka producer is unusable; answering sends `unavailable` and building a new one");
-        self.healthy.store(false, Ordering::SeqCst);
+        self.healthy.send_replace(false);
         self.metrics.producer_ready.set(0);
         let mut backoff = Duration::from_millis(100);
         let fresh = loop {
@@ -240,7 +244,7 @@ impl Producers {
         tokio::task::spawn_blocking(move || drop(old));
         self.metrics.producer_restarts.inc();
         self.metrics.producer_ready.set(1);
-        self.healthy.store(true, Ordering::SeqCst);
+        self.healthy.send_replace(true);
         info!("kafka producer replaced; sends resume");
     }
 }

@@ -86,6 +86,20 @@ impl AppState {
         a.servers.contains_key(&self.info.server_id)
     }
 
+    /// Watches everything [`AppState::not_ready`] and the ownership of
+    /// partitions read, from now on: check, then await [`Changes::any`].
+    pub fn changes(&self) -> Changes {
+        Changes {
+            assignment: self.assignment_rx.clone(),
+            flags: [
+                self.registered.subscribe(),
+                self.draining.subscribe(),
+                self.broker_reachable.subscribe(),
+                self.producer.health(),
+            ],
+        }
+    }
+
     /// Why this server does not serve now, for `/readyz` and the logs.
     pub fn not_ready(&self) -> Option<&'static str> {
         if self.is_draining() {
@@ -105,5 +119,33 @@ impl AppState {
             return Some("the broker does not answer (partitions handed to servers that reach it)");
         }
         (!self.producer.is_healthy()).then_some("the Kafka producer is not ready")
+    }
+}
+
+/// Receivers of the state's watches (see [`AppState::changes`]).
+pub struct Changes {
+    assignment: service::etcd::AssignmentRx,
+    flags: [watch::Receiver<bool>; 4],
+}
+
+impl Changes {
+    /// Resolves at the first change after these receivers were made.
+    pub async fn any(mut self) {
+        let [a, b, c, d] = &mut self.flags;
+        tokio::select! {
+            _ = changed(&mut self.assignment) => {}
+            _ = changed(a) => {}
+            _ = changed(b) => {}
+            _ = changed(c) => {}
+            _ = changed(d) => {}
+        }
+    }
+}
+
+/// A watch whose sender is gone never changes again (instead of waking
+/// its waiter at once, over and over).
+async fn changed<T>(rx: &mut watch::Receiver<T>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

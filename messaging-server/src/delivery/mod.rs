@@ -316,9 +316,16 @@ impl<K: Eq + Hash + Clone, S, F: Clone> Fanout<K, S, F> {
         out
     }
 
-    /// Wakes [`Fanout::passes`] waiters after partitions opened or closed.
+    /// Wakes [`Fanout::passes`] and [`Fanout::changed`] waiters after
+    /// partitions opened or closed, or subscribers left.
     pub fn wake(&self) {
         self.advanced.notify_waiters();
+    }
+
+    /// Resolves at the next dispatch or [`Fanout::wake`] after this call
+    /// (create it before checking, then await it).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.advanced.notified()
     }
 
     /// Waits, at most `limit`, until the consumer has passed `high` in

@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::frames::ErrorFrame;
 use protocol::{partition_for, CloseCode, Cursor, DeviceId, ErrorCode, ServerFrame};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{info_span, warn, Instrument};
 
 type Sink = SplitSink<WebSocket, WsMessage>;
@@ -247,8 +247,10 @@ impl Session {
 
     /// A partition we own may still be opening (watermarks being read).
     async fn wait_open(&self, partition: u32) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            let (changes, opened) = (self.state.changes(), self.state.hub.changed());
             if self.state.hub.is_open(partition) && self.state.is_ready() {
                 return true;
             }
@@ -259,9 +261,12 @@ impl Session {
             if !mine {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                _ = changes.any() => {}
+                _ = opened => {}
+                _ = &mut deadline => return false,
+            }
         }
-        false
     }
 
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
