@@ -3,7 +3,7 @@
 //! same path to Kafka as a user's send (acked after Kafka has it, msg_id
 //! UUID-v5 of sender and idempotency key).
 
-use crate::send::{build, build_channel, Outgoing};
+use crate::send::{build, build_channel, Directory, Outgoing, Prepared};
 use crate::state::AppState;
 use protocol::{
     ConversationId, DeviceId, ErrorBody, ErrorCode, FrameError, MsgId, Publish, PublishResult,
@@ -20,7 +20,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> FrameError {
 /// Checks a publication and resolves who receives it. Publications to users
 /// carry their sender as the conversation id; to a conversation, its id.
 async fn recipients(
-    state: &AppState,
+    dir: &impl Directory,
     p: &Publish,
 ) -> Result<(ConversationId, Vec<protocol::UserId>), FrameError> {
     if !p.from_is_system() {
@@ -50,8 +50,7 @@ async fn recipients(
             Ok((id, users.clone()))
         }
         PublishTarget::Conversation(c) => {
-            let members = state
-                .members
+            let members = dir
                 .members(c)
                 .await
                 .map_err(|e| refuse(ErrorCode::Unavailable, e.to_string()))?
@@ -68,7 +67,12 @@ async fn start(
     state: &AppState,
     p: Publish,
 ) -> Result<impl std::future::Future<Output = Result<MsgId, FrameError>> + use<>, FrameError> {
-    let (conversation_id, to) = recipients(state, &p).await?;
+    Ok(prepare(state, p).await?.enqueue(state))
+}
+
+/// Checks a publication and builds its records.
+pub async fn prepare(dir: &impl Directory, p: Publish) -> Result<Prepared, FrameError> {
+    let (conversation_id, to) = recipients(dir, &p).await?;
     let device = DeviceId::new(DEVICE).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
     let message = Outgoing {
         id: None,
@@ -79,11 +83,10 @@ async fn start(
         kind: p.kind,
         body: p.body,
     };
-    let prepared = match &p.to {
-        PublishTarget::Channel(channel) => build_channel(state, message, channel)?,
-        _ => build(state, message, &to)?,
-    };
-    Ok(prepared.enqueue(state))
+    match &p.to {
+        PublishTarget::Channel(channel) => build_channel(dir, message, channel),
+        _ => build(dir, message, &to),
+    }
 }
 
 pub async fn one(state: &AppState, p: Publish) -> Result<MsgId, FrameError> {
@@ -117,3 +120,6 @@ pub async fn batch(state: &AppState, items: Vec<Publish>) -> Vec<PublishResult> 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

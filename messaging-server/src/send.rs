@@ -2,6 +2,7 @@
 //! produce one record per partition, succeed only when every record is acked.
 
 use crate::auth::Verified;
+use crate::members::{MemberCache, Members};
 use crate::state::AppState;
 use protocol::frames::{FrameError, Send};
 use protocol::{
@@ -9,7 +10,38 @@ use protocol::{
     Target, UserId,
 };
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Instant;
+use store::StoreError;
+
+/// What turning a message into records looks up: a conversation's members
+/// and how the two topics are partitioned (the server's state; a map in
+/// tests).
+pub trait Directory: Sync {
+    /// Members of a conversation; `None` if it does not exist.
+    fn members(
+        &self,
+        conversation: &ConversationId,
+    ) -> impl Future<Output = Result<Option<Members>, StoreError>> + std::marker::Send;
+    /// The users' topic's partitions, once a map exists.
+    fn user_partitions(&self) -> Option<u32>;
+    /// The channel topic's partition for `channel`, once it is open.
+    fn channel_partition(&self, channel: &ChannelName) -> Option<u32>;
+}
+
+impl Directory for AppState {
+    async fn members(&self, c: &ConversationId) -> Result<Option<Members>, StoreError> {
+        MemberCache::members(&self.members, c).await
+    }
+
+    fn user_partitions(&self) -> Option<u32> {
+        self.assignment().map(|a| a.partitions)
+    }
+
+    fn channel_partition(&self, channel: &ChannelName) -> Option<u32> {
+        self.channels.partition_of(channel)
+    }
+}
 
 fn refuse(send: &Send, code: ErrorCode, message: impl Into<String>) -> FrameError {
     FrameError::new(send.id.clone(), code, message)
@@ -30,7 +62,7 @@ pub fn group_by_partition(recipients: &[UserId], partitions: u32) -> BTreeMap<u3
 }
 
 async fn resolve(
-    state: &AppState,
+    dir: &impl Directory,
     sender: &UserId,
     send: &Send,
 ) -> Result<(ConversationId, Vec<UserId>), FrameError> {
@@ -52,8 +84,7 @@ async fn resolve(
             ))
         }
     };
-    let members = state
-        .members
+    let members = dir
         .members(&conversation)
         .await
         .map_err(|e| refuse(send, ErrorCode::Unavailable, e.to_string()))?
@@ -97,7 +128,7 @@ pub struct Prepared {
 /// the frame's) and builds one record per partition holding a recipient,
 /// or for a channel the one record of the channel (if `publish` allows it).
 pub async fn prepare(
-    state: &AppState,
+    dir: &impl Directory,
     sender: &Verified,
     device: &DeviceId,
     send: Send,
@@ -110,14 +141,14 @@ pub async fn prepare(
         }
         let channel = channel.clone();
         return build_channel(
-            state,
+            dir,
             outgoing(&sender.user, device, send, (&channel).into()),
             &channel,
         );
     }
-    let (conversation_id, members) = resolve(state, &sender.user, &send).await?;
+    let (conversation_id, members) = resolve(dir, &sender.user, &send).await?;
     build(
-        state,
+        dir,
         outgoing(&sender.user, device, send, conversation_id),
         &members,
     )
@@ -148,15 +179,14 @@ fn now_ms() -> i64 {
 
 /// The one record of a channel publication, however many subscribe.
 pub fn build_channel(
-    state: &AppState,
+    dir: &impl Directory,
     m: Outgoing<'_>,
     channel: &ChannelName,
 ) -> Result<Prepared, FrameError> {
     let started = Instant::now();
     let fail = |code, message: String| FrameError::new(m.id.clone(), code, message);
-    let partition = state
-        .channels
-        .partition_of(channel)
+    let partition = dir
+        .channel_partition(channel)
         .ok_or_else(|| fail(ErrorCode::Unavailable, "channels are not open yet".into()))?;
     let record = ChannelRecord {
         v: protocol::record::RECORD_VERSION,
@@ -193,18 +223,18 @@ pub struct Outgoing<'a> {
 
 /// One record per partition that holds a recipient.
 pub fn build(
-    state: &AppState,
+    dir: &impl Directory,
     m: Outgoing<'_>,
     recipients: &[UserId],
 ) -> Result<Prepared, FrameError> {
     let started = Instant::now();
     let fail = |code, message: String| FrameError::new(m.id.clone(), code, message);
-    let assignment = state
-        .assignment()
+    let partitions = dir
+        .user_partitions()
         .ok_or_else(|| fail(ErrorCode::Unavailable, "no partition map yet".into()))?;
     let sent_at_ms = now_ms();
     let mut records = Vec::new();
-    for (partition, recipients) in group_by_partition(recipients, assignment.partitions) {
+    for (partition, recipients) in group_by_partition(recipients, partitions) {
         let key = recipients
             .first()
             .map(|u| u.to_string())
@@ -235,6 +265,22 @@ pub fn build(
 }
 
 impl Prepared {
+    #[cfg(test)]
+    pub fn msg_id(&self) -> MsgId {
+        self.msg_id
+    }
+
+    #[cfg(test)]
+    pub fn topic(&self) -> Topic {
+        self.topic
+    }
+
+    /// (partition, key, encoded record), one per partition with a recipient.
+    #[cfg(test)]
+    pub fn records(&self) -> &[(u32, String, Vec<u8>)] {
+        &self.records
+    }
+
     /// Hands every record to the producer now — so one connection's sends
     /// reach Kafka in the order they were made — and returns the wait for
     /// their acks (acks=all), which may run alongside other sends.
@@ -280,25 +326,4 @@ pub async fn send(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn one_group_per_partition_and_every_recipient_once(users in proptest::collection::vec("[a-z]{1,8}", 1..200), p in 1u32..64) {
-            let ids: Vec<UserId> = users.iter().map(|u| UserId::new(u.as_str()).unwrap()).collect();
-            let groups = group_by_partition(&ids, p);
-            prop_assert!(groups.len() <= p as usize);
-            let mut seen: Vec<&UserId> = groups.values().flatten().collect();
-            for (part, g) in &groups {
-                for u in g { prop_assert_eq!(partition_for(u.as_str(), p), *part); }
-            }
-            seen.sort();
-            let mut want: Vec<&UserId> = ids.iter().collect();
-            want.sort();
-            want.dedup();
-            prop_assert_eq!(seen, want);
-        }
-    }
-}
+pub(crate) mod tests;

@@ -237,7 +237,7 @@ impl Session {
     > {
         let state = &self.state;
         let (id, cmid) = (send.id.clone(), send.client_msg_id.clone());
-        let prepared = crate::send::prepare(state, &self.who, &self.device, send).await?;
+        let prepared = crate::send::prepare(&**state, &self.who, &self.device, send).await?;
         let acked = prepared.enqueue(state);
         let metrics = state.metrics.clone();
         Ok(async move { reply(acked.await, id, cmid, &metrics) })
