@@ -164,9 +164,13 @@ impl Runner {
 
     async fn first_frame(&mut self, ws: &mut Socket) -> Result<(), Outcome> {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
-                .await
-                .map_err(|_| Outcome::Failed)?;
+            let msg = tokio::select! {
+                m = tokio::time::timeout(Duration::from_secs(15), ws.next()) => {
+                    m.map_err(|_| Outcome::Failed)?
+                }
+                // Closing the client must not wait for a server that never welcomes.
+                _ = self.cancel.cancelled() => return Err(Outcome::Stopped),
+            };
             match msg {
                 Some(Ok(Ws::Text(t))) => match ServerFrame::parse(&t) {
                     Ok(ServerFrame::Welcome(w)) => {

@@ -1,0 +1,248 @@
+//! The client's connection task against an in-process server that speaks
+//! the protocol (docs/protocol.md): no broker, no Docker. The server is
+//! scripted session by session, so each test says exactly what the client
+//! is shown and checks what it does.
+
+// Test helpers: a step that fails is the test failing.
+#![allow(clippy::unwrap_used)]
+
+use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use protocol::frames::{Ack, Message, Redirect, Synced, Welcome};
+use protocol::{
+    ClientFrame, CloseCode, ConversationId, Cursor, DeviceId, Kind, MsgId, Route, ServerFrame,
+    ServerId, Target, UserId,
+};
+use std::time::Duration;
+use switchboard_client::{Client, ClientConfig, Event};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Routes the user to this server's WebSocket endpoint; each accepted
+/// socket is handed to the test in order.
+async fn fake_server() -> (String, mpsc::Receiver<WebSocket>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel(8);
+    let ws_url = base.replacen("http://", "ws://", 1) + "/v1/ws";
+    let route = move || {
+        let ws_url = ws_url.clone();
+        async move {
+            Json(Route {
+                user_id: UserId::new("bob").unwrap(),
+                partition: 0,
+                server_id: ServerId::new("fake").unwrap(),
+                ws_url,
+                epoch: 1,
+            })
+        }
+    };
+    let ws = |State(tx): State<mpsc::Sender<WebSocket>>, up: WebSocketUpgrade| async move {
+        up.on_upgrade(move |socket| async move {
+            let _ = tx.send(socket).await;
+        })
+    };
+    let app = Router::new()
+        .route("/v1/route", get(route))
+        .route("/v1/ws", get(ws))
+        .with_state(tx);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, rx)
+}
+
+async fn next_socket(rx: &mut mpsc::Receiver<WebSocket>) -> WebSocket {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the client did not (re)connect")
+        .expect("server gone")
+}
+
+/// The next frame the client sends (pings and pongs skipped).
+async fn read(ws: &mut WebSocket) -> ClientFrame {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.recv())
+            .await
+            .expect("the client sent nothing")
+            .expect("socket closed")
+            .expect("socket failed");
+        if let Ws::Text(t) = m {
+            return ClientFrame::parse(t.as_str()).expect("a frame of the protocol");
+        }
+    }
+}
+
+async fn hello_cursor(ws: &mut WebSocket) -> Option<Cursor> {
+    match read(ws).await {
+        ClientFrame::Hello(h) => h.cursor,
+        other => panic!("hello first, got {other:?}"),
+    }
+}
+
+async fn write(ws: &mut WebSocket, f: ServerFrame) {
+    let text = f.to_json().unwrap();
+    ws.send(Ws::Text(text.into())).await.unwrap();
+}
+
+async fn close(ws: &mut WebSocket, code: CloseCode, reason: &'static str) {
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: reason.into(),
+    };
+    ws.send(Ws::Close(Some(frame))).await.unwrap();
+}
+
+fn welcome(resumed: bool, cursor: Cursor) -> ServerFrame {
+    ServerFrame::Welcome(Welcome {
+        user_id: UserId::new("bob").unwrap(),
+        device_id: DeviceId::new("laptop").unwrap(),
+        server_id: ServerId::new("fake").unwrap(),
+        partition: 0,
+        epoch: 1,
+        resumed,
+        cursor,
+        token_exp: None,
+        ping_ms: None,
+    })
+}
+
+fn synced(offset: i64) -> ServerFrame {
+    ServerFrame::Synced(Synced {
+        cursor: Cursor::new("e1", offset),
+    })
+}
+
+/// Message `n` (its body is `n`) at `offset` of the log.
+fn message(n: u128, offset: i64, replay: bool) -> ServerFrame {
+    ServerFrame::Message(Message {
+        msg_id: MsgId(uuid::Uuid::from_u128(n)),
+        conversation_id: ConversationId::new("dm:alice,bob").unwrap(),
+        from: UserId::new("alice").unwrap(),
+        from_device: DeviceId::new("phone").unwrap(),
+        kind: Kind::Chat,
+        body: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
+        sent_at_ms: 0,
+        cursor: Some(Cursor::new("e1", offset)),
+        replay,
+        channel: None,
+    })
+}
+
+fn config(base: &str) -> ClientConfig {
+    ClientConfig {
+        coordinator_url: base.to_owned(),
+        token: "token".into(),
+        refresh: None,
+        user_id: "bob".into(),
+        device_id: "laptop".into(),
+        cursor: None,
+        max_backoff: Duration::from_millis(200),
+        report_duplicates: true,
+    }
+}
+
+/// The next `n` messages the app is handed, as (duplicate?, body).
+async fn messages(client: &mut Client, n: usize) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .expect("no event in time")
+            .expect("client stopped");
+        match e {
+            Event::Message(m) => out.push((false, m.body.get().to_owned())),
+            Event::Duplicate(m) => out.push((true, m.body.get().to_owned())),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn seen(list: &[(bool, &str)]) -> Vec<(bool, String)> {
+    list.iter().map(|(d, b)| (*d, (*b).to_owned())).collect()
+}
+
+#[tokio::test]
+async fn a_drained_session_resumes_from_the_cursor_resends_and_drops_the_replayed_duplicate() {
+    let (base, mut sockets) = fake_server().await;
+    let mut client = Client::start(config(&base));
+
+    // Session 1: no cursor yet; two live messages, a send left unacked, 4006.
+    let mut ws = next_socket(&mut sockets).await;
+    assert_eq!(hello_cursor(&mut ws).await, None);
+    write(&mut ws, welcome(false, Cursor::new("e1", 4))).await;
+    write(&mut ws, synced(4)).await;
+    write(&mut ws, message(1, 5, false)).await;
+    write(&mut ws, message(2, 6, false)).await;
+    assert_eq!(
+        messages(&mut client, 2).await,
+        seen(&[(false, "1"), (false, "2")])
+    );
+    let sender = client.sender();
+    let to = Target::User(UserId::new("alice").unwrap());
+    let send = tokio::spawn(async move {
+        sender
+            .send_with_id("c-1", to, serde_json::json!({"t": "hi"}), Kind::Chat)
+            .await
+    });
+    let ClientFrame::Send(first) = read(&mut ws).await else {
+        panic!("the send")
+    };
+    close(&mut ws, CloseCode::Draining, "server draining").await;
+    drop(ws);
+
+    // Session 2: the hello carries the last cursor; the replay repeats
+    // message 2; the send comes again with its client_msg_id and is acked.
+    let mut ws = next_socket(&mut sockets).await;
+    assert_eq!(hello_cursor(&mut ws).await, Some(Cursor::new("e1", 6)));
+    write(&mut ws, welcome(true, Cursor::new("e1", 6))).await;
+    write(&mut ws, message(2, 6, true)).await;
+    write(&mut ws, message(3, 7, true)).await;
+    write(&mut ws, synced(7)).await;
+    let ClientFrame::Send(again) = read(&mut ws).await else {
+        panic!("the resent send")
+    };
+    assert_eq!(again.client_msg_id, first.client_msg_id);
+    let msg_id = MsgId(uuid::Uuid::from_u128(99));
+    let ack = Ack {
+        id: again.id.clone(),
+        client_msg_id: again.client_msg_id.clone(),
+        msg_id,
+    };
+    write(&mut ws, ServerFrame::Ack(ack)).await;
+    assert_eq!(
+        messages(&mut client, 2).await,
+        seen(&[(true, "2"), (false, "3")])
+    );
+    let acked = tokio::time::timeout(WAIT, send).await.expect("no answer");
+    assert_eq!(acked.unwrap().unwrap(), msg_id);
+    assert_eq!(client.duplicates(), 1);
+    assert_eq!(client.cursor(), Some(Cursor::new("e1", 7)));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_redirect_goes_straight_to_the_new_owner_with_the_cursor() {
+    let (base, mut sockets) = fake_server().await;
+    let mut cfg = config(&base);
+    cfg.cursor = Some(Cursor::new("e1", 41));
+    let client = Client::start(cfg);
+    let mut ws = next_socket(&mut sockets).await;
+    assert_eq!(hello_cursor(&mut ws).await, Some(Cursor::new("e1", 41)));
+    let redirect = Redirect {
+        server_id: ServerId::new("ms-2").unwrap(),
+        ws_url: base.replacen("http://", "ws://", 1) + "/v1/ws?moved=1",
+        epoch: 2,
+    };
+    write(&mut ws, ServerFrame::Redirect(redirect)).await;
+    close(&mut ws, CloseCode::PartitionMoved, "partition moved").await;
+    let mut ws = next_socket(&mut sockets).await;
+    assert_eq!(
+        hello_cursor(&mut ws).await,
+        Some(Cursor::new("e1", 41)),
+        "the cursor survives a move"
+    );
+    client.close().await;
+}
