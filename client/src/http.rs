@@ -113,6 +113,22 @@ impl Api {
     }
 
     pub async fn route(&self, user: &str) -> Result<Route, ApiError> {
+        self.coordinator_get("/v1/route", &[("user_id", user)])
+            .await
+    }
+
+    /// The partition map (`GET /v1/assignment`) from any coordinator replica.
+    pub async fn assignment(&self) -> Result<protocol::Assignment, ApiError> {
+        self.coordinator_get("/v1/assignment", &[]).await
+    }
+
+    /// `GET path` from the replica that answered last, falling over to the
+    /// next one when a replica cannot be reached.
+    async fn coordinator_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ApiError> {
         use std::sync::atomic::Ordering;
         let n = self.coordinators.len().max(1);
         let first = self.preferred.load(Ordering::Relaxed);
@@ -120,11 +136,8 @@ impl Api {
         for i in 0..n {
             let at = (first + i) % n;
             let base = self.coordinators.get(at).map_or("", String::as_str);
-            let url = format!("{base}/v1/route");
-            match self
-                .call(self.http.get(&url).query(&[("user_id", user)]), &url)
-                .await
-            {
+            let url = format!("{base}{path}");
+            match self.call(self.http.get(&url).query(query), &url).await {
                 Ok(body) => {
                     self.preferred.store(at, Ordering::Relaxed);
                     return Self::decode(&url, body);

@@ -3,8 +3,38 @@
 
 use protocol::record::TooNew;
 use protocol::{Kind, Record};
+use std::time::{Duration, Instant};
 use store::RowBatch;
 use tracing::warn;
+
+/// When the pending batch is written: once it holds `max_records`, or once
+/// its oldest record has waited `max_age` (so a quiet topic is still
+/// persisted within `max_age`).
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    pub max_records: usize,
+    pub max_age: Duration,
+}
+
+/// Longest one poll of the consumer blocks, so shutdown is noticed.
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+impl FlushPolicy {
+    /// Whether a batch of `records`, the oldest added at `oldest`, is due.
+    pub fn due(&self, records: usize, oldest: Option<Instant>, now: Instant) -> bool {
+        records >= self.max_records
+            || oldest.is_some_and(|t| now.saturating_duration_since(t) >= self.max_age)
+    }
+
+    /// How long the next poll may wait: until the batch is due by age.
+    pub fn poll_wait(&self, oldest: Option<Instant>, now: Instant) -> Duration {
+        let left = oldest.map_or(self.max_age, |t| {
+            self.max_age
+                .saturating_sub(now.saturating_duration_since(t))
+        });
+        left.min(MAX_POLL)
+    }
+}
 
 #[derive(Default)]
 pub struct Batch {
@@ -54,6 +84,60 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_due_when_full_or_old_and_a_poll_never_outwaits_it() {
+        let policy = FlushPolicy {
+            max_records: 3,
+            max_age: Duration::from_millis(50),
+        };
+        let t0 = Instant::now();
+        assert!(
+            !policy.due(0, None, t0 + Duration::from_secs(60)),
+            "nothing pending"
+        );
+        assert!(!policy.due(2, Some(t0), t0 + Duration::from_millis(49)));
+        assert!(policy.due(3, Some(t0), t0), "full");
+        assert!(
+            policy.due(1, Some(t0), t0 + Duration::from_millis(50)),
+            "old"
+        );
+        let wait = policy.poll_wait(Some(t0), t0 + Duration::from_millis(30));
+        assert_eq!(wait, Duration::from_millis(20));
+        assert_eq!(
+            policy.poll_wait(Some(t0), t0 + Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        assert_eq!(policy.poll_wait(None, t0), Duration::from_millis(50));
+        let slow = FlushPolicy {
+            max_age: Duration::from_secs(10),
+            ..policy
+        };
+        assert_eq!(slow.poll_wait(None, t0), MAX_POLL, "shutdown is noticed");
+    }
+
+    fn ephemeral() -> Vec<u8> {
+        String::from_utf8(record(1, 9))
+            .unwrap()
+            .replace(r#""kind":"chat""#, r#""kind":"ephemeral""#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn ephemeral_records_write_no_row_but_move_the_offset() {
+        let mut b = Batch::default();
+        b.add(3, 100, &record(1, 1)).unwrap();
+        b.add(3, 101, &ephemeral()).unwrap();
+        b.add(4, 7, &ephemeral()).unwrap();
+        assert_eq!((b.records, b.skipped, b.undecodable), (3, 2, 0));
+        assert_eq!(b.rows.rows(), 1);
+        assert_eq!(b.rows.next_offset(3), Some(102));
+        assert_eq!(
+            b.rows.next_offset(4),
+            Some(8),
+            "a partition of only ephemeral records still advances"
+        );
+    }
 
     fn record(v: u32, n: u32) -> Vec<u8> {
         format!(

@@ -3,7 +3,7 @@
 //! revoke) and to read the stored offsets (on assign) before anything else
 //! is consumed.
 
-use crate::batch::Batch;
+use crate::batch::{Batch, FlushPolicy};
 use crate::metrics::{Metrics, PartitionLabel};
 use crate::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -158,14 +158,17 @@ pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> Result<(), ConsumeError
     let cancel = ctx.cancel.clone();
     let consumer = create(config, group, ctx).inspect_err(|_| cancel.cancel())?;
     let ctx = consumer.context();
-    let max_age = config.batch_wait;
+    let policy = FlushPolicy {
+        max_records: config.batch_max,
+        max_age: config.batch_wait,
+    };
     let mut oldest: Option<Instant> = None;
     let mut lag_checked = Instant::now();
     while !ctx.cancel.is_cancelled() {
         if ctx.faults.failed("consumer") {
             panic!("injected fault in task consumer");
         }
-        match consumer.poll(max_age.min(Duration::from_millis(100))) {
+        match consumer.poll(policy.poll_wait(oldest, Instant::now())) {
             Some(Ok(m)) => {
                 let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
                 let partition = service::kafka::from_kafka(m.partition());
@@ -184,12 +187,8 @@ pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> Result<(), ConsumeError
             Some(Err(e)) => warn!(error = %e, "consume failed"),
             None => {}
         }
-        let full = ctx
-            .pending
-            .lock()
-            .map(|p| p.records >= config.batch_max)
-            .unwrap_or(false);
-        if full || oldest.is_some_and(|t| t.elapsed() >= max_age) {
+        let records = ctx.pending.lock().map_or(0, |p| p.records);
+        if policy.due(records, oldest, Instant::now()) {
             ctx.flush();
             oldest = None;
         }

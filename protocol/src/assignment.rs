@@ -62,6 +62,14 @@ impl Assignment {
         }
     }
 
+    /// A cluster of `servers` live servers has settled: exactly that many
+    /// are in the map and not draining, and every partition has an owner.
+    /// (Tests, benchmarks and `./dev` wait for this before sending.)
+    pub fn settled(&self, servers: usize) -> bool {
+        self.servers.values().filter(|s| !s.draining).count() == servers
+            && self.owners.iter().all(Option::is_some)
+    }
+
     pub fn owner(&self, partition: u32) -> Option<&ServerInfo> {
         let id = self.owners.get(partition as usize)?.as_ref()?;
         self.servers.get(id)

@@ -322,10 +322,9 @@ pub async fn rate_limited_sends_are_retried_without_a_burst(
         );
     }
     let base = stack.servers[0].url();
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let text = harness::scrape(&base)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("{base}/metrics does not answer"))?;
     anyhow::ensure!(
         !text
             .lines()

@@ -176,15 +176,7 @@ pub async fn three_servers_join_drain_and_crash(infra: Arc<Infra>) -> anyhow::Re
 }
 
 async fn is_leader(base: &str) -> bool {
-    match reqwest::get(format!("{base}/metrics")).await {
-        Ok(r) => r
-            .text()
-            .await
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"),
-        Err(_) => false,
-    }
+    harness::sample(base, "switchboard_coordinator_is_leader").await == Some(1.0)
 }
 
 pub async fn leader_failover_keeps_routes_and_fences_stale_writes(
@@ -429,10 +421,7 @@ pub async fn route_api_validates_and_answers(infra: Arc<Infra>) -> anyhow::Resul
         body["ws_url"] == "ws://s1.test/v1/ws" && body["epoch"].as_u64().is_some(),
         "{body}"
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let metrics = harness::scrape(&base).await.unwrap_or_default();
     anyhow::ensure!(
         metrics.contains("switchboard_coordinator_epoch"),
         "metrics: {metrics}"

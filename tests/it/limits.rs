@@ -197,15 +197,9 @@ fn hard_open_files() -> Option<u64> {
 
 /// The connection limit in force, from a server's `/metrics`.
 async fn connection_limit(port: u16) -> Option<u64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("switchboard_server_connection_limit "))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    let base = format!("http://127.0.0.1:{port}");
+    let limit = harness::sample(&base, "switchboard_server_connection_limit").await?;
+    Some(limit as u64)
 }
 
 /// A connection limit the process cannot hold descriptors for is lowered to

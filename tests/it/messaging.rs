@@ -679,9 +679,7 @@ pub async fn dashboard_queries_only_exported_metrics(infra: Arc<Infra>) -> anyho
         || async {
             let mut exported = String::new();
             for base in &bases {
-                if let Ok(r) = reqwest::get(format!("{base}/metrics")).await {
-                    exported.push_str(&r.text().await.unwrap_or_default());
-                }
+                exported.push_str(&harness::scrape(base).await.unwrap_or_default());
             }
             let Ok(mut missing) = missing.lock() else {
                 return false;

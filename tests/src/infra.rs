@@ -217,15 +217,20 @@ impl Infra {
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka)
-            .create()?;
-        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        for r in admin.create_topics([&t], &AdminOptions::new()).await? {
-            r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t}: {e}"))?;
-        }
-        Ok(())
+        create_topic(&self.kafka, topic, partitions).await
     }
+}
+
+/// Creates `topic` with `partitions` (replication 1) on the broker at `brokers`.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in admin.create_topics([&t], &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t}: {e}"))?;
+    }
+    Ok(())
 }
 
 impl Infra {

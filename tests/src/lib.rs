@@ -34,18 +34,72 @@ where
     }
 }
 
+/// The coordinators' map (`coordinators`: one URL or several, by commas),
+/// from the first replica that answers.
+/// A replica that does not answer within 2 s (frozen, cut off) is not
+/// waited for longer: map pollers must keep their pace.
+pub async fn assignment(coordinators: &str) -> anyhow::Result<protocol::Assignment> {
+    let api = switchboard_client::Api::new(coordinators, "");
+    let replicas = u32::try_from(coordinators.split(',').count()).unwrap_or(1);
+    let within = Duration::from_secs(2) * replicas;
+    match tokio::time::timeout(within, api.assignment()).await {
+        Ok(got) => Ok(got?),
+        Err(_) => anyhow::bail!("no coordinator answered with its map within {within:?}"),
+    }
+}
+
+/// `(server_id, ws_url)` of the server the coordinators route `user` to.
+pub async fn route(coordinators: &str, user: &str) -> anyhow::Result<(String, String)> {
+    let r = switchboard_client::Api::new(coordinators, "")
+        .route(user)
+        .await?;
+    Ok((r.server_id.to_string(), r.ws_url))
+}
+
+/// Waits (at most `within`) until the coordinators' map shows `servers`
+/// live servers owning every partition ([`protocol::Assignment::settled`]).
+pub async fn wait_map_settled(
+    coordinators: &str,
+    servers: usize,
+    within: Duration,
+) -> anyhow::Result<()> {
+    wait_until("the partition map is settled", within, || async {
+        assignment(coordinators)
+            .await
+            .is_ok_and(|a| a.settled(servers))
+    })
+    .await
+}
+
 /// The value of the unlabelled metric `name` on `base`'s `/metrics`, or -1
 /// when the service does not answer or does not export it.
 pub async fn metric(base: &str, name: &str) -> f64 {
-    let text = match reqwest::get(format!("{base}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return -1.0,
-    };
+    sample(base, name).await.unwrap_or(-1.0)
+}
+
+/// The value of the unlabelled metric `name` on `base`'s `/metrics`.
+pub async fn sample(base: &str, name: &str) -> Option<f64> {
+    metric_value(&scrape(base).await?, name)
+}
+
+/// `base`'s `/metrics` page (waiting at most 5 s), if it answers.
+pub async fn scrape(base: &str) -> Option<String> {
+    let client = reqwest::Client::new();
+    let got = client
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    got.text().await.ok()
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text page.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().last())
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
 }
 
 pub mod services;

@@ -192,13 +192,7 @@ impl Stack {
     }
 
     pub async fn assignment(&self) -> anyhow::Result<Assignment> {
-        Ok(
-            reqwest::get(format!("{}/v1/assignment", self.coordinator.url()))
-                .await?
-                .error_for_status()?
-                .json()
-                .await?,
-        )
+        crate::assignment(&self.coordinator.url()).await
     }
 
     /// Waits until `n` servers own every partition and all of them are ready.
@@ -206,14 +200,7 @@ impl Stack {
         let base = self.coordinator.url();
         let servers: Vec<String> = self.servers.iter().map(|s| s.url()).collect();
         wait_until("the stack is settled", Duration::from_secs(60), || async {
-            let Ok(r) = reqwest::get(format!("{base}/v1/assignment")).await else {
-                return false;
-            };
-            let Ok(a) = r.json::<Assignment>().await else {
-                return false;
-            };
-            let owners_live = a.servers.values().filter(|s| !s.draining).count() == n
-                && a.owners.iter().all(Option::is_some);
+            let owners_live = crate::assignment(&base).await.is_ok_and(|a| a.settled(n));
             let mut ready = true;
             for s in &servers {
                 ready &= reqwest::get(format!("{s}/readyz"))
@@ -228,15 +215,7 @@ impl Stack {
 
     /// `(server_id, ws_url)` of the server the coordinator routes `user` to.
     pub async fn route(&self, user: &str) -> anyhow::Result<(String, String)> {
-        let r: protocol::Route = reqwest::get(format!(
-            "{}/v1/route?user_id={user}",
-            self.coordinator.url()
-        ))
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-        Ok((r.server_id.to_string(), r.ws_url))
+        crate::route(&self.coordinator.url(), user).await
     }
 
     pub fn token(user: &str) -> String {

@@ -44,6 +44,13 @@ struct Cli {
 enum Cmd {
     /// Which server serves USER.
     Route { user: String },
+    /// Wait until SERVERS live servers own every partition (exit 1 if they
+    /// do not within --wait-secs).
+    Settled {
+        servers: usize,
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
     /// Send a chat (or ephemeral) message; prints its msg_id.
     Send(SendArgs),
     /// Publish as a backend with an API key (`POST /v1/publish`); prints the msg_id.
@@ -334,6 +341,18 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
+        Cmd::Settled { servers, wait_secs } => {
+            let api = Api::new(&cli.coordinator, "");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait_secs);
+            while !api.assignment().await.is_ok_and(|a| a.settled(*servers)) {
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "{servers} servers do not own every partition after {wait_secs} s"
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
         Cmd::Route { user } => {
             let r = Api::new(&cli.coordinator, "").route(user).await?;
             println!(

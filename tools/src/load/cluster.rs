@@ -89,16 +89,7 @@ impl Service {
 
     /// Whether this coordinator replica currently leads.
     pub async fn is_leader(&self) -> bool {
-        let client = reqwest::Client::new();
-        let got = client
-            .get(format!("{}/metrics", self.http))
-            .timeout(Duration::from_secs(2));
-        let Ok(r) = got.send().await else {
-            return false;
-        };
-        let text = r.text().await.unwrap_or_default();
-        text.lines()
-            .any(|l| l.trim() == "switchboard_coordinator_is_leader 1")
+        harness::sample(&self.http, "switchboard_coordinator_is_leader").await == Some(1.0)
     }
 }
 
@@ -281,11 +272,9 @@ impl Cluster {
             }
         }
         let urls = self.coordinator_urls();
-        let Ok(a) = super::generator::assignment(&urls).await else {
-            return false;
-        };
-        a.servers.values().filter(|s| !s.draining).count() == servers
-            && a.owners.iter().all(Option::is_some)
+        super::generator::assignment(&urls)
+            .await
+            .is_ok_and(|a| a.settled(servers))
     }
 
     /// (name, host PID) of the broker and every service.

@@ -418,30 +418,7 @@ impl Device {
     }
 }
 
-/// The coordinator's map, from the first replica that answers.
-pub async fn assignment(coordinators: &str) -> anyhow::Result<protocol::Assignment> {
-    let mut last = None;
-    for url in coordinators.split(',') {
-        let got = async {
-            reqwest::Client::new()
-                .get(format!("{}/v1/assignment", url.trim_end_matches('/')))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<protocol::Assignment>()
-                .await
-        }
-        .await;
-        match got {
-            Ok(a) => return Ok(a),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(anyhow::anyhow!(
-        "no coordinator answered with its map: {last:?}"
-    ))
-}
+pub use harness::assignment;
 
 async fn create_groups(
     settings: &Settings,

@@ -346,13 +346,5 @@ async fn produce(
 }
 
 async fn create_topic(kafka: &str, topic: &str) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka)
-        .create()?;
-    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for r in admin.create_topics([&t], &AdminOptions::new()).await? {
-        r.map_err(|(t, e)| anyhow::anyhow!("failed to create topic {t}: {e}"))?;
-    }
-    Ok(())
+    harness::infra::create_topic(kafka, topic, 1).await
 }

@@ -157,24 +157,8 @@ impl Bench {
     /// assignment, every partition owned, and every server ready.
     async fn settled(&self) -> anyhow::Result<()> {
         let base = self.coordinator.url();
-        let want: std::collections::BTreeSet<&str> =
-            self.servers.iter().map(|(id, _, _)| id.as_str()).collect();
-        wait_until(
-            "servers own every partition",
-            Duration::from_secs(60),
-            || async {
-                let Ok(r) = reqwest::get(format!("{base}/v1/assignment")).await else {
-                    return false;
-                };
-                let Ok(a) = r.json::<protocol::Assignment>().await else {
-                    return false;
-                };
-                let have: std::collections::BTreeSet<&str> =
-                    a.servers.keys().map(|s| s.as_str()).collect();
-                have == want && a.owners.iter().all(Option::is_some)
-            },
-        )
-        .await?;
+        let within = Duration::from_secs(60);
+        harness::wait_map_settled(&base, self.servers.len(), within).await?;
         for (_, _, port) in &self.servers {
             let url = format!("http://127.0.0.1:{port}/readyz");
             wait_until("server ready", Duration::from_secs(30), || async {
@@ -248,17 +232,7 @@ impl Bench {
     }
 
     async fn route(&self, user: &str) -> anyhow::Result<(String, String)> {
-        let v: serde_json::Value = reqwest::get(format!(
-            "{}/v1/route?user_id={user}",
-            self.coordinator.url()
-        ))
-        .await?
-        .json()
-        .await?;
-        Ok((
-            v["server_id"].as_str().unwrap_or_default().into(),
-            v["ws_url"].as_str().unwrap_or_default().into(),
-        ))
+        harness::route(&self.coordinator.url(), user).await
     }
 
     fn pid(&self, i: usize) -> u32 {
@@ -418,16 +392,4 @@ fn report<T: serde::Serialize>(result: &T, path: Option<&std::path::Path>) -> an
     Ok(())
 }
 
-/// One sample's value from a service's Prometheus `/metrics` at `base`.
-async fn metric(base: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let prefix = format!("{name} ");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-}
+use harness::sample as metric;
