@@ -6,7 +6,7 @@
 //! numbers. The broker is the harness's (container) or, with `--broker-cmd`,
 //! a process this tool starts (`{addr}` and `{dir}` are substituted).
 
-use harness::Infra;
+use crate::Env;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -175,7 +175,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-pub async fn broker(infra: Arc<Infra>, a: BrokerArgs, producer_config: &str) -> anyhow::Result<()> {
+pub async fn broker(infra: Arc<Env>, a: BrokerArgs, producer_config: &str) -> anyhow::Result<()> {
     let own = match &a.broker_cmd {
         Some(cmd) => Some(OwnBroker::start(cmd).await?),
         None => None,

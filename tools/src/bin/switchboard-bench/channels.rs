@@ -10,6 +10,7 @@
 
 use super::child::{Child, Span};
 use super::{now_us, sent_us, Bench, BENCH_API_KEY};
+use crate::Env;
 use futures_util::{SinkExt, StreamExt};
 use harness::Infra;
 use hdrhistogram::Histogram;
@@ -269,7 +270,7 @@ fn cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 
-pub async fn channels(infra: Arc<Infra>, a: ChannelArgs) -> anyhow::Result<()> {
+pub async fn channels(infra: Arc<Env>, a: ChannelArgs) -> anyhow::Result<()> {
     let b = Bench::start(infra.clone(), a.servers).await?;
     let coordinator = b.coordinator.url();
     let publications = (a.rate * a.seconds) as usize;

@@ -7,8 +7,9 @@
 
 use super::child::{Child, Span};
 use super::Bench;
+use crate::Env;
 use futures_util::{SinkExt, StreamExt};
-use harness::{Infra, Stack};
+use harness::Stack;
 use hdrhistogram::Histogram;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -318,7 +319,7 @@ fn holder(
     Child::command("hold-devices", &b.span(first, count), &flags)
 }
 
-pub async fn connections(infra: Arc<Infra>, a: ConnArgs) -> anyhow::Result<()> {
+pub async fn connections(infra: Arc<Env>, a: ConnArgs) -> anyhow::Result<()> {
     let b = Bench::start(infra.clone(), a.servers).await?;
     let pids: Vec<u32> = (0..a.servers).map(|i| b.pid(i)).collect();
     let broker: Vec<u32> = infra.broker_pid().into_iter().collect();

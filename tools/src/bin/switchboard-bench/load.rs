@@ -1,8 +1,9 @@
 //! Fan-out throughput and send→deliver latency.
 
 use super::{now_us, session, Bench};
+use crate::Env;
 use futures_util::{SinkExt, StreamExt};
-use harness::{Infra, Stack};
+use harness::Stack;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ fn cpu(pid: Option<u32>) -> f64 {
     pid.and_then(cpu_seconds).unwrap_or(0.0)
 }
 
-pub async fn fanout(infra: Arc<Infra>, members: usize, messages: usize) -> anyhow::Result<()> {
+pub async fn fanout(infra: Arc<Env>, members: usize, messages: usize) -> anyhow::Result<()> {
     let b = Bench::start(infra.clone(), 1).await?;
     let (_, ws_url) = b.route("fan0").await?;
     let users: Vec<String> = (0..members).map(|i| format!("fan{i}")).collect();
@@ -70,7 +71,8 @@ pub async fn fanout(infra: Arc<Infra>, members: usize, messages: usize) -> anyho
     let wall = t0.elapsed().as_secs_f64();
     let (scpu, bcpu) = (cpu(server) - cpu0, cpu(broker) - bcpu0);
     let got = delivered.load(Ordering::Relaxed);
-    println!("fan-out: {messages} sends to a group of {members} members (P=8), {got}/{expected} deliveries in {wall:.2} s");
+    let partitions = infra.settings.partitions;
+    println!("fan-out: {messages} sends to a group of {members} members (P={partitions}), {got}/{expected} deliveries in {wall:.2} s");
     println!("deliveries/s (wall): {:.0}", got as f64 / wall);
     println!(
         "server CPU {scpu:.2} s -> {:.0} deliveries per server CPU-second (target >= 25,000)",
@@ -169,7 +171,7 @@ struct LatencyReport {
 }
 
 pub async fn latency(
-    infra: Arc<Infra>,
+    infra: Arc<Env>,
     rate: u64,
     seconds: u64,
     pairs: usize,

@@ -40,10 +40,27 @@ struct Args {
     cmd: Cmd,
 }
 
-static PRODUCER_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-static FETCH_WAIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-static PARTITIONS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-static SERVER_ENV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The settings every benchmark's servers share (the global flags).
+#[derive(Debug, Clone)]
+struct ServerSettings {
+    producer_config: String,
+    fetch_wait_ms: u64,
+    partitions: u32,
+    server_env: String,
+}
+
+/// The infrastructure a benchmark runs on, and its servers' settings.
+pub struct Env {
+    infra: Infra,
+    settings: ServerSettings,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Infra;
+    fn deref(&self) -> &Infra {
+        &self.infra
+    }
+}
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -114,7 +131,7 @@ enum Cmd {
 const BENCH_API_KEY: &str = "bench-api-key-0123456789abcdef-0123456789";
 
 struct Bench {
-    infra: Arc<Infra>,
+    infra: Arc<Env>,
     prefix: String,
     topic: String,
     db: String,
@@ -123,17 +140,12 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(infra: Arc<Infra>, servers: usize) -> anyhow::Result<Self> {
+    async fn start(infra: Arc<Env>, servers: usize) -> anyhow::Result<Self> {
         let (prefix, topic) = (format!("/{}", infra.unique("bench")), infra.unique("bench"));
         let db = infra.database("bench").await?;
         let coordinator = harness::start_coordinator(
             "coord",
-            harness::coordinator_config(
-                &infra,
-                &prefix,
-                &topic,
-                PARTITIONS.get().copied().unwrap_or(8),
-            ),
+            harness::coordinator_config(&infra, &prefix, &topic, infra.settings.partitions),
         )?;
         let mut b = Self {
             infra,
@@ -205,7 +217,7 @@ impl Bench {
             ("SWITCHBOARD_TOPIC", self.topic.clone()),
             (
                 "SWITCHBOARD_KAFKA_PRODUCER_CONFIG",
-                PRODUCER_CONFIG.get().cloned().unwrap_or_default(),
+                self.infra.settings.producer_config.clone(),
             ),
             ("SWITCHBOARD_DATABASE_URL", self.db.clone()),
             ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
@@ -218,10 +230,10 @@ impl Bench {
             ("SWITCHBOARD_MAX_GROUP_MEMBERS", "1000000".into()),
             (
                 "SWITCHBOARD_FETCH_WAIT_MS",
-                FETCH_WAIT_MS.get().copied().unwrap_or(100).to_string(),
+                self.infra.settings.fetch_wait_ms.to_string(),
             ),
         ];
-        let extra = SERVER_ENV.get().map(String::as_str).unwrap_or_default();
+        let extra = self.infra.settings.server_env.as_str();
         env.extend(
             extra
                 .split(',')
@@ -261,7 +273,7 @@ async fn session(ws_url: &str, user: &str, device: &str) -> anyhow::Result<Ws> {
     }
 }
 
-async fn idle(infra: Arc<Infra>, connections: usize, idle_secs: u64) -> anyhow::Result<()> {
+async fn idle(infra: Arc<Env>, connections: usize, idle_secs: u64) -> anyhow::Result<()> {
     let b = Bench::start(infra, 1).await?;
     let (_, ws_url) = b.route("u0").await?;
     let pid = b.pid(0);
@@ -325,16 +337,21 @@ fn main() -> anyhow::Result<()> {
         Cmd::StormDevices(h) => return tokio::runtime::Runtime::new()?.block_on(storm::hold(h)),
         _ => {}
     }
-    let _ = PRODUCER_CONFIG.set(args.producer_config.clone());
-    let _ = FETCH_WAIT_MS.set(args.fetch_wait_ms);
-    let _ = PARTITIONS.set(args.partitions);
-    let _ = SERVER_ENV.set(args.server_env.clone());
+    let settings = ServerSettings {
+        producer_config: args.producer_config.clone(),
+        fetch_wait_ms: args.fetch_wait_ms,
+        partitions: args.partitions,
+        server_env: args.server_env.clone(),
+    };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::env::set_var("DOCKER_HOST", docker_compat::docker_host(&dir).await?);
-        let infra = Arc::new(Infra::start().await?);
+        let infra = Arc::new(Env {
+            infra: Infra::start().await?,
+            settings,
+        });
         let result = match args.cmd {
             Cmd::Idle {
                 connections,
@@ -359,7 +376,7 @@ fn main() -> anyhow::Result<()> {
             }
         };
         if let Ok(i) = Arc::try_unwrap(infra) {
-            i.stop().await;
+            i.infra.stop().await;
         }
         result
     })

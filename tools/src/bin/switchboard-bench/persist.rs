@@ -1,6 +1,7 @@
 //! Rows per second from the topic into PostgreSQL.
 
-use harness::{free_port, Infra, Process};
+use crate::Env;
+use harness::{free_port, Process};
 use protocol::{ClientMsgId, ConversationId, DeviceId, Kind, MsgId, Record, UserId};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -28,7 +29,7 @@ fn record(i: usize) -> anyhow::Result<Vec<u8>> {
     .encode()?)
 }
 
-pub async fn persist(infra: Arc<Infra>, records: usize, batch_max: usize) -> anyhow::Result<()> {
+pub async fn persist(infra: Arc<Env>, records: usize, batch_max: usize) -> anyhow::Result<()> {
     let topic = infra.unique("persist_bench");
     infra.create_topic(&topic, PARTITIONS).await?;
     let db = infra.database("persist_bench").await?;

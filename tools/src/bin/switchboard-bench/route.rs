@@ -2,11 +2,12 @@
 //! core, with wrk on the other core.
 
 use super::Bench;
-use harness::{free_port, wait_until, Infra, Process};
+use crate::Env;
+use harness::{free_port, wait_until, Process};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn route(infra: Arc<Infra>, seconds: u64) -> anyhow::Result<()> {
+pub async fn route(infra: Arc<Env>, seconds: u64) -> anyhow::Result<()> {
     // A published map with one live server.
     let b = Bench::start(infra.clone(), 1).await?;
     let port = free_port()?;

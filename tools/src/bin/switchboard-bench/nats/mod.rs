@@ -6,8 +6,9 @@
 //! servers only (the broker apart), idle CPU over the same window for both.
 
 use super::Bench;
+use crate::Env;
 use futures_util::{SinkExt, StreamExt};
-use harness::{wait_until, Infra, Stack};
+use harness::{wait_until, Stack};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -313,7 +314,7 @@ impl Switchboard {
     }
 }
 
-pub async fn nats(infra: Arc<Infra>, a: NatsArgs) -> anyhow::Result<()> {
+pub async fn nats(infra: Arc<Env>, a: NatsArgs) -> anyhow::Result<()> {
     let broker: Vec<u32> = infra.broker_pid().into_iter().collect();
     let b = Bench::start(infra, 2).await?;
     let mut nats = Nats::start(a.subscribers).await?;

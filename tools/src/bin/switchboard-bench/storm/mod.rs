@@ -9,9 +9,9 @@
 
 use super::child::Child;
 use super::Bench;
+use crate::Env;
 use devices::Outage;
 pub use devices::{hold, StormHoldArgs};
-use harness::Infra;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -237,7 +237,7 @@ fn holder(
     Child::command("storm-devices", &b.span(first, count), &flags)
 }
 
-pub async fn storm(infra: Arc<Infra>, a: StormArgs) -> anyhow::Result<()> {
+pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
     let mut b = Bench::start(infra.clone(), a.servers).await?;
     // The whole stack: resumes read what the persister has stored from
     // PostgreSQL, the rest from the log.
