@@ -21,6 +21,7 @@ mod persister;
 mod publish;
 mod resume;
 mod smoke;
+mod store;
 mod supervision;
 mod versions;
 
@@ -68,6 +69,8 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         fuzz::ten_thousand_random_frames_leave_the_server_and_others_fine,
         auth::expired_tokens_close_unless_refreshed,
         publish::backends_publish_with_api_keys,
+        store::a_batch_written_twice_is_stored_once_and_offsets_only_advance,
+        store::history_pages_and_conversations_read_back,
         channels::channels_are_authorized_limited_and_served,
         channels::channel_recovery_says_when_the_log_was_trimmed,
         channels::channel_subscribers_lose_nothing_across_drain_and_crash,
