@@ -6,10 +6,15 @@ use super::Close;
 use super::{gone, Session};
 use crate::frame::{message, stored_message};
 use crate::resume::{self, ResumePlan};
+use crate::state::AppState;
 use protocol::frames::{ErrorFrame, Synced, Welcome};
-use protocol::{CloseCode, Cursor, ErrorCode, ServerFrame};
+use protocol::{CloseCode, Cursor, ErrorCode, Record, ServerFrame, UserId};
+use std::future::Future;
+use std::ops::Range;
+use store::StoredMessage;
 
 /// Where a registered device stands when its session starts.
+#[derive(Debug, Clone)]
 pub(super) struct Start {
     pub partition: u32,
     /// The assignment epoch the session started under.
@@ -95,27 +100,11 @@ impl Session {
     }
 
     async fn plan(&self, start: &Start, after: i64) -> anyhow::Result<ResumePlan> {
-        let (state, partition) = (&self.state, start.partition);
-        let log_start = match start.log_start {
-            Some(low) => low,
-            None => state.log.watermarks(partition).await?.0,
-        };
-        let store = state.members.store();
-        let plan = match store.persisted_next(state.topic(), partition).await {
-            Ok(next) => resume::plan(after, next, log_start, start.live_from),
-            // PostgreSQL is down: Kafka may still hold the whole gap.
-            Err(e) => {
-                resume::plan_from_log(after, log_start, start.live_from).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "the messages to replay are only in PostgreSQL, which does not answer: {e}"
-                    )
-                })?
-            }
-        };
+        let source = StateSource(&self.state);
+        let plan = plan(&source, start, after).await?;
         tracing::debug!(
-            partition,
+            partition = start.partition,
             after,
-            log_start,
             live_from = start.live_from,
             ?plan,
             "resume planned"
@@ -126,41 +115,133 @@ impl Session {
     /// Sends the replay; returns the last offset it covered.
     async fn replay(&mut self, start: &Start, plan: &ResumePlan) -> Result<i64, ReplayError> {
         let state = self.state.clone();
-        let (partition, log_epoch) = (start.partition, start.log_epoch.as_str());
-        let mut last = -1;
-        if let Some(range) = plan.from_store.clone() {
-            let rows = state
-                .members
-                .store()
-                .deliveries(&self.who.user, partition, range.clone())
-                .await
-                .map_err(|e| ReplayError::Read(e.into()))?;
-            for row in rows {
-                let f = stored_message(&row, log_epoch, true)
-                    .map_err(|e| ReplayError::Read(e.into()))?;
-                self.send_frame(&f).await.map_err(|_| ReplayError::Gone)?;
-                state.metrics.replayed.inc();
-            }
-            last = range.end - 1;
+        let source = StateSource(&state);
+        let missed = missed(&source, &self.who.user, start, plan)
+            .await
+            .map_err(ReplayError::Read)?;
+        for f in &missed.frames {
+            self.send_frame(f).await.map_err(|_| ReplayError::Gone)?;
+            state.metrics.replayed.inc();
         }
-        if let Some(range) = plan.from_log.clone() {
-            let records = state
-                .log
-                .read_range(partition, range.clone(), &self.who.user)
-                .await
-                .map_err(|e| ReplayError::Read(e.into()))?;
-            for (offset, r) in records {
-                let f = message(&r, log_epoch, offset, true);
-                self.send_frame(&f).await.map_err(|_| ReplayError::Gone)?;
-                state.metrics.replayed.inc();
-            }
-            last = range.end - 1;
-        }
-        Ok(last)
+        Ok(missed.last)
     }
+}
+
+/// Where a resume reads what a device missed: PostgreSQL (what the
+/// persister wrote, and how far) and the log.
+pub(super) trait ReplaySource: Sync {
+    /// The first offset of `partition` still in the log.
+    fn log_start(&self, partition: u32) -> impl Future<Output = anyhow::Result<i64>> + Send;
+    /// The first offset of `partition` the persister has not written.
+    fn persisted_next(&self, partition: u32) -> impl Future<Output = anyhow::Result<i64>> + Send;
+    fn stored(
+        &self,
+        user: &UserId,
+        partition: u32,
+        range: Range<i64>,
+    ) -> impl Future<Output = anyhow::Result<Vec<StoredMessage>>> + Send;
+    fn logged(
+        &self,
+        user: &UserId,
+        partition: u32,
+        range: Range<i64>,
+    ) -> impl Future<Output = anyhow::Result<Vec<(i64, Record)>>> + Send;
+}
+
+struct StateSource<'a>(&'a AppState);
+
+impl ReplaySource for StateSource<'_> {
+    async fn log_start(&self, partition: u32) -> anyhow::Result<i64> {
+        Ok(self.0.log.watermarks(partition).await?.0)
+    }
+
+    async fn persisted_next(&self, partition: u32) -> anyhow::Result<i64> {
+        let store = self.0.members.store();
+        Ok(store.persisted_next(self.0.topic(), partition).await?)
+    }
+
+    async fn stored(
+        &self,
+        user: &UserId,
+        partition: u32,
+        range: Range<i64>,
+    ) -> anyhow::Result<Vec<StoredMessage>> {
+        let store = self.0.members.store();
+        Ok(store.deliveries(user, partition, range).await?)
+    }
+
+    async fn logged(
+        &self,
+        user: &UserId,
+        partition: u32,
+        range: Range<i64>,
+    ) -> anyhow::Result<Vec<(i64, Record)>> {
+        Ok(self.0.log.read_range(partition, range, user).await?)
+    }
+}
+
+/// The resume plan for a device whose cursor is at `after`: from the store
+/// up to what the persister wrote, the rest from the log; from the log
+/// alone when PostgreSQL does not answer and the log still holds the gap.
+pub(super) async fn plan(
+    source: &impl ReplaySource,
+    start: &Start,
+    after: i64,
+) -> anyhow::Result<ResumePlan> {
+    let log_start = match start.log_start {
+        Some(low) => low,
+        None => source.log_start(start.partition).await?,
+    };
+    match source.persisted_next(start.partition).await {
+        Ok(next) => Ok(resume::plan(after, next, log_start, start.live_from)),
+        Err(e) => resume::plan_from_log(after, log_start, start.live_from).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the messages to replay are only in PostgreSQL, which does not answer: {e}"
+            )
+        }),
+    }
+}
+
+/// What a device missed: its replay's frames in offset order (stored
+/// rows, then log records, each marked `replay`) and the last offset they
+/// cover (-1: none).
+#[derive(Debug)]
+pub(super) struct Missed {
+    pub frames: Vec<ServerFrame>,
+    pub last: i64,
+}
+
+/// Reads what `plan` says `user` missed.
+pub(super) async fn missed(
+    source: &impl ReplaySource,
+    user: &UserId,
+    start: &Start,
+    plan: &ResumePlan,
+) -> anyhow::Result<Missed> {
+    let (partition, log_epoch) = (start.partition, start.log_epoch.as_str());
+    let mut out = Missed {
+        frames: Vec::new(),
+        last: -1,
+    };
+    if let Some(range) = plan.from_store.clone() {
+        for row in source.stored(user, partition, range.clone()).await? {
+            out.frames.push(stored_message(&row, log_epoch, true)?);
+        }
+        out.last = range.end - 1;
+    }
+    if let Some(range) = plan.from_log.clone() {
+        for (offset, r) in source.logged(user, partition, range.clone()).await? {
+            out.frames.push(message(&r, log_epoch, offset, true));
+        }
+        out.last = range.end - 1;
+    }
+    Ok(out)
 }
 
 enum ReplayError {
     Gone,
     Read(anyhow::Error),
 }
+
+#[cfg(test)]
+mod tests;
