@@ -2,6 +2,7 @@
 //! test harness (`harness`) but live apart from the integration tests, so
 //! plotting and histograms are not built into every test binary.
 
+pub mod bench;
 pub mod history;
 pub mod load;
 pub mod procstat;

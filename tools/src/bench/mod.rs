@@ -13,13 +13,13 @@
 //!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
 //!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
 
+use crate::procstat::rss_bytes;
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use harness::{docker_compat, free_port, wait_until, Infra, Process, Stack};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-use tools::procstat::rss_bytes;
 
 #[derive(Parser)]
 struct Args {
@@ -301,9 +301,9 @@ async fn idle(infra: Arc<Env>, connections: usize, idle_secs: u64) -> anyhow::Re
         "RSS per idle connection: {:.1} KB (target <= 20 KB)",
         per / 1000.0
     );
-    let cpu0 = tools::procstat::cpu_seconds(pid).unwrap_or(0.0);
+    let cpu0 = crate::procstat::cpu_seconds(pid).unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let idle_cpu = tools::procstat::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    let idle_cpu = crate::procstat::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     println!(
         "server CPU while idle: {idle_cpu:.3} CPU-s over {idle_secs} s ({:.2}% of a core)",
         idle_cpu * 100.0 / idle_secs as f64
@@ -324,7 +324,8 @@ mod route;
 mod storm;
 use load::{fanout, latency};
 
-fn main() -> anyhow::Result<()> {
+/// Parses the command line and runs one benchmark (or a benchmark's child).
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Children of `channels` and `connections`: no infrastructure of their own.
     match args.cmd {

@@ -6,7 +6,8 @@
 //! servers only (the broker apart), idle CPU over the same window for both.
 
 use super::Bench;
-use crate::Env;
+use crate::bench::Env;
+use crate::procstat::cpu_seconds;
 use futures_util::{SinkExt, StreamExt};
 use harness::{wait_until, Stack};
 use hdrhistogram::Histogram;
@@ -15,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
-use tools::procstat::cpu_seconds;
 
 #[derive(clap::Args)]
 pub struct NatsArgs {

@@ -13,7 +13,7 @@ pub struct Nats {
     child: tokio::process::Child,
     ws_url: String,
     tally: Tally,
-    publisher: crate::Ws,
+    publisher: crate::bench::Ws,
     _dir: std::path::PathBuf,
 }
 
@@ -42,7 +42,7 @@ fn ensure_nats_server() -> anyhow::Result<()> {
 }
 
 /// One NATS WebSocket connection, subscribed to `fan` when `subscribe`.
-async fn nats_client(ws_url: &str, subscribe: bool) -> anyhow::Result<crate::Ws> {
+async fn nats_client(ws_url: &str, subscribe: bool) -> anyhow::Result<crate::bench::Ws> {
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
     let mut hello =
         String::from("CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\n");

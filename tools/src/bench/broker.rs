@@ -6,7 +6,8 @@
 //! numbers. The broker is the harness's (container) or, with `--broker-cmd`,
 //! a process this tool starts (`{addr}` and `{dir}` are substituted).
 
-use crate::Env;
+use crate::bench::Env;
+use crate::procstat::cpu_seconds;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -15,7 +16,6 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tools::procstat::cpu_seconds;
 
 #[derive(clap::Args, Clone)]
 pub struct BrokerArgs {

@@ -7,7 +7,8 @@
 
 use super::child::{Child, Span};
 use super::Bench;
-use crate::Env;
+use crate::bench::Env;
+use crate::procstat::{cpu_seconds, rss_bytes};
 use futures_util::{SinkExt, StreamExt};
 use harness::Stack;
 use hdrhistogram::Histogram;
@@ -18,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tools::procstat::{cpu_seconds, rss_bytes};
 
 #[derive(clap::Args)]
 pub struct ConnArgs {

@@ -2,7 +2,7 @@
 //! core, with wrk on the other core.
 
 use super::Bench;
-use crate::Env;
+use crate::bench::Env;
 use harness::{free_port, wait_until, Process};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! Fan-out throughput and send→deliver latency.
 
 use super::{now_us, session, Bench};
-use crate::Env;
+use crate::bench::Env;
+use crate::procstat::cpu_seconds;
 use futures_util::{SinkExt, StreamExt};
 use harness::Stack;
 use hdrhistogram::Histogram;
@@ -9,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
-use tools::procstat::cpu_seconds;
 
 fn cpu(pid: Option<u32>) -> f64 {
     pid.and_then(cpu_seconds).unwrap_or(0.0)

@@ -9,7 +9,7 @@
 
 use super::child::Child;
 use super::Bench;
-use crate::Env;
+use crate::bench::Env;
 use devices::Outage;
 pub use devices::{hold, StormHoldArgs};
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,13 +1,13 @@
 //! Rows per second from the topic into PostgreSQL.
 
-use crate::Env;
+use crate::bench::Env;
+use crate::procstat::cpu_seconds;
 use harness::{free_port, Process};
 use protocol::{ClientMsgId, ConversationId, DeviceId, Kind, MsgId, Record, UserId};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tools::procstat::cpu_seconds;
 
 const PARTITIONS: i32 = 8;
 

@@ -10,7 +10,8 @@
 
 use super::child::{Child, Span};
 use super::{now_us, sent_us, Bench, BENCH_API_KEY};
-use crate::Env;
+use crate::bench::Env;
+use crate::procstat::cpu_seconds;
 use futures_util::{SinkExt, StreamExt};
 use harness::Infra;
 use hdrhistogram::Histogram;
@@ -20,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tools::procstat::cpu_seconds;
 
 const CHANNEL: &str = "ch:bench.live";
 
@@ -312,7 +312,7 @@ pub async fn channels(infra: Arc<Env>, a: ChannelArgs) -> anyhow::Result<()> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let (scpu, bcpu) = (cpu(&pids) - cpu0, cpu(&broker) - bcpu0);
-    let kafka = tools::topic::topic_bytes(&infra.kafka, &protocol::channel_topic(&b.topic)).await?;
+    let kafka = crate::topic::topic_bytes(&infra.kafka, &protocol::channel_topic(&b.topic)).await?;
     let group = match a.group_sends {
         0 => None,
         n => Some(group(&b, &infra, subscribed, n).await?),
@@ -389,7 +389,7 @@ async fn group(
         .await?
         .error_for_status()?;
     let persister = b.spawn_persister()?;
-    let before = tools::topic::topic_bytes(&infra.kafka, &b.topic).await?;
+    let before = crate::topic::topic_bytes(&infra.kafka, &b.topic).await?;
     let mut acks = Vec::new();
     for i in 0..sends {
         let t = Instant::now();
@@ -401,7 +401,7 @@ async fn group(
             .error_for_status()?;
         acks.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let after = tools::topic::topic_bytes(&infra.kafka, &b.topic).await?;
+    let after = crate::topic::topic_bytes(&infra.kafka, &b.topic).await?;
     let store = store::Store::connect_lazy(&b.db, 2, Duration::from_secs(5))?;
     let want = (sends * (members + 1)) as i64;
     let deadline = Instant::now() + Duration::from_secs(300);
