@@ -16,3 +16,6 @@ pub use connection::{Client, ClientConfig, Event, SendError, Sender, TokenRefres
 pub use http::Api;
 pub use protocol::frames::Subscribed;
 pub use protocol::{ChannelName, Cursor, Kind, MsgId, Target};
+
+#[cfg(test)]
+mod connection_task_tests;

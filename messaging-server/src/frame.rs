@@ -97,9 +97,36 @@ pub fn stored_message(
     }))
 }
 
+/// A frame's text, serialised once and shared (a cheap clone) by every
+/// device it goes to. Only the session turns it into a WebSocket message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(Utf8Bytes);
+
+impl Text {
+    pub fn into_ws(self) -> Utf8Bytes {
+        self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Self(Utf8Bytes::from(s))
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The frame's text, ready for the socket.
-pub fn encode(frame: &ServerFrame) -> Result<Utf8Bytes, EncodeError> {
-    frame.to_json().map(Utf8Bytes::from)
+pub fn encode(frame: &ServerFrame) -> Result<Text, EncodeError> {
+    frame.to_json().map(Text::from)
 }
 
 #[cfg(test)]
@@ -118,7 +145,7 @@ mod tests {
             kafka_offset: 41,
         };
         let text = encode(&stored_message(&row, "e1", true).unwrap()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["body"]["text"], "hi");
         assert_eq!(v["cursor"], "e1:41");

@@ -4,7 +4,7 @@
 
 use crate::delivery::{self, Entry, Fanout, Keyed};
 use crate::ending::Ending;
-use axum::extract::ws::Utf8Bytes;
+use crate::frame::Text;
 use protocol::{DeviceId, Kind, Record, UserId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub struct DeviceHandle {
     pub id: u64,
-    pub rx: mpsc::Receiver<Utf8Bytes>,
+    pub rx: mpsc::Receiver<Text>,
     pub close: oneshot::Receiver<Ending>,
 }
 
@@ -22,7 +22,7 @@ struct Device {
     close: Option<oneshot::Sender<Ending>>,
 }
 
-type Seat = delivery::Seat<Device, Utf8Bytes>;
+type Seat = delivery::Seat<Device, Text>;
 
 fn end(seat: &mut Seat, c: Ending) {
     seat.close();
@@ -48,7 +48,7 @@ pub struct Dispatched {
 }
 
 pub struct Hub {
-    fanout: Fanout<UserId, Device, Utf8Bytes>,
+    fanout: Fanout<UserId, Device, Text>,
     next_id: AtomicU64,
     max_devices: usize,
 }
@@ -152,12 +152,12 @@ impl Hub {
     }
 
     /// Ends the replay: returns the buffered live frames not already replayed.
-    pub fn finish_replay(&self, user: &UserId, id: u64, last_replayed: i64) -> Vec<Utf8Bytes> {
+    pub fn finish_replay(&self, user: &UserId, id: u64, last_replayed: i64) -> Vec<Text> {
         self.fanout.lock().finish_replay(user, id, last_replayed)
     }
 
     /// The delivery queue of a registered device, for its channel subscriptions.
-    pub fn queue(&self, user: &UserId, id: u64) -> Option<mpsc::Sender<Utf8Bytes>> {
+    pub fn queue(&self, user: &UserId, id: u64) -> Option<mpsc::Sender<Text>> {
         let core = self.fanout.lock();
         let seat = core.seats(user).iter().find(|s| s.id == id)?;
         Some(seat.queue().clone())
@@ -188,7 +188,7 @@ impl Hub {
         partition: u32,
         offset: i64,
         record: &Record,
-        frame: &Utf8Bytes,
+        frame: &Text,
     ) -> Dispatched {
         self.dispatch_batch(&[Entry {
             partition,
@@ -203,15 +203,15 @@ impl Hub {
     /// record skips the device that sent it. Devices that overflowed are
     /// closed as too slow.
     pub fn dispatch_batch(&self, batch: &[Consumed]) -> Dispatched {
-        let d = self.fanout.dispatch(batch, |user, device, r: &Record| {
-            !(r.kind == Kind::Ephemeral && *user == r.sender && device.device == r.sender_device)
-        });
-        let mut core = self.fanout.lock();
-        for (user, id, why) in &d.overflowed {
-            if let Some(seat) = core.seat_mut(user, *id) {
-                end(seat, Ending::TooSlow(*why));
-            }
-        }
+        let d = self.fanout.dispatch(
+            batch,
+            |user, device, r: &Record| {
+                !(r.kind == Kind::Ephemeral
+                    && *user == r.sender
+                    && device.device == r.sender_device)
+            },
+            |seat, why| end(seat, Ending::TooSlow(why)),
+        );
         Dispatched {
             delivered: d.delivered,
             overflowed: d.overflowed.len(),
@@ -220,7 +220,7 @@ impl Hub {
 }
 
 /// A consumed record of the user topic and its frame.
-pub type Consumed = Entry<Record, Utf8Bytes>;
+pub type Consumed = Entry<Record, Text>;
 
 /// A user-topic record goes to its recipients.
 impl Keyed for Record {

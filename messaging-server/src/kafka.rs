@@ -87,7 +87,7 @@ pub fn framed<R>(
     metrics: &Metrics,
     decode: fn(&[u8]) -> Result<R, protocol::record::RecordError>,
     frame: fn(&R, &str, i64, bool) -> protocol::ServerFrame,
-) -> Result<Option<(R, axum::extract::ws::Utf8Bytes)>, TooNew> {
+) -> Result<Option<(R, crate::frame::Text)>, TooNew> {
     let record = match decode(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -123,7 +123,7 @@ pub fn stop_at(too_new: &TooNew, metrics: &Metrics) {
 }
 
 /// A decoded record at its (partition, offset), with its frame.
-pub type FramedRecord<R> = Entry<R, axum::extract::ws::Utf8Bytes>;
+pub type FramedRecord<R> = Entry<R, crate::frame::Text>;
 
 /// A consumed run's records that decode, each with its (partition, offset)
 /// and its frame, in the run's order — up to the first record too new to

@@ -9,7 +9,7 @@
 pub mod consumer;
 
 use crate::delivery::{Entry, Fanout, Keyed};
-use axum::extract::ws::Utf8Bytes;
+use crate::frame::Text;
 use protocol::{partition_for, ChannelName, ChannelRecord, UserId};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -20,7 +20,7 @@ pub struct Subscriber {
     pub user: UserId,
     /// The hub's id of the connection.
     pub conn: u64,
-    pub queue: mpsc::Sender<Utf8Bytes>,
+    pub queue: mpsc::Sender<Text>,
 }
 
 /// What a `dispatch` did; `overflowed` connections must be closed (4004).
@@ -32,7 +32,7 @@ pub struct Dispatched {
 
 pub struct ChannelHub {
     /// Keyed by channel; a seat's id is its connection's, its data the user.
-    fanout: Fanout<ChannelName, UserId, Utf8Bytes>,
+    fanout: Fanout<ChannelName, UserId, Text>,
 }
 
 impl ChannelHub {
@@ -99,12 +99,7 @@ impl ChannelHub {
     }
 
     /// Ends a recovery: the buffered live frames not already sent.
-    pub fn finish_recovery(
-        &self,
-        channel: &ChannelName,
-        conn: u64,
-        last_sent: i64,
-    ) -> Vec<Utf8Bytes> {
+    pub fn finish_recovery(&self, channel: &ChannelName, conn: u64, last_sent: i64) -> Vec<Text> {
         self.fanout.lock().finish_replay(channel, conn, last_sent)
     }
 
@@ -116,16 +111,12 @@ impl ChannelHub {
     /// Hands publications (in log order) to the local subscribers (see
     /// [`crate::delivery::Core::dispatch`]): each channel's in its order.
     pub fn dispatch_batch(&self, batch: &[Publication]) -> Dispatched {
-        let d = self.fanout.dispatch(batch, |_, _, _| true);
-        let mut core = self.fanout.lock();
-        let overflowed = d
-            .overflowed
-            .iter()
-            .filter_map(|(channel, conn, _)| {
-                let seat = core.seat_mut(channel, *conn)?;
-                Some((seat.sub.clone(), *conn))
-            })
-            .collect();
+        let mut overflowed = Vec::new();
+        let d = self.fanout.dispatch(
+            batch,
+            |_, _, _| true,
+            |seat, _| overflowed.push((seat.sub.clone(), seat.id)),
+        );
         Dispatched {
             delivered: d.delivered,
             overflowed,
@@ -134,7 +125,7 @@ impl ChannelHub {
 }
 
 /// A consumed channel record and its frame.
-pub type Publication = Entry<ChannelRecord, Utf8Bytes>;
+pub type Publication = Entry<ChannelRecord, Text>;
 
 /// A channel record goes to its channel's subscribers.
 impl Keyed for ChannelRecord {

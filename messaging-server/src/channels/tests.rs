@@ -4,7 +4,7 @@ fn ch(s: &str) -> ChannelName {
     ChannelName::new(s).unwrap()
 }
 
-fn sub(conn: u64, queue: usize) -> (Subscriber, mpsc::Receiver<Utf8Bytes>) {
+fn sub(conn: u64, queue: usize) -> (Subscriber, mpsc::Receiver<Text>) {
     let (tx, rx) = mpsc::channel(queue);
     let to = Subscriber {
         user: UserId::new(format!("u{conn}")).unwrap(),
@@ -20,7 +20,7 @@ fn dispatch(
     partition: u32,
     offset: i64,
     channel: &ChannelName,
-    frame: &Utf8Bytes,
+    frame: &Text,
 ) -> Dispatched {
     let record = ChannelRecord {
         v: 1,
@@ -40,11 +40,11 @@ fn dispatch(
     }])
 }
 
-fn frame(offset: i64) -> Utf8Bytes {
-    Utf8Bytes::from(offset.to_string())
+fn frame(offset: i64) -> Text {
+    Text::from(offset.to_string())
 }
 
-fn drain(rx: &mut mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
+fn drain(rx: &mut mpsc::Receiver<Text>) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(f) = rx.try_recv() {
         out.push(f.to_string());

@@ -229,13 +229,15 @@ impl<K: Eq + Hash + Clone, S, F: Clone> Core<K, S, F> {
     }
 
     /// Hands a run of records (in log order) to the subscribers of their
-    /// keys in open partitions that `wants` them. Grouped by key, so a
+    /// keys in open partitions that `wants` them; a seat whose queue or
+    /// replay buffer is full is closed and handed to `overflowed`. Grouped by key, so a
     /// subscriber's frames of the whole run are queued back to back and its
     /// session wakes once for them; each key's records stay in log order.
     pub fn dispatch<R>(
         &mut self,
         run: &[Entry<R, F>],
         wants: impl Fn(&K, &S, &R) -> bool,
+        mut overflowed: impl FnMut(&mut Seat<S, F>, Overflow),
     ) -> Dispatched<K>
     where
         R: Keyed<Key = K>,
@@ -267,6 +269,7 @@ impl<K: Eq + Hash + Clone, S, F: Clone> Core<K, S, F> {
                         Ok(sent) => out.delivered += usize::from(sent),
                         Err(why) => {
                             seat.closed = true;
+                            overflowed(seat, why);
                             out.overflowed.push((key.clone(), seat.id, why));
                         }
                     }
@@ -302,16 +305,18 @@ impl<K: Eq + Hash + Clone, S, F: Clone> Fanout<K, S, F> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// [`Core::dispatch`] under the lock; wakes [`Fanout::passes`] waiters.
+    /// [`Core::dispatch`] under the lock (`overflowed` sees each seat it
+    /// closes, still under the lock); wakes [`Fanout::passes`] waiters.
     pub fn dispatch<R>(
         &self,
         run: &[Entry<R, F>],
         wants: impl Fn(&K, &S, &R) -> bool,
+        overflowed: impl FnMut(&mut Seat<S, F>, Overflow),
     ) -> Dispatched<K>
     where
         R: Keyed<Key = K>,
     {
-        let out = self.lock().dispatch(run, wants);
+        let out = self.lock().dispatch(run, wants, overflowed);
         self.wake();
         out
     }

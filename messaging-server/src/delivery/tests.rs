@@ -50,6 +50,13 @@ fn all(_: &char, _: &(), _: &Keys) -> bool {
     true
 }
 
+impl F {
+    /// Dispatches to every subscriber of the records' keys.
+    fn dispatch_all(&self, run: &[Rec], wants: fn(&char, &(), &Keys) -> bool) -> Dispatched<char> {
+        self.dispatch(run, wants, |seat, _| assert!(seat.is_closed()))
+    }
+}
+
 #[test]
 fn unopened_partitions_take_no_subscriber_and_no_record() {
     let f = F::new(4);
@@ -58,7 +65,7 @@ fn unopened_partitions_take_no_subscriber_and_no_record() {
     f.lock().open(0, 7);
     let (from, mut rx) = join(&f, 'a', 1, 0, 4, false);
     assert_eq!(from, 7);
-    let d = f.dispatch(&[rec(1, 0, "a"), rec(0, 7, "a")], all);
+    let d = f.dispatch_all(&[rec(1, 0, "a"), rec(0, 7, "a")], all);
     assert_eq!((d.delivered, d.overflowed.len()), (1, 0));
     assert_eq!(drain(&mut rx), vec![7]);
     let core = f.lock();
@@ -72,7 +79,7 @@ fn re_read_records_are_not_delivered_twice_and_others_partitions_are_skipped() {
     f.lock().open(1, 0);
     let (_, mut a) = join(&f, 'a', 1, 0, 16, false);
     for o in [5, 6, 5, 6, 7] {
-        f.dispatch(&[rec(0, o, "a"), rec(1, o, "a")], all);
+        f.dispatch_all(&[rec(0, o, "a"), rec(1, o, "a")], all);
     }
     assert_eq!(drain(&mut a), vec![5, 6, 7]);
 }
@@ -82,11 +89,11 @@ fn a_full_queue_closes_and_nothing_follows_the_gap() {
     let f = F::new(16);
     f.lock().open(0, 0);
     let (_, mut a) = join(&f, 'a', 9, 0, 2, false);
-    let d = f.dispatch(&[rec(0, 0, "a"), rec(0, 1, "a"), rec(0, 2, "a")], all);
+    let d = f.dispatch_all(&[rec(0, 0, "a"), rec(0, 1, "a"), rec(0, 2, "a")], all);
     assert_eq!(d.delivered, 2);
     assert_eq!(d.overflowed, vec![('a', 9, Overflow::Queue)]);
     assert_eq!(drain(&mut a), vec![0, 1]);
-    let d = f.dispatch(&[rec(0, 3, "a")], all);
+    let d = f.dispatch_all(&[rec(0, 3, "a")], all);
     assert_eq!((d.delivered, d.overflowed.len()), (0, 0));
     assert!(drain(&mut a).is_empty(), "a frame after the gap");
 }
@@ -96,7 +103,7 @@ fn a_full_replay_buffer_closes() {
     let f = F::new(2);
     f.lock().open(0, 0);
     let (_, mut a) = join(&f, 'a', 3, 0, 8, true);
-    let d = f.dispatch(&[rec(0, 0, "a"), rec(0, 1, "a"), rec(0, 2, "a")], all);
+    let d = f.dispatch_all(&[rec(0, 0, "a"), rec(0, 1, "a"), rec(0, 2, "a")], all);
     assert_eq!(d.overflowed, vec![('a', 3, Overflow::Replay)]);
     assert!(f.lock().seat_mut(&'a', 3).is_some_and(|s| s.is_closed()));
     assert!(drain(&mut a).is_empty());
@@ -129,8 +136,8 @@ async fn passes_wakes_when_the_consumer_reaches_the_mark() {
         })
     };
     tokio::task::yield_now().await;
-    f.dispatch(&[rec(0, 0, "a")], all);
-    f.dispatch(&[rec(0, 1, "a"), rec(0, 2, "a")], all);
+    f.dispatch_all(&[rec(0, 0, "a")], all);
+    f.dispatch_all(&[rec(0, 1, "a"), rec(0, 2, "a")], all);
     let waited = waiter.await.unwrap();
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
     assert_eq!(f.lock().next_offset(0), Some(3));
@@ -151,7 +158,7 @@ proptest! {
         f.lock().open(0, cursor + before);
         let (live_from, mut rx) = join(&f, 'a', 1, 0, 1024, true);
         for o in live_from..live_from + during {
-            f.dispatch(&[rec(0, o, "a")], all);
+            f.dispatch_all(&[rec(0, o, "a")], all);
         }
         // The replay read (cursor, live_from) and maybe a little past it.
         let end = (live_from + overlap).min(live_from + during);
@@ -160,7 +167,7 @@ proptest! {
         let mut seen = replayed;
         seen.extend(f.lock().finish_replay(&'a', 1, last));
         let o = live_from + during;
-        f.dispatch(&[rec(0, o, "a"), rec(0, o, "a")], all);
+        f.dispatch_all(&[rec(0, o, "a"), rec(0, o, "a")], all);
         seen.extend(drain(&mut rx));
         prop_assert_eq!(seen, (cursor + 1..=o).collect::<Vec<_>>());
     }
@@ -180,7 +187,7 @@ proptest! {
             f.lock().open(0, 0);
             let mut rxs: Vec<_> = "abc".chars().map(|k| join(&f, k, 1, 0, queue, false).1).collect();
             for b in batches {
-                f.dispatch(b, all);
+                f.dispatch_all(b, all);
             }
             rxs.iter_mut().map(drain).collect::<Vec<_>>()
         };

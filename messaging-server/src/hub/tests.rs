@@ -23,8 +23,8 @@ pub(crate) fn record(kind: Kind, sender: &str, device: &str, to: &[&str]) -> Rec
     }
 }
 
-fn frame(n: i64) -> Utf8Bytes {
-    Utf8Bytes::from(n.to_string())
+fn frame(n: i64) -> Text {
+    Text::from(n.to_string())
 }
 
 fn drain(h: &mut DeviceHandle) -> Vec<String> {
@@ -204,7 +204,7 @@ proptest::proptest! {
         cut in 0usize..40,
     ) {
         let records: Vec<Record> = specs.iter().map(spec_record).collect();
-        let frames: Vec<Utf8Bytes> = (0..records.len() as i64).map(frame).collect();
+        let frames: Vec<Text> = (0..records.len() as i64).map(frame).collect();
         let one_by_one = devices_after(|hub| {
             for (i, r) in records.iter().enumerate() {
                 hub.dispatch(0, i as i64, r, &frames[i]);

@@ -4,9 +4,10 @@
 
 use super::{Gone, Session};
 use crate::channels::Subscriber;
+use crate::frame::Text;
 use crate::frame::{channel_message, encode};
 use crate::metrics::RecoveredLabel;
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use axum::extract::ws::Message as WsMessage;
 use futures_util::SinkExt;
 use protocol::frames::{Subscribe, Subscribed, Unsubscribe, Unsubscribed};
 use protocol::{ChannelName, Cursor, ErrorCode, FrameError, ServerFrame};
@@ -17,12 +18,12 @@ use tokio::sync::mpsc;
 #[derive(Default)]
 pub(super) struct Subscriptions {
     conn: u64,
-    queue: Option<mpsc::Sender<Utf8Bytes>>,
+    queue: Option<mpsc::Sender<Text>>,
     channels: HashSet<ChannelName>,
 }
 
 impl Subscriptions {
-    pub(super) fn attach(&mut self, conn: u64, queue: Option<mpsc::Sender<Utf8Bytes>>) {
+    pub(super) fn attach(&mut self, conn: u64, queue: Option<mpsc::Sender<Text>>) {
         self.conn = conn;
         self.queue = queue;
     }
@@ -30,7 +31,7 @@ impl Subscriptions {
 
 /// What a recovery read gave: the frames to send and the last offset in them.
 struct Recovery {
-    frames: Vec<Utf8Bytes>,
+    frames: Vec<Text>,
     last: i64,
     recovered: bool,
 }
@@ -216,9 +217,12 @@ impl Session {
             .set(subscriptions as i64);
     }
 
-    async fn write_all(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), Gone> {
+    async fn write_all(&mut self, frames: Vec<Text>) -> Result<(), Gone> {
         for f in frames {
-            self.sink.feed(WsMessage::Text(f)).await.map_err(|_| Gone)?;
+            self.sink
+                .feed(WsMessage::Text(f.into_ws()))
+                .await
+                .map_err(|_| Gone)?;
         }
         self.sink.flush().await.map_err(|_| Gone)
     }

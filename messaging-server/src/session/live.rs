@@ -4,9 +4,10 @@
 use super::rate::RateLimit;
 use super::Close;
 use super::{gone, Session};
+use crate::frame::Text;
 use crate::hub::DeviceHandle;
 use crate::metrics::Metrics;
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use axum::extract::ws::Message as WsMessage;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
@@ -130,17 +131,17 @@ impl Session {
     /// with one flush: a burst of deliveries becomes one socket write.
     async fn write_queued(
         &mut self,
-        first: Utf8Bytes,
-        queue: &mut mpsc::Receiver<Utf8Bytes>,
+        first: Text,
+        queue: &mut mpsc::Receiver<Text>,
     ) -> Result<(), super::Gone> {
         self.sink
-            .feed(WsMessage::Text(first))
+            .feed(WsMessage::Text(first.into_ws()))
             .await
             .map_err(|_| super::Gone)?;
         for _ in 1..WRITE_BATCH {
             let Ok(next) = queue.try_recv() else { break };
             self.sink
-                .feed(WsMessage::Text(next))
+                .feed(WsMessage::Text(next.into_ws()))
                 .await
                 .map_err(|_| super::Gone)?;
         }

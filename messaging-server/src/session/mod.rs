@@ -11,7 +11,7 @@ mod replay;
 use crate::auth::Verified;
 use crate::delivery::Overflow;
 use crate::ending::Ending;
-use crate::frame::encode;
+use crate::frame::{encode, Text};
 use crate::hub::Refused;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
@@ -35,7 +35,7 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Close {
     pub code: CloseCode,
-    pub frame: Option<Utf8Bytes>,
+    pub frame: Option<Text>,
     pub reason: &'static str,
 }
 
@@ -104,7 +104,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 async fn finish((sink, stream): (&mut Sink, &mut Stream), state: &AppState, c: Close) {
     state.metrics.close(c.code.code());
     if let Some(f) = c.frame {
-        let _ = sink.send(WsMessage::Text(f)).await;
+        let _ = sink.send(WsMessage::Text(f.into_ws())).await;
     }
     let frame = CloseFrame {
         code: c.code.code(),
@@ -269,9 +269,9 @@ impl Session {
         }
     }
 
-    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Gone> {
+    async fn send_text(&mut self, text: Text) -> Result<(), Gone> {
         self.sink
-            .send(WsMessage::Text(text))
+            .send(WsMessage::Text(text.into_ws()))
             .await
             .map_err(|_| Gone)
     }

@@ -3,9 +3,7 @@
 //! scripted session by session, so each test says exactly what the client
 //! is shown and checks what it does.
 
-// Test helpers: a step that fails is the test failing.
-#![allow(clippy::unwrap_used)]
-
+use crate::{Client, ClientConfig, Event};
 use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::routing::get;
@@ -16,7 +14,6 @@ use protocol::{
     ServerId, Target, UserId,
 };
 use std::time::Duration;
-use switchboard_client::{Client, ClientConfig, Event};
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
