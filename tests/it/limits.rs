@@ -186,13 +186,7 @@ pub async fn limits_refuse_past_the_bound_and_keep_sessions(
 
 /// This process's hard limit on open files (children inherit it).
 fn hard_open_files() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
-        })
+    harness::process::open_file_limits().map(|(_, hard)| hard)
 }
 
 /// The connection limit in force, from a server's `/metrics`.

@@ -5,6 +5,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::process::{Child, Command};
 
+/// This process's (soft, hard) limits on open files, from
+/// `/proc/self/limits` (children inherit them).
+pub fn open_file_limits() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut fields = line.split_whitespace().skip(3);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
 /// The binary `name` beside the running executable: test binaries live in
 /// `target/<profile>/deps`, tools in `target/<profile>` (`./dev test` builds them).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -77,5 +86,14 @@ impl Process {
                 .await?;
         }
         Ok(self.child.wait().await?.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn open_file_limits_read_both_columns() {
+        let (soft, hard) = super::open_file_limits().expect("Linux has /proc/self/limits");
+        assert!(soft > 0 && soft <= hard, "soft {soft}, hard {hard}");
     }
 }

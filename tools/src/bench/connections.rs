@@ -291,14 +291,7 @@ fn rss(pid: u32) -> Option<f64> {
 
 /// The soft limit on open files of this process (children inherit it).
 fn fd_limit() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        })
-        .unwrap_or(0)
+    harness::process::open_file_limits().map_or(0, |(soft, _)| soft)
 }
 
 fn holder(
