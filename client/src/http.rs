@@ -195,6 +195,21 @@ impl Api {
         Self::decode::<Accepted>(&url, v).map(|a| a.msg_id)
     }
 
+    /// `GET /v1/channels/{channel}/stats`: the channel's audience over every
+    /// server (this `Api`'s token must be an API key). Any server answers.
+    pub async fn channel_stats(
+        &self,
+        channel: &protocol::ChannelName,
+    ) -> Result<protocol::api::ChannelStats, ApiError> {
+        // Any server answers for every server: ask the one a fixed id routes to.
+        let base = self.server("system:stats").await?;
+        let url = format!("{base}/v1/channels/{channel}/stats");
+        let v = self
+            .call(self.http.get(&url).bearer_auth(&self.token), &url)
+            .await?;
+        Self::decode(&url, v)
+    }
+
     /// `POST /v1/publish/batch` (up to 1,000 items): one result per item.
     pub async fn publish_batch(&self, items: &[Publish]) -> Result<Vec<PublishResult>, ApiError> {
         let from = items.first().map_or("system:batch", |p| p.from.as_str());

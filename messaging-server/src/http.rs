@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use protocol::api::{Conversation, Conversations, HistoryPage, Status};
-use protocol::{ConversationId, DeviceId, ErrorCode, FrameError, UserId};
+use protocol::api::{ChannelStats, Conversation, Conversations, HistoryPage, Status};
+use protocol::{ChannelName, ConversationId, DeviceId, ErrorCode, FrameError, UserId};
 use serde::Deserialize;
 use service::http::{metrics_response, not_found, ApiError};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ws", get(ws))
         .route("/v1/messages", post(post_message))
         .route("/v1/publish", post(publish_one))
+        .route("/v1/channels/{channel}/stats", get(channel_stats))
         .route("/v1/publish/batch", post(publish_batch))
         .route(
             "/v1/conversations",
@@ -289,6 +290,45 @@ async fn my_conversations(State(s): St, headers: HeaderMap) -> Result<Response, 
         })
         .collect();
     Ok(Json(Conversations { conversations }).into_response())
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    #[serde(default)]
+    local: bool,
+}
+
+/// Backends only: a channel's subscribers and distinct users over every
+/// server in the map (`?local=true`: this server's share).
+async fn channel_stats(
+    State(s): St,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ChannelStats>, ApiError> {
+    backend(&s, &headers)?;
+    let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let channel = ChannelName::new(channel).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let local = s.channels.stats(&channel);
+    if q.local {
+        return Ok(Json(local));
+    }
+    let me = &s.info.server_id;
+    let peers: Vec<String> = s.assignment().map_or_else(Vec::new, |a| {
+        a.servers
+            .values()
+            .filter(|p| p.server_id != *me)
+            .map(|p| p.http_url.trim_end_matches('/').to_owned())
+            .collect()
+    });
+    let auth = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    crate::channel_stats::total(local, &peers, &channel, auth)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 
 mod auth;
 mod broker_watch;
+mod channel_stats;
 mod channels;
 mod coalesce;
 mod config;

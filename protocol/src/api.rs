@@ -134,6 +134,29 @@ impl Status {
     }
 }
 
+/// `GET /v1/channels/{channel}/stats` (API key): who watches a channel,
+/// over every server (`?local=true`: this server's share only).
+/// Every device of a user is on one server, so the servers' distinct users
+/// add up exactly (while a partition moves, a user may count on both for a
+/// moment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    /// Subscribed connections.
+    pub subscribers: u64,
+    /// Distinct users among them.
+    pub users: u64,
+}
+
+impl std::ops::Add for ChannelStats {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self {
+            subscribers: self.subscribers + other.subscribers,
+            users: self.users + other.users,
+        }
+    }
+}
+
 /// `POST /v1/conversations`: a group conversation (the caller is a member;
 /// without an id the server makes one). Ids are checked by the server, so
 /// a bad one is answered with its reason.

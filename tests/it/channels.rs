@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use switchboard_client::token::{mint_hs256_with, Grants};
 use switchboard_client::{Client, ClientConfig};
 
-const KEY: &str = "channel-key-0123456789abcdef-0123456789";
+pub(crate) const KEY: &str = "channel-key-0123456789abcdef-0123456789";
 const T: Duration = Duration::from_secs(10);
 
 fn token(user: &str, channels: &[&str], publish: &[&str]) -> String {
@@ -302,7 +302,11 @@ pub async fn channel_recovery_says_when_the_log_was_trimmed(
 }
 
 fn client(stack: &Stack, user: &str) -> Client {
-    Client::start(ClientConfig {
+    Client::start(client_config(stack, user))
+}
+
+pub(crate) fn client_config(stack: &Stack, user: &str) -> ClientConfig {
+    ClientConfig {
         coordinator_url: stack.coordinator.url(),
         token: token(user, &["ch:live.*"], &[]),
         user_id: user.into(),
@@ -311,7 +315,7 @@ fn client(stack: &Stack, user: &str) -> Client {
         max_backoff: Duration::from_secs(1),
         report_duplicates: false,
         refresh: None,
-    })
+    }
 }
 
 /// Subscribers on every server; the server of one is drained and the server
@@ -414,7 +418,7 @@ pub async fn channel_subscribers_lose_nothing_across_drain_and_crash(
     Ok(())
 }
 
-fn owner_of(a: &protocol::Assignment, user: &str) -> String {
+pub(crate) fn owner_of(a: &protocol::Assignment, user: &str) -> String {
     a.owner(protocol::partition_for(user, a.partitions))
         .map(|s| s.server_id.to_string())
         .unwrap_or_default()

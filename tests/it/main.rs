@@ -6,6 +6,7 @@
 mod auth;
 mod broker_faults;
 mod browser;
+mod channel_stats;
 mod channels;
 mod client;
 mod compose;
@@ -74,6 +75,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         channels::channels_are_authorized_limited_and_served,
         channels::channel_recovery_says_when_the_log_was_trimmed,
         channels::channel_subscribers_lose_nothing_across_drain_and_crash,
+        channel_stats::channel_stats_add_up_over_three_servers,
         persister::exactly_once_across_kills_and_replicas,
         persister::recovers_by_itself_after_a_postgres_outage,
     ]

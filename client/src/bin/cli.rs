@@ -55,6 +55,12 @@ enum Cmd {
     Send(SendArgs),
     /// Publish as a backend with an API key (`POST /v1/publish`); prints the msg_id.
     Publish(PublishArgs),
+    /// A channel's subscribers and distinct users over every server (API key).
+    ChannelStats {
+        #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+        api_key: String,
+        channel: String,
+    },
     /// Print incoming messages as JSON lines; reconnects and resumes by itself.
     Tail {
         #[arg(long, default_value = "cli")]
@@ -359,6 +365,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 json!({"user_id": r.user_id, "partition": r.partition, "server_id": r.server_id, "ws_url": r.ws_url, "epoch": r.epoch})
             );
+        }
+        Cmd::ChannelStats { api_key, channel } => {
+            let channel = protocol::ChannelName::new(channel.as_str())?;
+            let stats = Api::new(&cli.coordinator, api_key)
+                .channel_stats(&channel)
+                .await?;
+            println!("{}", serde_json::to_string(&stats)?);
         }
         Cmd::Publish(args) => {
             let item = args.publication()?;

@@ -10,6 +10,7 @@ pub mod consumer;
 
 use crate::delivery::{Entry, Fanout, Keyed};
 use crate::frame::Text;
+use protocol::api::ChannelStats;
 use protocol::{partition_for, ChannelName, ChannelRecord, UserId};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -73,6 +74,17 @@ impl ChannelHub {
     /// `partition`.
     pub async fn passes(&self, partition: u32, high: i64, limit: Duration) {
         self.fanout.passes(partition, high, limit).await;
+    }
+
+    /// `channel`'s subscribers here and the distinct users among them.
+    pub fn stats(&self, channel: &ChannelName) -> ChannelStats {
+        let core = self.fanout.lock();
+        let seats = core.seats(channel);
+        let users: std::collections::HashSet<&UserId> = seats.iter().map(|s| &s.sub).collect();
+        ChannelStats {
+            subscribers: seats.len() as u64,
+            users: users.len() as u64,
+        }
     }
 
     /// `(channels with a subscriber here, subscriptions)`.
