@@ -90,7 +90,7 @@ impl AppState {
     /// partitions read, from now on: check, then await [`Changes::any`].
     pub fn changes(&self) -> Changes {
         Changes {
-            assignment: self.assignment_rx.clone(),
+            assignment: seen_now(&self.assignment_rx),
             flags: [
                 self.registered.subscribe(),
                 self.draining.subscribe(),
@@ -142,10 +142,39 @@ impl Changes {
     }
 }
 
+/// A receiver of `rx` that has seen its current value. A clone keeps the
+/// version its original last saw, and the state's receiver is only read
+/// with `borrow()`: a plain clone would report "changed" at once, forever,
+/// and its waiter would spin.
+fn seen_now<T>(rx: &watch::Receiver<T>) -> watch::Receiver<T> {
+    let mut fresh = rx.clone();
+    fresh.mark_unchanged();
+    fresh
+}
+
 /// A watch whose sender is gone never changes again (instead of waking
 /// its waiter at once, over and over).
 async fn changed<T>(rx: &mut watch::Receiver<T>) {
     if rx.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_fresh_receiver_waits_for_the_next_change_only() {
+        let (tx, rx) = watch::channel(0);
+        tx.send_replace(1);
+        tx.send_replace(2);
+        let mut fresh = seen_now(&rx);
+        let early = tokio::time::timeout(Duration::from_millis(50), changed(&mut fresh)).await;
+        assert!(early.is_err(), "nothing changed since it was made");
+        tx.send_replace(3);
+        let later = tokio::time::timeout(Duration::from_secs(5), changed(&mut fresh)).await;
+        assert!(later.is_ok(), "a change after it was made wakes it");
     }
 }
