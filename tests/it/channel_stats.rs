@@ -1,6 +1,6 @@
 //! A channel's audience over every server: `GET /v1/channels/{c}/stats`.
 
-use crate::channels::{client_config, owner_of, KEY};
+use crate::channels::{client_config, owner_of, two_per_server, KEY};
 use harness::{Infra, Stack};
 use protocol::ChannelName;
 use std::sync::Arc;
@@ -17,17 +17,7 @@ pub async fn channel_stats_add_up_over_three_servers(infra: Arc<Infra>) -> anyho
     .await?;
     let a = stack.assignment().await?;
     let owner = |u: &str| owner_of(&a, u);
-    let mut users: Vec<String> = Vec::new();
-    for i in 0..500 {
-        let u = format!("st{i}");
-        if users.iter().filter(|v| owner(v) == owner(&u)).count() < 2 {
-            users.push(u);
-        }
-        if users.len() == 6 {
-            break;
-        }
-    }
-    anyhow::ensure!(users.len() == 6, "users on three servers: {users:?}");
+    let users = two_per_server(&a, "st")?;
     let channel = ChannelName::new("ch:live.stats")?;
     let mut clients = Vec::new();
     let devices = users

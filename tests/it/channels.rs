@@ -330,17 +330,7 @@ pub async fn channel_subscribers_lose_nothing_across_drain_and_crash(
     .await?;
     let a = stack.assignment().await?;
     let owner = |u: &str| owner_of(&a, u);
-    let mut users: Vec<String> = Vec::new();
-    for i in 0..500 {
-        let u = format!("fan{i}");
-        if users.iter().filter(|v| owner(v) == owner(&u)).count() < 2 {
-            users.push(u);
-        }
-        if users.len() == 6 {
-            break;
-        }
-    }
-    anyhow::ensure!(users.len() == 6, "users on three servers: {users:?}");
+    let users = two_per_server(&a, "fan")?;
     let channel = ChannelName::new("ch:live.match")?;
     let mut clients = Vec::new();
     for u in &users {
@@ -416,6 +406,26 @@ pub async fn channel_subscribers_lose_nothing_across_drain_and_crash(
     }
     stack.stop().await;
     Ok(())
+}
+
+/// Six users named `<prefix><n>`, two on each of three servers.
+pub(crate) fn two_per_server(
+    a: &protocol::Assignment,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let owner = |u: &str| owner_of(a, u);
+    let mut users: Vec<String> = Vec::new();
+    for i in 0..500 {
+        let u = format!("{prefix}{i}");
+        if users.iter().filter(|v| owner(v) == owner(&u)).count() < 2 {
+            users.push(u);
+        }
+        if users.len() == 6 {
+            break;
+        }
+    }
+    anyhow::ensure!(users.len() == 6, "users on three servers: {users:?}");
+    Ok(users)
 }
 
 pub(crate) fn owner_of(a: &protocol::Assignment, user: &str) -> String {
