@@ -115,6 +115,14 @@ impl Elector {
             c.replication_factor,
         )
         .await?;
+        // A user's events go to the user's partition: as many as the users' topic.
+        topic::ensure_topic(
+            &c.kafka.brokers,
+            &protocol::events_topic(&c.kafka.topic),
+            partitions,
+            c.replication_factor,
+        )
+        .await?;
         let log_epoch = topic::ensure_log_epoch(&mut self.client, &self.layout).await?;
         let mut current = read_assignment(&mut self.client, &self.layout)
             .await?

@@ -11,6 +11,7 @@ mod consumer;
 mod delivery;
 mod demo;
 mod ending;
+mod events;
 mod fds;
 mod frame;
 mod freeze;
@@ -23,6 +24,7 @@ mod membership;
 mod metrics;
 mod producer;
 mod publish;
+mod reaper;
 mod resume;
 mod send;
 mod session;
@@ -186,10 +188,11 @@ fn spawn_tasks(
         "ownership",
         membership::run_ownership(state.clone(), own_tx, stop.clone()),
     );
+    tasks.spawn("reaper", reaper::run(state.clone(), stop.clone()));
     let woken = state.clone();
     tasks.spawn("freeze-watch", async move {
         let close_all = |_| {
-            let woke = || ending::Ending::leaving("server woke from a freeze");
+            let woke = || ending::Ending::leaving(session::WOKE);
             woken.hub.close_all(|_, _| woke());
         };
         woken.freeze.run(close_all, woken.stop.clone()).await;
@@ -223,6 +226,7 @@ fn advertise(config: &Config, listener: &TcpListener) -> anyhow::Result<ServerIn
         weight: config.weight,
         draining: false,
         broker_unreachable: false,
+        incarnation: None,
     })
 }
 
@@ -246,6 +250,16 @@ fn build_state(
         .context("failed to create the Kafka producer")?;
     let log = kafka::LogReader::new(&config.kafka.brokers, &config.kafka.topic)
         .context("failed to create the Kafka log reader")?;
+    let producer = Arc::new(producer);
+    let incarnation = tokio::sync::watch::channel(None).0;
+    let events = events::EventLog {
+        producer: producer.clone(),
+        topic: protocol::events_topic(&config.kafka.topic),
+        server: info.server_id.clone(),
+        incarnation: incarnation.subscribe(),
+        metrics: metrics.clone(),
+        writing: tokio_util::task::TaskTracker::new(),
+    };
     let limit = freeze::FreezeWatch::limit_for(config.lease_ttl);
     let freeze = Arc::new(freeze::FreezeWatch::new(limit));
     Ok(Arc::new(AppState {
@@ -261,11 +275,13 @@ fn build_state(
         info,
         auth,
         log,
-        producer: Arc::new(producer),
+        producer,
+        events,
         metrics,
         registry,
         assignment_rx,
         registered: tokio::sync::watch::channel(false).0,
+        incarnation,
         draining: tokio::sync::watch::channel(false).0,
         broker_reachable: tokio::sync::watch::channel(true).0,
         freeze,
@@ -321,6 +337,9 @@ async fn drain(state: &AppState) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), gone).await;
+    if !state.events.written(Duration::from_secs(5)).await {
+        warn!("connection events still being written after 5 s");
+    }
     if let Err(e) = state.producer.flush(Duration::from_secs(5)).await {
         warn!(error = %e, "producer flush incomplete");
     }

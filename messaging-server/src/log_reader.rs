@@ -21,6 +21,7 @@ use crate::kafka::consumer_config;
 pub struct LogReader {
     topic: String,
     channel_topic: String,
+    events_topic: String,
     client: Arc<BaseConsumer>,
     marks: Arc<Coalescer<(String, u32), (), Marks>>,
     reads: Arc<Coalescer<u32, (Range<i64>, UserId), Read>>,
@@ -58,6 +59,7 @@ impl LogReader {
         Ok(Self {
             topic: topic.to_owned(),
             channel_topic: protocol::channel_topic(topic),
+            events_topic: protocol::events_topic(topic),
             client: Arc::new(consumer_config(brokers, "switchboard-resume").create()?),
             marks: Arc::default(),
             reads: Arc::default(),
@@ -73,6 +75,11 @@ impl LogReader {
     /// The same for a partition of the channel topic.
     pub async fn channel_watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
         self.watermarks_of(&self.channel_topic, partition).await
+    }
+
+    /// The same for a partition of the events topic.
+    pub async fn events_watermarks(&self, partition: u32) -> Result<(i64, i64), KafkaError> {
+        self.watermarks_of(&self.events_topic, partition).await
     }
 
     async fn watermarks_of(&self, topic: &str, partition: u32) -> Marks {

@@ -32,6 +32,7 @@ pub async fn run_registration(
         state,
         client,
         stop,
+        incarnation: uuid::Uuid::nil(),
     }
     .run()
     .await
@@ -45,12 +46,15 @@ struct Registrar {
     draining: tokio::sync::watch::Receiver<bool>,
     broker: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
+    /// The registration being held: new for each lease.
+    incarnation: uuid::Uuid,
 }
 
 impl Registrar {
     async fn run(mut self) -> Option<i64> {
         let mut backoff = Backoff::new(Duration::from_millis(200), self.retry_at_most());
         loop {
+            self.incarnation = uuid::Uuid::new_v4();
             let lease = match self.register().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -86,6 +90,10 @@ impl Registrar {
     }
 
     fn set_registered(&self, yes: bool) {
+        // The incarnation first: whoever sees `registered` sees its id.
+        self.state
+            .incarnation
+            .send_replace(yes.then_some(self.incarnation));
         self.state.registered.send_replace(yes);
         self.state.metrics.registered.set(i64::from(yes));
     }
@@ -111,6 +119,7 @@ impl Registrar {
         let info = protocol::ServerInfo {
             draining: *self.draining.borrow(),
             broker_unreachable: !*self.broker.borrow(),
+            incarnation: Some(self.incarnation),
             ..self.state.info.clone()
         };
         let json = serde_json::to_vec(&info)

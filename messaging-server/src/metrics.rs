@@ -43,6 +43,9 @@ pub struct Metrics {
     pub channels: Gauge,
     pub channel_subscriptions: Gauge,
     pub channel_recoveries: Family<RecoveredLabel, Counter>,
+    pub connection_events: Counter,
+    pub connection_events_lost: Counter,
+    pub sessions_reaped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +82,9 @@ impl Default for Metrics {
             channels: Gauge::default(),
             channel_subscriptions: Gauge::default(),
             channel_recoveries: Family::default(),
+            connection_events: Counter::default(),
+            connection_events_lost: Counter::default(),
+            sessions_reaped: Counter::default(),
         }
     }
 }
@@ -125,6 +131,21 @@ impl Metrics {
             "channel_resubscribes",
             "Subscribes with a cursor, by whether everything missed was recovered",
             self.channel_recoveries.clone(),
+        );
+        r.register(
+            "connection_events",
+            "Connection events written to <topic>.events",
+            self.connection_events.clone(),
+        );
+        r.register(
+            "connection_events_lost",
+            "Connection events given up after retrying for 30 s",
+            self.connection_events_lost.clone(),
+        );
+        r.register(
+            "sessions_reaped",
+            "Sessions of a lost registration reported disconnected (server_lost) by this server",
+            self.sessions_reaped.clone(),
         );
         r.register(
             "deliveries",

@@ -35,12 +35,17 @@ pub struct AppState {
     pub channels: Arc<crate::channels::ChannelHub>,
     /// `<topic>.channels`, which this server reads in full.
     pub channel_topic: String,
+    /// Where connection events go (`<topic>.events`).
+    pub events: crate::events::EventLog,
     pub metrics: Metrics,
     pub registry: Registry,
     /// The newest partition map (it carries the log epoch cursors use).
     pub assignment_rx: AssignmentRx,
     /// True while our registration lease is alive.
     pub registered: watch::Sender<bool>,
+    /// The registration in force (`None` while unregistered): sessions
+    /// belong to the one they connected under (`events`).
+    pub incarnation: watch::Sender<Option<uuid::Uuid>>,
     /// True from the start of a drain; registration republishes on change.
     pub draining: watch::Sender<bool>,
     /// Tells a session it is reading frames sent while the process was frozen.

@@ -2,7 +2,7 @@
 //! the counts the metrics report.
 
 use protocol::record::TooNew;
-use protocol::{Kind, Record};
+use protocol::{ConnectionEvent, Kind, Record};
 use std::time::{Duration, Instant};
 use store::RowBatch;
 use tracing::warn;
@@ -79,6 +79,32 @@ impl Batch {
         }
         Ok(())
     }
+
+    /// Adds one connection event (`<topic>.events`); like a chat record, a
+    /// newer version stops the partition and an unreadable one is passed over.
+    pub fn add_event(&mut self, partition: u32, offset: i64, payload: &[u8]) -> Result<(), TooNew> {
+        self.records += 1;
+        let written = match ConnectionEvent::decode(payload) {
+            Ok(e) => self
+                .rows
+                .events
+                .add(partition, offset, &e)
+                .map_err(|e| e.to_string()),
+            Err(e) => {
+                if let Some(too_new) = e.too_new_at(partition, offset) {
+                    self.records -= 1;
+                    return Err(too_new);
+                }
+                Err(e.to_string())
+            }
+        };
+        if let Err(e) = written {
+            self.undecodable += 1;
+            warn!(partition, offset, error = %e, "skipping an unreadable connection event");
+            self.rows.events.skip(partition, offset);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +170,28 @@ mod tests {
             r#"{{"v":{v},"msg_id":"6f1c3c1e-9a57-5d8e-8f1b-0e2b7c1a2b{n:02}","kind":"chat","conversation_id":"c1","sender":"a","sender_device":"d","recipients":["b"],"body":{{}},"sent_at_ms":0}}"#
         )
         .into_bytes()
+    }
+
+    fn event(v: u32, kind: &str) -> Vec<u8> {
+        format!(
+            r#"{{"v":{v},"event":"{kind}","user":"bob","device":"d","session":"00000000-0000-0000-0000-000000000001","server":"ms-1","incarnation":"00000000-0000-0000-0000-000000000002","at_ms":5,"reason":"drain"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn connection_events_move_their_own_topic_position() {
+        let mut b = Batch::default();
+        b.add(0, 4, &record(1, 1)).unwrap();
+        b.add_event(0, 9, &event(1, "connected")).unwrap();
+        b.add_event(0, 10, b"poison").unwrap();
+        b.add_event(0, 11, &event(1, "disconnected")).unwrap();
+        assert_eq!(b.rows.next_offset(0), Some(5), "the users' topic");
+        assert_eq!(b.rows.events.next_offset(0), Some(12), "the events topic");
+        assert_eq!((b.records, b.undecodable), (4, 1));
+        let refused = b.add_event(0, 12, &event(2, "connected"));
+        assert_eq!(refused.map_err(|t| t.offset), Err(12));
+        assert_eq!(b.rows.events.next_offset(0), Some(12));
     }
 
     #[test]

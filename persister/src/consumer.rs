@@ -40,20 +40,27 @@ impl ConsumerContext for Ctx {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<u32> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| service::kafka::from_kafka(e.partition()))
-                    .collect();
-                let offsets = self.retry("read stored offsets", || {
-                    self.store.stored_offsets(&self.topic, &parts)
-                });
-                for (p, next) in offsets.unwrap_or_default() {
-                    let p = service::kafka::to_kafka(p);
-                    let _ = tpl.set_partition_offset(&self.topic, p, Offset::Offset(next));
+                let events = protocol::events_topic(&self.topic);
+                let mut count = 0;
+                for topic in [&self.topic, &events] {
+                    let parts: Vec<u32> = tpl
+                        .elements_for_topic(topic)
+                        .iter()
+                        .map(|e| service::kafka::from_kafka(e.partition()))
+                        .collect();
+                    let offsets = self.retry("read stored offsets", || {
+                        self.store.stored_offsets(topic, &parts)
+                    });
+                    for (p, next) in offsets.unwrap_or_default() {
+                        let p = service::kafka::to_kafka(p);
+                        let _ = tpl.set_partition_offset(topic, p, Offset::Offset(next));
+                    }
+                    info!(%topic, partitions = ?parts, "assigned; resuming from the offsets stored in PostgreSQL");
+                    if *topic == self.topic {
+                        count = parts.len();
+                    }
                 }
-                info!(partitions = ?parts, "assigned; resuming from the offsets stored in PostgreSQL");
-                self.metrics.assigned_partitions.set(parts.len() as i64);
+                self.metrics.assigned_partitions.set(count as i64);
                 if let Err(e) = consumer.assign(tpl) {
                     warn!(error = %e, "assign failed");
                 }
@@ -137,7 +144,8 @@ pub fn create(config: &Config, group: &str, ctx: Ctx) -> KafkaResult<BaseConsume
         service::kafka::consumer_config(&config.kafka.brokers, group, FETCH_WAIT)
             .set("session.timeout.ms", "10000")
             .create_with_context(ctx)?;
-    consumer.subscribe(&[&config.kafka.topic])?;
+    let events = protocol::events_topic(&config.kafka.topic);
+    consumer.subscribe(&[&config.kafka.topic, &events])?;
     Ok(consumer)
 }
 
@@ -172,7 +180,12 @@ pub fn run_until_cancelled(ctx: Ctx, config: &Config) -> Result<(), ConsumeError
             Some(Ok(m)) => {
                 let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
                 let partition = service::kafka::from_kafka(m.partition());
-                let added = pending.add(partition, m.offset(), m.payload().unwrap_or_default());
+                let payload = m.payload().unwrap_or_default();
+                let added = if m.topic() == ctx.topic {
+                    pending.add(partition, m.offset(), payload)
+                } else {
+                    pending.add_event(partition, m.offset(), payload)
+                };
                 drop(pending);
                 if let Err(too_new) = added {
                     // What came before it is written; then the consumer

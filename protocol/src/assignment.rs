@@ -18,6 +18,11 @@ pub struct ServerInfo {
     /// partitions to servers that can (when one can).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broker_unreachable: bool,
+    /// This registration (a new one for each lease the server takes):
+    /// connection events name it, so a session whose registration is gone
+    /// is reported `disconnected` by the partition's next owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<uuid::Uuid>,
 }
 
 impl ServerInfo {
@@ -31,6 +36,7 @@ impl ServerInfo {
             weight: 1,
             draining: false,
             broker_unreachable: false,
+            incarnation: None,
         }
     }
 }
@@ -121,6 +127,7 @@ mod tests {
                 weight: 1,
                 draining: false,
                 broker_unreachable: false,
+                incarnation: None,
             },
         );
         a.owners = vec![Some(s1.clone()), None, Some(s1.clone())];

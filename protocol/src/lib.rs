@@ -7,6 +7,7 @@ pub mod api;
 pub mod assignment;
 pub mod channel;
 pub mod cursor;
+pub mod events;
 pub mod frames;
 pub mod ids;
 pub mod layout;
@@ -17,6 +18,7 @@ pub use api::{Accepted, ErrorBody, Publish, PublishBatch, PublishResult, Publish
 pub use assignment::{Assignment, ServerInfo};
 pub use channel::{channel_topic, ChannelName, ChannelRecord};
 pub use cursor::Cursor;
+pub use events::{events_topic, ConnectionEvent, DisconnectReason, EventKind};
 pub use frames::{ClientFrame, CloseCode, EncodeError, ErrorCode, FrameError, ServerFrame, Target};
 pub use ids::{ClientMsgId, ConversationId, DeviceId, IdError, MsgId, ServerId, UserId};
 pub use layout::EtcdLayout;

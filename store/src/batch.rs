@@ -12,6 +12,8 @@ pub struct RowBatch {
     deliveries: DeliveryColumns,
     /// partition → next offset to consume.
     next: BTreeMap<u32, i64>,
+    /// Rows of the connection events (`<topic>.events`).
+    pub events: crate::sessions::EventBatch,
 }
 
 #[derive(Debug, Default)]
@@ -37,7 +39,7 @@ struct DeliveryColumns {
 impl RowBatch {
     /// Nothing consumed since the last write.
     pub fn is_empty(&self) -> bool {
-        self.next.is_empty()
+        self.next.is_empty() && self.events.is_empty()
     }
 
     /// Message rows so far.
@@ -112,23 +114,40 @@ impl Store {
         .bind(&d.ids)
         .execute(&mut *tx)
         .await?;
-        let mut parts = Vec::with_capacity(batch.next.len());
-        for p in batch.next.keys() {
-            parts.push(db_partition(*p)?);
-        }
-        let nexts: Vec<i64> = batch.next.values().copied().collect();
-        sqlx::query(
-            "INSERT INTO persister_offsets (topic, kafka_partition, next_offset) \
-             SELECT $1, p, o FROM UNNEST($2::int4[], $3::int8[]) AS u(p, o) \
-             ON CONFLICT (topic, kafka_partition) DO UPDATE \
-             SET next_offset = GREATEST(persister_offsets.next_offset, EXCLUDED.next_offset)",
-        )
-        .bind(topic)
-        .bind(&parts)
-        .bind(&nexts)
-        .execute(&mut *tx)
-        .await?;
+        write_offsets(&mut tx, topic, &batch.next).await?;
+        batch.events.write(&mut tx).await?;
+        let events = protocol::events_topic(topic);
+        write_offsets(&mut tx, &events, &batch.events.next).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The next offset of each partition, in the batch's transaction; never
+/// moves back (a replica replaying an old batch after a rebalance).
+async fn write_offsets(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    topic: &str,
+    next: &BTreeMap<u32, i64>,
+) -> Result<(), StoreError> {
+    if next.is_empty() {
+        return Ok(());
+    }
+    let mut parts = Vec::with_capacity(next.len());
+    for p in next.keys() {
+        parts.push(db_partition(*p)?);
+    }
+    let nexts: Vec<i64> = next.values().copied().collect();
+    sqlx::query(
+        "INSERT INTO persister_offsets (topic, kafka_partition, next_offset) \
+         SELECT $1, p, o FROM UNNEST($2::int4[], $3::int8[]) AS u(p, o) \
+         ON CONFLICT (topic, kafka_partition) DO UPDATE \
+         SET next_offset = GREATEST(persister_offsets.next_offset, EXCLUDED.next_offset)",
+    )
+    .bind(topic)
+    .bind(&parts)
+    .bind(&nexts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -9,10 +9,12 @@ mod conversations;
 mod messages;
 mod migrate;
 mod offsets;
+mod sessions;
 
 pub use audit::Counts;
 pub use batch::RowBatch;
 pub use messages::StoredMessage;
+pub use sessions::{EventBatch, OpenSession};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;

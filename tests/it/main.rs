@@ -10,6 +10,7 @@ mod channel_stats;
 mod channels;
 mod client;
 mod compose;
+mod connection_events;
 mod coordinator;
 mod etcd_stall;
 mod fuzz;
@@ -34,6 +35,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
     tests![
         smoke::broker_etcd_and_postgres_answer,
         compose::scale_to_three_and_chat_on_the_third,
+        connection_events::every_connected_has_one_disconnected_after_a_drain_and_a_kill,
         client::client_resumes_and_dedupes_across_a_drain,
         client::cli_route_send_tail_and_history,
         client::slow_app_gets_everything_after_4004,

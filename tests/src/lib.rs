@@ -141,6 +141,7 @@ pub fn start_coordinator(name: &str, config: coordinator::Config) -> anyhow::Res
 
 pub mod client;
 pub mod stack;
+pub mod topic;
 pub use client::{Event, WsClient};
 pub use stack::Stack;
 

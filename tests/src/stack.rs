@@ -129,6 +129,11 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The broker this stack's services use.
+    pub fn brokers(&self) -> &str {
+        &self.kafka
+    }
+
     pub fn server_config(&self, id: &str) -> messaging_server::Config {
         use clap::Parser;
         let mut c = messaging_server::Config::parse_from(["messaging-server"]);

@@ -120,7 +120,11 @@ impl Session {
                 .get_or_create(&label)
                 .inc();
         }
-        self.subs.channels.insert(channel.clone());
+        if self.subs.channels.insert(channel.clone()) {
+            if let Some(events) = &mut self.events {
+                events.subscribed(&channel);
+            }
+        }
         self.count_subscriptions();
         let last = recovery.last.max(live_from - 1);
         let buffered = self
@@ -191,7 +195,11 @@ impl Session {
 
     pub(super) async fn unsubscribe(&mut self, un: Unsubscribe) -> Result<(), Gone> {
         self.state.channels.unsubscribe(&un.channel, self.subs.conn);
-        self.subs.channels.remove(&un.channel);
+        if self.subs.channels.remove(&un.channel) {
+            if let Some(events) = &mut self.events {
+                events.unsubscribed(&un.channel);
+            }
+        }
         self.count_subscriptions();
         let frame = ServerFrame::Unsubscribed(Unsubscribed {
             id: un.id,

@@ -87,22 +87,22 @@ impl Session {
             tokio::select! {
                 c = &mut handle.close => return c.map_or_else(|_| ended("server stopping"), Close::from),
                 f = handle.rx.recv() => match f {
-                    Some(f) => if self.write_queued(f, &mut handle.rx).await.is_err() { return ended("gone") },
+                    Some(f) => if self.write_queued(f, &mut handle.rx).await.is_err() { return ended(super::GONE) },
                     None => return ended("server stopping"),
                 },
                 Some(reply) = inbound.inflight.next(), if !inbound.inflight.is_empty() => {
-                    if self.send_frame(&reply).await.is_err() { return ended("gone") }
+                    if self.send_frame(&reply).await.is_err() { return ended(super::GONE) }
                 }
                 m = self.stream.next(), if inbound.inflight.len() < MAX_INFLIGHT_SENDS => {
                     if state.freeze.just_woke() {
                         // Sent while we were frozen: the client resends it
                         // wherever it reconnects (see freeze.rs).
-                        return ended("server woke from a freeze");
+                        return ended(super::WOKE);
                     }
                     last_seen = Instant::now();
                     let text = match m {
                         Some(Ok(WsMessage::Text(t))) => t,
-                        Some(Ok(WsMessage::Close(_))) | None => return ended("client closed"),
+                        Some(Ok(WsMessage::Close(_))) | None => return ended(super::CLIENT_CLOSED),
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => return super::read_failed(&e),
                     };
@@ -118,9 +118,9 @@ impl Session {
                 _ = &mut expires => return Close::new(CloseCode::Unauthorized, "token expired"),
                 _ = ping.tick() => {
                     if last_seen.elapsed() > cfg.ping_interval * 3 {
-                        return ended("peer stopped answering pings");
+                        return ended(super::NO_PINGS);
                     }
-                    if self.sink.send(WsMessage::Ping(Default::default())).await.is_err() { return ended("gone") }
+                    if self.sink.send(WsMessage::Ping(Default::default())).await.is_err() { return ended(super::GONE) }
                 }
                 _ = stop.cancelled() => return ended("server stopping"),
             }

@@ -18,7 +18,9 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::frames::ErrorFrame;
-use protocol::{partition_for, CloseCode, Cursor, DeviceId, ErrorCode, ServerFrame};
+use protocol::{
+    partition_for, CloseCode, Cursor, DeviceId, DisconnectReason, ErrorCode, ServerFrame,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info_span, warn, Instrument};
@@ -48,6 +50,38 @@ impl Close {
         }
     }
 }
+
+impl Close {
+    /// How a `disconnected` connection event names this ending. (A session
+    /// ended by its own side says it in the reason; see `live`.)
+    pub fn disconnect_reason(&self) -> DisconnectReason {
+        match self.code {
+            CloseCode::TooSlow => DisconnectReason::TooSlow,
+            CloseCode::PartitionMoved => DisconnectReason::Moved,
+            CloseCode::Unauthorized => DisconnectReason::TokenExpired,
+            CloseCode::RateLimited
+            | CloseCode::ProtocolViolation
+            | CloseCode::TooLarge
+            | CloseCode::NoHello
+            | CloseCode::TooManyDevices => DisconnectReason::Refused,
+            CloseCode::Draining => match self.reason {
+                CLIENT_CLOSED | GONE | CONNECTION_FAILED | NO_PINGS => {
+                    DisconnectReason::ClientClose
+                }
+                WOKE => DisconnectReason::ServerLost,
+                _ => DisconnectReason::Drain,
+            },
+        }
+    }
+}
+
+/// Reasons of a session that ended on the client's side (or the network's).
+pub(crate) const CLIENT_CLOSED: &str = "client closed";
+pub(crate) const GONE: &str = "gone";
+pub(crate) const CONNECTION_FAILED: &str = "connection failed";
+pub(crate) const NO_PINGS: &str = "peer stopped answering pings";
+/// The process was frozen longer than half a lease (`freeze`).
+pub(crate) const WOKE: &str = "server woke from a freeze";
 
 impl From<Ending> for Close {
     fn from(e: Ending) -> Self {
@@ -86,6 +120,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
         sink,
         stream,
         subs: channels::Subscriptions::default(),
+        events: None,
     }
     .serve(hello.cursor)
     .instrument(span)
@@ -142,7 +177,7 @@ fn read_failed(e: &axum::Error) -> Close {
     if unreadable(e) {
         Close::new(CloseCode::TooLarge, "frame too large")
     } else {
-        Close::new(CloseCode::Draining, "connection failed")
+        Close::new(CloseCode::Draining, CONNECTION_FAILED)
     }
 }
 
@@ -164,6 +199,8 @@ struct Session {
     stream: Stream,
     /// This connection's channel subscriptions.
     subs: channels::Subscriptions,
+    /// Its connection events, from `connected` on.
+    events: Option<crate::events::SessionEvents>,
 }
 
 impl Session {
@@ -215,6 +252,10 @@ impl Session {
             }
         };
         let id = handle.id;
+        self.events = self
+            .state
+            .events
+            .connect(&self.who.user, &self.device, partition);
         self.subs
             .attach(id, self.state.hub.queue(&self.who.user, id));
         self.state.metrics.connections.inc();
@@ -231,6 +272,9 @@ impl Session {
             Err(close) => close,
         };
         self.drop_subscriptions();
+        if let Some(events) = self.events.take() {
+            events.disconnected(close.disconnect_reason());
+        }
         self.state.hub.unregister(&self.who.user, id);
         self.state.metrics.connections.dec();
         finish((&mut self.sink, &mut self.stream), &self.state, close).await;
@@ -289,7 +333,7 @@ impl Session {
 }
 
 fn gone(_: Gone) -> Close {
-    Close::new(CloseCode::Draining, "gone")
+    Close::new(CloseCode::Draining, GONE)
 }
 
 #[cfg(test)]
