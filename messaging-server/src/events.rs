@@ -44,7 +44,9 @@ impl EventLog {
     /// Waits (up to `timeout`) for every event handed over so far.
     pub async fn written(&self, timeout: Duration) -> bool {
         self.writing.close();
-        let done = tokio::time::timeout(timeout, self.writing.wait()).await.is_ok();
+        let done = tokio::time::timeout(timeout, self.writing.wait())
+            .await
+            .is_ok();
         self.writing.reopen();
         done
     }

@@ -145,8 +145,36 @@ pub fn create(config: &Config, group: &str, ctx: Ctx) -> KafkaResult<BaseConsume
             .set("session.timeout.ms", "10000")
             .create_with_context(ctx)?;
     let events = protocol::events_topic(&config.kafka.topic);
-    consumer.subscribe(&[&config.kafka.topic, &events])?;
+    let topics = [config.kafka.topic.as_str(), events.as_str()];
+    wait_for_topics(&consumer, &topics);
+    consumer.subscribe(&topics)?;
     Ok(consumer)
+}
+
+/// Waits (until cancelled) for `topics` to exist: a group subscribed to a
+/// topic the broker does not have yet would only see it at librdkafka's
+/// next metadata refresh, minutes later (the coordinator leader creates
+/// them, maybe after we start).
+fn wait_for_topics(consumer: &BaseConsumer<Ctx>, topics: &[&str]) {
+    let mut delay = Duration::from_millis(100);
+    let exists = |t: &str| {
+        consumer
+            .fetch_metadata(Some(t), Duration::from_secs(2))
+            .is_ok_and(|md| {
+                md.topics()
+                    .iter()
+                    .any(|m| m.error().is_none() && !m.partitions().is_empty())
+            })
+    };
+    while !consumer.context().cancel.is_cancelled() {
+        let missing: Vec<&str> = topics.iter().copied().filter(|t| !exists(t)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        info!(?missing, "waiting for the topics to be created");
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// Why consuming ended before shutdown.

@@ -74,6 +74,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         publish::backends_publish_with_api_keys,
         store::a_batch_written_twice_is_stored_once_and_offsets_only_advance,
         store::history_pages_and_conversations_read_back,
+        store::sessions_and_last_seen_from_connection_events,
         channels::channels_are_authorized_limited_and_served,
         channels::channel_recovery_says_when_the_log_was_trimmed,
         channels::channel_subscribers_lose_nothing_across_drain_and_crash,

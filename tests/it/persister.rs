@@ -115,7 +115,7 @@ async fn assigned(port: u16) -> f64 {
 
 pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow::Result<()> {
     let topic = infra.unique("persist");
-    infra.create_topic(&topic, PARTITIONS).await?;
+    infra.create_user_topics(&topic, PARTITIONS).await?;
     let db = infra.database("persist").await?;
     let pool = Store::connect(&db).await?;
     let total = 10_000;
@@ -182,7 +182,7 @@ pub async fn exactly_once_across_kills_and_replicas(infra: Arc<Infra>) -> anyhow
 pub async fn recovers_by_itself_after_a_postgres_outage(infra: Arc<Infra>) -> anyhow::Result<()> {
     let (pg, db) = infra.private_postgres("outage-pg").await?;
     let topic = infra.unique("outage");
-    infra.create_topic(&topic, PARTITIONS).await?;
+    infra.create_user_topics(&topic, PARTITIONS).await?;
     produce_range(&infra, &topic, 0..2000).await?;
     let mut p = persister(&infra, &topic, &db, free_port()?)?;
     let pool = Store::connect(&db).await?;

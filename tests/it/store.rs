@@ -109,3 +109,83 @@ pub async fn history_pages_and_conversations_read_back(infra: Arc<Infra>) -> any
     anyhow::ensure!(seen == want, "history {seen:?}");
     Ok(())
 }
+
+fn event(session: u128, kind: protocol::EventKind, at_ms: i64) -> protocol::ConnectionEvent {
+    protocol::ConnectionEvent {
+        v: 1,
+        event: kind,
+        user: uid(if session % 2 == 0 { "even" } else { "odd" }),
+        device: DeviceId::new("phone").unwrap_or_else(|e| panic!("{e}")),
+        session: uuid::Uuid::from_u128(session),
+        server: protocol::ServerId::new("ms-1").unwrap_or_else(|e| panic!("{e}")),
+        incarnation: uuid::Uuid::from_u128(99),
+        at_ms,
+        reason: (kind == protocol::EventKind::Disconnected)
+            .then_some(protocol::DisconnectReason::Drain),
+        channel: None,
+    }
+}
+
+/// Connection events: a session opened and closed in one batch is stored
+/// closed; a batch written twice changes nothing; a close seen again later
+/// does not reopen or move anything; last_seen never moves back; the
+/// events topic's offset is its own.
+pub async fn sessions_and_last_seen_from_connection_events(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    use protocol::EventKind::{Connected, Disconnected, Subscribed};
+    let store = fresh(&infra).await?;
+    let mut batch = RowBatch::default();
+    let events = [
+        event(1, Connected, 10),
+        event(2, Connected, 11),
+        event(1, Subscribed, 12),
+        event(1, Disconnected, 50),
+        event(3, Connected, 13),
+    ];
+    for (i, e) in events.iter().enumerate() {
+        batch.events.add(5, 20 + i64::try_from(i)?, e)?;
+    }
+    store.write_batch("t", &batch).await?;
+    store.write_batch("t", &batch).await?;
+    let open: Vec<u128> = store
+        .open_sessions(&[5])
+        .await?
+        .iter()
+        .map(|s| s.session.as_u128())
+        .collect();
+    anyhow::ensure!(
+        open.len() == 2 && open.contains(&2) && open.contains(&3),
+        "open {open:?}"
+    );
+    anyhow::ensure!(store.persisted_next("t.events", 5).await? == 25);
+    anyhow::ensure!(
+        store.persisted_next("t", 5).await? == 0,
+        "the users' topic untouched"
+    );
+    let mut later = RowBatch::default();
+    later.events.add(5, 25, &event(2, Disconnected, 40))?;
+    store.write_batch("t", &later).await?;
+    anyhow::ensure!(
+        store.open_sessions(&[5]).await?.len() == 1,
+        "session 3 open"
+    );
+    // A session of "even" that ended earlier (a late reader): never back.
+    let mut older = RowBatch::default();
+    older.events.add(5, 26, &event(4, Connected, 5))?;
+    older.events.add(5, 27, &event(4, Disconnected, 30))?;
+    store.write_batch("t", &older).await?;
+    let seen = store
+        .last_seen(&[uid("odd"), uid("even"), uid("nobody")])
+        .await?;
+    anyhow::ensure!(
+        seen.get(&uid("odd")) == Some(&50) && seen.get(&uid("even")) == Some(&40),
+        "{seen:?}"
+    );
+    anyhow::ensure!(!seen.contains_key(&uid("nobody")));
+    anyhow::ensure!(
+        store.open_sessions(&[5]).await?.len() == 1,
+        "session 4 closed"
+    );
+    Ok(())
+}

@@ -219,6 +219,13 @@ impl Infra {
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
         create_topic(&self.kafka, topic, partitions).await
     }
+
+    /// The users' topic and its `.events` (what the persister reads), as the
+    /// coordinator leader would create them.
+    pub async fn create_user_topics(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        create_topic(&self.kafka, topic, partitions).await?;
+        create_topic(&self.kafka, &protocol::events_topic(topic), partitions).await
+    }
 }
 
 /// Creates `topic` with `partitions` (replication 1) on the broker at `brokers`.

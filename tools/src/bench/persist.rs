@@ -31,7 +31,7 @@ fn record(i: usize) -> anyhow::Result<Vec<u8>> {
 
 pub async fn persist(infra: Arc<Env>, records: usize, batch_max: usize) -> anyhow::Result<()> {
     let topic = infra.unique("persist_bench");
-    infra.create_topic(&topic, PARTITIONS).await?;
+    infra.create_user_topics(&topic, PARTITIONS).await?;
     let db = infra.database("persist_bench").await?;
     // Normal producer batching: the persister reads from offset 0, a batch start.
     let p: FutureProducer = ClientConfig::new()
