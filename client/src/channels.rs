@@ -23,6 +23,12 @@ pub(crate) enum Control {
         reply: SubscribeReply,
     },
     Unsubscribe(ChannelName),
+    Presence {
+        users: Vec<protocol::UserId>,
+        watch: bool,
+        reply: crate::presence::PresenceReply,
+    },
+    Unwatch(Vec<protocol::UserId>),
 }
 
 pub(crate) struct Sub {
@@ -118,6 +124,12 @@ impl Runner {
                     let _ = ws.send(Ws::text(text)).await;
                 }
             }
+            Control::Presence {
+                users,
+                watch,
+                reply,
+            } => self.ask_presence(ws, users, watch, reply).await,
+            Control::Unwatch(users) => self.unwatch(ws, users).await,
         }
     }
 

@@ -86,6 +86,9 @@ pub enum Event {
         cursor: Cursor,
         recovered: bool,
     },
+    /// A watched user came online or went offline — or, after a reconnect,
+    /// a watched user's state as the new session found it.
+    Presence(protocol::presence::UserPresence),
     /// The token was refused (4001); the client stops.
     Unauthorized,
 }
@@ -150,6 +153,9 @@ impl Client {
             subs: BTreeMap::new(),
             channel_cursors: channel_cursors.clone(),
             ctl: ctl_rx,
+            watched: Default::default(),
+            asks: BTreeMap::new(),
+            next_ask: 0,
             cancel: cancel.clone(),
         };
         Self {
@@ -198,6 +204,39 @@ impl Client {
             .await
             .map_err(|_| SendError::Stopped)?;
         rx.await.unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// The presence of `users` (contacts only: users in a conversation with
+    /// this user, or who wrote to them); with `watch`, an
+    /// `Event::Presence` whenever one comes online or goes offline, also
+    /// across reconnects, until [`Client::unwatch`].
+    pub async fn presence(
+        &self,
+        users: &[protocol::UserId],
+        watch: bool,
+    ) -> Result<Vec<protocol::presence::UserPresence>, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let c = Control::Presence {
+            users: users.to_vec(),
+            watch,
+            reply,
+        };
+        self.channels
+            .ctl
+            .send(c)
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// No more `Event::Presence` about `users`.
+    pub async fn unwatch(&self, users: &[protocol::UserId]) -> Result<(), SendError> {
+        let c = Control::Unwatch(users.to_vec());
+        self.channels
+            .ctl
+            .send(c)
+            .await
+            .map_err(|_| SendError::Stopped)
     }
 
     pub async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), SendError> {

@@ -210,6 +210,20 @@ impl Api {
         Self::decode(&url, v)
     }
 
+    /// `GET /v1/presence`: the presence of up to 100 users (this `Api`'s
+    /// token must be an API key). Any server answers for every user.
+    pub async fn presence(
+        &self,
+        users: &[protocol::UserId],
+    ) -> Result<Vec<protocol::presence::UserPresence>, ApiError> {
+        let base = self.server("system:presence").await?;
+        let names: Vec<&str> = users.iter().map(protocol::UserId::as_str).collect();
+        let url = format!("{base}/v1/presence");
+        let req = self.http.get(&url).query(&[("users", names.join(","))]);
+        let v = self.call(req.bearer_auth(&self.token), &url).await?;
+        Self::decode::<protocol::presence::PresenceState>(&url, v).map(|s| s.users)
+    }
+
     /// `POST /v1/publish/batch` (up to 1,000 items): one result per item.
     pub async fn publish_batch(&self, items: &[Publish]) -> Result<Vec<PublishResult>, ApiError> {
         let from = items.first().map_or("system:batch", |p| p.from.as_str());

@@ -8,6 +8,7 @@
 mod channels;
 mod connection;
 pub mod http;
+mod presence;
 mod runner;
 mod seen;
 pub mod token;
@@ -15,6 +16,7 @@ pub mod token;
 pub use connection::{Client, ClientConfig, Event, SendError, Sender, TokenRefresh};
 pub use http::Api;
 pub use protocol::frames::Subscribed;
+pub use protocol::presence::UserPresence;
 pub use protocol::{ChannelName, Cursor, Kind, MsgId, Target};
 
 #[cfg(test)]

@@ -63,6 +63,11 @@ pub(crate) struct Runner {
     pub subs: BTreeMap<ChannelName, crate::channels::Sub>,
     pub channel_cursors: crate::channels::Cursors,
     pub ctl: mpsc::Receiver<crate::channels::Control>,
+    /// Users watched, watched again on every session.
+    pub watched: std::collections::BTreeSet<protocol::UserId>,
+    /// Presence questions of this session, by number.
+    pub asks: BTreeMap<u64, crate::presence::PresenceReply>,
+    pub next_ask: u64,
     pub cancel: CancellationToken,
 }
 
@@ -159,7 +164,10 @@ impl Runner {
             p.sent = ws.send(Ws::text(p.frame.clone())).await.is_ok();
         }
         self.resubscribe_all(&mut ws).await;
-        self.serve(ws).await
+        self.rewatch_all(&mut ws).await;
+        let outcome = self.serve(ws).await;
+        self.session_ended();
+        outcome
     }
 
     async fn first_frame(&mut self, ws: &mut Socket) -> Result<(), Outcome> {
@@ -383,10 +391,12 @@ impl Runner {
             ServerFrame::Synced(s) => self.emit(Event::Synced(s.cursor)).await,
             ServerFrame::Ack(a) => self.settle(a.client_msg_id.as_str(), Ok(a.msg_id)),
             ServerFrame::Error(e) => {
-                if !self.subscribe_refused(&e) {
+                if !self.subscribe_refused(&e) && !self.presence_refused(&e) {
                     self.refused(e)
                 }
             }
+            ServerFrame::PresenceState(s) => self.presence_state(s).await,
+            ServerFrame::Presence(p) => self.emit(Event::Presence(p)).await,
             ServerFrame::Redirect(r) => return Some(r.ws_url),
             ServerFrame::Authed(a) => self.token_exp = Some(a.exp),
             ServerFrame::Welcome(_) | ServerFrame::Pong(_) => {}

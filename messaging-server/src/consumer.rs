@@ -24,8 +24,14 @@ use tracing::{info, warn};
 pub trait Sink: Send + Sync + 'static {
     type Record;
     fn decode(payload: &[u8]) -> Result<Self::Record, RecordError>;
-    /// The frame a device gets (`replayed` false: live).
-    fn frame(record: &Self::Record, log_epoch: &str, offset: i64, replayed: bool) -> ServerFrame;
+    /// The frame a device gets (`replayed` false: live); `None` for a sink
+    /// that sends no record as it is (presence sends states it derives).
+    fn frame(
+        record: &Self::Record,
+        log_epoch: &str,
+        offset: i64,
+        replayed: bool,
+    ) -> Option<ServerFrame>;
     /// Partitions start being delivered at these offsets, all at once.
     fn open(&self, starts: &[(u32, i64)]);
     /// `partition` is no longer served; its subscribers end with `close`.
@@ -127,6 +133,11 @@ impl<S: Sink> LogConsumer<S> {
         })
         .await
         .map_err(|_| KafkaError::Canceled)??;
+        self.gain_at(starts)
+    }
+
+    /// Starts reading each partition at its given offset.
+    pub fn gain_at(&self, starts: Vec<(u32, i64)>) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
         for (p, high) in &starts {
             tpl.add_partition_offset(&self.topic, to_kafka(*p), Offset::Offset(*high))?;

@@ -110,6 +110,11 @@ impl Text {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+
+    /// No frame: what a sink that sends no record as it is carries.
+    pub fn empty() -> Self {
+        Self(Utf8Bytes::from_static(""))
+    }
 }
 
 impl From<String> for Text {

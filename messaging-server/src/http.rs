@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use protocol::api::{ChannelStats, Conversation, Conversations, HistoryPage, Status};
+use protocol::presence::PresenceState;
 use protocol::{ChannelName, ConversationId, DeviceId, ErrorCode, FrameError, UserId};
 use serde::Deserialize;
 use service::http::{metrics_response, not_found, ApiError};
@@ -21,6 +22,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/messages", post(post_message))
         .route("/v1/publish", post(publish_one))
         .route("/v1/channels/{channel}/stats", get(channel_stats))
+        .route("/v1/presence", get(presence))
         .route("/v1/publish/batch", post(publish_batch))
         .route(
             "/v1/conversations",
@@ -329,6 +331,42 @@ async fn channel_stats(
         .await
         .map(Json)
         .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    /// Comma-separated user ids.
+    users: String,
+}
+
+/// Backends only: the presence of up to 100 users, from this server's
+/// table of the cluster's sessions (any server answers for every user).
+async fn presence(
+    State(s): St,
+    headers: HeaderMap,
+    q: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PresenceState>, ApiError> {
+    backend(&s, &headers)?;
+    let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let users = q
+        .users
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .map(UserId::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let max = protocol::presence::MAX_PRESENCE_USERS;
+    if users.is_empty() || users.len() > max {
+        return Err(ApiError::invalid(format!("users names 1 to {max} users")));
+    }
+    if !s.presence.wait_loaded(crate::presence::LOAD_WAIT).await {
+        return Err(ApiError::unavailable("presence is loading; retry").retry_after(1));
+    }
+    let state = s.presence.state(&users);
+    let users = crate::session::with_last_seen(s.members.store(), state)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(PresenceState { id: None, users }))
 }
 
 #[derive(Deserialize)]

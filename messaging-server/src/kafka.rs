@@ -5,7 +5,7 @@
 use crate::consumer::Sink;
 use crate::delivery::Entry;
 use crate::ending::Ending;
-use crate::frame::{encode, message};
+use crate::frame::{encode, message, Text};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use futures_util::FutureExt;
@@ -56,22 +56,15 @@ pub type LiveStream = StreamConsumer;
 /// saves idle polling; nisshi re-reads at half the remaining wait, so there
 /// it trades latency for broker CPU (docs/benchmarks.md, "Fetch wait on
 /// nisshi").
+/// `role`: `server` (the users' topic), `channels`, `events` — each its own
+/// consumer with manual `assign()` (the group id is never joined).
 pub fn live_consumer(
+    role: &str,
     brokers: &str,
     server_id: &ServerId,
     fetch_wait: Duration,
 ) -> Result<LiveStream, KafkaError> {
-    let group = format!("switchboard-server-{server_id}");
-    service::kafka::consumer_config(brokers, &group, fetch_wait).create()
-}
-
-/// The consumer of the channel topic (every partition, manual `assign()`).
-pub fn channel_consumer(
-    brokers: &str,
-    server_id: &ServerId,
-    fetch_wait: Duration,
-) -> Result<LiveStream, KafkaError> {
-    let group = format!("switchboard-channels-{server_id}");
+    let group = format!("switchboard-{role}-{server_id}");
     service::kafka::consumer_config(brokers, &group, fetch_wait).create()
 }
 
@@ -86,7 +79,7 @@ pub fn framed<R>(
     assignment: &AssignmentRx,
     metrics: &Metrics,
     decode: fn(&[u8]) -> Result<R, protocol::record::RecordError>,
-    frame: fn(&R, &str, i64, bool) -> protocol::ServerFrame,
+    frame: fn(&R, &str, i64, bool) -> Option<protocol::ServerFrame>,
 ) -> Result<Option<(R, crate::frame::Text)>, TooNew> {
     let record = match decode(payload) {
         Ok(r) => r,
@@ -104,7 +97,10 @@ pub fn framed<R>(
         .as_ref()
         .map(|a| a.log_epoch.clone())
         .unwrap_or_default();
-    let framed = encode(&frame(&record, &epoch, offset, false))
+    let Some(server_frame) = frame(&record, &epoch, offset, false) else {
+        return Ok(Some((record, Text::empty())));
+    };
+    let framed = encode(&server_frame)
         .map_err(|e| {
             metrics.decode_failures.inc();
             warn!(partition, offset, error = %e, "skipping a record that cannot be framed");
@@ -134,7 +130,7 @@ pub fn framed_run<R>(
     assignment: &AssignmentRx,
     metrics: &Metrics,
     decode: fn(&[u8]) -> Result<R, protocol::record::RecordError>,
-    frame: fn(&R, &str, i64, bool) -> protocol::ServerFrame,
+    frame: fn(&R, &str, i64, bool) -> Option<protocol::ServerFrame>,
 ) -> (Vec<FramedRecord<R>>, Option<TooNew>) {
     let mut out = Vec::with_capacity(run.len());
     for m in run {
@@ -162,8 +158,8 @@ impl Sink for Hub {
         Record::decode(payload)
     }
 
-    fn frame(record: &Record, log_epoch: &str, offset: i64, replayed: bool) -> ServerFrame {
-        message(record, log_epoch, offset, replayed)
+    fn frame(record: &Record, log_epoch: &str, offset: i64, replayed: bool) -> Option<ServerFrame> {
+        Some(message(record, log_epoch, offset, replayed))
     }
 
     fn open(&self, starts: &[(u32, i64)]) {

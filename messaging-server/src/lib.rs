@@ -22,6 +22,7 @@ mod log_reader;
 mod members;
 mod membership;
 mod metrics;
+mod presence;
 mod producer;
 mod publish;
 mod reaper;
@@ -88,11 +89,18 @@ pub async fn serve_with(
     if !store.migrate(&shutdown).await {
         return Ok(());
     }
-    let consumer = kafka::live_consumer(&config.kafka.brokers, &info.server_id, config.fetch_wait)
-        .context("failed to create the Kafka consumer")?;
+    let live = |role| {
+        kafka::live_consumer(
+            role,
+            &config.kafka.brokers,
+            &info.server_id,
+            config.fetch_wait,
+        )
+    };
+    let consumer = live("server").context("failed to create the Kafka consumer")?;
     let channel_consumer =
-        kafka::channel_consumer(&config.kafka.brokers, &info.server_id, config.fetch_wait)
-            .context("failed to create the Kafka channel consumer")?;
+        live("channels").context("failed to create the Kafka channel consumer")?;
+    let events_consumer = live("events").context("failed to create the Kafka events consumer")?;
     let broker_probe: rdkafka::consumer::BaseConsumer =
         kafka::consumer_config(&config.kafka.brokers, &format!("{}-probe", info.server_id))
             .create()
@@ -143,6 +151,22 @@ pub async fn serve_with(
     tasks.spawn(
         "channel-consumer",
         channels::consumer::run(channels, stop.clone()),
+    );
+    let presence = consumer::LogConsumer {
+        consumer: Arc::new(events_consumer),
+        topic: protocol::events_topic(state.topic()),
+        sink: Arc::new(presence::consumer::PresenceSink {
+            presence: state.presence.clone(),
+            hub: state.hub.clone(),
+        }),
+        metrics: state.metrics.clone(),
+        assignment: state.assignment_rx.clone(),
+        lag: None,
+    };
+    let store = state.members.store().clone();
+    tasks.spawn(
+        "presence-consumer",
+        presence::consumer::run(presence, store, stop.clone()),
     );
     let failed = tokio::select! {
         biased;
@@ -266,6 +290,7 @@ fn build_state(
         hub: Arc::new(hub::Hub::new(config.queue_len, config.max_devices_per_user)),
         channels: Arc::new(channels::ChannelHub::new(config.queue_len)),
         channel_topic: protocol::channel_topic(&config.kafka.topic),
+        presence: Arc::default(),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),
         sockets: Arc::new(tokio::sync::Semaphore::new(connection_limit(

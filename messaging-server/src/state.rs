@@ -35,6 +35,8 @@ pub struct AppState {
     pub channels: Arc<crate::channels::ChannelHub>,
     /// `<topic>.channels`, which this server reads in full.
     pub channel_topic: String,
+    /// Who is online over the cluster, and local watchers.
+    pub presence: Arc<crate::presence::Presence>,
     /// Where connection events go (`<topic>.events`).
     pub events: crate::events::EventLog,
     pub metrics: Metrics,

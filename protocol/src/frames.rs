@@ -174,6 +174,8 @@ pub enum ClientFrame {
     Subscribe(Subscribe),
     Unsubscribe(Unsubscribe),
     Ping(Ping),
+    Presence(crate::presence::PresenceRequest),
+    Unwatch(crate::presence::Unwatch),
 }
 
 /// Why a client frame was refused; `id` is the request's, when it had one.
@@ -251,6 +253,8 @@ impl ClientFrame {
             "subscribe" => Ok(ClientFrame::Subscribe(concrete(text, &id)?)),
             "unsubscribe" => Ok(ClientFrame::Unsubscribe(concrete(text, &id)?)),
             "ping" => Ok(ClientFrame::Ping(concrete(text, &id)?)),
+            "presence" => Ok(ClientFrame::Presence(concrete(text, &id)?)),
+            "unwatch" => Ok(ClientFrame::Unwatch(concrete(text, &id)?)),
             other => Err(FrameError {
                 id,
                 code: ErrorCode::UnknownType,
@@ -268,6 +272,8 @@ impl ClientFrame {
             ClientFrame::Subscribe(_) => "subscribe",
             ClientFrame::Unsubscribe(_) => "unsubscribe",
             ClientFrame::Ping(_) => "ping",
+            ClientFrame::Presence(_) => "presence",
+            ClientFrame::Unwatch(_) => "unwatch",
         };
         serde_json::to_string(self).map_err(|source| EncodeError { frame, source })
     }
@@ -394,6 +400,9 @@ pub enum ServerFrame {
     Subscribed(Subscribed),
     Unsubscribed(Unsubscribed),
     Pong(Ping),
+    PresenceState(crate::presence::PresenceState),
+    /// A watched user came online or went offline.
+    Presence(crate::presence::UserPresence),
 }
 
 impl From<FrameError> for ServerFrame {
@@ -429,6 +438,8 @@ impl ServerFrame {
             ServerFrame::Subscribed(_) => "subscribed",
             ServerFrame::Unsubscribed(_) => "unsubscribed",
             ServerFrame::Pong(_) => "pong",
+            ServerFrame::PresenceState(_) => "presence_state",
+            ServerFrame::Presence(_) => "presence",
         }
     }
 
@@ -455,6 +466,8 @@ impl ServerFrame {
             "subscribed" => ServerFrame::Subscribed(concrete(text, &id)?),
             "unsubscribed" => ServerFrame::Unsubscribed(concrete(text, &id)?),
             "pong" => ServerFrame::Pong(concrete(text, &id)?),
+            "presence_state" => ServerFrame::PresenceState(concrete(text, &id)?),
+            "presence" => ServerFrame::Presence(concrete(text, &id)?),
             other => {
                 return Err(FrameError {
                     id,

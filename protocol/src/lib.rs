@@ -12,6 +12,7 @@ pub mod frames;
 pub mod ids;
 pub mod layout;
 pub mod partition;
+pub mod presence;
 pub mod record;
 
 pub use api::{Accepted, ErrorBody, Publish, PublishBatch, PublishResult, PublishTarget, Route};

@@ -106,4 +106,36 @@ impl Store {
             })
             .collect()
     }
+
+    /// Which of `others` are `user`'s contacts: members of a group
+    /// conversation with `user`, or users who have written to `user` in
+    /// their direct conversation (a stranger's DM makes nobody a contact of
+    /// the stranger).
+    pub async fn contacts_among(
+        &self,
+        user: &UserId,
+        others: &[UserId],
+    ) -> Result<std::collections::HashSet<UserId>, StoreError> {
+        let names: Vec<&str> = others.iter().map(UserId::as_str).collect();
+        let dms: Vec<String> = others
+            .iter()
+            .map(|o| ConversationId::direct(user, o).to_string())
+            .collect();
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT other.user_id FROM conversation_members me \
+             JOIN conversation_members other USING (conversation_id) \
+             WHERE me.user_id = $1 AND other.user_id = ANY($2) \
+             UNION \
+             SELECT DISTINCT sender FROM messages WHERE conversation_id = ANY($3) AND sender = ANY($2)",
+        )
+        .bind(user.as_str())
+        .bind(&names)
+        .bind(&dms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(u,)| UserId::new(u).ok())
+            .collect())
+    }
 }

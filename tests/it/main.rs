@@ -20,6 +20,7 @@ mod limits;
 mod messaging;
 mod outages;
 mod persister;
+mod presence;
 mod publish;
 mod resume;
 mod smoke;
@@ -36,6 +37,8 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         smoke::broker_etcd_and_postgres_answer,
         compose::scale_to_three_and_chat_on_the_third,
         connection_events::every_connected_has_one_disconnected_after_a_drain_and_a_kill,
+        presence::presence_and_watch_across_two_servers,
+        presence::a_drain_does_not_flap_and_a_kill_reports_offline,
         client::client_resumes_and_dedupes_across_a_drain,
         client::cli_route_send_tail_and_history,
         client::slow_app_gets_everything_after_4004,
@@ -75,6 +78,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         store::a_batch_written_twice_is_stored_once_and_offsets_only_advance,
         store::history_pages_and_conversations_read_back,
         store::sessions_and_last_seen_from_connection_events,
+        store::contacts_are_group_members_and_dm_partners_who_wrote,
         channels::channels_are_authorized_limited_and_served,
         channels::channel_recovery_says_when_the_log_was_trimmed,
         channels::channel_subscribers_lose_nothing_across_drain_and_crash,

@@ -189,3 +189,42 @@ pub async fn sessions_and_last_seen_from_connection_events(
     );
     Ok(())
 }
+
+/// Presence contacts: members of a shared group, and a DM partner only
+/// once that partner has written (a stranger's DM makes nobody visible to
+/// the stranger).
+pub async fn contacts_are_group_members_and_dm_partners_who_wrote(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let store = fresh(&infra).await?;
+    let room = ConversationId::new("club")?;
+    store
+        .create_conversation(&room, &uid("ann"), &[uid("ann"), uid("ben")])
+        .await?;
+    let dm = ConversationId::direct(&uid("ann"), &uid("cat"));
+    let mut batch = RowBatch::default();
+    let mut from_cat = record(1, &dm, &["ann"])?;
+    from_cat.sender = uid("cat");
+    let mut from_ann_to_dan = record(
+        2,
+        &ConversationId::direct(&uid("ann"), &uid("dan")),
+        &["dan"],
+    )?;
+    from_ann_to_dan.sender = uid("ann");
+    batch.add(0, 0, &from_cat)?;
+    batch.add(0, 1, &from_ann_to_dan)?;
+    store.write_batch("t", &batch).await?;
+    let others = [uid("ben"), uid("cat"), uid("dan"), uid("eve")];
+    let ann = store.contacts_among(&uid("ann"), &others).await?;
+    let mut got: Vec<&str> = ann.iter().map(UserId::as_str).collect();
+    got.sort_unstable();
+    anyhow::ensure!(got == ["ben", "cat"], "ann's contacts: {got:?}");
+    let cat = store.contacts_among(&uid("cat"), &[uid("ann")]).await?;
+    anyhow::ensure!(
+        cat.is_empty(),
+        "cat wrote to ann, ann never to cat: {cat:?}"
+    );
+    let dan = store.contacts_among(&uid("dan"), &[uid("ann")]).await?;
+    anyhow::ensure!(dan.len() == 1, "ann wrote to dan: {dan:?}");
+    Ok(())
+}

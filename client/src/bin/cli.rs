@@ -61,6 +61,13 @@ enum Cmd {
         api_key: String,
         channel: String,
     },
+    /// Who of USERS is online, with devices and last_seen, over every server (API key).
+    Presence {
+        #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
     /// Print incoming messages as JSON lines; reconnects and resumes by itself.
     Tail {
         #[arg(long, default_value = "cli")]
@@ -330,6 +337,7 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
             }
             Some(Event::Unauthorized) => anyhow::bail!("the token was refused"),
             Some(Event::Synced(_)) | Some(Event::Duplicate(_)) => {}
+            Some(Event::Presence(p)) => eprintln!("presence {}", serde_json::to_string(&p)?),
             Some(Event::Subscribed {
                 channel,
                 recovered,
@@ -372,6 +380,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .channel_stats(&channel)
                 .await?;
             println!("{}", serde_json::to_string(&stats)?);
+        }
+        Cmd::Presence { api_key, users } => {
+            let users = users
+                .iter()
+                .map(protocol::UserId::new)
+                .collect::<Result<Vec<_>, _>>()?;
+            let api = Api::new(&cli.coordinator, api_key);
+            for p in api.presence(&users).await? {
+                println!("{}", serde_json::to_string(&p)?);
+            }
         }
         Cmd::Publish(args) => {
             let item = args.publication()?;

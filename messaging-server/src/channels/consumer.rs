@@ -30,8 +30,13 @@ impl Sink for ChannelSink {
         ChannelRecord::decode(payload)
     }
 
-    fn frame(record: &ChannelRecord, log_epoch: &str, offset: i64, replayed: bool) -> ServerFrame {
-        channel_message(record, log_epoch, offset, replayed)
+    fn frame(
+        record: &ChannelRecord,
+        log_epoch: &str,
+        offset: i64,
+        replayed: bool,
+    ) -> Option<ServerFrame> {
+        Some(channel_message(record, log_epoch, offset, replayed))
     }
 
     fn open(&self, starts: &[(u32, i64)]) {

@@ -27,6 +27,16 @@ impl Subscriptions {
         self.conn = conn;
         self.queue = queue;
     }
+
+    /// The connection's id in the hub.
+    pub(super) fn conn(&self) -> u64 {
+        self.conn
+    }
+
+    /// Where its frames go (presence notices too).
+    pub(super) fn queue(&self) -> Option<mpsc::Sender<Text>> {
+        self.queue.clone()
+    }
 }
 
 /// What a recovery read gave: the frames to send and the last offset in them.

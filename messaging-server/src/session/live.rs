@@ -183,6 +183,15 @@ impl Session {
                 self.unsubscribe(un).await.map_err(gone)?;
                 return Ok(None);
             }
+            Ok(ClientFrame::Presence(req)) => match self.presence(req).await {
+                Ok(Ok(())) => return Ok(None),
+                Ok(Err(e)) => (e, false),
+                Err(g) => return Err(gone(g)),
+            },
+            Ok(ClientFrame::Unwatch(un)) => {
+                self.unwatch(&un);
+                return Ok(None);
+            }
             Ok(ClientFrame::Ping(ping)) => {
                 self.send_frame(&ServerFrame::Pong(ping))
                     .await

@@ -5,6 +5,9 @@
 mod channels;
 mod handshake;
 mod live;
+mod presence;
+
+pub use presence::with_last_seen;
 mod rate;
 mod replay;
 
@@ -272,6 +275,7 @@ impl Session {
             Err(close) => close,
         };
         self.drop_subscriptions();
+        self.drop_watches();
         if let Some(events) = self.events.take() {
             events.disconnected(close.disconnect_reason());
         }
