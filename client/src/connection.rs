@@ -192,12 +192,21 @@ impl Client {
         channel: &ChannelName,
         cursor: Option<Cursor>,
     ) -> Result<Subscribed, SendError> {
-        let (reply, rx) = oneshot::channel();
-        let c = Control::Subscribe {
+        self.ask(|reply| Control::Subscribe {
             channel: channel.clone(),
             cursor,
             reply,
-        };
+        })
+        .await
+    }
+
+    /// Hands the connection task a request and waits for its answer.
+    async fn ask<T>(
+        &self,
+        control: impl FnOnce(oneshot::Sender<Result<T, SendError>>) -> Control,
+    ) -> Result<T, SendError> {
+        let (reply, rx) = oneshot::channel();
+        let c = control(reply);
         self.channels
             .ctl
             .send(c)
@@ -215,18 +224,12 @@ impl Client {
         users: &[protocol::UserId],
         watch: bool,
     ) -> Result<Vec<protocol::presence::UserPresence>, SendError> {
-        let (reply, rx) = oneshot::channel();
-        let c = Control::Presence {
+        self.ask(|reply| Control::Presence {
             users: users.to_vec(),
             watch,
             reply,
-        };
-        self.channels
-            .ctl
-            .send(c)
-            .await
-            .map_err(|_| SendError::Stopped)?;
-        rx.await.unwrap_or(Err(SendError::Stopped))
+        })
+        .await
     }
 
     /// No more `Event::Presence` about `users`.

@@ -243,3 +243,66 @@ async fn a_redirect_goes_straight_to_the_new_owner_with_the_cursor() {
     );
     client.close().await;
 }
+
+fn someone(u: &str, online: bool) -> protocol::presence::UserPresence {
+    protocol::presence::UserPresence {
+        user: UserId::new(u).unwrap(),
+        online,
+        devices: u32::from(online),
+        last_seen_ms: None,
+    }
+}
+
+async fn presence_event(client: &mut Client) -> protocol::presence::UserPresence {
+    loop {
+        let e = tokio::time::timeout(WAIT, client.next_event()).await;
+        if let Event::Presence(p) = e.expect("no event in time").expect("client stopped") {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn watches_are_renewed_after_a_reconnect_and_their_answer_becomes_events() {
+    let (base, mut sockets) = fake_server().await;
+    let mut client = Client::start(config(&base));
+    let mut ws = next_socket(&mut sockets).await;
+    hello_cursor(&mut ws).await;
+    write(&mut ws, welcome(false, Cursor::new("e1", 0))).await;
+    let carol = UserId::new("carol").unwrap();
+    let users = [carol.clone()];
+    let ask = client.presence(&users, true);
+    let serve = async {
+        let ClientFrame::Presence(req) = read(&mut ws).await else {
+            panic!("a presence request")
+        };
+        assert!(req.watch && req.users == [carol.clone()], "{req:?}");
+        let state = protocol::presence::PresenceState {
+            id: req.id,
+            users: vec![someone("carol", false)],
+        };
+        write(&mut ws, ServerFrame::PresenceState(state)).await;
+    };
+    let (answer, ()) = tokio::join!(ask, serve);
+    assert_eq!(answer.unwrap(), vec![someone("carol", false)]);
+    write(&mut ws, ServerFrame::Presence(someone("carol", true))).await;
+    assert_eq!(presence_event(&mut client).await, someone("carol", true));
+    close(&mut ws, CloseCode::Draining, "server draining").await;
+    drop(ws);
+
+    // Session 2: the watch is asked again, unprompted; its answer is an event.
+    let mut ws = next_socket(&mut sockets).await;
+    hello_cursor(&mut ws).await;
+    write(&mut ws, welcome(false, Cursor::new("e1", 0))).await;
+    let ClientFrame::Presence(again) = read(&mut ws).await else {
+        panic!("the watch renewed")
+    };
+    assert!(again.watch && again.users == [carol.clone()], "{again:?}");
+    let state = protocol::presence::PresenceState {
+        id: again.id,
+        users: vec![someone("carol", false)],
+    };
+    write(&mut ws, ServerFrame::PresenceState(state)).await;
+    assert_eq!(presence_event(&mut client).await, someone("carol", false));
+    client.close().await;
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_client::{Client, ClientConfig, Event, Kind, Target};
 
-fn config(stack: &Stack, user: &str, device: &str) -> ClientConfig {
+pub(crate) fn config(stack: &Stack, user: &str, device: &str) -> ClientConfig {
     ClientConfig {
         coordinator_url: stack.coordinator.url(),
         token: Stack::token(user),

@@ -2,27 +2,15 @@
 //! the backends' `GET /v1/presence`, and a watched user's server drained
 //! (a resuming device: no flap) or killed (offline within the bound).
 
+use crate::client::config;
 use harness::{Infra, Stack, WsClient};
 use protocol::presence::UserPresence;
 use protocol::{ErrorCode, UserId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard_client::{Api, Client, ClientConfig, Event, SendError};
+use switchboard_client::{Api, Client, Event, SendError};
 
 const KEY: &str = "presence-key-0123456789abcdef-0123456789";
-
-fn config(stack: &Stack, user: &str, device: &str) -> ClientConfig {
-    ClientConfig {
-        coordinator_url: stack.coordinator.url(),
-        token: Stack::token(user),
-        user_id: user.into(),
-        device_id: device.into(),
-        cursor: None,
-        max_backoff: Duration::from_secs(1),
-        report_duplicates: false,
-        refresh: None,
-    }
-}
 
 fn uid(u: &str) -> anyhow::Result<UserId> {
     Ok(UserId::new(u)?)
