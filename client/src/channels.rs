@@ -29,6 +29,10 @@ pub(crate) enum Control {
         reply: crate::presence::PresenceReply,
     },
     Unwatch(Vec<protocol::UserId>),
+    ChannelPresence {
+        request: protocol::presence::ChannelPresenceRequest,
+        reply: crate::presence::ChannelReply,
+    },
 }
 
 pub(crate) struct Sub {
@@ -130,6 +134,9 @@ impl Runner {
                 reply,
             } => self.ask_presence(ws, users, watch, reply).await,
             Control::Unwatch(users) => self.unwatch(ws, users).await,
+            Control::ChannelPresence { request, reply } => {
+                self.ask_channel(ws, request, reply).await
+            }
         }
     }
 

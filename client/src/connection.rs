@@ -89,6 +89,10 @@ pub enum Event {
     /// A watched user came online or went offline — or, after a reconnect,
     /// a watched user's state as the new session found it.
     Presence(protocol::presence::UserPresence),
+    /// A user's first subscription to a presence channel began.
+    Join(protocol::presence::Membership),
+    /// A user's last subscription to a presence channel ended.
+    Leave(protocol::presence::Membership),
     /// The token was refused (4001); the client stops.
     Unauthorized,
 }
@@ -230,6 +234,26 @@ impl Client {
             reply,
         })
         .await
+    }
+
+    /// One page (up to `limit`, at most 500) of the users subscribed to a
+    /// presence channel this client is subscribed to, after `after`;
+    /// `next_after` names the next page. `Event::Join`/`Event::Leave`
+    /// follow its changes (channels up to the server's join/leave limit).
+    pub async fn channel_presence(
+        &self,
+        channel: &ChannelName,
+        after: Option<protocol::UserId>,
+        limit: Option<usize>,
+    ) -> Result<protocol::presence::ChannelPresence, SendError> {
+        let request = protocol::presence::ChannelPresenceRequest {
+            id: None,
+            channel: channel.clone(),
+            after,
+            limit,
+        };
+        self.ask(|reply| Control::ChannelPresence { request, reply })
+            .await
     }
 
     /// No more `Event::Presence` about `users`.

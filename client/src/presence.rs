@@ -9,7 +9,8 @@ use crate::runner::Runner;
 use futures_util::SinkExt;
 use protocol::frames::ErrorFrame;
 use protocol::presence::{
-    PresenceRequest, PresenceState, Unwatch, UserPresence, MAX_PRESENCE_USERS,
+    ChannelPresence, ChannelPresenceRequest, PresenceRequest, PresenceState, Unwatch, UserPresence,
+    MAX_PRESENCE_USERS,
 };
 use protocol::{ClientFrame, ErrorCode, UserId};
 use serde_json::Value;
@@ -17,6 +18,26 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 pub(crate) type PresenceReply = oneshot::Sender<Result<Vec<UserPresence>, SendError>>;
+pub(crate) type ChannelReply = oneshot::Sender<Result<ChannelPresence, SendError>>;
+
+/// A question waiting for its answer.
+pub(crate) enum Ask {
+    Users(PresenceReply),
+    Channel(ChannelReply),
+}
+
+impl Ask {
+    fn fail(self, e: SendError) {
+        match self {
+            Ask::Users(r) => {
+                let _ = r.send(Err(e));
+            }
+            Ask::Channel(r) => {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
+}
 
 /// The id of the watches asked again on a new session.
 const REWATCH: &str = "presence:rewatch";
@@ -57,9 +78,37 @@ impl Runner {
             None => false,
         };
         if sent {
-            self.asks.insert(n, reply);
+            self.asks.insert(n, Ask::Users(reply));
         } else {
             let _ = reply.send(Err(SendError::Stopped));
+        }
+    }
+
+    /// A page of a presence channel's users.
+    pub(crate) async fn ask_channel(
+        &mut self,
+        ws: &mut crate::runner::Socket,
+        mut req: ChannelPresenceRequest,
+        reply: ChannelReply,
+    ) {
+        self.next_ask += 1;
+        let n = self.next_ask;
+        req.id = Some(ask_id(n));
+        let sent = match ClientFrame::ChannelPresence(req).to_json() {
+            Ok(text) => ws.send(Ws::text(text)).await.is_ok(),
+            Err(_) => false,
+        };
+        if sent {
+            self.asks.insert(n, Ask::Channel(reply));
+        } else {
+            let _ = reply.send(Err(SendError::Stopped));
+        }
+    }
+
+    pub(crate) fn channel_presence(&mut self, page: ChannelPresence) {
+        let n = page.id.as_ref().and_then(ask_of);
+        if let Some(Ask::Channel(r)) = n.and_then(|n| self.asks.remove(&n)) {
+            let _ = r.send(Ok(page));
         }
     }
 
@@ -90,9 +139,10 @@ impl Runner {
                 .and_then(ask_of)
                 .and_then(|n| self.asks.remove(&n));
         match reply {
-            Some(r) => {
+            Some(Ask::Users(r)) => {
                 let _ = r.send(Ok(s.users));
             }
+            Some(other) => other.fail(SendError::Invalid("an answer of another kind".into())),
             None => {
                 for p in s.users {
                     self.emit(crate::Event::Presence(p)).await;
@@ -113,24 +163,24 @@ impl Runner {
             }
             return true;
         }
-        let Some(reply) = ask_of(id).and_then(|n| self.asks.remove(&n)) else {
+        let Some(ask) = ask_of(id).and_then(|n| self.asks.remove(&n)) else {
             return false;
         };
-        let _ = reply.send(Err(SendError::Refused {
+        ask.fail(SendError::Refused {
             code: e.code,
             message: e.message.clone(),
-        }));
+        });
         true
     }
 
     /// Questions of a session that ended unanswered are refused
     /// `unavailable` (ask again); watches are kept and asked again.
     pub(crate) fn session_ended(&mut self) {
-        for (_, r) in std::mem::take(&mut self.asks) {
-            let _ = r.send(Err(SendError::Refused {
+        for (_, ask) in std::mem::take(&mut self.asks) {
+            ask.fail(SendError::Refused {
                 code: ErrorCode::Unavailable,
                 message: "the connection ended before the answer; ask again".into(),
-            }));
+            });
         }
     }
 }

@@ -66,7 +66,7 @@ pub(crate) struct Runner {
     /// Users watched, watched again on every session.
     pub watched: std::collections::BTreeSet<protocol::UserId>,
     /// Presence questions of this session, by number.
-    pub asks: BTreeMap<u64, crate::presence::PresenceReply>,
+    pub asks: BTreeMap<u64, crate::presence::Ask>,
     pub next_ask: u64,
     pub cancel: CancellationToken,
 }
@@ -397,6 +397,9 @@ impl Runner {
             }
             ServerFrame::PresenceState(s) => self.presence_state(s).await,
             ServerFrame::Presence(p) => self.emit(Event::Presence(p)).await,
+            ServerFrame::ChannelPresence(page) => self.channel_presence(page),
+            ServerFrame::Join(m) => self.emit(Event::Join(m)).await,
+            ServerFrame::Leave(m) => self.emit(Event::Leave(m)).await,
             ServerFrame::Redirect(r) => return Some(r.ws_url),
             ServerFrame::Authed(a) => self.token_exp = Some(a.exp),
             ServerFrame::Welcome(_) | ServerFrame::Pong(_) => {}

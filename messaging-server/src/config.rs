@@ -75,6 +75,16 @@ pub struct Config {
         default_value_t = 128
     )]
     pub max_channels_per_device: usize,
+    /// Presence channels: names or prefixes ending in `*` (`ch:room.*`),
+    /// comma separated. Their subscribers may list who is subscribed and
+    /// get join/leave frames (docs/protocol.md, "Presence"). None by default.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_CHANNELS", value_delimiter = ',')]
+    pub presence_channels: Vec<String>,
+    /// Distinct users above which a presence channel sends no join/leave
+    /// frames (listing and stats still work): beyond it every change would
+    /// go to every subscriber (docs/benchmarks.md, "Presence").
+    #[arg(long, env = "SWITCHBOARD_JOIN_LEAVE_LIMIT", default_value_t = 1_000)]
+    pub join_leave_limit: usize,
     /// Members a group conversation may have. Each send writes one delivery
     /// row per member and one record per partition holding one; larger
     /// audiences belong in a channel (docs/benchmarks.md, "Channels").
@@ -173,6 +183,17 @@ impl Check for Config {
             100_000,
         )?;
         in_range("--max-group-members", self.max_group_members, 2, 1_000_000)?;
+        in_range("--join-leave-limit", self.join_leave_limit, 0, 1_000_000)?;
+        if let Some(bad) = self
+            .presence_channels
+            .iter()
+            .find(|p| !p.starts_with(protocol::channel::CHANNEL_PREFIX))
+        {
+            return Err(ConfigError::new(
+                "SWITCHBOARD_PRESENCE_CHANNELS",
+                format!("{bad:?} is not a channel name or prefix (ch:…)"),
+            ));
+        }
         in_range(
             "--member-cache-entries",
             self.member_cache_entries,

@@ -158,6 +158,7 @@ pub async fn serve_with(
         sink: Arc::new(presence::consumer::PresenceSink {
             presence: state.presence.clone(),
             hub: state.hub.clone(),
+            channels: state.channels.clone(),
         }),
         metrics: state.metrics.clone(),
         assignment: state.assignment_rx.clone(),
@@ -290,7 +291,10 @@ fn build_state(
         hub: Arc::new(hub::Hub::new(config.queue_len, config.max_devices_per_user)),
         channels: Arc::new(channels::ChannelHub::new(config.queue_len)),
         channel_topic: protocol::channel_topic(&config.kafka.topic),
-        presence: Arc::default(),
+        presence: Arc::new(presence::Presence::new(presence::Rules {
+            patterns: config.presence_channels.clone(),
+            join_leave_limit: config.join_leave_limit,
+        })),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),
         sockets: Arc::new(tokio::sync::Semaphore::new(connection_limit(

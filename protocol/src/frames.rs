@@ -176,6 +176,7 @@ pub enum ClientFrame {
     Ping(Ping),
     Presence(crate::presence::PresenceRequest),
     Unwatch(crate::presence::Unwatch),
+    ChannelPresence(crate::presence::ChannelPresenceRequest),
 }
 
 /// Why a client frame was refused; `id` is the request's, when it had one.
@@ -255,6 +256,7 @@ impl ClientFrame {
             "ping" => Ok(ClientFrame::Ping(concrete(text, &id)?)),
             "presence" => Ok(ClientFrame::Presence(concrete(text, &id)?)),
             "unwatch" => Ok(ClientFrame::Unwatch(concrete(text, &id)?)),
+            "channel_presence" => Ok(ClientFrame::ChannelPresence(concrete(text, &id)?)),
             other => Err(FrameError {
                 id,
                 code: ErrorCode::UnknownType,
@@ -274,6 +276,7 @@ impl ClientFrame {
             ClientFrame::Ping(_) => "ping",
             ClientFrame::Presence(_) => "presence",
             ClientFrame::Unwatch(_) => "unwatch",
+            ClientFrame::ChannelPresence(_) => "channel_presence",
         };
         serde_json::to_string(self).map_err(|source| EncodeError { frame, source })
     }
@@ -403,6 +406,9 @@ pub enum ServerFrame {
     PresenceState(crate::presence::PresenceState),
     /// A watched user came online or went offline.
     Presence(crate::presence::UserPresence),
+    ChannelPresence(crate::presence::ChannelPresence),
+    Join(crate::presence::Membership),
+    Leave(crate::presence::Membership),
 }
 
 impl From<FrameError> for ServerFrame {
@@ -440,6 +446,9 @@ impl ServerFrame {
             ServerFrame::Pong(_) => "pong",
             ServerFrame::PresenceState(_) => "presence_state",
             ServerFrame::Presence(_) => "presence",
+            ServerFrame::ChannelPresence(_) => "channel_presence",
+            ServerFrame::Join(_) => "join",
+            ServerFrame::Leave(_) => "leave",
         }
     }
 
@@ -468,6 +477,9 @@ impl ServerFrame {
             "pong" => ServerFrame::Pong(concrete(text, &id)?),
             "presence_state" => ServerFrame::PresenceState(concrete(text, &id)?),
             "presence" => ServerFrame::Presence(concrete(text, &id)?),
+            "channel_presence" => ServerFrame::ChannelPresence(concrete(text, &id)?),
+            "join" => ServerFrame::Join(concrete(text, &id)?),
+            "leave" => ServerFrame::Leave(concrete(text, &id)?),
             other => {
                 return Err(FrameError {
                     id,

@@ -51,3 +51,40 @@ pub struct PresenceState {
     pub id: Option<Value>,
     pub users: Vec<UserPresence>,
 }
+
+/// Users one `channel_presence` page holds at most (and by default).
+pub const MAX_CHANNEL_PAGE: usize = 500;
+
+/// `channel_presence` (client → server): the users subscribed to a
+/// presence channel the connection is subscribed to, in user id order,
+/// from after `after`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelPresenceRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub channel: crate::ChannelName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `channel_presence` (server → client): one page; `next_after` is the
+/// `after` of the next page, absent on the last one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelPresence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub channel: crate::ChannelName,
+    pub users: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<UserId>,
+}
+
+/// `join` / `leave` (server → client): a user's first subscription to a
+/// presence channel began, or their last one ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub channel: crate::ChannelName,
+    pub user: UserId,
+}

@@ -13,6 +13,8 @@ use uuid::Uuid;
 pub struct EventBatch {
     opened: Opened,
     closed: Closed,
+    /// (session, channel) → subscribed after this batch (the last event wins).
+    subs: BTreeMap<(Uuid, String), bool>,
     pub(crate) next: BTreeMap<u32, i64>,
 }
 
@@ -79,7 +81,12 @@ impl EventBatch {
                 let reason = e.reason.map_or("", protocol::DisconnectReason::as_str);
                 c.reasons.push(reason.to_owned());
             }
-            EventKind::Subscribed | EventKind::Unsubscribed => {}
+            EventKind::Subscribed | EventKind::Unsubscribed => {
+                if let Some(channel) = &e.channel {
+                    let on = e.event == EventKind::Subscribed;
+                    self.subs.insert((e.session, channel.to_string()), on);
+                }
+            }
         }
         Ok(())
     }
@@ -113,6 +120,7 @@ impl EventBatch {
         .bind(&c.reasons)
         .execute(&mut **tx)
         .await?;
+        self.write_subscriptions(tx).await?;
         sqlx::query(
             "INSERT INTO last_seen (user_id, at_ms) \
              SELECT user_id, max(t) FROM UNNEST($1::text[], $2::int8[]) AS u(user_id, t) GROUP BY user_id \
@@ -122,6 +130,43 @@ impl EventBatch {
         .bind(&c.at)
         .execute(&mut **tx)
         .await?;
+        Ok(())
+    }
+}
+
+impl EventBatch {
+    /// Subscriptions made and ended in this batch, then every subscription
+    /// of the sessions it closed removed.
+    async fn write_subscriptions(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(), StoreError> {
+        let (on, off): (Vec<_>, Vec<_>) = self.subs.iter().partition(|(_, on)| **on);
+        let columns = |v: Vec<(&(Uuid, String), &bool)>| -> (Vec<Uuid>, Vec<String>) {
+            v.into_iter().map(|((s, c), _)| (*s, c.clone())).unzip()
+        };
+        let (on_s, on_c) = columns(on);
+        let (off_s, off_c) = columns(off);
+        sqlx::query(
+            "INSERT INTO session_channels (session_id, channel) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&on_s)
+        .bind(&on_c)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM session_channels sc USING UNNEST($1::uuid[], $2::text[]) AS u(s, c) \
+             WHERE sc.session_id = u.s AND sc.channel = u.c",
+        )
+        .bind(&off_s)
+        .bind(&off_c)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM session_channels WHERE session_id = ANY($1)")
+            .bind(&self.closed.ids)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 }
@@ -164,6 +209,20 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Every channel subscription of an open session: (session, user, channel).
+    pub async fn open_subscriptions(&self) -> Result<Vec<(Uuid, UserId, String)>, StoreError> {
+        let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT sc.session_id, s.user_id, sc.channel FROM session_channels sc \
+             JOIN sessions s USING (session_id) WHERE s.disconnected_at_ms IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, u, c)| Some((s, UserId::new(u).ok()?, c)))
+            .collect())
     }
 
     /// When each of `users` last ended a session (unix ms), for those that have.

@@ -166,3 +166,102 @@ pub async fn a_drain_does_not_flap_and_a_kill_reports_offline(
     stack.stop().await;
     Ok(())
 }
+
+/// The next join or leave of `channel` about `user` within `within`: true for a join.
+async fn next_membership(c: &mut Client, user: &str, within: Duration) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let e = tokio::time::timeout_at(deadline, c.next_event())
+            .await
+            .map_err(|_| anyhow::anyhow!("no join/leave of {user} within {within:?}"))?;
+        match e {
+            Some(Event::Join(m)) if m.user.as_str() == user => return Ok(true),
+            Some(Event::Leave(m)) if m.user.as_str() == user => return Ok(false),
+            Some(_) => {}
+            None => anyhow::bail!("client ended"),
+        }
+    }
+}
+
+/// Every user of `room`, page by page (4 a page).
+async fn every_page(c: &Client, room: &protocol::ChannelName) -> anyhow::Result<Vec<String>> {
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = c.channel_presence(room, after, Some(4)).await?;
+        anyhow::ensure!(page.users.len() <= 4, "a page of {}", page.users.len());
+        listed.extend(page.users.iter().map(|u| u.to_string()));
+        match page.next_after {
+            Some(n) => after = Some(n),
+            None => return Ok(listed),
+        }
+    }
+}
+
+/// Six users on three servers subscribe to a presence channel: any of
+/// them pages through all six; a seventh's subscription is a `join` and
+/// its unsubscription a `leave` at the others; a channel outside the
+/// configured patterns is refused, and so is a channel not subscribed to.
+pub async fn channel_presence_lists_and_joins_over_three_servers(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let stack = Stack::start_with(&infra, "chan-presence", 3, true, |c| {
+        c.presence_channels = vec!["ch:live.room*".into()];
+    })
+    .await?;
+    let a = stack.assignment().await?;
+    let users = crate::channels::two_per_server(&a, "cp")?;
+    let room = protocol::ChannelName::new("ch:live.room1")?;
+    let mut clients = Vec::new();
+    for u in &users {
+        let c = Client::start(crate::channels::client_config(&stack, u));
+        tokio::time::timeout(Duration::from_secs(20), c.subscribe(&room)).await??;
+        clients.push(c);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = every_page(&clients[0], &room).await?;
+        if listed.len() == 6 || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut want = users.clone();
+    want.sort();
+    anyhow::ensure!(listed == want, "listed {listed:?}, want {want:?}");
+    let late = Client::start(crate::channels::client_config(&stack, "cp-late"));
+    late.subscribe(&room).await?;
+    let watcher = &mut clients[5];
+    anyhow::ensure!(next_membership(watcher, "cp-late", Duration::from_secs(10)).await?);
+    late.unsubscribe(&room).await?;
+    anyhow::ensure!(!next_membership(watcher, "cp-late", Duration::from_secs(10)).await?);
+    let other = protocol::ChannelName::new("ch:live.other")?;
+    clients[0].subscribe(&other).await?;
+    let refused = clients[0].channel_presence(&other, None, None).await;
+    anyhow::ensure!(
+        matches!(
+            refused,
+            Err(SendError::Refused {
+                code: ErrorCode::InvalidField,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let unsubscribed = late.channel_presence(&room, None, None).await;
+    anyhow::ensure!(
+        matches!(
+            unsubscribed,
+            Err(SendError::Refused {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ),
+        "{unsubscribed:?}"
+    );
+    for c in clients.into_iter().chain([late]) {
+        c.close().await;
+    }
+    stack.stop().await;
+    Ok(())
+}

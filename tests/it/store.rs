@@ -228,3 +228,49 @@ pub async fn contacts_are_group_members_and_dm_partners_who_wrote(
     anyhow::ensure!(dan.len() == 1, "ann wrote to dan: {dan:?}");
     Ok(())
 }
+
+/// Channel subscriptions of open sessions: the last event of a batch wins
+/// for a (session, channel); a session's disconnect removes all of its
+/// subscriptions; closed sessions' never come back.
+pub async fn open_subscriptions_follow_subscribe_unsubscribe_and_disconnect(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    use protocol::EventKind::{Connected, Disconnected, Subscribed, Unsubscribed};
+    let store = fresh(&infra).await?;
+    let on = |s: u128, kind, ch: &str| -> anyhow::Result<protocol::ConnectionEvent> {
+        Ok(protocol::ConnectionEvent {
+            channel: Some(protocol::ChannelName::new(ch)?),
+            ..event(s, kind, 1)
+        })
+    };
+    let mut batch = RowBatch::default();
+    let events = [
+        event(1, Connected, 1),
+        event(2, Connected, 1),
+        on(1, Subscribed, "ch:a")?,
+        on(1, Subscribed, "ch:b")?,
+        on(1, Unsubscribed, "ch:b")?,
+        on(2, Subscribed, "ch:a")?,
+        on(2, Subscribed, "ch:c")?,
+    ];
+    for (i, e) in events.iter().enumerate() {
+        batch.events.add(0, i64::try_from(i)?, e)?;
+    }
+    store.write_batch("t", &batch).await?;
+    let mut subs: Vec<(u128, String)> = store
+        .open_subscriptions()
+        .await?
+        .into_iter()
+        .map(|(s, _, c)| (s.as_u128(), c))
+        .collect();
+    subs.sort();
+    let want = [(1, "ch:a"), (2, "ch:a"), (2, "ch:c")].map(|(s, c)| (s, c.to_owned()));
+    anyhow::ensure!(subs == want, "{subs:?}");
+    let mut later = RowBatch::default();
+    later.events.add(0, 10, &event(2, Disconnected, 5))?;
+    later.events.add(0, 11, &on(1, Unsubscribed, "ch:a")?)?;
+    store.write_batch("t", &later).await?;
+    let left = store.open_subscriptions().await?;
+    anyhow::ensure!(left.is_empty(), "{left:?}");
+    Ok(())
+}

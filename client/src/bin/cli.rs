@@ -338,6 +338,8 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
             Some(Event::Unauthorized) => anyhow::bail!("the token was refused"),
             Some(Event::Synced(_)) | Some(Event::Duplicate(_)) => {}
             Some(Event::Presence(p)) => eprintln!("presence {}", serde_json::to_string(&p)?),
+            Some(Event::Join(m)) => eprintln!("{} joined {}", m.user, m.channel),
+            Some(Event::Leave(m)) => eprintln!("{} left {}", m.user, m.channel),
             Some(Event::Subscribed {
                 channel,
                 recovered,

@@ -87,6 +87,17 @@ impl ChannelHub {
         }
     }
 
+    /// Offers `frame` to every local subscriber of `channel` (presence's
+    /// join/leave); returns the connections whose queue was full.
+    pub fn notify(&self, channel: &ChannelName, frame: &Text) -> Vec<(UserId, u64)> {
+        let core = self.fanout.lock();
+        core.seats(channel)
+            .iter()
+            .filter(|s| s.queue().try_send(frame.clone()).is_err())
+            .map(|s| (s.sub.clone(), s.id))
+            .collect()
+    }
+
     /// `(channels with a subscriber here, subscriptions)`.
     pub fn counts(&self) -> (usize, usize) {
         self.fanout.lock().counts()

@@ -2,6 +2,7 @@
 //! where the persister's stored sessions end, applied to the presence table.
 
 use super::Presence;
+use crate::channels::ChannelHub;
 use crate::consumer::{LogConsumer, Sink};
 use crate::delivery::Overflow;
 use crate::ending::Ending;
@@ -20,6 +21,8 @@ use tracing::{info, warn};
 pub struct PresenceSink {
     pub presence: Arc<Presence>,
     pub hub: Arc<Hub>,
+    /// Local subscribers of presence channels get join/leave through it.
+    pub channels: Arc<ChannelHub>,
 }
 
 impl PresenceSink {
@@ -55,8 +58,11 @@ impl Sink for PresenceSink {
     fn deliver(&self, run: &[FramedRecord<ConnectionEvent>], _: &Metrics) {
         let now = Instant::now();
         for r in run {
-            let overflowed = self.presence.apply(r.partition, r.offset, &r.record, now);
-            self.close_overflowed(overflowed);
+            let applied = self.presence.apply(r.partition, r.offset, &r.record, now);
+            self.close_overflowed(applied.overflowed);
+            for (channel, frame) in applied.notices {
+                self.close_overflowed(self.channels.notify(&channel, &frame));
+            }
         }
     }
 }
@@ -96,7 +102,12 @@ async fn start(consumer: &LogConsumer<PresenceSink>, store: &Store) -> anyhow::R
     let all: Vec<u32> = (0..n).collect();
     let stored = store.stored_offsets(&consumer.topic, &all).await?;
     let open = store.open_sessions(&all).await?;
+    let subscriptions = store.open_subscriptions().await?;
     let sessions = open.len();
+    let subs = subscriptions
+        .into_iter()
+        .filter_map(|(s, u, c)| Some((s, u, protocol::ChannelName::new(c).ok()?)));
+    consumer.sink.presence.load_subscriptions(subs);
     consumer.sink.presence.load(
         open.into_iter().map(|s| (s.user, s.session)),
         stored.clone(),

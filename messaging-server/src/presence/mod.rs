@@ -5,7 +5,10 @@
 //! comes online or — after a grace, so a device that moves to another
 //! server does not flap — goes offline.
 
+mod channels;
 pub mod consumer;
+
+pub use channels::{Notice, Rules};
 
 use crate::frame::{encode, Text};
 use protocol::presence::UserPresence;
@@ -41,6 +44,10 @@ struct Inner {
     going: BTreeMap<UserId, Instant>,
     /// Next offset of each events partition applied (`None` until loaded).
     positions: Option<BTreeMap<u32, i64>>,
+    /// Presence channels' users, each with their subscribed sessions.
+    members: HashMap<protocol::ChannelName, BTreeMap<UserId, HashSet<Uuid>>>,
+    /// A session's presence-channel subscriptions (and its user).
+    subscribed: HashMap<Uuid, (UserId, Vec<protocol::ChannelName>)>,
 }
 
 /// Notices to send: a frame to each watcher; the ones whose queue is full
@@ -50,11 +57,28 @@ pub type Overflowed = Vec<Watcher>;
 #[derive(Default)]
 pub struct Presence {
     inner: Mutex<Inner>,
+    rules: Rules,
     /// True once loaded: questions asked while loading wait for it.
     loaded: tokio::sync::watch::Sender<bool>,
 }
 
+/// What applying one event asks the caller to do.
+#[derive(Default)]
+pub struct Applied {
+    /// Watchers to close (their queue was full).
+    pub overflowed: Overflowed,
+    /// `join`/`leave` frames for the local subscribers of a channel.
+    pub notices: Vec<Notice>,
+}
+
 impl Presence {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -94,18 +118,13 @@ impl Presence {
 
     /// Applies one event (idempotent: the start may re-read a few).
     /// Watchers of a user who comes online are told at once.
-    pub fn apply(
-        &self,
-        partition: u32,
-        offset: i64,
-        e: &ConnectionEvent,
-        now: Instant,
-    ) -> Overflowed {
+    pub fn apply(&self, partition: u32, offset: i64, e: &ConnectionEvent, now: Instant) -> Applied {
         let mut inner = self.lock();
         if let Some(p) = inner.positions.as_mut() {
             p.insert(partition, offset + 1);
         }
-        match e.event {
+        let notices = inner.apply_channels(e, &self.rules);
+        let overflowed = match e.event {
             EventKind::Connected => {
                 inner
                     .sessions
@@ -113,24 +132,18 @@ impl Presence {
                     .or_default()
                     .insert(e.session);
                 inner.going.remove(&e.user);
+                inner.tell(&e.user, true)
             }
             EventKind::Disconnected => {
-                if let Some(s) = inner.sessions.get_mut(&e.user) {
-                    s.remove(&e.session);
-                    if s.is_empty() {
-                        inner.sessions.remove(&e.user);
-                    }
-                }
-                let seen = inner.last_seen.entry(e.user.clone()).or_default();
-                *seen = (*seen).max(e.at_ms);
-                if !inner.sessions.contains_key(&e.user) && inner.watchers.contains_key(&e.user) {
-                    inner.going.insert(e.user.clone(), now + OFFLINE_GRACE);
-                }
-                return Vec::new();
+                inner.disconnected(e, now);
+                Vec::new()
             }
-            EventKind::Subscribed | EventKind::Unsubscribed => return Vec::new(),
+            EventKind::Subscribed | EventKind::Unsubscribed => Vec::new(),
+        };
+        Applied {
+            overflowed,
+            notices,
         }
-        inner.tell(&e.user, true)
     }
 
     /// Tells the watchers of users whose grace has passed that they are offline.
@@ -209,6 +222,20 @@ impl Presence {
 }
 
 impl Inner {
+    fn disconnected(&mut self, e: &ConnectionEvent, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&e.user) {
+            s.remove(&e.session);
+            if s.is_empty() {
+                self.sessions.remove(&e.user);
+            }
+        }
+        let seen = self.last_seen.entry(e.user.clone()).or_default();
+        *seen = (*seen).max(e.at_ms);
+        if !self.sessions.contains_key(&e.user) && self.watchers.contains_key(&e.user) {
+            self.going.insert(e.user.clone(), now + OFFLINE_GRACE);
+        }
+    }
+
     fn presence(&self, u: &UserId) -> UserPresence {
         let devices = self.sessions.get(u).map_or(0, HashSet::len);
         UserPresence {

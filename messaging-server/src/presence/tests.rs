@@ -111,9 +111,11 @@ fn unwatched_users_are_not_told_and_a_full_queue_is_returned() {
     let t0 = Instant::now();
     assert!(p
         .apply(0, 10, &event(EventKind::Connected, "dave", 3, 1), t0)
+        .overflowed
         .is_empty());
     assert!(p
         .apply(0, 11, &event(EventKind::Connected, "carol", 4, 1), t0)
+        .overflowed
         .is_empty());
     let _ = p.apply(0, 12, &event(EventKind::Disconnected, "carol", 4, 2), t0);
     let over = p.expire(t0 + OFFLINE_GRACE);
@@ -125,4 +127,89 @@ fn unwatched_users_are_not_told_and_a_full_queue_is_returned() {
     assert_eq!(told(&mut rx), vec![("carol".into(), true)]);
     p.unwatch(&watcher, None);
     assert_eq!(p.watched_by(&watcher), 0);
+}
+
+fn sub(kind: EventKind, user: &str, session: u128, channel: &str) -> ConnectionEvent {
+    ConnectionEvent {
+        channel: Some(protocol::ChannelName::new(channel).unwrap()),
+        ..event(kind, user, session, 1)
+    }
+}
+
+fn rooms(limit: usize) -> Presence {
+    let p = Presence::new(Rules {
+        patterns: vec!["ch:room.*".into()],
+        join_leave_limit: limit,
+    });
+    p.load([], BTreeMap::new());
+    p
+}
+
+/// (join?, user) of the notices an event made.
+fn notices(a: Applied) -> Vec<(bool, String)> {
+    a.notices
+        .iter()
+        .map(|(_, t)| match ServerFrame::parse(t.as_str()).unwrap() {
+            ServerFrame::Join(m) => (true, m.user.to_string()),
+            ServerFrame::Leave(m) => (false, m.user.to_string()),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_users_first_subscription_joins_and_last_leaves_also_by_disconnect() {
+    let p = rooms(10);
+    let t0 = Instant::now();
+    let mut at = 0;
+    let mut apply = |e: ConnectionEvent| {
+        at += 1;
+        notices(p.apply(0, at, &e, t0))
+    };
+    assert_eq!(
+        apply(sub(EventKind::Subscribed, "bob", 1, "ch:room.a")),
+        vec![(true, "bob".into())]
+    );
+    assert_eq!(
+        apply(sub(EventKind::Subscribed, "bob", 2, "ch:room.a")),
+        vec![],
+        "a second device"
+    );
+    assert_eq!(
+        apply(sub(EventKind::Subscribed, "bob", 1, "ch:other")),
+        vec![],
+        "not a presence channel"
+    );
+    assert_eq!(
+        apply(sub(EventKind::Unsubscribed, "bob", 1, "ch:room.a")),
+        vec![]
+    );
+    assert_eq!(
+        apply(event(EventKind::Disconnected, "bob", 2, 5)),
+        vec![(false, "bob".into())]
+    );
+    let room = protocol::ChannelName::new("ch:room.a").unwrap();
+    assert_eq!(p.members(&room, None, 10), (vec![], None));
+}
+
+#[test]
+fn members_page_in_user_order_and_big_channels_send_no_join_or_leave() {
+    let p = rooms(2);
+    let t0 = Instant::now();
+    let mut joins = 0;
+    for (i, u) in ["dan", "ann", "cat", "bob"].iter().enumerate() {
+        let e = sub(EventKind::Subscribed, u, i as u128, "ch:room.big");
+        joins += notices(p.apply(0, i as i64, &e, t0)).len();
+    }
+    assert_eq!(joins, 2, "only while the channel had at most 2 users");
+    let room = protocol::ChannelName::new("ch:room.big").unwrap();
+    let first = p.members(&room, None, 3);
+    assert_eq!(first.0, [uid("ann"), uid("bob"), uid("cat")]);
+    assert_eq!(first.1, Some(uid("cat")));
+    assert_eq!(
+        p.members(&room, first.1.as_ref(), 3),
+        (vec![uid("dan")], None)
+    );
+    let left = notices(p.apply(0, 9, &event(EventKind::Disconnected, "dan", 0, 5), t0));
+    assert_eq!(left, vec![], "3 users stay: still above the limit");
 }

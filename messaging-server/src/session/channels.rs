@@ -28,6 +28,11 @@ impl Subscriptions {
         self.queue = queue;
     }
 
+    /// Whether this connection is subscribed to `channel`.
+    pub(super) fn has(&self, channel: &ChannelName) -> bool {
+        self.channels.contains(channel)
+    }
+
     /// The connection's id in the hub.
     pub(super) fn conn(&self) -> u64 {
         self.conn

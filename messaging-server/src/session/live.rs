@@ -188,6 +188,13 @@ impl Session {
                 Ok(Err(e)) => (e, false),
                 Err(g) => return Err(gone(g)),
             },
+            Ok(ClientFrame::ChannelPresence(req)) => match self.channel_presence(req) {
+                Ok(page) => {
+                    self.send_frame(&page).await.map_err(gone)?;
+                    return Ok(None);
+                }
+                Err(e) => (e, false),
+            },
             Ok(ClientFrame::Unwatch(un)) => {
                 self.unwatch(&un);
                 return Ok(None);

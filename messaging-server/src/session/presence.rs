@@ -3,7 +3,8 @@
 
 use super::{Gone, Session};
 use protocol::presence::{
-    PresenceRequest, PresenceState, Unwatch, UserPresence, MAX_PRESENCE_USERS,
+    ChannelPresence, ChannelPresenceRequest, PresenceRequest, PresenceState, Unwatch, UserPresence,
+    MAX_CHANNEL_PAGE, MAX_PRESENCE_USERS,
 };
 use protocol::{ErrorCode, FrameError, ServerFrame, UserId};
 use serde_json::Value;
@@ -109,6 +110,39 @@ impl Session {
         };
         presence.watch(&watcher, queue, users);
         Ok(())
+    }
+
+    /// One page of a presence channel's users, for a subscriber of it.
+    pub(super) fn channel_presence(
+        &self,
+        req: ChannelPresenceRequest,
+    ) -> Result<ServerFrame, FrameError> {
+        let id = &req.id;
+        if !self.state.presence.covers(&req.channel) {
+            let msg = format!(
+                "{} is not a presence channel (SWITCHBOARD_PRESENCE_CHANNELS)",
+                req.channel
+            );
+            return Err(refuse(id, ErrorCode::InvalidField, msg));
+        }
+        if !self.subs.has(&req.channel) {
+            let msg = format!("subscribe to {} to see who is in it", req.channel);
+            return Err(refuse(id, ErrorCode::Forbidden, msg));
+        }
+        let limit = req
+            .limit
+            .unwrap_or(MAX_CHANNEL_PAGE)
+            .clamp(1, MAX_CHANNEL_PAGE);
+        let (users, next_after) =
+            self.state
+                .presence
+                .members(&req.channel, req.after.as_ref(), limit);
+        Ok(ServerFrame::ChannelPresence(ChannelPresence {
+            id: req.id,
+            channel: req.channel,
+            users,
+            next_after,
+        }))
     }
 
     pub(super) fn unwatch(&mut self, un: &Unwatch) {

@@ -61,7 +61,7 @@ fn malformed_frames_get_stable_codes() {
     assert_eq!(err("\"hello\"").code, ErrorCode::BadJson);
     assert_eq!(err(r#"{"token":"x"}"#).code, ErrorCode::InvalidField);
     assert_eq!(err(r#"{"type":7}"#).code, ErrorCode::InvalidField);
-    let unknown = err(r#"{"type":"presence","id":"r1"}"#);
+    let unknown = err(r#"{"type":"telepathy","id":"r1"}"#);
     assert_eq!(
         (unknown.code, unknown.id),
         (ErrorCode::UnknownType, Some(json!("r1")))

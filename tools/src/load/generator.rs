@@ -378,7 +378,7 @@ impl Device {
             Event::Synced(_) => return true,
             Event::Disconnected { code } => self.ledger.disconnected(code),
             Event::Unauthorized => self.ledger.disconnected(Some(4001)),
-            Event::Subscribed { .. } | Event::Presence(_) => {}
+            Event::Subscribed { .. } | Event::Presence(_) | Event::Join(_) | Event::Leave(_) => {}
         }
         false
     }
@@ -412,7 +412,11 @@ impl Device {
             },
             Event::Disconnected { code } => Op::Close { code: *code },
             Event::Unauthorized => Op::Close { code: Some(4001) },
-            Event::Synced(_) | Event::Subscribed { .. } | Event::Presence(_) => return,
+            Event::Synced(_)
+            | Event::Subscribed { .. }
+            | Event::Presence(_)
+            | Event::Join(_)
+            | Event::Leave(_) => return,
         };
         self.recorder.record(self.index, op);
     }
