@@ -95,6 +95,28 @@ export declare class Api {
   publishBatch(base: string, items: unknown[]): Promise<{ results: ({ msg_id: string } | { error: { code: ErrorCode; message: string } })[] }>;
 }
 
+/** A user's presence: online while at least one device has a session. */
+export interface UserPresence {
+  user: string;
+  online: boolean;
+  devices: number;
+  /** When the user's last session ended (unix ms), if one ever did. */
+  last_seen_ms?: number;
+}
+
+/** One page of a presence channel's users, in user id order. */
+export interface ChannelPresence {
+  channel: string;
+  users: string[];
+  /** `after` of the next page; absent on the last one. */
+  next_after?: string;
+}
+
+export interface Membership {
+  channel: string;
+  user: string;
+}
+
 export declare class Client {
   constructor(options: ClientOptions);
   readonly api: Api;
@@ -109,6 +131,14 @@ export declare class Client {
   send(to: Target, body: unknown, options?: { kind?: Kind; clientMsgId?: string }): Promise<string>;
   subscribe(channel: string): Promise<Subscribed>;
   unsubscribe(channel: string): void;
+  /** Your contacts' presence; with `watch`, `presence` events (renewed after reconnects). */
+  presence(users: string[], options?: { watch?: boolean }): Promise<UserPresence[]>;
+  unwatch(users: string[]): void;
+  /** A page of a presence channel's users (you must be subscribed to it). */
+  channelPresence(channel: string, page?: { after?: string; limit?: number }): Promise<ChannelPresence>;
+  on(event: "presence", fn: (p: UserPresence) => void): () => void;
+  on(event: "join", fn: (m: Membership) => void): () => void;
+  on(event: "leave", fn: (m: Membership) => void): () => void;
   on(event: "message", fn: (m: Message) => void): () => void;
   on(event: "state", fn: (s: StateEvent) => void): () => void;
   on(event: "subscribed", fn: (s: Subscribed) => void): () => void;

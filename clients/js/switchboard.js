@@ -141,7 +141,9 @@ export class Api {
 /**
  * One device of one user, connected to whichever server owns the user.
  * Events: `message` (once per msg_id), `state` (connecting, connected,
- * resuming, disconnected), `subscribed`, `error`.
+ * resuming, disconnected), `subscribed`, `presence` (a watched user came
+ * online or went offline; after a reconnect, each watched user's state),
+ * `join` / `leave` (presence channels), `error`.
  */
 export class Client {
   constructor(options) {
@@ -160,6 +162,8 @@ export class Client {
     this.seen = new Seen(o.dedupe);
     this.pending = new Map(); // client_msg_id -> {frame, id, resolve, reject, sent}
     this.channels = new Map(); // channel -> {waiters: [], sent}
+    this.watched = new Set(); // users watched, watched again on every session
+    this.asks = new Map(); // "presence:N" -> {resolve, reject}
     this.nextId = 0;
     this.delay = 100;
     this.state = "disconnected";
@@ -208,6 +212,8 @@ export class Client {
     this.pending.clear();
     for (const c of this.channels.values()) for (const w of c.waiters) w.reject(stopped);
     this.channels.clear();
+    for (const a of this.asks.values()) a.reject(stopped);
+    this.asks.clear();
     this.setState("disconnected", { code: 1000 });
   }
 
@@ -241,6 +247,42 @@ export class Client {
     this.store.delete(`channel.${this.o.userId}.${channel}`);
     if (sub) for (const w of sub.waiters) w.reject(new SwitchboardError("unsubscribed", channel));
     this.write({ type: "unsubscribe", channel });
+  }
+
+  /**
+   * The presence of `users` (your contacts: users you share a conversation
+   * with, or who wrote to you). With `watch`, a `presence` event whenever
+   * one comes online or goes offline, renewed after every reconnect.
+   */
+  presence(users, { watch = false } = {}) {
+    if (watch) for (const u of users) this.watched.add(u);
+    return this.ask({ type: "presence", users, watch }).then((s) => s.users);
+  }
+
+  /** No more `presence` events about `users`. */
+  unwatch(users) {
+    for (const u of users) this.watched.delete(u);
+    this.write({ type: "unwatch", users });
+  }
+
+  /** One page of a presence channel's users (you must be subscribed to it). */
+  channelPresence(channel, { after, limit } = {}) {
+    const frame = { type: "channel_presence", channel };
+    if (after) frame.after = after;
+    if (limit) frame.limit = limit;
+    return this.ask(frame);
+  }
+
+  /** A question answered by the current session (refused `unavailable` if it ends first). */
+  ask(frame) {
+    return new Promise((resolve, reject) => {
+      const id = `presence:${++this.nextId}`;
+      if (!this.write({ ...frame, id })) {
+        reject(new SwitchboardError("unavailable", "not connected; ask again"));
+        return;
+      }
+      this.asks.set(id, { resolve, reject });
+    });
   }
 
   write(frame) {
@@ -321,6 +363,9 @@ export class Client {
     clearTimeout(this.liveTimer);
     for (const p of this.pending.values()) p.sent = false;
     for (const c of this.channels.values()) c.sent = false;
+    const ended = new SwitchboardError("unavailable", "the connection ended before the answer; ask again");
+    for (const a of this.asks.values()) a.reject(ended);
+    this.asks.clear();
     this.setState("disconnected", { code });
     if (this.stopped) return;
     if (code === CloseCode.UNAUTHORIZED) {
@@ -378,6 +423,11 @@ export class Client {
       case "redirect": this.redirect = f.ws_url; return undefined;
       case "authed": return this.scheduleRefresh(f.exp);
       case "subscribed": return this.onSubscribed(f);
+      case "presence_state":
+      case "channel_presence": return this.onAnswer(f);
+      case "presence": return this.emit("presence", f);
+      case "join": return this.emit("join", f);
+      case "leave": return this.emit("leave", f);
       default: return undefined; // newer frames: ignored by design
     }
   }
@@ -395,6 +445,20 @@ export class Client {
     this.watchLiveness(this.ws, w.ping_ms || 20000);
     this.flushPending();
     for (const channel of this.channels.keys()) this.sendSubscribe(channel);
+    const watched = [...this.watched];
+    for (let i = 0; i < watched.length; i += 100) {
+      this.write({ type: "presence", id: "presence:rewatch", users: watched.slice(i, i + 100), watch: true });
+    }
+  }
+
+  onAnswer(f) {
+    const ask = this.asks.get(f.id);
+    if (ask) {
+      this.asks.delete(f.id);
+      ask.resolve(f);
+    } else if (f.type === "presence_state") {
+      for (const p of f.users) this.emit("presence", p); // watches renewed after a reconnect
+    }
   }
 
   /**
@@ -458,6 +522,12 @@ export class Client {
       }
       this.channels.delete(channel);
       for (const w of sub.waiters) w.reject(err);
+      return;
+    }
+    if (typeof e.id === "string" && e.id.startsWith("presence:")) {
+      const ask = this.asks.get(e.id);
+      this.asks.delete(e.id);
+      if (ask) ask.reject(err);
       return;
     }
     const entry = [...this.pending.entries()].find(([, p]) => p.id === e.id);

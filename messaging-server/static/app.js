@@ -49,12 +49,32 @@ async function loadConversations() {
     const body = await client.api.conversations(await client.api.base(user));
     const ul = $("conversations");
     ul.replaceChildren();
+    const contacts = new Set();
     for (const c of body.conversations || []) {
       const li = document.createElement("li");
       li.textContent = `#${c.conversation_id} (${c.members.join(", ")})`;
       ul.append(li);
+      for (const m of c.members) if (m !== user) contacts.add(m);
     }
+    watchContacts([...contacts]);
   } catch (e) { log(`conversations: ${e.message}`); }
+}
+
+// Contacts with an online dot: watched, so the dot follows them live.
+async function watchContacts(contacts) {
+  if (!contacts.length) return;
+  try {
+    for (const p of await client.presence(contacts.slice(0, 100), { watch: true })) showPresence(p);
+  } catch (e) { log(`presence: ${e.message}`); }
+}
+
+function showPresence(p) {
+  const ul = $("contacts");
+  let li = [...ul.children].find((x) => x.dataset.user === p.user);
+  if (!li) { li = document.createElement("li"); li.dataset.user = p.user; ul.append(li); }
+  li.className = p.online ? "online" : "offline";
+  const seen = !p.online && p.last_seen_ms ? ` (last seen ${new Date(p.last_seen_ms).toLocaleTimeString()})` : "";
+  li.textContent = `${p.online ? "●" : "○"} ${p.user}${seen}`;
 }
 
 function onState(s) {
@@ -70,12 +90,47 @@ function onState(s) {
   }
 }
 
-function onSubscribed(s) {
-  log(`subscribed to ${s.channel} (recovered: ${s.recovered})`);
+// Users subscribed to each presence channel (absent: not a presence channel).
+const watching = new Map();
+
+function channelItem(channel) {
   const ul = $("channels");
-  let li = [...ul.children].find((x) => x.dataset.channel === s.channel);
-  if (!li) { li = document.createElement("li"); li.dataset.channel = s.channel; ul.append(li); }
-  li.textContent = `${s.channel} (recovered: ${s.recovered})`;
+  let li = [...ul.children].find((x) => x.dataset.channel === channel);
+  if (!li) { li = document.createElement("li"); li.dataset.channel = channel; ul.append(li); }
+  return li;
+}
+
+function showChannel(channel) {
+  const li = channelItem(channel);
+  const users = watching.get(channel);
+  li.textContent = `${channel} (recovered: ${li.dataset.recovered})${users ? ` · ${users.size} watching` : ""}`;
+}
+
+async function onSubscribed(s) {
+  log(`subscribed to ${s.channel} (recovered: ${s.recovered})`);
+  channelItem(s.channel).dataset.recovered = s.recovered;
+  showChannel(s.channel);
+  try {
+    const users = new Set();
+    let page = { next_after: undefined };
+    do {
+      page = await client.channelPresence(s.channel, { after: page.next_after });
+      for (const u of page.users) users.add(u);
+    } while (page.next_after);
+    watching.set(s.channel, users);
+  } catch (e) {
+    if (e.code !== "invalid_field") log(`channel presence: ${e.message}`);
+  }
+  showChannel(s.channel);
+}
+
+function onMembership(joined) {
+  return (m) => {
+    const users = watching.get(m.channel);
+    if (!users) return;
+    if (joined) users.add(m.user); else users.delete(m.user);
+    showChannel(m.channel);
+  };
 }
 
 function send(event) {
@@ -113,6 +168,9 @@ function login(event) {
   client.on("message", showMessage);
   client.on("state", onState);
   client.on("subscribed", onSubscribed);
+  client.on("presence", showPresence);
+  client.on("join", onMembership(true));
+  client.on("leave", onMembership(false));
   client.on("error", (e) => log(`error: ${e.message}`));
   setStatus("connecting…");
   client.connect();

@@ -222,3 +222,58 @@ pub async fn browser_channel_panel_recovers_after_a_drain(infra: Arc<Infra>) -> 
     stack.stop().await;
     result
 }
+
+async fn subscribe_in_page(page: &Client, channel: &str) -> anyhow::Result<()> {
+    page.find(Locator::Css("#channel"))
+        .await?
+        .send_keys(channel)
+        .await?;
+    page.find(Locator::Css("#subscribe")).await?.click().await?;
+    Ok(())
+}
+
+/// The demo's presence: alice's page shows her contact bob offline, then
+/// online with a green dot when his page connects; both subscribe to a
+/// presence channel and her channel panel counts 2 watching; bob's page
+/// closes and she sees him offline and 1 watching.
+pub async fn browser_shows_contacts_online_and_who_is_watching(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let stack = Stack::start_with(&infra, "browser-pr", 2, false, |c| {
+        c.presence_channels = vec!["ch:room*".into()];
+    })
+    .await?;
+    let (alice, bob) = stack.users_on_distinct_servers("webp").await?;
+    let api = switchboard_client::Api::new(&stack.coordinator.url(), &Stack::token(&alice));
+    api.create_conversation(&alice, Some("webp-room"), std::slice::from_ref(&bob))
+        .await?;
+    let (_driver, webdriver) = chromedriver().await?;
+    let (a, b) = (browser(&webdriver).await?, browser(&webdriver).await?);
+    let grants = switchboard_client::token::Grants {
+        channels: vec!["ch:*".into()],
+        publish: vec![],
+    };
+    let token = |u: &str| {
+        switchboard_client::token::mint_hs256_with(harness::stack::JWT_SECRET, u, 3600, &grants)
+    };
+    let result = async {
+        open_with(&a, &stack, &alice, &token(&alice)?).await?;
+        text_contains(&a, "#contacts", &format!("○ {bob}")).await?;
+        open_with(&b, &stack, &bob, &token(&bob)?).await?;
+        text_contains(&a, "#contacts", &format!("● {bob}")).await?;
+        subscribe_in_page(&a, "ch:room1").await?;
+        text_contains(&a, "#channels", "ch:room1 (recovered: false) · 1 watching").await?;
+        subscribe_in_page(&b, "ch:room1").await?;
+        text_contains(&a, "#channels", "· 2 watching").await?;
+        let shot = screenshot(&a, "browser-presence").await?;
+        eprintln!("    screenshot: {}", shot.display());
+        b.close().await?;
+        text_contains(&a, "#channels", "· 1 watching").await?;
+        text_contains(&a, "#contacts", &format!("○ {bob} (last seen")).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = a.close().await;
+    stack.stop().await;
+    result
+}

@@ -186,3 +186,61 @@ pub async fn js_sdk_in_chromium_delivers_exactly_once_across_failures(
     stack.stop().await;
     check(&result?)
 }
+
+/// The SDK's presence in Node (clients/js/tests/presence.mjs): a watched
+/// contact online then offline with last_seen, a presence channel listed
+/// with both users, a leave when the contact unsubscribes, a stranger refused.
+pub async fn js_sdk_presence_in_node(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let stack = Stack::start_with(&infra, "js-presence", 2, true, |c| {
+        c.presence_channels = vec!["ch:live.js*".into()];
+    })
+    .await?;
+    let (alice, bob) = stack.users_on_distinct_servers("jsp").await?;
+    let api = switchboard_client::Api::new(&stack.coordinator.url(), &Stack::token(&alice));
+    api.create_conversation(&alice, None, std::slice::from_ref(&bob))
+        .await?;
+    let token = |u: &str| {
+        let grants = switchboard_client::token::Grants {
+            channels: vec!["ch:live.*".into()],
+            publish: vec![],
+        };
+        switchboard_client::token::mint_hs256_with(harness::stack::JWT_SECRET, u, 3600, &grants)
+    };
+    let out = tokio::process::Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(sdk_dir().join("tests/presence.mjs"))
+        .env("SB_COORDINATORS", stack.coordinator.url())
+        .env("SB_ALICE", &alice)
+        .env("SB_ALICE_TOKEN", token(&alice)?)
+        .env("SB_BOB", &bob)
+        .env("SB_BOB_TOKEN", token(&bob)?)
+        .env("SB_ROOM", "ch:live.js-room")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out).await??;
+    stack.stop().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no result from node: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let r: Value = serde_json::from_str(line)?;
+    let mut listed: Vec<String> = serde_json::from_value(r["listed"].clone()).unwrap_or_default();
+    listed.sort();
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    anyhow::ensure!(r["firstOnline"] == false && r["online"] == true, "{r}");
+    anyhow::ensure!(listed == both, "listed {listed:?}: {r}");
+    anyhow::ensure!(r["leave"] == true && r["offline"] == true, "{r}");
+    anyhow::ensure!(
+        r["lastSeen"].is_u64() && r["strangerRefused"] == true,
+        "{r}"
+    );
+    anyhow::ensure!(out.status.success(), "node exited with {}: {r}", out.status);
+    Ok(())
+}

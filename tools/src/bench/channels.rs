@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-const CHANNEL: &str = "ch:bench.live";
+pub(super) const CHANNEL: &str = "ch:bench.live";
 
 #[derive(clap::Args)]
 pub struct ChannelArgs {
@@ -60,9 +60,12 @@ pub struct WatchArgs {
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
-struct WatchReport {
-    subscribed: usize,
-    received: u64,
+pub(super) struct WatchReport {
+    pub(super) subscribed: usize,
+    pub(super) received: u64,
+    /// `join`/`leave` frames received (presence channels).
+    #[serde(default)]
+    pub(super) memberships: u64,
     /// (latency µs, count) pairs of the publish→deliver histogram.
     latency_us: Vec<(u64, u64)>,
 }
@@ -101,13 +104,13 @@ struct ChannelReport {
 
 use super::Ws;
 
-fn small_buffers() -> WebSocketConfig {
+pub(super) fn small_buffers() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
 }
 
-fn token(user: &str) -> String {
+pub(super) fn token(user: &str) -> String {
     let grants = switchboard_client::token::Grants {
         channels: vec!["ch:*".into()],
         publish: vec![],
@@ -167,6 +170,7 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?,
     );
     let received = Arc::new(AtomicU64::new(0));
+    let memberships = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.deadline_secs);
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in users.chunks(250) {
@@ -186,13 +190,18 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
             tasks.spawn(receive(
                 ws?,
                 (shards.clone(), i % 16),
-                received.clone(),
+                (received.clone(), memberships.clone()),
                 a.expect,
                 deadline,
             ));
         }
     }
     println!("ready {}", tasks.len());
+    if a.expect == 0 {
+        // Held until the parent says stop (or goes away).
+        let _ = super::child::Told::stdin().next().await;
+        tasks.abort_all();
+    }
     let mut kept = Vec::new();
     while let Some(r) = tasks.join_next().await {
         kept.extend(r.ok());
@@ -206,6 +215,7 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     let report = WatchReport {
         subscribed: kept.len(),
         received: received.load(Ordering::Relaxed),
+        memberships: memberships.load(Ordering::Relaxed),
         latency_us: all
             .iter_recorded()
             .map(|v| (v.value_iterated_to(), v.count_at_value()))
@@ -217,20 +227,25 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
 
 type Shards = (Arc<Vec<Mutex<Histogram<u64>>>>, usize);
 
-/// Records each publication's latency until `expect` have arrived.
+/// Records each publication's latency until `expect` have arrived (with
+/// `expect` 0: until the deadline), and counts join/leave frames.
 async fn receive(
     mut ws: Ws,
     (shards, shard): Shards,
-    received: Arc<AtomicU64>,
+    (received, memberships): (Arc<AtomicU64>, Arc<AtomicU64>),
     expect: usize,
     deadline: tokio::time::Instant,
 ) -> Ws {
     let mut got = 0;
-    while got < expect {
+    while expect == 0 || got < expect {
         let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await else {
             break;
         };
         let Message::Text(t) = m else { continue };
+        if t.starts_with("{\"type\":\"join\"") || t.starts_with("{\"type\":\"leave\"") {
+            memberships.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         if !t.contains("\"channel\":") {
             continue;
         }
@@ -247,7 +262,7 @@ async fn receive(
 }
 
 /// A `watch-channel` child holding devices `first..first + count`.
-fn watcher(
+pub(super) fn watcher(
     coordinator: &str,
     first: usize,
     count: usize,
@@ -266,7 +281,7 @@ fn watcher(
     Child::command("watch-channel", &span, &flags)
 }
 
-fn cpu(pids: &[u32]) -> f64 {
+pub(super) fn cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 

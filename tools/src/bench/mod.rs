@@ -103,6 +103,8 @@ enum Cmd {
     /// One channel with a large audience over three servers, beside the
     /// same audience as a group conversation.
     Channels(channels::ChannelArgs),
+    /// Channel presence under churn: join/leave delivered, CPU, latency, listing cost.
+    Presence(presence::PresenceArgs),
     /// (Internal) hold channel subscribers for `channels`, in a child process.
     #[command(hide = true)]
     WatchChannel(channels::WatchArgs),
@@ -137,10 +139,21 @@ struct Bench {
     db: String,
     coordinator: harness::ServiceHandle,
     servers: Vec<(String, Process, u16)>,
+    /// Extra environment of this benchmark's servers.
+    server_env: Vec<(&'static str, String)>,
 }
 
 impl Bench {
     async fn start(infra: Arc<Env>, servers: usize) -> anyhow::Result<Self> {
+        Self::start_with(infra, servers, &[]).await
+    }
+
+    /// `start` with extra environment for the messaging servers.
+    async fn start_with(
+        infra: Arc<Env>,
+        servers: usize,
+        server_env: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
         let (prefix, topic) = (format!("/{}", infra.unique("bench")), infra.unique("bench"));
         let db = infra.database("bench").await?;
         let coordinator = harness::start_coordinator(
@@ -154,6 +167,7 @@ impl Bench {
             db,
             coordinator,
             servers: Vec::new(),
+            server_env: server_env.to_vec(),
         };
         for i in 0..servers {
             let port = free_port()?;
@@ -233,6 +247,7 @@ impl Bench {
                 self.infra.settings.fetch_wait_ms.to_string(),
             ),
         ];
+        env.extend(self.server_env.iter().cloned());
         let extra = self.infra.settings.server_env.as_str();
         env.extend(
             extra
@@ -245,6 +260,11 @@ impl Bench {
 
     async fn route(&self, user: &str) -> anyhow::Result<(String, String)> {
         harness::route(&self.coordinator.url(), user).await
+    }
+
+    /// Server `i`'s HTTP base URL.
+    fn server_http(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.servers[i].2)
     }
 
     fn pid(&self, i: usize) -> u32 {
@@ -320,6 +340,7 @@ mod connections;
 mod load;
 mod nats;
 mod persist;
+mod presence;
 mod route;
 mod storm;
 use load::{fanout, latency};
@@ -369,6 +390,7 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Route { seconds } => route::route(infra.clone(), seconds).await,
             Cmd::Nats(a) => nats::nats(infra.clone(), a).await,
             Cmd::Channels(a) => channels::channels(infra.clone(), a).await,
+            Cmd::Presence(a) => presence::presence(infra.clone(), a).await,
             Cmd::Connections(a) => connections::connections(infra.clone(), a).await,
             Cmd::Storm(a) => storm::storm(infra.clone(), a).await,
             Cmd::WatchChannel(_) | Cmd::HoldDevices(_) | Cmd::StormDevices(_) => Ok(()),

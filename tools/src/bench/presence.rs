@@ -1,0 +1,299 @@
+//! Channel presence under churn (issue "Presence"): a presence channel
+//! with `--subscribers` devices (child processes) over three servers while
+//! `--churn-pct` of that audience per second unsubscribes or subscribes
+//! again (devices in this process). Reports join/leave frames delivered per
+//! second, server CPU per churn event and per delivered frame, the p99 of
+//! churn → join/leave at observers, and what a listing of the whole channel
+//! costs (`channel_presence` pages of 500) beside its stats.
+
+use super::channels::{cpu, join, small_buffers, token, watcher, WatchReport, CHANNEL};
+use super::{now_us, Bench};
+use crate::bench::Env;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(clap::Args)]
+pub struct PresenceArgs {
+    /// Devices subscribed to the presence channel all along.
+    #[arg(long, default_value_t = 50_000)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// Share of the audience that leaves or joins each second, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    churn_pct: f64,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// The servers' `SWITCHBOARD_JOIN_LEAVE_LIMIT`.
+    #[arg(long, default_value_t = 1_000)]
+    join_leave_limit: usize,
+    /// Processes holding the subscribers.
+    #[arg(long, default_value_t = 3)]
+    watchers: usize,
+    /// Subscribers in this process timing join/leave arrivals.
+    #[arg(long, default_value_t = 20)]
+    observers: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct PresenceReport {
+    subscribers: usize,
+    servers: usize,
+    join_leave_limit: usize,
+    /// Whether the channel was small enough for join/leave frames.
+    join_leave_sent: bool,
+    churn_per_s: f64,
+    seconds: u64,
+    churn_events: u64,
+    /// join/leave frames received by every subscriber together.
+    join_leave_delivered: u64,
+    join_leave_delivered_per_s: f64,
+    /// churn (un)subscribe sent → join/leave read at an observer.
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    server_cpu_s: f64,
+    server_cpu_us_per_churn_event: f64,
+    server_cpu_us_per_delivered: f64,
+    broker_cpu_us_per_churn_event: f64,
+    /// Every user of the channel, page by page (500 a page), from one device.
+    listing_users: usize,
+    listing_pages: usize,
+    listing_ms: f64,
+    listing_page_max_ms: f64,
+    stats_ms: f64,
+    connect_seconds: f64,
+}
+
+type Ws = super::Ws;
+/// (user, join?) → when the churn frame that causes it was sent (µs).
+type Sent = Arc<Mutex<HashMap<(String, bool), u64>>>;
+
+async fn device(b: &Bench, user: &str) -> anyhow::Result<Ws> {
+    let (_, url) = b.route(user).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(&url, Some(small_buffers()), false).await?;
+    join(&mut ws, user, &token(user), Some(CHANNEL)).await?;
+    Ok(ws)
+}
+
+/// Reads an observer's frames until `until`, timing each join/leave.
+async fn observe(
+    mut ws: Ws,
+    sent: Sent,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    until: tokio::time::Instant,
+) -> (Ws, u64) {
+    let mut seen = 0;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, ws.next()).await {
+        let Message::Text(t) = m else { continue };
+        let joined = t.starts_with("{\"type\":\"join\"");
+        if !joined && !t.starts_with("{\"type\":\"leave\"") {
+            continue;
+        }
+        seen += 1;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+            continue;
+        };
+        let user = v["user"].as_str().unwrap_or_default().to_owned();
+        let at = sent
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&(user, joined)).copied());
+        if let (Some(at), Ok(mut h)) = (at, hist.lock()) {
+            let _ = h.record(now_us().saturating_sub(at).max(1));
+        }
+    }
+    (ws, seen)
+}
+
+/// Churns: each second, `rate` of the churners unsubscribe (or, the next
+/// time, subscribe again), spread over the second. Returns the events sent.
+async fn churn(
+    mut churners: Vec<(String, Ws, bool)>,
+    rate: f64,
+    seconds: u64,
+    sent: Sent,
+) -> anyhow::Result<u64> {
+    let total = (rate * seconds as f64) as u64;
+    let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut tick = tokio::time::interval(every);
+    let n = churners.len().max(1);
+    for i in 0..total {
+        tick.tick().await;
+        let (user, ws, subscribed) = &mut churners[i as usize % n];
+        let kind = if *subscribed {
+            "unsubscribe"
+        } else {
+            "subscribe"
+        };
+        if let Ok(mut s) = sent.lock() {
+            s.insert((user.clone(), !*subscribed), now_us());
+        }
+        let frame = serde_json::json!({"type": kind, "channel": CHANNEL});
+        ws.send(Message::text(frame.to_string())).await?;
+        *subscribed = !*subscribed;
+    }
+    Ok(total)
+}
+
+/// Pages through the whole channel from `ws`: (users, pages, total ms, slowest page ms).
+async fn listing(ws: &mut Ws) -> anyhow::Result<(usize, usize, f64, f64)> {
+    let (mut users, mut pages, mut slowest) = (0, 0, 0f64);
+    let mut after: Option<String> = None;
+    let t0 = Instant::now();
+    loop {
+        let ask = serde_json::json!({"type": "channel_presence", "id": pages, "channel": CHANNEL, "after": after, "limit": 500});
+        let t = Instant::now();
+        ws.send(Message::text(ask.to_string())).await?;
+        let page = loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+                Some(Ok(Message::Text(t))) if t.starts_with("{\"type\":\"channel_presence\"") => {
+                    break serde_json::from_str::<protocol::presence::ChannelPresence>(&t)?
+                }
+                Some(Ok(Message::Text(t))) if t.starts_with("{\"type\":\"error\"") => {
+                    anyhow::bail!("{t}")
+                }
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("listing: {other:?}"),
+            }
+        };
+        slowest = slowest.max(t.elapsed().as_secs_f64() * 1000.0);
+        pages += 1;
+        users += page.users.len();
+        match page.next_after {
+            Some(n) => after = Some(n.to_string()),
+            None => return Ok((users, pages, t0.elapsed().as_secs_f64() * 1000.0, slowest)),
+        }
+    }
+}
+
+pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
+    let env = [
+        ("SWITCHBOARD_PRESENCE_CHANNELS", "ch:bench.*".to_owned()),
+        (
+            "SWITCHBOARD_JOIN_LEAVE_LIMIT",
+            a.join_leave_limit.to_string(),
+        ),
+    ];
+    let b = Bench::start_with(infra.clone(), a.servers, &env).await?;
+    let coordinator = b.coordinator.url();
+    let rate = a.subscribers as f64 * a.churn_pct / 100.0;
+    let t_connect = Instant::now();
+    let per = a.subscribers.div_ceil(a.watchers);
+    let deadline = 900 + a.seconds * 2;
+    let mut watchers = Vec::new();
+    for w in 0..a.watchers {
+        let count = per.min(a.subscribers - w * per);
+        watchers.push(watcher(&coordinator, w * per, count, 0, deadline)?);
+    }
+    let mut held = 0;
+    for w in &mut watchers {
+        held += w.line("ready").await?.parse::<usize>()?;
+    }
+    let mut observers = Vec::new();
+    for i in 0..a.observers {
+        observers.push(device(&b, &format!("obs{i}")).await?);
+    }
+    let churners_n = (rate.ceil() as usize).max(1);
+    let mut churners = Vec::new();
+    for i in 0..churners_n {
+        let user = format!("churn{i}");
+        churners.push((user.clone(), device(&b, &user).await?, true));
+    }
+    let connect_seconds = t_connect.elapsed().as_secs_f64();
+    println!(
+        "{held} + {} + {churners_n} devices on {CHANNEL} in {connect_seconds:.1} s",
+        a.observers
+    );
+    let audience = held + a.observers + churners_n;
+    let sent: Sent = Arc::default();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        600_000_000,
+        3,
+    )?));
+    let until = tokio::time::Instant::now() + Duration::from_secs(a.seconds + 5);
+    let readers: Vec<_> = observers
+        .into_iter()
+        .map(|ws| tokio::spawn(observe(ws, sent.clone(), hist.clone(), until)))
+        .collect();
+    let pids: Vec<u32> = (0..a.servers).map(|i| b.pid(i)).collect();
+    let broker: Vec<u32> = infra.broker_pid().into_iter().collect();
+    let (cpu0, bcpu0, t0) = (cpu(&pids), cpu(&broker), Instant::now());
+    let events = churn(churners, rate, a.seconds, sent).await?;
+    let mut observed = 0;
+    let mut kept = Vec::new();
+    for r in readers {
+        let (ws, seen) = r.await?;
+        observed += seen;
+        kept.push(ws);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let (scpu, bcpu) = (cpu(&pids) - cpu0, cpu(&broker) - bcpu0);
+    let mut delivered = observed;
+    for w in &mut watchers {
+        w.tell("stop").await?;
+    }
+    for w in &mut watchers {
+        let r: WatchReport = serde_json::from_str(&w.line("report").await?)?;
+        delivered += r.memberships;
+    }
+    let (listing_users, listing_pages, listing_ms, page_max) = match kept.first_mut() {
+        Some(ws) => listing(ws).await?,
+        None => (0, 0, 0.0, 0.0),
+    };
+    let stats_ms = {
+        let t = Instant::now();
+        let url = format!("{}/v1/channels/{CHANNEL}/stats", b.server_http(0));
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(super::BENCH_API_KEY)
+            .send()
+            .await?
+            .error_for_status()?;
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram poisoned"))?
+        .clone();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let report = PresenceReport {
+        subscribers: audience,
+        servers: a.servers,
+        join_leave_limit: a.join_leave_limit,
+        join_leave_sent: audience <= a.join_leave_limit,
+        churn_per_s: rate,
+        seconds: a.seconds,
+        churn_events: events,
+        join_leave_delivered: delivered,
+        join_leave_delivered_per_s: delivered as f64 / wall,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        max_ms: h.max() as f64 / 1000.0,
+        server_cpu_s: scpu,
+        server_cpu_us_per_churn_event: scpu * 1e6 / events.max(1) as f64,
+        server_cpu_us_per_delivered: scpu * 1e6 / delivered.max(1) as f64,
+        broker_cpu_us_per_churn_event: bcpu * 1e6 / events.max(1) as f64,
+        listing_users,
+        listing_pages,
+        listing_ms,
+        listing_page_max_ms: page_max,
+        stats_ms,
+        connect_seconds,
+    };
+    super::report(&report, a.json.as_deref())?;
+    for w in watchers {
+        w.kill().await;
+    }
+    b.stop().await;
+    Ok(())
+}
