@@ -81,7 +81,7 @@ pub async fn client_resumes_and_dedupes_across_a_drain(infra: Arc<Infra>) -> any
     Ok(())
 }
 
-async fn cli(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+pub(crate) async fn cli(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let out = tokio::process::Command::new(harness::process::binary("switchboard-cli")?)
         .args(args)
         .env("SWITCHBOARD_COORDINATOR_URL", stack.coordinator.url())

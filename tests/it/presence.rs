@@ -98,6 +98,18 @@ pub async fn presence_and_watch_across_two_servers(infra: Arc<Infra>) -> anyhow:
         !later[0].online && later[0].last_seen_ms.is_some(),
         "{later:?}"
     );
+    // The CLI asks the same endpoint: one JSON line per user.
+    let (ok, out, err) =
+        crate::client::cli(&stack, &["presence", "--api-key", KEY, &alice, &bob]).await?;
+    let lines: Vec<UserPresence> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let online: Vec<(&str, bool)> = lines.iter().map(|p| (p.user.as_str(), p.online)).collect();
+    anyhow::ensure!(
+        ok && online == [(alice.as_str(), true), (bob.as_str(), false)],
+        "cli: {out} {err}"
+    );
     for client in [a, c] {
         client.close().await;
     }
