@@ -247,6 +247,15 @@ pub async fn channel_presence_lists_and_joins_over_three_servers(
     anyhow::ensure!(next_membership(watcher, "cp-late", Duration::from_secs(10)).await?);
     late.unsubscribe(&room).await?;
     anyhow::ensure!(!next_membership(watcher, "cp-late", Duration::from_secs(10)).await?);
+    // Back on the same connection: a join again, and listed again.
+    late.subscribe(&room).await?;
+    anyhow::ensure!(next_membership(watcher, "cp-late", Duration::from_secs(10)).await?);
+    let again = every_page(&clients[0], &room).await?;
+    anyhow::ensure!(
+        again.len() == 7 && again.contains(&"cp-late".to_owned()),
+        "{again:?}"
+    );
+    late.unsubscribe(&room).await?;
     let other = protocol::ChannelName::new("ch:live.other")?;
     clients[0].subscribe(&other).await?;
     let refused = clients[0].channel_presence(&other, None, None).await;

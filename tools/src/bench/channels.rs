@@ -198,8 +198,12 @@ pub async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     }
     println!("ready {}", tasks.len());
     if a.expect == 0 {
-        // Held until the parent says stop (or goes away).
-        let _ = super::child::Told::stdin().next().await;
+        // Held until the parent says stop (or goes away); "start" begins
+        // the count of join/leave frames.
+        let mut told = super::child::Told::stdin();
+        while told.next().await.is_ok_and(|l| l == "start") {
+            memberships.store(0, Ordering::Relaxed);
+        }
         tasks.abort_all();
     }
     let mut kept = Vec::new();

@@ -60,10 +60,17 @@ struct PresenceReport {
     p99_ms: f64,
     max_ms: f64,
     server_cpu_s: f64,
+    /// The servers' CPU without churn (cores), subtracted from the figures below.
+    server_cpu_idle_cores: f64,
+    /// Above idle, over the churn window (until the observers stop reading).
     server_cpu_us_per_churn_event: f64,
     server_cpu_us_per_delivered: f64,
+    /// All the broker's CPU over the churn window, per event.
     broker_cpu_us_per_churn_event: f64,
-    /// Every user of the channel, page by page (500 a page), from one device.
+    broker_cpu_idle_cores: f64,
+    broker_cpu_us_per_churn_event_above_idle: f64,
+    /// Every user of the channel, page by page (500 a page), from one
+    /// device, once every server has applied the setup (before the churn).
     listing_users: usize,
     listing_pages: usize,
     listing_ms: f64,
@@ -73,11 +80,26 @@ struct PresenceReport {
 }
 
 type Ws = super::Ws;
+
+/// Seconds measured without churn before it starts (the idle baseline).
+const IDLE_SECS: u64 = 5;
 /// (user, join?) → when the churn frame that causes it was sent (µs).
 type Sent = Arc<Mutex<HashMap<(String, bool), u64>>>;
 
 async fn device(b: &Bench, user: &str) -> anyhow::Result<Ws> {
-    let (_, url) = b.route(user).await?;
+    // A server that just lost its lease under the connect load leaves its
+    // partitions unowned for a moment: ask again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        match b.route(user).await {
+            Ok((_, url)) => break url,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(e) => {
+                eprintln!("route {user}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let (mut ws, _) =
         tokio_tungstenite::connect_async_with_config(&url, Some(small_buffers()), false).await?;
     join(&mut ws, user, &token(user), Some(CHANNEL)).await?;
@@ -117,7 +139,7 @@ async fn observe(
 /// Churns: each second, `rate` of the churners unsubscribe (or, the next
 /// time, subscribe again), spread over the second. Returns the events sent.
 async fn churn(
-    mut churners: Vec<(String, Ws, bool)>,
+    churners: &mut [(String, Ws, bool)],
     rate: f64,
     seconds: u64,
     sent: Sent,
@@ -145,8 +167,8 @@ async fn churn(
 }
 
 /// Pages through the whole channel from `ws`: (users, pages, total ms, slowest page ms).
-async fn listing(ws: &mut Ws) -> anyhow::Result<(usize, usize, f64, f64)> {
-    let (mut users, mut pages, mut slowest) = (0, 0, 0f64);
+async fn listing(ws: &mut Ws) -> anyhow::Result<(Vec<String>, usize, f64, f64)> {
+    let (mut users, mut pages, mut slowest) = (Vec::new(), 0, 0f64);
     let mut after: Option<String> = None;
     let t0 = Instant::now();
     loop {
@@ -167,7 +189,7 @@ async fn listing(ws: &mut Ws) -> anyhow::Result<(usize, usize, f64, f64)> {
         };
         slowest = slowest.max(t.elapsed().as_secs_f64() * 1000.0);
         pages += 1;
-        users += page.users.len();
+        users.extend(page.users.iter().map(|u| u.to_string()));
         match page.next_after {
             Some(n) => after = Some(n.to_string()),
             None => return Ok((users, pages, t0.elapsed().as_secs_f64() * 1000.0, slowest)),
@@ -198,7 +220,7 @@ pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
     for w in &mut watchers {
         held += w.line("ready").await?.parse::<usize>()?;
     }
-    let mut observers = Vec::new();
+    let mut observers: Vec<Ws> = Vec::new();
     for i in 0..a.observers {
         observers.push(device(&b, &format!("obs{i}")).await?);
     }
@@ -214,42 +236,17 @@ pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
         a.observers
     );
     let audience = held + a.observers + churners_n;
-    let sent: Sent = Arc::default();
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        600_000_000,
-        3,
-    )?));
-    let until = tokio::time::Instant::now() + Duration::from_secs(a.seconds + 5);
-    let readers: Vec<_> = observers
-        .into_iter()
-        .map(|ws| tokio::spawn(observe(ws, sent.clone(), hist.clone(), until)))
-        .collect();
-    let pids: Vec<u32> = (0..a.servers).map(|i| b.pid(i)).collect();
-    let broker: Vec<u32> = infra.broker_pid().into_iter().collect();
-    let (cpu0, bcpu0, t0) = (cpu(&pids), cpu(&broker), Instant::now());
-    let events = churn(churners, rate, a.seconds, sent).await?;
-    let mut observed = 0;
-    let mut kept = Vec::new();
-    for r in readers {
-        let (ws, seen) = r.await?;
-        observed += seen;
-        kept.push(ws);
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    let (scpu, bcpu) = (cpu(&pids) - cpu0, cpu(&broker) - bcpu0);
-    let mut delivered = observed;
-    for w in &mut watchers {
-        w.tell("stop").await?;
-    }
-    for w in &mut watchers {
-        let r: WatchReport = serde_json::from_str(&w.line("report").await?)?;
-        delivered += r.memberships;
-    }
-    let (listing_users, listing_pages, listing_ms, page_max) = match kept.first_mut() {
-        Some(ws) => listing(ws).await?,
-        None => (0, 0, 0.0, 0.0),
+    // Every server has applied the setup's events once the listing is
+    // complete: the last full listing is the one measured.
+    let settle = Instant::now() + Duration::from_secs(180);
+    let (listing_users, listing_pages, listing_ms, page_max) = loop {
+        let l = listing(&mut observers[0]).await?;
+        if l.0.len() >= audience || Instant::now() > settle {
+            break (l.0.len(), l.1, l.2, l.3);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    println!("listed {listing_users} of {audience} in {listing_pages} pages, {listing_ms:.1} ms");
     let stats_ms = {
         let t = Instant::now();
         let url = format!("{}/v1/channels/{CHANNEL}/stats", b.server_http(0));
@@ -261,6 +258,51 @@ pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
             .error_for_status()?;
         t.elapsed().as_secs_f64() * 1000.0
     };
+    let sent: Sent = Arc::default();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        600_000_000,
+        3,
+    )?));
+    let until = tokio::time::Instant::now() + Duration::from_secs(IDLE_SECS + a.seconds + 5);
+    let readers: Vec<_> = observers
+        .into_iter()
+        .map(|ws| tokio::spawn(observe(ws, sent.clone(), hist.clone(), until)))
+        .collect();
+    let pids: Vec<u32> = (0..a.servers).map(|i| b.pid(i)).collect();
+    let broker: Vec<u32> = infra.broker_pid().into_iter().collect();
+    // What the servers and the broker spend without churn (pings, polls).
+    let (idle0, bidle0, ti) = (cpu(&pids), cpu(&broker), Instant::now());
+    tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
+    let idle_rate = (cpu(&pids) - idle0) / ti.elapsed().as_secs_f64();
+    let bidle_rate = (cpu(&broker) - bidle0) / ti.elapsed().as_secs_f64();
+    for w in &mut watchers {
+        w.tell("start").await?;
+    }
+    let (cpu0, bcpu0, t0) = (cpu(&pids), cpu(&broker), Instant::now());
+    // Kept open to the end: a closed churner would leave the channel.
+    let events = churn(&mut churners, rate, a.seconds, sent).await?;
+    let mut observed = 0;
+    let mut kept = Vec::new();
+    for r in readers {
+        let (ws, seen) = r.await?;
+        observed += seen;
+        kept.push(ws);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let (scpu, bcpu) = (cpu(&pids) - cpu0, cpu(&broker) - bcpu0);
+    let (above, babove) = (
+        (scpu - idle_rate * wall).max(0.0),
+        (bcpu - bidle_rate * wall).max(0.0),
+    );
+    let mut delivered = observed;
+    for w in &mut watchers {
+        w.tell("stop").await?;
+    }
+    for w in &mut watchers {
+        let r: WatchReport = serde_json::from_str(&w.line("report").await?)?;
+        delivered += r.memberships;
+    }
     let h = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram poisoned"))?
@@ -280,9 +322,12 @@ pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
         p99_ms: ms(0.99),
         max_ms: h.max() as f64 / 1000.0,
         server_cpu_s: scpu,
-        server_cpu_us_per_churn_event: scpu * 1e6 / events.max(1) as f64,
-        server_cpu_us_per_delivered: scpu * 1e6 / delivered.max(1) as f64,
+        server_cpu_idle_cores: idle_rate,
+        server_cpu_us_per_churn_event: above * 1e6 / events.max(1) as f64,
+        server_cpu_us_per_delivered: above * 1e6 / delivered.max(1) as f64,
         broker_cpu_us_per_churn_event: bcpu * 1e6 / events.max(1) as f64,
+        broker_cpu_idle_cores: bidle_rate,
+        broker_cpu_us_per_churn_event_above_idle: babove * 1e6 / events.max(1) as f64,
         listing_users,
         listing_pages,
         listing_ms,
