@@ -55,16 +55,17 @@ struct PresenceReport {
     /// join/leave frames received by every subscriber together.
     join_leave_delivered: u64,
     join_leave_delivered_per_s: f64,
-    /// churn (un)subscribe sent → join/leave read at an observer.
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
+    /// churn (un)subscribe sent → join/leave read at an observer; null
+    /// when none was sent (a channel above the join/leave limit).
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
     server_cpu_s: f64,
     /// The servers' CPU without churn (cores), subtracted from the figures below.
     server_cpu_idle_cores: f64,
     /// Above idle, over the churn window (until the observers stop reading).
     server_cpu_us_per_churn_event: f64,
-    server_cpu_us_per_delivered: f64,
+    server_cpu_us_per_delivered: Option<f64>,
     /// All the broker's CPU over the churn window, per event.
     broker_cpu_us_per_churn_event: f64,
     broker_cpu_idle_cores: f64,
@@ -197,18 +198,25 @@ async fn listing(ws: &mut Ws) -> anyhow::Result<(Vec<String>, usize, f64, f64)> 
     }
 }
 
-pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
-    let env = [
-        ("SWITCHBOARD_PRESENCE_CHANNELS", "ch:bench.*".to_owned()),
-        (
-            "SWITCHBOARD_JOIN_LEAVE_LIMIT",
-            a.join_leave_limit.to_string(),
-        ),
-    ];
-    let b = Bench::start_with(infra.clone(), a.servers, &env).await?;
+/// The devices of a run: subscribers held by child processes, observers
+/// and churners in this one.
+struct Audience {
+    watchers: Vec<super::child::Child>,
+    held: usize,
+    observers: Vec<Ws>,
+    churners: Vec<(String, Ws, bool)>,
+    connect_seconds: f64,
+}
+
+impl Audience {
+    fn len(&self) -> usize {
+        self.held + self.observers.len() + self.churners.len()
+    }
+}
+
+async fn connect(b: &Bench, a: &PresenceArgs, rate: f64) -> anyhow::Result<Audience> {
+    let t = Instant::now();
     let coordinator = b.coordinator.url();
-    let rate = a.subscribers as f64 * a.churn_pct / 100.0;
-    let t_connect = Instant::now();
     let per = a.subscribers.div_ceil(a.watchers);
     let deadline = 900 + a.seconds * 2;
     let mut watchers = Vec::new();
@@ -220,94 +228,158 @@ pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
     for w in &mut watchers {
         held += w.line("ready").await?.parse::<usize>()?;
     }
-    let mut observers: Vec<Ws> = Vec::new();
+    let mut observers = Vec::new();
     for i in 0..a.observers {
-        observers.push(device(&b, &format!("obs{i}")).await?);
+        observers.push(device(b, &format!("obs{i}")).await?);
     }
-    let churners_n = (rate.ceil() as usize).max(1);
     let mut churners = Vec::new();
-    for i in 0..churners_n {
+    for i in 0..(rate.ceil() as usize).max(1) {
         let user = format!("churn{i}");
-        churners.push((user.clone(), device(&b, &user).await?, true));
+        churners.push((user.clone(), device(b, &user).await?, true));
     }
-    let connect_seconds = t_connect.elapsed().as_secs_f64();
-    println!(
-        "{held} + {} + {churners_n} devices on {CHANNEL} in {connect_seconds:.1} s",
-        a.observers
-    );
-    let audience = held + a.observers + churners_n;
-    // Every server has applied the setup's events once the listing is
-    // complete: the last full listing is the one measured.
+    let connect_seconds = t.elapsed().as_secs_f64();
+    Ok(Audience {
+        watchers,
+        held,
+        observers,
+        churners,
+        connect_seconds,
+    })
+}
+
+/// A complete listing of the channel: once it is, every server has applied
+/// the setup's events. Returns the last listing (users, pages, ms, worst page ms).
+async fn settled_listing(ws: &mut Ws, audience: usize) -> anyhow::Result<(usize, usize, f64, f64)> {
     let settle = Instant::now() + Duration::from_secs(180);
-    let (listing_users, listing_pages, listing_ms, page_max) = loop {
-        let l = listing(&mut observers[0]).await?;
+    loop {
+        let l = listing(ws).await?;
         if l.0.len() >= audience || Instant::now() > settle {
-            break (l.0.len(), l.1, l.2, l.3);
+            return Ok((l.0.len(), l.1, l.2, l.3));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    println!("listed {listing_users} of {audience} in {listing_pages} pages, {listing_ms:.1} ms");
-    let stats_ms = {
-        let t = Instant::now();
-        let url = format!("{}/v1/channels/{CHANNEL}/stats", b.server_http(0));
-        reqwest::Client::new()
-            .get(&url)
-            .bearer_auth(super::BENCH_API_KEY)
-            .send()
-            .await?
-            .error_for_status()?;
-        t.elapsed().as_secs_f64() * 1000.0
-    };
+    }
+}
+
+async fn stats_ms(b: &Bench) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let url = format!("{}/v1/channels/{CHANNEL}/stats", b.server_http(0));
+    reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(super::BENCH_API_KEY)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// CPU-seconds per second of each set of processes over the same `secs`.
+async fn cpu_rates<const N: usize>(sets: [&[u32]; N], secs: u64) -> [f64; N] {
+    let (c0, t) = (sets.map(cpu), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let elapsed = t.elapsed().as_secs_f64();
+    let mut out = [0.0; N];
+    for (i, set) in sets.iter().enumerate() {
+        out[i] = (cpu(set) - c0[i]) / elapsed;
+    }
+    out
+}
+
+/// What the churn window measured.
+struct Churned {
+    events: u64,
+    delivered: u64,
+    wall: f64,
+    server_cpu: f64,
+    broker_cpu: f64,
+    latency: Histogram<u64>,
+}
+
+/// Churns for `a.seconds` while the observers time join/leave and the
+/// watchers count them; CPU of `pids` (servers) and `broker` over it.
+async fn churn_window(
+    au: &mut Audience,
+    a: &PresenceArgs,
+    rate: f64,
+    (pids, broker): (&[u32], &[u32]),
+) -> anyhow::Result<Churned> {
     let sent: Sent = Arc::default();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1,
         600_000_000,
         3,
     )?));
-    let until = tokio::time::Instant::now() + Duration::from_secs(IDLE_SECS + a.seconds + 5);
-    let readers: Vec<_> = observers
+    let until = tokio::time::Instant::now() + Duration::from_secs(a.seconds + 5);
+    let readers: Vec<_> = std::mem::take(&mut au.observers)
         .into_iter()
         .map(|ws| tokio::spawn(observe(ws, sent.clone(), hist.clone(), until)))
         .collect();
-    let pids: Vec<u32> = (0..a.servers).map(|i| b.pid(i)).collect();
-    let broker: Vec<u32> = infra.broker_pid().into_iter().collect();
-    // What the servers and the broker spend without churn (pings, polls).
-    let (idle0, bidle0, ti) = (cpu(&pids), cpu(&broker), Instant::now());
-    tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
-    let idle_rate = (cpu(&pids) - idle0) / ti.elapsed().as_secs_f64();
-    let bidle_rate = (cpu(&broker) - bidle0) / ti.elapsed().as_secs_f64();
-    for w in &mut watchers {
+    for w in &mut au.watchers {
         w.tell("start").await?;
     }
-    let (cpu0, bcpu0, t0) = (cpu(&pids), cpu(&broker), Instant::now());
+    let (cpu0, bcpu0, t0) = (cpu(pids), cpu(broker), Instant::now());
     // Kept open to the end: a closed churner would leave the channel.
-    let events = churn(&mut churners, rate, a.seconds, sent).await?;
-    let mut observed = 0;
-    let mut kept = Vec::new();
+    let events = churn(&mut au.churners, rate, a.seconds, sent).await?;
+    let mut delivered = 0;
     for r in readers {
         let (ws, seen) = r.await?;
-        observed += seen;
-        kept.push(ws);
+        delivered += seen;
+        au.observers.push(ws);
     }
-    let wall = t0.elapsed().as_secs_f64();
-    let (scpu, bcpu) = (cpu(&pids) - cpu0, cpu(&broker) - bcpu0);
-    let (above, babove) = (
-        (scpu - idle_rate * wall).max(0.0),
-        (bcpu - bidle_rate * wall).max(0.0),
+    let (wall, server_cpu, broker_cpu) = (
+        t0.elapsed().as_secs_f64(),
+        cpu(pids) - cpu0,
+        cpu(broker) - bcpu0,
     );
-    let mut delivered = observed;
-    for w in &mut watchers {
+    for w in &mut au.watchers {
         w.tell("stop").await?;
     }
-    for w in &mut watchers {
+    for w in &mut au.watchers {
         let r: WatchReport = serde_json::from_str(&w.line("report").await?)?;
         delivered += r.memberships;
     }
-    let h = hist
+    let latency = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram poisoned"))?
         .clone();
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Churned {
+        events,
+        delivered,
+        wall,
+        server_cpu,
+        broker_cpu,
+        latency,
+    })
+}
+
+pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
+    let env = [
+        ("SWITCHBOARD_PRESENCE_CHANNELS", "ch:bench.*".to_owned()),
+        (
+            "SWITCHBOARD_JOIN_LEAVE_LIMIT",
+            a.join_leave_limit.to_string(),
+        ),
+    ];
+    let b = Bench::start_with(infra.clone(), a.servers, &env).await?;
+    let rate = a.subscribers as f64 * a.churn_pct / 100.0;
+    let mut au = connect(&b, &a, rate).await?;
+    let audience = au.len();
+    println!(
+        "{audience} devices on {CHANNEL} in {:.1} s",
+        au.connect_seconds
+    );
+    let (users, pages, listing_ms, page_max) =
+        settled_listing(&mut au.observers[0], audience).await?;
+    println!("listed {users} of {audience} in {pages} pages, {listing_ms:.1} ms");
+    let stats_ms = stats_ms(&b).await?;
+    let pids: Vec<u32> = (0..a.servers).map(|i| b.pid(i)).collect();
+    let broker: Vec<u32> = infra.broker_pid().into_iter().collect();
+    // What the servers and the broker spend without churn (pings, polls).
+    let [idle, broker_idle] = cpu_rates([&pids, &broker], IDLE_SECS).await;
+    let c = churn_window(&mut au, &a, rate, (&pids, &broker)).await?;
+    let above = (c.server_cpu - idle * c.wall).max(0.0);
+    let h = &c.latency;
+    let ms = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0);
+    let per_event = |cpu: f64| cpu * 1e6 / c.events.max(1) as f64;
     let report = PresenceReport {
         subscribers: audience,
         servers: a.servers,
@@ -315,28 +387,30 @@ pub async fn presence(infra: Arc<Env>, a: PresenceArgs) -> anyhow::Result<()> {
         join_leave_sent: audience <= a.join_leave_limit,
         churn_per_s: rate,
         seconds: a.seconds,
-        churn_events: events,
-        join_leave_delivered: delivered,
-        join_leave_delivered_per_s: delivered as f64 / wall,
+        churn_events: c.events,
+        join_leave_delivered: c.delivered,
+        join_leave_delivered_per_s: c.delivered as f64 / c.wall,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
-        max_ms: h.max() as f64 / 1000.0,
-        server_cpu_s: scpu,
-        server_cpu_idle_cores: idle_rate,
-        server_cpu_us_per_churn_event: above * 1e6 / events.max(1) as f64,
-        server_cpu_us_per_delivered: above * 1e6 / delivered.max(1) as f64,
-        broker_cpu_us_per_churn_event: bcpu * 1e6 / events.max(1) as f64,
-        broker_cpu_idle_cores: bidle_rate,
-        broker_cpu_us_per_churn_event_above_idle: babove * 1e6 / events.max(1) as f64,
-        listing_users,
-        listing_pages,
+        max_ms: (!h.is_empty()).then(|| h.max() as f64 / 1000.0),
+        server_cpu_s: c.server_cpu,
+        server_cpu_idle_cores: idle,
+        server_cpu_us_per_churn_event: per_event(above),
+        server_cpu_us_per_delivered: (c.delivered > 0).then(|| above * 1e6 / c.delivered as f64),
+        broker_cpu_us_per_churn_event: per_event(c.broker_cpu),
+        broker_cpu_idle_cores: broker_idle,
+        broker_cpu_us_per_churn_event_above_idle: per_event(
+            (c.broker_cpu - broker_idle * c.wall).max(0.0),
+        ),
+        listing_users: users,
+        listing_pages: pages,
         listing_ms,
         listing_page_max_ms: page_max,
         stats_ms,
-        connect_seconds,
+        connect_seconds: au.connect_seconds,
     };
     super::report(&report, a.json.as_deref())?;
-    for w in watchers {
+    for w in au.watchers {
         w.kill().await;
     }
     b.stop().await;
