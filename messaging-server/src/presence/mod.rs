@@ -34,7 +34,9 @@ pub const LOAD_WAIT: Duration = Duration::from_secs(5);
 struct Inner {
     /// Open sessions by user, over the whole cluster.
     sessions: HashMap<UserId, HashSet<Uuid>>,
-    /// Latest `disconnected` seen per user (unix ms).
+    /// Latest `disconnected` seen per *watched* user (unix ms), for their
+    /// notices; everyone else's comes from the store, so this stays as
+    /// small as the watched set.
     last_seen: HashMap<UserId, i64>,
     watchers: HashMap<UserId, HashMap<Watcher, mpsc::Sender<Text>>>,
     watching: HashMap<Watcher, HashSet<UserId>>,
@@ -211,6 +213,7 @@ impl Presence {
                 inner.watchers.remove(&u);
                 inner.told.remove(&u);
                 inner.going.remove(&u);
+                inner.last_seen.remove(&u);
             }
         }
     }
@@ -229,9 +232,12 @@ impl Inner {
                 self.sessions.remove(&e.user);
             }
         }
+        if !self.watchers.contains_key(&e.user) {
+            return;
+        }
         let seen = self.last_seen.entry(e.user.clone()).or_default();
         *seen = (*seen).max(e.at_ms);
-        if !self.sessions.contains_key(&e.user) && self.watchers.contains_key(&e.user) {
+        if !self.sessions.contains_key(&e.user) {
             self.going.insert(e.user.clone(), now + OFFLINE_GRACE);
         }
     }

@@ -44,6 +44,8 @@ fn told(rx: &mut mpsc::Receiver<Text>) -> Vec<(String, bool)> {
 #[test]
 fn online_while_a_session_is_open_with_last_seen_from_the_last_close() {
     let p = loaded();
+    let (tx, _rx) = mpsc::channel(8);
+    p.watch(&(uid("alice"), 7), tx, &[uid("bob")]);
     let t0 = Instant::now();
     let _ = p.apply(0, 10, &event(EventKind::Connected, "bob", 2, 5), t0);
     let _ = p.apply(0, 11, &event(EventKind::Connected, "bob", 2, 5), t0);
@@ -212,4 +214,20 @@ fn members_page_in_user_order_and_big_channels_send_no_join_or_leave() {
     );
     let left = notices(p.apply(0, 9, &event(EventKind::Disconnected, "dan", 0, 5), t0));
     assert_eq!(left, vec![], "3 users stay: still above the limit");
+}
+
+#[test]
+fn last_seen_is_kept_for_watched_users_only_and_dropped_with_the_last_watcher() {
+    let p = loaded();
+    let t0 = Instant::now();
+    let _ = p.apply(0, 10, &event(EventKind::Disconnected, "bob", 1, 40), t0);
+    assert_eq!(p.state(&[uid("bob")])[0].last_seen_ms, None, "unwatched: the store has it");
+    let (tx, _rx) = mpsc::channel(8);
+    let watcher = (uid("alice"), 7);
+    p.watch(&watcher, tx, &[uid("carol")]);
+    let _ = p.apply(0, 11, &event(EventKind::Connected, "carol", 2, 1), t0);
+    let _ = p.apply(0, 12, &event(EventKind::Disconnected, "carol", 2, 50), t0);
+    assert_eq!(p.state(&[uid("carol")])[0].last_seen_ms, Some(50));
+    p.unwatch(&watcher, None);
+    assert_eq!(p.state(&[uid("carol")])[0].last_seen_ms, None);
 }
