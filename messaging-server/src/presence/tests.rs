@@ -221,7 +221,11 @@ fn last_seen_is_kept_for_watched_users_only_and_dropped_with_the_last_watcher() 
     let p = loaded();
     let t0 = Instant::now();
     let _ = p.apply(0, 10, &event(EventKind::Disconnected, "bob", 1, 40), t0);
-    assert_eq!(p.state(&[uid("bob")])[0].last_seen_ms, None, "unwatched: the store has it");
+    assert_eq!(
+        p.state(&[uid("bob")])[0].last_seen_ms,
+        None,
+        "unwatched: the store has it"
+    );
     let (tx, _rx) = mpsc::channel(8);
     let watcher = (uid("alice"), 7);
     p.watch(&watcher, tx, &[uid("carol")]);
