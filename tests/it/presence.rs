@@ -16,23 +16,42 @@ fn uid(u: &str) -> anyhow::Result<UserId> {
     Ok(UserId::new(u)?)
 }
 
+/// The first event within `within` that `pick` takes; events it passes
+/// over are dropped (they are not what the caller waits for).
+async fn next_picked<T>(
+    c: &mut Client,
+    what: &str,
+    within: Duration,
+    pick: impl Fn(Event) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let e = tokio::time::timeout_at(deadline, c.next_event())
+            .await
+            .map_err(|_| anyhow::anyhow!("no {what} within {within:?}"))?;
+        match e {
+            Some(e) => {
+                if let Some(t) = pick(e) {
+                    return Ok(t);
+                }
+            }
+            None => anyhow::bail!("client ended"),
+        }
+    }
+}
+
 /// The next presence event about `user` within `within`.
 async fn next_presence(
     c: &mut Client,
     user: &str,
     within: Duration,
 ) -> anyhow::Result<UserPresence> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let e = tokio::time::timeout_at(deadline, c.next_event())
-            .await
-            .map_err(|_| anyhow::anyhow!("no presence of {user} within {within:?}"))?;
-        match e {
-            Some(Event::Presence(p)) if p.user.as_str() == user => return Ok(p),
-            Some(_) => {}
-            None => anyhow::bail!("client ended"),
-        }
-    }
+    let what = format!("presence of {user}");
+    next_picked(c, &what, within, |e| match e {
+        Event::Presence(p) if p.user.as_str() == user => Some(p),
+        _ => None,
+    })
+    .await
 }
 
 async fn start(infra: &Infra, name: &str, servers: usize) -> anyhow::Result<Stack> {
@@ -185,20 +204,15 @@ pub async fn a_drain_does_not_flap_and_a_kill_reports_offline(
     Ok(())
 }
 
-/// The next join or leave of `channel` about `user` within `within`: true for a join.
+/// The next join or leave about `user` within `within`: true for a join.
 async fn next_membership(c: &mut Client, user: &str, within: Duration) -> anyhow::Result<bool> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let e = tokio::time::timeout_at(deadline, c.next_event())
-            .await
-            .map_err(|_| anyhow::anyhow!("no join/leave of {user} within {within:?}"))?;
-        match e {
-            Some(Event::Join(m)) if m.user.as_str() == user => return Ok(true),
-            Some(Event::Leave(m)) if m.user.as_str() == user => return Ok(false),
-            Some(_) => {}
-            None => anyhow::bail!("client ended"),
-        }
-    }
+    let what = format!("join/leave of {user}");
+    next_picked(c, &what, within, |e| match e {
+        Event::Join(m) if m.user.as_str() == user => Some(true),
+        Event::Leave(m) if m.user.as_str() == user => Some(false),
+        _ => None,
+    })
+    .await
 }
 
 /// Every user of `room`, page by page (4 a page).
