@@ -8,6 +8,8 @@
 mod channels;
 mod connection;
 pub mod http;
+#[cfg(feature = "keygen")]
+pub mod keygen;
 mod presence;
 mod runner;
 mod seen;

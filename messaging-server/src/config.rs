@@ -49,16 +49,13 @@ pub struct Config {
     /// PostgreSQL (conversations, history, resume).
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// HS256 secret for client JWTs.
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET")]
-    pub jwt_secret: Option<Secret>,
+    /// How client tokens are verified: local keys and identity providers.
+    #[command(flatten)]
+    pub jwt: crate::auth::JwtArgs,
     /// API keys backends publish with (`POST /v1/publish`), comma separated,
     /// each at least 32 bytes. None: the publish API answers 401.
     #[arg(long, env = "SWITCHBOARD_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<Secret>,
-    /// PEM public key for RS256 client JWTs (instead of a secret).
-    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<String>,
     /// WebSocket connections this server holds at most; past it the upgrade
     /// is refused with 503 `unavailable` and `Retry-After`.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 200_000)]
@@ -127,9 +124,6 @@ pub struct Config {
     /// started on port 0, e.g. scaled docker-compose replicas).
     #[arg(long, env = "SWITCHBOARD_PORT_FILE")]
     pub port_file: Option<std::path::PathBuf>,
-    /// Refuse to start without a JWT key (production).
-    #[arg(long, env = "SWITCHBOARD_REQUIRE_JWT_SECRET", default_value_t = true, action = clap::ArgAction::Set)]
-    pub require_jwt_secret: bool,
 }
 
 /// Checked before any socket opens; the error is one line for the operator.
@@ -138,22 +132,7 @@ impl Check for Config {
         self.etcd.validate()?;
         self.kafka.validate()?;
         self.database.validate()?;
-        if self.require_jwt_secret && self.jwt_secret.is_none() && self.jwt_public_key.is_none() {
-            return Err(ConfigError::new(
-                "SWITCHBOARD_JWT_SECRET",
-                "(or SWITCHBOARD_JWT_PUBLIC_KEY) must be set; refusing to start without one",
-            ));
-        }
-        if self
-            .jwt_secret
-            .as_ref()
-            .is_some_and(|s| s.expose().len() < 16)
-        {
-            return Err(ConfigError::new(
-                "SWITCHBOARD_JWT_SECRET",
-                "must be at least 16 bytes",
-            ));
-        }
+        self.jwt.check()?;
         if self.api_keys().any(|k| k.len() < 32) {
             return Err(ConfigError::new(
                 "SWITCHBOARD_API_KEYS",
@@ -285,7 +264,7 @@ mod tests {
             "{shown}"
         );
         // Derived, so every field is shown (a hand-written one drifted).
-        assert!(shown.contains("require_jwt_secret: true"), "{shown}");
+        assert!(shown.contains("require: true"), "{shown}");
         assert_eq!(c.check(), Ok(()));
         assert!(
             Config::parse_from(["ms"]).check().is_err(),

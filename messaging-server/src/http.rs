@@ -73,15 +73,16 @@ async fn ws(State(s): St, upgrade: WebSocketUpgrade) -> Result<Response, ApiErro
         }))
 }
 
-fn caller(s: &AppState, headers: &HeaderMap) -> Result<crate::auth::Verified, ApiError> {
+async fn caller(s: &AppState, headers: &HeaderMap) -> Result<crate::auth::Verified, ApiError> {
     let header = headers.get("authorization").and_then(|h| h.to_str().ok());
     s.auth
         .verify_header(header)
+        .await
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
-fn user(s: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    caller(s, headers).map(|v| v.user)
+async fn user(s: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    caller(s, headers).await.map(|v| v.user)
 }
 
 fn frame_error(e: FrameError) -> ApiError {
@@ -108,7 +109,7 @@ async fn post_message(
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
-    let sender = caller(&s, &headers)?;
+    let sender = caller(&s, &headers).await?;
     let send: protocol::frames::Send = self::body(&body)?;
     let device = DeviceId::new("http").map_err(|e| ApiError::internal(e.to_string()))?;
     let msg_id = crate::send::send(&s, &sender, &device, send)
@@ -165,7 +166,7 @@ async fn create_conversation(
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
-    let creator = user(&s, &headers)?;
+    let creator = user(&s, &headers).await?;
     let req: protocol::api::CreateConversation =
         serde_json::from_str(&body).map_err(|e| ApiError::invalid(e.to_string()))?;
     let id = match req.conversation_id {
@@ -235,7 +236,7 @@ async fn member_change(
     headers: &HeaderMap,
     (id, member): (String, String),
 ) -> Result<(ConversationId, UserId), ApiError> {
-    let caller = user(s, headers)?;
+    let caller = user(s, headers).await?;
     let id = conversation(&id)?;
     let member = UserId::new(member).map_err(|e| ApiError::invalid(e.to_string()))?;
     if id.is_direct() {
@@ -282,7 +283,7 @@ async fn remove_member(
 }
 
 async fn my_conversations(State(s): St, headers: HeaderMap) -> Result<Response, ApiError> {
-    let u = user(&s, &headers)?;
+    let u = user(&s, &headers).await?;
     let list = s.members.store().conversations_of(&u).await.map_err(db)?;
     let conversations = list
         .into_iter()
@@ -390,7 +391,7 @@ async fn history(
     Path(id): Path<String>,
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let u = user(&s, &headers)?;
+    let u = user(&s, &headers).await?;
     let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
     let id = conversation(&id)?;
     require_member(&s, &id, &u).await?;

@@ -1,7 +1,7 @@
 //! The messaging server (docs/protocol.md, docs/architecture.md): WebSocket
 //! sessions for the users of the partitions etcd assigns to it.
 
-mod auth;
+pub mod auth;
 mod broker_watch;
 mod channel_stats;
 mod channels;
@@ -39,7 +39,6 @@ use protocol::{EtcdLayout, ServerInfo};
 use service::etcd::{connect_retrying, spawn_assignment_watch};
 pub use service::supervise::Faults;
 use service::supervise::Supervisor;
-use service::Secret;
 use service::Valid;
 use state::AppState;
 use std::net::SocketAddr;
@@ -79,11 +78,11 @@ pub async fn serve_with(
     let info = advertise(&config, &listener)?;
     info!(server = %info.server_id, ws_url = %info.ws_url, "messaging server starting");
     // A key that does not load fails before anything is connected.
-    let auth = auth::Authenticator::new(
-        config.jwt_secret.as_ref().map(Secret::expose),
-        config.jwt_public_key.as_deref(),
-    )
-    .context("failed to load the JWT key")?;
+    let auth =
+        auth::Authenticator::from_args(&config.jwt).context("failed to load the JWT keys")?;
+    for line in auth.summary() {
+        info!(accepts = %line, "token verification");
+    }
     let store = store::Store::connect_lazy(&config.database.url, 16, DB_WAIT)
         .context("invalid database url")?;
     if !store.migrate(&shutdown).await {
@@ -214,6 +213,10 @@ fn spawn_tasks(
         membership::run_ownership(state.clone(), own_tx, stop.clone()),
     );
     tasks.spawn("reaper", reaper::run(state.clone(), stop.clone()));
+    tasks.spawn(
+        "jwks-refresh",
+        state.auth.clone().refresh_keys(stop.clone()),
+    );
     let woken = state.clone();
     tasks.spawn("freeze-watch", async move {
         let close_all = |_| {
@@ -266,6 +269,7 @@ fn build_state(
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    auth.register(&mut registry);
     let settings = producer::ProducerSettings {
         brokers: config.kafka.brokers.clone(),
         extra: config.kafka_producer_config.clone(),

@@ -12,8 +12,11 @@ pub enum IdError {
         max: usize,
         len: usize,
     },
-    #[error("{kind} may only contain letters, digits and . _ : @ -")]
-    Alphabet { kind: &'static str },
+    #[error("{kind} may only contain letters, digits and {allowed}")]
+    Alphabet {
+        kind: &'static str,
+        allowed: &'static str,
+    },
     #[error("{kind} must not contain control characters")]
     Control { kind: &'static str },
     #[error("conversation ids starting with \"dm:\" are direct messages and must be \"dm:a,b\" with a < b")]
@@ -27,12 +30,33 @@ fn in_alphabet(c: char) -> bool {
 }
 
 pub(crate) fn check_alphabet(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
+    check_length(kind, s, max)?;
+    if !s.chars().all(in_alphabet) {
+        return Err(IdError::Alphabet {
+            kind,
+            allowed: ". _ : @ -",
+        });
+    }
+    Ok(())
+}
+
+fn check_length(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     let len = s.chars().count();
     if len == 0 || len > max {
         return Err(IdError::Length { kind, max, len });
     }
-    if !s.chars().all(in_alphabet) {
-        return Err(IdError::Alphabet { kind });
+    Ok(())
+}
+
+/// User ids also take `|`: identity providers name users `auth0|5f7c…` or
+/// `google-oauth2|1043…`, and a token's `sub` is the user id as it is.
+fn check_user(s: &str) -> Result<(), IdError> {
+    check_length("user_id", s, 128)?;
+    if !s.chars().all(|c| in_alphabet(c) || c == '|') {
+        return Err(IdError::Alphabet {
+            kind: "user_id",
+            allowed: ". _ : @ - |",
+        });
     }
     Ok(())
 }
@@ -94,9 +118,9 @@ macro_rules! string_id {
 pub(crate) use string_id;
 
 string_id!(
-    /// A peer: the JWT `sub`. 1–128 chars of `[A-Za-z0-9._:@-]`.
+    /// A peer: the token's user claim (`sub`). 1–128 chars of `[A-Za-z0-9._:@|-]`.
     UserId,
-    |s| check_alphabet("user_id", s, 128)
+    check_user
 );
 string_id!(
     /// One connection of a user. 1–64 chars of the id alphabet.

@@ -151,4 +151,5 @@ pub use process::Process;
 pub mod receiver;
 pub mod traffic;
 pub use receiver::{Received, Receivers};
+pub mod idp;
 pub mod proxy;

@@ -145,7 +145,7 @@ impl Stack {
         c.kafka.brokers = self.kafka.clone();
         c.kafka.topic = self.topic.clone();
         c.database.url = self.database_url.clone();
-        c.jwt_secret = Some(JWT_SECRET.to_owned().into());
+        c.jwt.secret = Some(JWT_SECRET.to_owned().into());
         c.drain_timeout = Duration::from_secs(5);
         c
     }

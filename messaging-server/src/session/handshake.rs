@@ -20,7 +20,7 @@ pub(super) struct Hello {
 
 pub(super) async fn accept(stream: &mut Stream, state: &AppState) -> Result<Hello, Close> {
     let hello = read_hello(stream, state).await?;
-    let who = state.auth.verify(&hello.token).map_err(|e| {
+    let who = state.auth.verify(&hello.token).await.map_err(|e| {
         debug!(error = %e, "hello refused");
         Close::new(CloseCode::Unauthorized, "unauthorized")
     })?;

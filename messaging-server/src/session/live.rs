@@ -164,7 +164,7 @@ impl Session {
                     Err(e) => (e, false),
                 }
             }
-            Ok(ClientFrame::Auth(auth)) => match self.reauth(&auth) {
+            Ok(ClientFrame::Auth(auth)) => match self.reauth(&auth).await {
                 Ok(authed) => {
                     let exp = authed.exp;
                     self.send_frame(&ServerFrame::Authed(authed))
@@ -220,12 +220,13 @@ impl Session {
     }
 
     /// A fresh token for this session: valid, and the same user's.
-    fn reauth(&mut self, auth: &Auth) -> Result<Authed, FrameError> {
+    async fn reauth(&mut self, auth: &Auth) -> Result<Authed, FrameError> {
         let refuse = |code, message: String| FrameError::new(auth.id.clone(), code, message);
         let who = self
             .state
             .auth
             .verify(&auth.token)
+            .await
             .map_err(|e| refuse(ErrorCode::Unauthorized, e.to_string()))?;
         if who.user != self.who.user {
             let message = format!(

@@ -12,6 +12,7 @@
 //!   target/release/switchboard-bench storm --devices 36000 --json docs/load/storm.json
 //!   target/release/switchboard-bench persist --records 200000 --batch-max 5000
 //!   target/release/switchboard-bench broker --rate 5000 --seconds 600 --json docs/load/broker-nisshi-5000.json
+//!   target/release/switchboard-bench tokens --seconds 3 --json docs/load/tokens.json
 
 use crate::procstat::rss_bytes;
 use clap::{Parser, Subcommand};
@@ -120,6 +121,8 @@ enum Cmd {
     /// (Internal) hold client devices for `storm`, in a child process.
     #[command(hide = true)]
     StormDevices(storm::StormHoldArgs),
+    /// Token verifications per second on one core, per algorithm (no infrastructure).
+    Tokens(tokens::TokenArgs),
     /// Rows per second the persister writes into PostgreSQL.
     Persist {
         #[arg(long, default_value_t = 200_000)]
@@ -343,6 +346,7 @@ mod persist;
 mod presence;
 mod route;
 mod storm;
+mod tokens;
 use load::{fanout, latency};
 
 /// Parses the command line and runs one benchmark (or a benchmark's child).
@@ -357,6 +361,7 @@ pub fn main() -> anyhow::Result<()> {
             return tokio::runtime::Runtime::new()?.block_on(connections::hold(h))
         }
         Cmd::StormDevices(h) => return tokio::runtime::Runtime::new()?.block_on(storm::hold(h)),
+        Cmd::Tokens(t) => return tokens::tokens(&t),
         _ => {}
     }
     let settings = ServerSettings {
@@ -393,7 +398,9 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Presence(a) => presence::presence(infra.clone(), a).await,
             Cmd::Connections(a) => connections::connections(infra.clone(), a).await,
             Cmd::Storm(a) => storm::storm(infra.clone(), a).await,
-            Cmd::WatchChannel(_) | Cmd::HoldDevices(_) | Cmd::StormDevices(_) => Ok(()),
+            Cmd::WatchChannel(_) | Cmd::HoldDevices(_) | Cmd::StormDevices(_) | Cmd::Tokens(_) => {
+                Ok(())
+            }
             Cmd::Persist { records, batch_max } => {
                 persist::persist(infra.clone(), records, batch_max).await
             }
