@@ -172,3 +172,48 @@ proptest! {
         prop_assert_eq!(verified, named == owner);
     }
 }
+
+#[tokio::test]
+async fn configured_issuers_verify_and_the_summary_names_them_without_keys() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        jwt: JwtArgs,
+    }
+    let (a, _) = keys();
+    let dir = std::env::temp_dir().join(format!("sb-auth-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("a.pem");
+    std::fs::write(&pem, a.public_pem()).unwrap();
+    let args = Cmd::parse_from([
+        "x",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-issuer",
+        "https://a.example",
+        "--jwt-keys-file",
+        pem.to_str().unwrap(),
+        "--jwt-audience",
+        "sb",
+    ])
+    .jwt;
+    let auth = Authenticator::from_args(&args).unwrap();
+    let token = a.sign(&claims("https://a.example", "alice")).unwrap();
+    assert_eq!(auth.verify(&token).await.unwrap().user.as_str(), "alice");
+    let dev = mint_hs256(SECRET, "bob", 60).unwrap();
+    assert_eq!(auth.verify(&dev).await.unwrap().user.as_str(), "bob");
+    let summary = auth.summary().join("\n");
+    assert!(summary.contains("tokens without iss: HS256"), "{summary}");
+    assert!(
+        summary.contains("issuer https://a.example: keys file"),
+        "{summary}"
+    );
+    assert!(summary.contains("audience sb"), "{summary}");
+    let pem_body = a.public_pem().lines().nth(1).unwrap();
+    assert!(
+        !summary.contains(SECRET) && !summary.contains(pem_body),
+        "{summary}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
