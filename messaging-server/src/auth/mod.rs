@@ -4,6 +4,7 @@
 
 mod claims;
 mod config;
+mod fetch;
 mod issuer;
 mod keys;
 mod remote;
@@ -118,9 +119,7 @@ impl Authenticator {
         }
         let local = (!local.is_empty()).then(|| Issuer::new(Policy::local(leeway), local, None));
         let metrics = AuthMetrics::default();
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| setup("(all)", e.to_string()))?;
+        let http = fetch::JwksClient::new().map_err(|e| setup("(all)", e.to_string()))?;
         let mut issuers = HashMap::new();
         let configs = args
             .issuers()

@@ -2,6 +2,7 @@
 //! early for an unknown `kid` at most once per interval (forged `kid`s cannot
 //! make a storm), and kept when the provider is down.
 
+use super::fetch::JwksClient;
 use super::keys::{from_jwk_set, Allowed, VerifyKey};
 use super::AuthMetrics;
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,12 +16,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("request failed: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("answered {0}")]
-    Status(reqwest::StatusCode),
-    #[error("the document is larger than {MAX_DOCUMENT} bytes")]
-    TooLarge,
+    #[error(transparent)]
+    Http(#[from] super::fetch::GetError),
     #[error("not a JWKS document: {0}")]
     Document(#[from] super::keys::KeyError),
 }
@@ -53,7 +50,7 @@ pub struct RemoteKeys {
     issuer: String,
     url: String,
     allowed: Allowed,
-    http: reqwest::Client,
+    http: JwksClient,
     keys: RwLock<Arc<Vec<VerifyKey>>>,
     limiter: Mutex<Limiter>,
     /// Held for the length of a fetch: callers with an unknown `kid` wait
@@ -68,7 +65,7 @@ impl RemoteKeys {
         url: &str,
         allowed: Allowed,
         min_refetch: Duration,
-        http: reqwest::Client,
+        http: JwksClient,
         metrics: AuthMetrics,
     ) -> Self {
         Self {
@@ -141,23 +138,10 @@ impl RemoteKeys {
     }
 
     async fn download(&self) -> Result<Vec<u8>, FetchError> {
-        let mut resp = self
+        Ok(self
             .http
-            .get(&self.url)
-            .timeout(FETCH_TIMEOUT)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            return Err(FetchError::Status(resp.status()));
-        }
-        let mut doc = Vec::new();
-        while let Some(chunk) = resp.chunk().await? {
-            if doc.len() + chunk.len() > MAX_DOCUMENT {
-                return Err(FetchError::TooLarge);
-            }
-            doc.extend_from_slice(&chunk);
-        }
-        Ok(doc)
+            .get(&self.url, MAX_DOCUMENT, FETCH_TIMEOUT)
+            .await?)
     }
 
     /// Fetches at once, then every `every` (sooner, backing off from one

@@ -217,3 +217,22 @@ async fn configured_issuers_verify_and_the_summary_names_them_without_keys() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn an_https_jwks_fetch_that_fails_keeps_no_keys_and_never_panics() {
+    // TLS on aws-lc is named by the client itself: no process-wide default
+    // provider is needed (a test process has none installed).
+    let http = fetch::JwksClient::new().unwrap();
+    let remote = remote::RemoteKeys::new(
+        "https://a.example",
+        "https://127.0.0.1:1/jwks",
+        Allowed::default(),
+        Duration::from_secs(30),
+        http.clone(),
+        AuthMetrics::default(),
+    );
+    assert!(remote.refresh().await.is_err());
+    assert!(remote.current().is_empty());
+    let huge = http.get("not a url", 10, Duration::from_secs(1)).await;
+    assert!(matches!(huge, Err(fetch::GetError::Url(_))), "{huge:?}");
+}
