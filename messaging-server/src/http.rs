@@ -7,7 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use protocol::api::{ChannelStats, Conversation, Conversations, HistoryPage, Status};
+use protocol::api::{
+    ChannelStats, Conversation, Conversations, HistoryMessage, HistoryPage, Status,
+};
 use protocol::presence::PresenceState;
 use protocol::{ChannelName, ConversationId, DeviceId, ErrorCode, FrameError, UserId};
 use serde::Deserialize;
@@ -406,22 +408,45 @@ async fn history(
         .history(&id, before, limit)
         .await
         .map_err(db)?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| {
-            rows.last()
-                .map(|r| format!("{}_{}", r.sent_at_ms, r.msg_id))
-        })
-        .flatten();
-    let messages = rows
+    let stored = rows
         .iter()
         .map(crate::frame::history_message)
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    let unstored = unstored(&s, &u, &id).await;
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let messages = crate::history::merge(stored, unstored, before, limit);
+    let next = (messages.len() == limit)
+        .then(|| {
+            messages
+                .last()
+                .map(|m| format!("{}_{}", m.sent_at_ms, m.msg_id.0))
+        })
+        .flatten();
     let page = HistoryPage {
         messages,
         next_before: next,
     };
     Ok(Json(page).into_response())
+}
+
+/// What the caller's partition holds of `id` past the persister (an
+/// acknowledged send the persister has not written yet). Without a map or
+/// a broker the page is PostgreSQL's alone, as before.
+async fn unstored(s: &AppState, user: &UserId, id: &ConversationId) -> Vec<HistoryMessage> {
+    let Some(partitions) = s.assignment().map(|a| a.partitions) else {
+        return Vec::new();
+    };
+    let partition = protocol::partition_for(user.as_str(), partitions);
+    let source = crate::session::StateSource(s);
+    let read = async {
+        let log_end = s.log.watermarks(partition).await?.1;
+        crate::history::unstored(&source, user, partition, id, log_end).await
+    };
+    read.await.unwrap_or_else(|e| {
+        tracing::warn!(partition, error = %e, "history without the log's unstored tail");
+        Vec::new()
+    })
 }
 
 async fn readyz(State(s): St) -> Result<Json<Status>, ApiError> {

@@ -15,6 +15,7 @@ mod events;
 mod fds;
 mod frame;
 mod freeze;
+mod history;
 mod http;
 mod hub;
 mod kafka;

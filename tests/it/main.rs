@@ -15,6 +15,7 @@ mod coordinator;
 mod etcd_stall;
 mod fuzz;
 mod half_open;
+mod history;
 mod idp;
 mod js_sdk;
 mod limits;
@@ -39,6 +40,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         compose::scale_to_three_and_chat_on_the_third,
         connection_events::every_connected_has_one_disconnected_after_a_drain_and_a_kill,
         idp::provider_tokens_of_each_algorithm_and_each_refusal,
+        history::an_acknowledged_send_is_in_history_at_once,
         idp::keys_rotate_survive_an_outage_and_refresh_mid_session,
         presence::presence_and_watch_across_two_servers,
         presence::a_drain_does_not_flap_and_a_kill_reports_offline,

@@ -10,6 +10,7 @@ mod presence;
 pub use presence::with_last_seen;
 mod rate;
 mod replay;
+pub(crate) use replay::{ReplaySource, StateSource};
 
 use crate::auth::Verified;
 use crate::delivery::Overflow;

@@ -129,7 +129,7 @@ impl Session {
 
 /// Where a resume reads what a device missed: PostgreSQL (what the
 /// persister wrote, and how far) and the log.
-pub(super) trait ReplaySource: Sync {
+pub(crate) trait ReplaySource: Sync {
     /// The first offset of `partition` still in the log.
     fn log_start(&self, partition: u32) -> impl Future<Output = anyhow::Result<i64>> + Send;
     /// The first offset of `partition` the persister has not written.
@@ -148,7 +148,7 @@ pub(super) trait ReplaySource: Sync {
     ) -> impl Future<Output = anyhow::Result<Vec<(i64, Record)>>> + Send;
 }
 
-struct StateSource<'a>(&'a AppState);
+pub(crate) struct StateSource<'a>(pub(crate) &'a AppState);
 
 impl ReplaySource for StateSource<'_> {
     async fn log_start(&self, partition: u32) -> anyhow::Result<i64> {
