@@ -4,7 +4,7 @@
 
 use crate::ending::Ending;
 use crate::kafka::{framed_run, ready_run, stop_at, FramedRecord, LiveStream, TooNew};
-use crate::metrics::{Metrics, PartitionLabel};
+use crate::metrics::{Metrics, PartitionLabel, Stage};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use protocol::record::RecordError;
@@ -23,6 +23,9 @@ use tracing::{info, warn};
 /// Where a consumer's records go.
 pub trait Sink: Send + Sync + 'static {
     type Record;
+    /// Whether its records are messages whose way through the server the
+    /// stage histograms time (not the connection events).
+    const TIMED: bool = true;
     fn decode(payload: &[u8]) -> Result<Self::Record, RecordError>;
     /// The frame a device gets (`replayed` false: live); `None` for a sink
     /// that sends no record as it is (presence sends states it derives).
@@ -88,10 +91,36 @@ impl<S: Sink> LogConsumer<S> {
 
     /// Delivers what `run` holds up to a record too new to read past.
     fn dispatch(&self, run: &[rdkafka::message::BorrowedMessage<'_>]) -> Option<TooNew> {
+        let consumed = (std::time::Instant::now(), std::time::SystemTime::now());
         let (framed, too_new) =
             framed_run(run, &self.assignment, &self.metrics, S::decode, S::frame);
         self.sink.deliver(&framed, &self.metrics);
+        if S::TIMED {
+            self.time(run, consumed);
+        }
         too_new
+    }
+
+    /// The broker's share (its records' timestamps to now, as the producer
+    /// stamped them) and the time from consuming the run to every frame queued.
+    fn time(
+        &self,
+        run: &[rdkafka::message::BorrowedMessage<'_>],
+        consumed: (std::time::Instant, std::time::SystemTime),
+    ) {
+        use rdkafka::Message;
+        let queued = consumed.0.elapsed().as_secs_f64();
+        let now_ms = consumed
+            .1
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for m in run {
+            if let Some(produced) = m.timestamp().to_millis() {
+                let broker_ms = (now_ms - produced).max(0) as f64;
+                self.metrics.stage(Stage::Broker, broker_ms / 1000.0);
+            }
+            self.metrics.stage(Stage::Queued, queued);
+        }
     }
 
     async fn apply(&self, change: Ownership) {

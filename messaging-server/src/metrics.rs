@@ -15,6 +15,44 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// Where a chat message spends its time on the way through a server
+/// (`switchboard_server_stage_seconds{stage}`; docs/operations.md, "Metrics").
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Stage {
+    /// A send frame read → its records handed to the producer.
+    Handed,
+    /// Handed to the producer → the broker's ack.
+    Acked,
+    /// The broker's ack → the `ack` frame written to the socket.
+    AckWritten,
+    /// Produced (the record's timestamp) → consumed here: the broker's share.
+    Broker,
+    /// A record consumed → its frame queued for every local device.
+    Queued,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handed => "handed",
+            Self::Acked => "acked",
+            Self::AckWritten => "ack_written",
+            Self::Broker => "broker",
+            Self::Queued => "queued",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+fn stage_histogram() -> Histogram {
+    // 25 µs to ~3.3 s.
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub connections: Gauge,
@@ -46,6 +84,7 @@ pub struct Metrics {
     pub connection_events: Counter,
     pub connection_events_lost: Counter,
     pub sessions_reaped: Counter,
+    pub stages: Family<StageLabel, Histogram, fn() -> Histogram>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,11 +124,20 @@ impl Default for Metrics {
             connection_events: Counter::default(),
             connection_events_lost: Counter::default(),
             sessions_reaped: Counter::default(),
+            stages: Family::new_with_constructor(stage_histogram),
         }
     }
 }
 
 impl Metrics {
+    /// Records `seconds` spent in `stage`.
+    pub fn stage(&self, stage: Stage, seconds: f64) {
+        let label = StageLabel {
+            stage: stage.as_str(),
+        };
+        self.stages.get_or_create(&label).observe(seconds);
+    }
+
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("switchboard_server");
         r.register(
@@ -216,6 +264,11 @@ impl Metrics {
             "registered",
             "1 while this server holds a live registration lease; 0 while it owns nothing because it is not registered",
             self.registered.clone(),
+        );
+        r.register(
+            "stage_seconds",
+            "Time a chat message spends in each stage through this server: handed, acked, ack_written (send side), broker (produce to consume), queued (consume to every device's queue)",
+            self.stages.clone(),
         );
         r.register(
             "send_ack_seconds",

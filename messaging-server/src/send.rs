@@ -3,6 +3,7 @@
 
 use crate::auth::Verified;
 use crate::members::{MemberCache, Members};
+use crate::metrics::Stage;
 use crate::state::AppState;
 use protocol::frames::{FrameError, Send};
 use protocol::{
@@ -296,13 +297,16 @@ impl Prepared {
             Topic::Channels => &state.channel_topic,
         };
         let handed = state.producer.enqueue(topic, &self.records);
+        let handed_at = Instant::now();
         let (metrics, producer) = (state.metrics.clone(), state.producer.clone());
         async move {
             let acks = handed.map_err(|e| unavailable(&self.id, e.to_string()))?;
+            metrics.stage(Stage::Handed, (handed_at - self.started).as_secs_f64());
             if let Err(e) = acks.wait().await {
                 producer.report(&e);
                 return Err(unavailable(&self.id, format!("kafka unavailable: {e}")));
             }
+            metrics.stage(Stage::Acked, handed_at.elapsed().as_secs_f64());
             metrics.sends.inc();
             metrics
                 .send_ack_seconds

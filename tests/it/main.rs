@@ -26,6 +26,7 @@ mod presence;
 mod publish;
 mod resume;
 mod smoke;
+mod stages;
 mod store;
 mod supervision;
 mod versions;
@@ -41,6 +42,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         connection_events::every_connected_has_one_disconnected_after_a_drain_and_a_kill,
         idp::provider_tokens_of_each_algorithm_and_each_refusal,
         history::an_acknowledged_send_is_in_history_at_once,
+        stages::a_delivered_message_moves_every_stage,
         idp::keys_rotate_survive_an_outage_and_refresh_mid_session,
         presence::presence_and_watch_across_two_servers,
         presence::a_drain_does_not_flap_and_a_kill_reports_offline,

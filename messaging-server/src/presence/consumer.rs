@@ -37,6 +37,7 @@ impl PresenceSink {
 
 impl Sink for PresenceSink {
     type Record = ConnectionEvent;
+    const TIMED: bool = false;
 
     fn decode(payload: &[u8]) -> Result<ConnectionEvent, RecordError> {
         ConnectionEvent::decode(payload)

@@ -6,7 +6,7 @@ use super::Close;
 use super::{gone, Session};
 use crate::frame::Text;
 use crate::hub::DeviceHandle;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use axum::extract::ws::Message as WsMessage;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -51,7 +51,9 @@ impl Strikes {
     }
 }
 
-type Inflight = FuturesUnordered<BoxFuture<'static, ServerFrame>>;
+/// Sends waiting for their ack: each ends in its reply and when the broker
+/// acknowledged it.
+type Inflight = FuturesUnordered<BoxFuture<'static, (ServerFrame, Instant)>>;
 
 /// What the loop keeps between client frames.
 struct Inbound {
@@ -90,8 +92,11 @@ impl Session {
                     Some(f) => if self.write_queued(f, &mut handle.rx).await.is_err() { return ended(super::GONE) },
                     None => return ended("server stopping"),
                 },
-                Some(reply) = inbound.inflight.next(), if !inbound.inflight.is_empty() => {
+                Some((reply, acked)) = inbound.inflight.next(), if !inbound.inflight.is_empty() => {
                     if self.send_frame(&reply).await.is_err() { return ended(super::GONE) }
+                    if matches!(reply, ServerFrame::Ack(_)) {
+                        state.metrics.stage(Stage::AckWritten, acked.elapsed().as_secs_f64());
+                    }
                 }
                 m = self.stream.next(), if inbound.inflight.len() < MAX_INFLIGHT_SENDS => {
                     if state.freeze.just_woke() {
@@ -250,7 +255,7 @@ impl Session {
         &self,
         send: Send,
     ) -> Result<
-        impl std::future::Future<Output = ServerFrame> + std::marker::Send + use<>,
+        impl std::future::Future<Output = (ServerFrame, Instant)> + std::marker::Send + use<>,
         FrameError,
     > {
         let state = &self.state;
@@ -258,7 +263,10 @@ impl Session {
         let prepared = crate::send::prepare(&**state, &self.who, &self.device, send).await?;
         let acked = prepared.enqueue(state);
         let metrics = state.metrics.clone();
-        Ok(async move { reply(acked.await, id, cmid, &metrics) })
+        Ok(async move {
+            let result = acked.await;
+            (reply(result, id, cmid, &metrics), Instant::now())
+        })
     }
 }
 
