@@ -166,6 +166,11 @@ struct LatencyReport {
     cores_used: std::collections::BTreeMap<&'static str, f64>,
     /// The process that kept the most cores busy: where the time went.
     busiest: &'static str,
+    /// Our stages' share and the broker's, from the servers' own histograms
+    /// over the same window (`own_p50_ms`, `own_p99_ms`, `broker_p50_ms`,
+    /// `broker_p99_ms`, `stages_ms`).
+    #[serde(flatten)]
+    shares: super::stages::Shares,
     /// Cores of this machine.
     machine_cores: usize,
 }
@@ -222,6 +227,7 @@ pub async fn latency(
             }
         }));
     }
+    let stages_before = stage_snapshot(&b).await;
     let answers = Arc::new(Answers::default());
     let period = Duration::from_secs_f64(pairs as f64 / rate as f64);
     let sent = Arc::new(AtomicU64::new(0));
@@ -277,6 +283,7 @@ pub async fn latency(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let window = t0.elapsed().as_secs_f64();
+    let shares = super::stages::shares(&stages_before, &stage_snapshot(&b).await);
     let (s0, s1, bk, generator) = (
         cpu(Some(b.pid(0))) - c0,
         cpu(Some(b.pid(1))) - c1,
@@ -310,6 +317,10 @@ pub async fn latency(
         h.max() as f64 / 1000.0
     );
     println!("CPU s over {window:.1} s: sending server {s0:.2}, receiving server {s1:.2}, broker {bk:.2}, load generator {generator:.2}");
+    println!(
+        "own share ms (handed + ack_written + queued): p50 {:.2}  p99 {:.2}; broker (produce stamp → consumed, linger included): p50 {:.2}  p99 {:.2}; stages {:?}",
+        shares.own_p50_ms, shares.own_p99_ms, shares.broker_p50_ms, shares.broker_p99_ms, shares.stages_ms
+    );
     if let Some(path) = json {
         let cpu_s: std::collections::BTreeMap<&'static str, f64> = [
             ("sending_server", s0),
@@ -358,6 +369,7 @@ pub async fn latency(
             window_s: window,
             machine_cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_s,
+            shares,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("wrote {}", path.display());
@@ -367,4 +379,13 @@ pub async fn latency(
     }
     b.stop().await;
     Ok(())
+}
+
+/// Both servers' stage histograms, summed.
+async fn stage_snapshot(b: &Bench) -> super::stages::Snapshot {
+    let mut pages = Vec::new();
+    for i in 0..2 {
+        pages.push(harness::scrape(&b.server_http(i)).await.unwrap_or_default());
+    }
+    super::stages::Snapshot::parse(pages.iter().map(String::as_str))
 }

@@ -345,6 +345,7 @@ mod nats;
 mod persist;
 mod presence;
 mod route;
+mod stages;
 mod storm;
 mod tokens;
 use load::{fanout, latency};

@@ -1,0 +1,151 @@
+//! The servers' stage histograms (`switchboard_server_stage_seconds`) over a
+//! benchmark's window: where a message's time went, ours against the
+//! broker's (docs/benchmarks.md, "Where the time goes").
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Cumulative bucket counts by (stage, upper bound in seconds).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot(BTreeMap<(String, u64), f64>);
+
+/// Bounds are kept in nanoseconds so they order as numbers.
+fn nanos(le: &str) -> u64 {
+    match le {
+        "+Inf" => u64::MAX,
+        s => s
+            .parse::<f64>()
+            .map_or(u64::MAX, |v| (v * 1e9).round() as u64),
+    }
+}
+
+impl Snapshot {
+    /// The stage buckets of one or more Prometheus text pages, summed.
+    pub fn parse<'a>(pages: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut buckets = BTreeMap::new();
+        for line in pages.into_iter().flat_map(str::lines) {
+            let Some(rest) = line.strip_prefix("switchboard_server_stage_seconds_bucket{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .map(|v| v.trim_matches('"').to_owned())
+            };
+            if let (Some(stage), Some(le), Ok(n)) =
+                (label("stage="), label("le="), value.trim().parse::<f64>())
+            {
+                *buckets.entry((stage, nanos(&le))).or_insert(0.0) += n;
+            }
+        }
+        Self(buckets)
+    }
+
+    /// The `q` quantile of `stage` over what happened between `earlier` and
+    /// `self`, in ms (the upper bound of the bucket it falls in), if any.
+    pub fn quantile_ms(&self, earlier: &Snapshot, stage: &str, q: f64) -> Option<f64> {
+        let counts: Vec<(u64, f64)> = self
+            .0
+            .range((stage.to_owned(), 0)..=(stage.to_owned(), u64::MAX))
+            .map(|((_, le), n)| {
+                (
+                    *le,
+                    n - earlier.0.get(&(stage.to_owned(), *le)).unwrap_or(&0.0),
+                )
+            })
+            .collect();
+        let total = counts.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let (le, _) = counts.iter().find(|(_, n)| *n >= q * total)?;
+        Some(if *le == u64::MAX {
+            f64::INFINITY
+        } else {
+            *le as f64 / 1e6
+        })
+    }
+}
+
+/// Stages that are Switchboard's own work, and the broker's share.
+const OWN: [&str; 3] = ["handed", "ack_written", "queued"];
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Shares {
+    /// Sum of our stages' p50 (and p99: an upper bound of the p99 of the sum).
+    pub own_p50_ms: f64,
+    pub own_p99_ms: f64,
+    /// Produce timestamp → consumed: the broker, with the producer's linger.
+    pub broker_p50_ms: f64,
+    pub broker_p99_ms: f64,
+    /// Every stage's p50 and p99, ms (`acked`: handed → the broker's ack).
+    pub stages_ms: BTreeMap<String, [f64; 2]>,
+}
+
+pub fn shares(before: &Snapshot, after: &Snapshot) -> Shares {
+    let mut s = Shares::default();
+    for stage in ["handed", "acked", "ack_written", "broker", "queued"] {
+        let q = |q| after.quantile_ms(before, stage, q).unwrap_or(f64::NAN);
+        s.stages_ms.insert(stage.to_owned(), [q(0.5), q(0.99)]);
+    }
+    let get = |stage: &str, i: usize| s.stages_ms.get(stage).map_or(f64::NAN, |v| v[i]);
+    s.own_p50_ms = OWN.iter().map(|st| get(st, 0)).sum();
+    s.own_p99_ms = OWN.iter().map(|st| get(st, 1)).sum();
+    s.broker_p50_ms = get("broker", 0);
+    s.broker_p99_ms = get("broker", 1);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(counts: &[(&str, &str, u64)]) -> String {
+        counts
+            .iter()
+            .map(|(stage, le, n)| format!("switchboard_server_stage_seconds_bucket{{le=\"{le}\",stage=\"{stage}\"}} {n}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn quantiles_come_from_the_window_between_two_snapshots() {
+        let before = Snapshot::parse([page(&[
+            ("queued", "0.001", 10),
+            ("queued", "0.002", 10),
+            ("queued", "+Inf", 10),
+        ])
+        .as_str()]);
+        // In the window: 90 under 1 ms, 9 more under 2 ms, 1 above.
+        let after = Snapshot::parse([
+            page(&[
+                ("queued", "0.001", 100),
+                ("queued", "0.002", 109),
+                ("queued", "+Inf", 110),
+            ])
+            .as_str(),
+            "switchboard_server_stage_seconds_count{stage=\"queued\"} 110\n",
+        ]);
+        assert_eq!(after.quantile_ms(&before, "queued", 0.5), Some(1.0));
+        assert_eq!(after.quantile_ms(&before, "queued", 0.95), Some(2.0));
+        assert_eq!(
+            after.quantile_ms(&before, "queued", 0.999),
+            Some(f64::INFINITY)
+        );
+        assert_eq!(after.quantile_ms(&before, "handed", 0.5), None);
+        // Two servers' pages add up.
+        let two = Snapshot::parse([
+            page(&[("broker", "0.004", 3)]).as_str(),
+            page(&[("broker", "0.004", 4)]).as_str(),
+        ]);
+        assert_eq!(two.0.get(&("broker".to_owned(), 4_000_000)), Some(&7.0));
+        let s = shares(&before, &after);
+        assert_eq!(
+            (s.own_p50_ms.is_nan(), s.stages_ms["queued"]),
+            (true, [1.0, 2.0])
+        );
+    }
+}
