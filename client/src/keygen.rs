@@ -85,6 +85,16 @@ impl SigningKey {
     }
 }
 
+/// One algorithm of each key family and curve (for tests and benchmarks
+/// that cover every kind of key).
+pub const ONE_PER_KIND: [Algorithm; 5] = [
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 /// The JWKS document of `keys`.
 pub fn jwk_set<'a>(keys: impl IntoIterator<Item = &'a SigningKey>) -> JwkSet {
     JwkSet {
@@ -125,35 +135,28 @@ fn rsa_key() -> Result<Generated, KeygenError> {
     Ok((EncodingKey::from_rsa_der(der.as_bytes()), jwk, pem))
 }
 
-fn p256_key() -> Result<Generated, KeygenError> {
-    use p256::elliptic_curve::sec1::ToEncodedPoint;
-    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-    let private = p256::SecretKey::random(&mut OsRng);
-    let point = private.public_key().to_encoded_point(false);
-    let (x, y) = point.x().zip(point.y()).ok_or_else(|| failed("no point"))?;
-    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)});
-    let der = private.to_pkcs8_der().map_err(failed)?;
-    let pem = private
-        .public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(failed)?;
-    Ok((EncodingKey::from_ec_der(der.as_bytes()), jwk, pem))
+/// The P-256 and P-384 key makers differ only in their curve's crate.
+macro_rules! ec_key {
+    ($name:ident, $curve:ident, $crv:literal) => {
+        fn $name() -> Result<Generated, KeygenError> {
+            use $curve::elliptic_curve::sec1::ToEncodedPoint;
+            use $curve::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+            let private = $curve::SecretKey::random(&mut OsRng);
+            let point = private.public_key().to_encoded_point(false);
+            let (x, y) = point.x().zip(point.y()).ok_or_else(|| failed("no point"))?;
+            let jwk = serde_json::json!({"kty": "EC", "crv": $crv, "x": b64(x), "y": b64(y)});
+            let der = private.to_pkcs8_der().map_err(failed)?;
+            let pem = private
+                .public_key()
+                .to_public_key_pem(LineEnding::LF)
+                .map_err(failed)?;
+            Ok((EncodingKey::from_ec_der(der.as_bytes()), jwk, pem))
+        }
+    };
 }
 
-fn p384_key() -> Result<Generated, KeygenError> {
-    use p384::elliptic_curve::sec1::ToEncodedPoint;
-    use p384::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-    let private = p384::SecretKey::random(&mut OsRng);
-    let point = private.public_key().to_encoded_point(false);
-    let (x, y) = point.x().zip(point.y()).ok_or_else(|| failed("no point"))?;
-    let jwk = serde_json::json!({"kty": "EC", "crv": "P-384", "x": b64(x), "y": b64(y)});
-    let der = private.to_pkcs8_der().map_err(failed)?;
-    let pem = private
-        .public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(failed)?;
-    Ok((EncodingKey::from_ec_der(der.as_bytes()), jwk, pem))
-}
+ec_key!(p256_key, p256, "P-256");
+ec_key!(p384_key, p384, "P-384");
 
 fn ed25519_key() -> Result<Generated, KeygenError> {
     use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -173,13 +176,7 @@ mod tests {
 
     #[test]
     fn every_algorithm_signs_what_its_jwk_and_pem_verify() {
-        for alg in [
-            Algorithm::RS256,
-            Algorithm::PS256,
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-        ] {
+        for alg in ONE_PER_KIND {
             let key = SigningKey::generate(alg, "k1").unwrap();
             let token = key
                 .sign(&serde_json::json!({"sub": "alice", "exp": u64::MAX / 2}))

@@ -47,13 +47,7 @@ pub fn tokens(args: &TokenArgs) -> anyhow::Result<()> {
         Vec::new(),
     );
     rows.push(measure(&rt, &auth, "HS256", &hs, args.seconds)?);
-    for alg in [
-        Algorithm::RS256,
-        Algorithm::PS256,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::EdDSA,
-    ] {
+    for alg in switchboard_client::keygen::ONE_PER_KIND {
         let key = SigningKey::generate(alg, "bench")?;
         let keys = messaging_server::auth::keys_from_file_text(
             &serde_json::to_string(key.jwk())?,
