@@ -114,12 +114,16 @@ impl<S: Sink> LogConsumer<S> {
             .1
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        // Looked up once per run, not per record: this runs for every record.
+        let (broker, queue) = (
+            self.metrics.stage_histogram(Stage::Broker),
+            self.metrics.stage_histogram(Stage::Queued),
+        );
         for m in run {
             if let Some(produced) = m.timestamp().to_millis() {
-                let broker_ms = (now_ms - produced).max(0) as f64;
-                self.metrics.stage(Stage::Broker, broker_ms / 1000.0);
+                broker.observe((now_ms - produced).max(0) as f64 / 1000.0);
             }
-            self.metrics.stage(Stage::Queued, queued);
+            queue.observe(queued);
         }
     }
 
