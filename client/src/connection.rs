@@ -160,6 +160,8 @@ impl Client {
             watched: Default::default(),
             asks: BTreeMap::new(),
             next_ask: 0,
+            route_epoch: None,
+            welcomed: false,
             cancel: cancel.clone(),
         };
         Self {

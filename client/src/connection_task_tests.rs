@@ -21,12 +21,24 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Routes the user to this server's WebSocket endpoint; each accepted
 /// socket is handed to the test in order.
 async fn fake_server() -> (String, mpsc::Receiver<WebSocket>) {
+    let (base, rx, _) = fake_server_logged().await;
+    (base, rx)
+}
+
+/// `fake_server`, also handing the test every route lookup's query.
+async fn fake_server_logged() -> (
+    String,
+    mpsc::Receiver<WebSocket>,
+    mpsc::UnboundedReceiver<protocol::api::RouteQuery>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel(8);
+    let (lookups, looked_up) = mpsc::unbounded_channel();
     let ws_url = base.replacen("http://", "ws://", 1) + "/v1/ws";
-    let route = move || {
+    let route = move |q: axum::extract::Query<protocol::api::RouteQuery>| {
         let ws_url = ws_url.clone();
+        let _ = lookups.send(q.0);
         async move {
             Json(Route {
                 user_id: UserId::new("bob").unwrap(),
@@ -47,7 +59,7 @@ async fn fake_server() -> (String, mpsc::Receiver<WebSocket>) {
         .route("/v1/ws", get(ws))
         .with_state(tx);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, rx)
+    (base, rx, looked_up)
 }
 
 async fn next_socket(rx: &mut mpsc::Receiver<WebSocket>) -> WebSocket {
@@ -304,5 +316,38 @@ async fn watches_are_renewed_after_a_reconnect_and_their_answer_becomes_events()
     };
     write(&mut ws, ServerFrame::PresenceState(state)).await;
     assert_eq!(presence_event(&mut client).await, someone("carol", false));
+    client.close().await;
+}
+
+/// A session that ends without a close (a crashed server): the next lookup
+/// reports the server and asks to wait for a map without it; each hello
+/// names the epoch of the map that routed it.
+#[tokio::test]
+async fn a_lost_server_is_reported_on_the_next_lookup_and_hello_names_the_epoch() {
+    let (base, mut sockets, mut lookups) = fake_server_logged().await;
+    let client = Client::start(config(&base));
+    let first = lookups.recv().await.expect("a first lookup");
+    assert_eq!((first.unreachable, first.wait_ms), (None, None));
+    let mut ws = next_socket(&mut sockets).await;
+    match read(&mut ws).await {
+        ClientFrame::Hello(h) => assert_eq!(h.epoch, Some(1), "hello names the route's epoch"),
+        other => panic!("hello first, got {other:?}"),
+    }
+    write(&mut ws, welcome(false, Cursor::new("e1", 0))).await;
+    drop(ws);
+    let lost_at = std::time::Instant::now();
+    let report = tokio::time::timeout(WAIT, lookups.recv())
+        .await
+        .expect("no lookup after the loss")
+        .expect("a lookup");
+    assert_eq!(report.unreachable, Some(ServerId::new("fake").unwrap()));
+    assert!(report.wait_ms.is_some_and(|w| w >= 1_000), "{report:?}");
+    // The fake answers with the same server (as for one found alive): the
+    // client backs off before trying it, and reports it no longer.
+    let _ = next_socket(&mut sockets).await;
+    assert!(
+        lost_at.elapsed() >= Duration::from_millis(100),
+        "the same server again is tried only after a backoff"
+    );
     client.close().await;
 }

@@ -117,6 +117,25 @@ impl Api {
             .await
     }
 
+    /// A route lookup that reports `unreachable` (the server this user's
+    /// device could not reach or just lost): the coordinator checks it and
+    /// answers (within `wait`) with the map that moved the user elsewhere,
+    /// or, when the server answers its check, with the same route at once.
+    pub async fn route_avoiding(
+        &self,
+        user: &str,
+        unreachable: &protocol::ServerId,
+        wait: std::time::Duration,
+    ) -> Result<Route, ApiError> {
+        let wait = wait.as_millis().to_string();
+        let query = [
+            ("user_id", user),
+            ("unreachable", unreachable.as_str()),
+            ("wait_ms", wait.as_str()),
+        ];
+        self.coordinator_get("/v1/route", &query).await
+    }
+
     /// The partition map (`GET /v1/assignment`) from any coordinator replica.
     pub async fn assignment(&self) -> Result<protocol::Assignment, ApiError> {
         self.coordinator_get("/v1/assignment", &[]).await

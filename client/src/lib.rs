@@ -11,6 +11,7 @@ pub mod http;
 #[cfg(feature = "keygen")]
 pub mod keygen;
 mod presence;
+mod route;
 mod runner;
 mod seen;
 pub mod token;

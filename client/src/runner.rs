@@ -2,6 +2,7 @@
 //! through the coordinator whenever the server redirects, drains or fails.
 
 use crate::connection::{ClientConfig, Event, Reply, SendError};
+use crate::route::{Endpoint, Routing};
 use crate::seen::Seen;
 use futures_util::{SinkExt, StreamExt};
 use protocol::frames::{Auth, Hello};
@@ -34,7 +35,7 @@ pub(crate) struct Outgoing {
 pub(crate) const DEFAULT_SILENCE: Duration = Duration::from_secs(40);
 
 enum Outcome {
-    Redirect(String),
+    Redirect(Endpoint),
     Reresolve,
     Failed,
     Unauthorized,
@@ -68,6 +69,10 @@ pub(crate) struct Runner {
     /// Presence questions of this session, by number.
     pub asks: BTreeMap<u64, crate::presence::Ask>,
     pub next_ask: u64,
+    /// The epoch of the map that named the server being tried (in `hello`).
+    pub route_epoch: Option<u64>,
+    /// The current session got as far as a welcome.
+    pub welcomed: bool,
     pub cancel: CancellationToken,
 }
 
@@ -78,27 +83,31 @@ impl Runner {
     pub async fn run(mut self) {
         self.token = self.config.token.clone();
         let api = crate::Api::for_routing(&self.config.coordinator_url, &self.config.token);
-        let mut delay = Duration::from_millis(100);
-        let mut target: Option<String> = None;
+        let mut routing = Routing::new(api, &self.config.user_id, self.config.max_backoff);
+        let mut redirect: Option<Endpoint> = None;
         while !self.cancel.is_cancelled() {
-            let url = match target.take() {
-                Some(u) => Some(u),
-                None => api.route(&self.config.user_id).await.ok().map(|r| r.ws_url),
+            let target = match redirect.take() {
+                Some(t) => Some(t),
+                None => routing.lookup(&self.cancel).await,
             };
-            let outcome = match url {
-                Some(u) => self.session(&u).await,
+            self.welcomed = false;
+            let outcome = match &target {
+                Some(t) => {
+                    self.route_epoch = Some(t.epoch);
+                    self.session(&t.ws_url).await
+                }
                 None => Outcome::Failed,
             };
             match outcome {
-                Outcome::Redirect(u) => target = Some(u),
+                Outcome::Redirect(t) => {
+                    routing.moved();
+                    redirect = Some(t);
+                }
                 Outcome::Reresolve => {
-                    delay = Duration::from_millis(100);
+                    routing.moved();
                     self.pause(Duration::from_millis(20)).await;
                 }
-                Outcome::Failed => {
-                    self.pause(delay).await;
-                    delay = (delay * 2).min(self.config.max_backoff);
-                }
+                Outcome::Failed => routing.failed(target.as_ref(), self.welcomed),
                 Outcome::Unauthorized => {
                     let _ = self.events.send(Event::Unauthorized).await;
                     break;
@@ -149,6 +158,7 @@ impl Runner {
             token: self.token.clone(),
             device_id: Some(device),
             cursor,
+            epoch: self.route_epoch,
         });
         let Ok(hello) = hello.to_json() else {
             return Outcome::Unauthorized;
@@ -190,6 +200,7 @@ impl Runner {
                                 *cur = Some(w.cursor.clone());
                             }
                         }
+                        self.welcomed = true;
                         self.token_exp = w.token_exp;
                         self.refreshed_after_refusal = false;
                         self.silence = w.ping_ms.map_or(DEFAULT_SILENCE, |ms| {
@@ -203,7 +214,7 @@ impl Runner {
                         .await;
                         return Ok(());
                     }
-                    Ok(ServerFrame::Redirect(r)) => return Err(Outcome::Redirect(r.ws_url)),
+                    Ok(ServerFrame::Redirect(r)) => return Err(Outcome::Redirect(r.into())),
                     _ => continue,
                 },
                 Some(Ok(Ws::Close(c))) => {
@@ -330,7 +341,7 @@ impl Runner {
     async fn on_ws(
         &mut self,
         m: Option<Result<Ws, tokio_tungstenite::tungstenite::Error>>,
-        redirect: &mut Option<String>,
+        redirect: &mut Option<Endpoint>,
     ) -> Option<Outcome> {
         match m {
             Some(Ok(Ws::Text(t))) => {
@@ -344,7 +355,7 @@ impl Runner {
             Some(Ok(Ws::Close(c))) => {
                 let outcome = self.closed(c.map(|c| u16::from(c.code))).await;
                 Some(match (redirect.take(), outcome) {
-                    (Some(url), Outcome::Reresolve) => Outcome::Redirect(url),
+                    (Some(t), Outcome::Reresolve) => Outcome::Redirect(t),
                     (_, o) => o,
                 })
             }
@@ -358,7 +369,7 @@ impl Runner {
     }
 
     /// Handles one frame; returns a redirect target when the server gave one.
-    async fn on_frame(&mut self, f: ServerFrame) -> Option<String> {
+    async fn on_frame(&mut self, f: ServerFrame) -> Option<Endpoint> {
         match f {
             ServerFrame::Message(m) => {
                 // A channel publication moves its channel's cursor, never the user's.
@@ -400,7 +411,7 @@ impl Runner {
             ServerFrame::ChannelPresence(page) => self.channel_presence(page),
             ServerFrame::Join(m) => self.emit(Event::Join(m)).await,
             ServerFrame::Leave(m) => self.emit(Event::Leave(m)).await,
-            ServerFrame::Redirect(r) => return Some(r.ws_url),
+            ServerFrame::Redirect(r) => return Some(r.into()),
             ServerFrame::Authed(a) => self.token_exp = Some(a.exp),
             ServerFrame::Welcome(_) | ServerFrame::Pong(_) => {}
         }

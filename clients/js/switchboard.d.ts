@@ -82,7 +82,8 @@ export interface ClientOptions {
 export declare class Api {
   constructor(options: { coordinators: string | string[]; token?: string; fetch?: typeof fetch });
   token: string;
-  route(userId: string): Promise<Route>;
+  /** With `unreachable`, reports that server and waits up to `waitMs` for a map without it (docs/protocol.md, "Failover"). */
+  route(userId: string, report?: { unreachable?: string; waitMs?: number }): Promise<Route>;
   base(userId: string): Promise<string>;
   conversations(base: string): Promise<{ conversations: { conversation_id: string; members: string[] }[] }>;
   createConversation(base: string, members: string[], conversationId?: string): Promise<{ conversation_id: string; members: string[] }>;

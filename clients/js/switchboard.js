@@ -53,6 +53,8 @@ class Seen {
 }
 
 const RETRYABLE = new Set(["unavailable", "rate_limited"]);
+/** How long a lookup that reports a server may wait for the map to move the user. */
+const REPORT_WAIT_MS = 20000;
 const RESOLVE_AGAIN = new Set([CloseCode.TOO_SLOW, CloseCode.PARTITION_MOVED, CloseCode.DRAINING]);
 
 function splitUrls(coordinators) {
@@ -81,13 +83,20 @@ export class Api {
     this.next = 0;
   }
 
-  /** Where `userId`'s devices connect; tries each coordinator in turn. */
-  async route(userId) {
+  /**
+   * Where `userId`'s devices connect; tries each coordinator in turn. With
+   * `unreachable` (a server the device could not reach or just lost) the
+   * coordinator checks that server and waits up to `waitMs` for a map that
+   * moved the user elsewhere (docs/protocol.md, "Failover").
+   */
+  async route(userId, { unreachable, waitMs } = {}) {
+    let query = `user_id=${encodeURIComponent(userId)}`;
+    if (unreachable) query += `&unreachable=${encodeURIComponent(unreachable)}&wait_ms=${waitMs || 0}`;
     let last;
     for (let i = 0; i < this.coordinators.length; i++) {
       const base = this.coordinators[(this.next + i) % this.coordinators.length];
       try {
-        const r = await this.fetch(`${base}/v1/route?user_id=${encodeURIComponent(userId)}`);
+        const r = await this.fetch(`${base}/v1/route?${query}`);
         this.next = (this.next + i) % this.coordinators.length;
         return await answer(r);
       } catch (e) { last = e; }
@@ -164,6 +173,8 @@ export class Client {
     this.channels = new Map(); // channel -> {waiters: [], sent}
     this.watched = new Set(); // users watched, watched again on every session
     this.asks = new Map(); // "presence:N" -> {resolve, reject}
+    this.target = null; // {server_id, ws_url, epoch} of the session being tried
+    this.suspect = null; // the server the last session failed on, reported next
     this.nextId = 0;
     this.delay = 100;
     this.state = "disconnected";
@@ -309,21 +320,32 @@ export class Client {
   async open(redirect) {
     if (this.stopped) return;
     this.setState("connecting");
-    let url = redirect;
-    if (!url) {
+    let target = redirect;
+    if (!target) {
+      const gone = this.suspect;
+      this.suspect = null;
       try {
-        url = (await this.api.route(this.o.userId)).ws_url;
+        target = await this.api.route(this.o.userId, gone ? { unreachable: gone, waitMs: REPORT_WAIT_MS } : {});
       } catch (e) {
         this.emit("error", e);
         return this.retry();
       }
+      // The same server again (it answered the coordinator's check, or the
+      // map did not move in time): back off before trying it.
+      if (gone && target.server_id === gone) {
+        const wait = this.delay * (1 + Math.random() / 2);
+        this.delay = Math.min(this.delay * 2, this.o.maxBackoffMs);
+        await new Promise((resolve) => { this.timer = setTimeout(resolve, wait); });
+      }
     }
     if (this.stopped) return;
-    const ws = new this.WebSocket(url);
+    this.target = target;
+    const ws = new this.WebSocket(target.ws_url);
     this.ws = ws;
     this.redirect = null;
     ws.onopen = () => {
       const hello = { type: "hello", token: this.token, device_id: this.deviceId };
+      if (target.epoch !== undefined) hello.epoch = target.epoch;
       if (this.cursor) hello.cursor = this.cursor;
       ws.send(JSON.stringify(hello));
     };
@@ -384,6 +406,13 @@ export class Client {
       this.timer = setTimeout(() => this.open(target), 20 + Math.random() * 100);
       return;
     }
+    // The server failed (reset, refused, silent): report it on the next
+    // lookup, which answers once the map has moved this user elsewhere.
+    if (this.target) {
+      this.suspect = this.target.server_id;
+      this.target = null;
+      return this.open(null);
+    }
     this.retry();
   }
 
@@ -420,7 +449,7 @@ export class Client {
       case "synced": return this.setState("connected", { synced: true, cursor: f.cursor });
       case "ack": return this.settle(f.client_msg_id, null, f.msg_id);
       case "error": return this.onError(f);
-      case "redirect": this.redirect = f.ws_url; return undefined;
+      case "redirect": this.redirect = { server_id: f.server_id, ws_url: f.ws_url, epoch: f.epoch }; return undefined;
       case "authed": return this.scheduleRefresh(f.exp);
       case "subscribed": return this.onSubscribed(f);
       case "presence_state":

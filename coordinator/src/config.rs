@@ -36,6 +36,16 @@ pub struct Config {
     /// Quiet time that folds a burst of membership changes into one epoch, in milliseconds.
     #[arg(long = "debounce-ms", env = "SWITCHBOARD_DEBOUNCE_MS", default_value = "500", value_parser = millis)]
     pub debounce: Duration,
+    /// Revoke the lease of a server that clients report unreachable and whose
+    /// port refuses connections when checked (a crashed process), so its
+    /// partitions move at once instead of after the lease TTL. Turn off when
+    /// a server's `http_url` is not its own port (a proxy that refuses for it).
+    #[arg(long = "declare-dead-on-refused", env = "SWITCHBOARD_DECLARE_DEAD_ON_REFUSED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub declare_dead: bool,
+    /// Longest a route lookup that reports an unreachable server waits for a
+    /// map without it, in milliseconds (the client's `wait_ms` is capped here).
+    #[arg(long = "route-wait-max-ms", env = "SWITCHBOARD_ROUTE_WAIT_MAX_MS", default_value = "30000", value_parser = millis)]
+    pub route_wait_max: Duration,
 }
 
 /// Checked before any socket opens; the error is one line for the operator.
@@ -47,6 +57,12 @@ impl Check for Config {
         in_range("--channel-partitions", self.channel_partitions, 1, 10_000)?;
         in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
         in_range("--debounce-ms", self.debounce.as_millis(), 0, 60_000)?;
+        in_range(
+            "--route-wait-max-ms",
+            self.route_wait_max.as_millis(),
+            0,
+            60_000,
+        )?;
         in_range("--replication-factor", self.replication_factor, 1, 100)?;
         Ok(())
     }

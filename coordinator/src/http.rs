@@ -1,14 +1,15 @@
 //! HTTP API, served by every replica from the watch-maintained cache.
 
 use crate::metrics::Metrics;
+use crate::probe::{Deaths, Verdict};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use protocol::api::Status;
-use protocol::{partition_for, UserId};
+use protocol::api::{RouteQuery, Status};
+use protocol::{partition_for, Assignment, ServerId, UserId};
 use serde::Deserialize;
 use service::etcd::AssignmentRx;
 use service::http::{metrics_response, not_found, rejection, ApiError};
@@ -21,6 +22,9 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct AppState {
     pub assignment: AssignmentRx,
+    pub deaths: Deaths,
+    /// Cap on a route lookup's `wait_ms`.
+    pub route_wait_max: Duration,
     pub metrics: Metrics,
     pub registry: Arc<Registry>,
 }
@@ -37,11 +41,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Deserialize)]
-struct RouteQuery {
-    user_id: String,
-}
-
+/// With `unreachable` naming the user's current owner, the owner is checked
+/// first (`probe.rs`); unless it answers, the answer waits (up to `wait_ms`)
+/// for a map in which another server owns the user's partition.
 async fn route(
     State(s): State<AppState>,
     q: Result<Query<RouteQuery>, QueryRejection>,
@@ -49,11 +51,22 @@ async fn route(
     let Query(q) = q.map_err(|e| rejection(e.status(), e.body_text()))?;
     let user = UserId::new(q.user_id).map_err(|e| ApiError::invalid(e.to_string()))?;
     s.metrics.route_requests.inc();
-    let a = s
-        .assignment
-        .borrow()
-        .clone()
-        .ok_or_else(|| ApiError::unavailable("no assignment published yet"))?;
+    if let Some(gone) = &q.unreachable {
+        let a = current(&s)?;
+        let owner = a
+            .owner(partition_for(user.as_str(), a.partitions))
+            .filter(|o| &o.server_id == gone)
+            .cloned();
+        if let Some(owner) = owner {
+            if s.deaths.check(&owner).await != Verdict::Alive {
+                let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(s.route_wait_max);
+                let moved = |a: &Option<Arc<Assignment>>| !owned_by(a, &user, gone);
+                let mut rx = s.assignment.clone();
+                let _ = tokio::time::timeout(wait, rx.wait_for(moved)).await;
+            }
+        }
+    }
+    let a = current(&s)?;
     let partition = partition_for(user.as_str(), a.partitions);
     let owner = a
         .owner(partition)
@@ -66,6 +79,20 @@ async fn route(
         epoch: a.epoch,
     })
     .into_response())
+}
+
+fn current(s: &AppState) -> Result<Arc<Assignment>, ApiError> {
+    s.assignment
+        .borrow()
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("no assignment published yet"))
+}
+
+/// Whether `a` (still) gives `user`'s partition to `server`, or to nobody.
+fn owned_by(a: &Option<Arc<Assignment>>, user: &UserId, server: &ServerId) -> bool {
+    let Some(a) = a else { return true };
+    a.owner(partition_for(user.as_str(), a.partitions))
+        .is_none_or(|o| &o.server_id == server)
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ mod config;
 mod http;
 pub mod leader;
 mod metrics;
+mod probe;
 mod rejoin;
 mod topic;
 
@@ -67,6 +68,13 @@ pub async fn serve_with(
             _ => {}
         }
     });
+    let deaths = probe::Deaths::new(
+        client.clone(),
+        layout.clone(),
+        metrics.clone(),
+        config.declare_dead,
+    );
+    let route_wait_max = config.route_wait_max;
     let elector = leader::Elector {
         client,
         layout,
@@ -81,6 +89,8 @@ pub async fn serve_with(
     );
     let state = http::AppState {
         assignment,
+        deaths,
+        route_wait_max,
         metrics,
         registry: Arc::new(registry),
     };

@@ -10,6 +10,11 @@ pub struct ServerLabel {
     pub server: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub epoch: Gauge,
@@ -21,6 +26,8 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub awaited_servers: Gauge,
     pub route_requests: Counter,
+    pub probes: Family<VerdictLabel, Counter>,
+    pub declared_dead: Counter,
 }
 
 impl Metrics {
@@ -71,6 +78,22 @@ impl Metrics {
             "GET /v1/route requests served",
             self.route_requests.clone(),
         );
+        r.register(
+            "probes",
+            "Checks of servers that clients reported unreachable, by verdict",
+            self.probes.clone(),
+        );
+        r.register(
+            "declared_dead",
+            "Servers whose lease this replica revoked because their port refused connections",
+            self.declared_dead.clone(),
+        );
+    }
+
+    pub fn probe(&self, v: crate::probe::Verdict) {
+        self.probes
+            .get_or_create(&VerdictLabel { verdict: v.label() })
+            .inc();
     }
 
     pub fn observe(&self, a: &Assignment) {

@@ -10,6 +10,19 @@ use serde_json::value::RawValue;
 /// Sender ids of backends start with this; no user token may carry one.
 pub const SYSTEM_PREFIX: &str = "system:";
 
+/// The query of `GET /v1/route`. With `unreachable`, the client says it
+/// could not reach (or lost) that server: the coordinator checks, and waits
+/// up to `wait_ms` for a map whose owner of the user's partition is another
+/// server (docs/protocol.md, "Failover").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteQuery {
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<ServerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
 /// `GET /v1/route?user_id=…`: where a user's devices connect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {

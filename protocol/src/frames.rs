@@ -113,6 +113,10 @@ pub struct Hello {
     pub device_id: Option<DeviceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
+    /// The epoch of the map (route or redirect) that sent the client here:
+    /// a server whose own map is older waits for it instead of refusing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// The `send` frame; also the body of `POST /v1/messages` (where `type` may be absent).

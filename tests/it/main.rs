@@ -13,6 +13,7 @@ mod compose;
 mod connection_events;
 mod coordinator;
 mod etcd_stall;
+mod failover;
 mod fuzz;
 mod half_open;
 mod history;
@@ -42,6 +43,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         connection_events::every_connected_has_one_disconnected_after_a_drain_and_a_kill,
         idp::provider_tokens_of_each_algorithm_and_each_refusal,
         history::an_acknowledged_send_is_in_history_at_once,
+        failover::a_crashed_server_is_replaced_long_before_its_lease_ends,
         stages::a_delivered_message_moves_every_stage,
         idp::keys_rotate_survive_an_outage_and_refresh_mid_session,
         presence::presence_and_watch_across_two_servers,

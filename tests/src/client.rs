@@ -38,6 +38,7 @@ impl WsClient {
             token: token.into(),
             device_id: Some(DeviceId::new(device)?),
             cursor,
+            epoch: None,
         };
         self.send_text(ClientFrame::Hello(hello).to_json()?).await?;
         self.next(Duration::from_secs(10)).await

@@ -128,6 +128,8 @@ pub fn coordinator_config(
         coordinator_id: None,
         lease_ttl: Duration::from_secs(2),
         debounce: Duration::from_millis(200),
+        declare_dead: true,
+        route_wait_max: Duration::from_secs(30),
     }
 }
 

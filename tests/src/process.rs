@@ -76,6 +76,21 @@ impl Process {
         Ok(())
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the process has exited"))?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
     /// `SIGTERM`, then waits for a clean exit; returns the exit code.
     pub async fn terminate(mut self) -> anyhow::Result<Option<i32>> {
         if let Some(pid) = self.child.id() {

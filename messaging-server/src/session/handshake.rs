@@ -11,11 +11,13 @@ use protocol::{ClientFrame, CloseCode, Cursor, DeviceId};
 use tracing::debug;
 
 /// Who said hello: the verified token, the device (random when the client
-/// names none) and the cursor to resume from.
+/// names none), the cursor to resume from and the epoch of the map that
+/// sent the client here.
 pub(super) struct Hello {
     pub who: Verified,
     pub device: DeviceId,
     pub cursor: Option<Cursor>,
+    pub epoch: Option<u64>,
 }
 
 pub(super) async fn accept(stream: &mut Stream, state: &AppState) -> Result<Hello, Close> {
@@ -28,6 +30,7 @@ pub(super) async fn accept(stream: &mut Stream, state: &AppState) -> Result<Hell
         who,
         device: hello.device_id.unwrap_or_else(DeviceId::random),
         cursor: hello.cursor,
+        epoch: hello.epoch,
     })
 }
 

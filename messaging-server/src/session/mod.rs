@@ -126,7 +126,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
         subs: channels::Subscriptions::default(),
         events: None,
     }
-    .serve(hello.cursor)
+    .serve(hello.cursor, hello.epoch)
     .instrument(span)
     .await;
 }
@@ -208,13 +208,13 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(mut self, cursor: Option<Cursor>) {
+    async fn serve(mut self, cursor: Option<Cursor>, routed_at: Option<u64>) {
         let Some(a) = self.state.assignment() else {
             let close = Close::new(CloseCode::Draining, "no partition map yet");
             return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
         };
         let partition = partition_for(self.who.user.as_str(), a.partitions);
-        if !self.wait_open(partition).await {
+        if !self.wait_open(partition, routed_at).await {
             let close = crate::membership::close_for(&self.state, Some(&a), partition).into();
             return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
         }
@@ -295,7 +295,11 @@ impl Session {
     }
 
     /// A partition we own may still be opening (watermarks being read).
-    async fn wait_open(&self, partition: u32) -> bool {
+    /// Waits (up to 5 s) until `partition` is open here. A client sent by a
+    /// map newer than ours (`routed_at`) waits for that map rather than be
+    /// redirected to the owner our older map names: after a failover that is
+    /// the dead server.
+    async fn wait_open(&self, partition: u32, routed_at: Option<u64>) -> bool {
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
         loop {
@@ -303,11 +307,12 @@ impl Session {
             if self.state.hub.is_open(partition) && self.state.is_ready() {
                 return true;
             }
-            let mine = self
-                .state
-                .assignment()
+            let a = self.state.assignment();
+            let mine = a
+                .as_ref()
                 .is_some_and(|a| a.is_owner(partition, &self.state.info.server_id));
-            if !mine {
+            let behind = routed_at.is_some_and(|e| a.as_ref().is_none_or(|a| a.epoch < e));
+            if !mine && !behind {
                 return false;
             }
             tokio::select! {

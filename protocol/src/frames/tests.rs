@@ -21,6 +21,7 @@ fn hello_round_trip() {
         ClientFrame::Hello(Hello {
             device_id: None,
             cursor: None,
+            epoch: None,
             ..
         })
     ));

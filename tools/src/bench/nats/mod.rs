@@ -37,6 +37,10 @@ pub struct NatsArgs {
     /// live-update feature, like a NATS subject) and/or a group conversation.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Via::Channel, Via::Group])]
     via: Vec<Via>,
+    /// Compare with JetStream (a file-backed stream, acked publications, a
+    /// push consumer per subscriber) instead of core NATS.
+    #[arg(long)]
+    jetstream: bool,
     /// Write the runs as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -102,10 +106,15 @@ struct Run {
     /// How the Switchboard subscribers follow the publisher.
     via: Via,
     body_bytes: usize,
+    /// `core` (nothing kept) or `jetstream` (a file-backed stream).
+    nats_mode: &'static str,
     switchboard: SystemRun,
     nats: SystemRun,
-    /// Switchboard deliveries per CPU-second over NATS's.
+    /// Switchboard deliveries per CPU-second of its servers over NATS's.
     ratio: f64,
+    /// The same with the broker's CPU counted on Switchboard's side (the
+    /// whole system against nats-server alone).
+    ratio_with_broker: f64,
 }
 
 fn now_us() -> u64 {
@@ -317,7 +326,7 @@ impl Switchboard {
 pub async fn nats(infra: Arc<Env>, a: NatsArgs) -> anyhow::Result<()> {
     let broker: Vec<u32> = infra.broker_pid().into_iter().collect();
     let b = Bench::start(infra, 2).await?;
-    let mut nats = Nats::start(a.subscribers).await?;
+    let mut nats = Nats::start(a.subscribers, a.jetstream).await?;
     let nats_pids = nats.pids();
     let mut nats_runs = Vec::new();
     let n0 = cpu(&nats_pids);
@@ -359,8 +368,11 @@ pub async fn nats(infra: Arc<Env>, a: NatsArgs) -> anyhow::Result<()> {
 
 fn report(a: &NatsArgs, mode: &'static str, via: Via, s: SystemRun, n: SystemRun) -> Run {
     let ratio = s.deliveries_per_cpu_s / n.deliveries_per_cpu_s.max(1e-9);
+    let whole = s.server_cpu_s + s.broker_cpu_s.unwrap_or_default();
+    let ratio_with_broker =
+        s.deliveries as f64 / whole.max(1e-9) / n.deliveries_per_cpu_s.max(1e-9);
     println!(
-        "{mode:>5} via {}: switchboard {} deliveries, {:.2} CPU-s, {:.0}/CPU-s, p50 {:.1} ms p99 {:.1} ms, broker {:.2} CPU-s | nats {} deliveries, {:.2} CPU-s, {:.0}/CPU-s, p50 {:.1} ms p99 {:.1} ms | ratio {ratio:.2}",
+        "{mode:>5} via {}: switchboard {} deliveries, {:.2} CPU-s, {:.0}/CPU-s, p50 {:.1} ms p99 {:.1} ms, broker {:.2} CPU-s | nats {} deliveries, {:.2} CPU-s, {:.0}/CPU-s, p50 {:.1} ms p99 {:.1} ms | ratio {ratio:.2}, with the broker {ratio_with_broker:.2}",
         if via == Via::Channel { "channel" } else { "group" },
         s.deliveries, s.server_cpu_s, s.deliveries_per_cpu_s, s.p50_ms, s.p99_ms, s.broker_cpu_s.unwrap_or_default(),
         n.deliveries, n.server_cpu_s, n.deliveries_per_cpu_s, n.p50_ms, n.p99_ms
@@ -372,8 +384,10 @@ fn report(a: &NatsArgs, mode: &'static str, via: Via, s: SystemRun, n: SystemRun
         rounds: if mode == "burst" { a.bursts } else { 1 },
         via,
         body_bytes: body().len(),
+        nats_mode: if a.jetstream { "jetstream" } else { "core" },
         switchboard: s,
         nats: n,
         ratio,
+        ratio_with_broker,
     }
 }

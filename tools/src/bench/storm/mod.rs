@@ -4,8 +4,10 @@
 //! (`storm-devices`). While chat DMs flow at a steady rate: `kill -9` one
 //! server and time every one of its devices until it is resumed elsewhere;
 //! then a rolling restart (SIGTERM, drain, a new process with the same id,
-//! one server at a time, as Kubernetes does). Counts every acked message
-//! that never reached its recipient (must be 0).
+//! one server at a time, as Kubernetes does). Also a server frozen (SIGSTOP:
+//! no reset, as when its host vanishes) until its devices are elsewhere, and
+//! a fourth server added to the three (the scale-up herd). Counts every
+//! acked message that never reached its recipient (must be 0).
 
 use super::child::Child;
 use super::Bench;
@@ -39,6 +41,13 @@ pub struct StormArgs {
     /// hardest case for the broker).
     #[arg(long)]
     no_persister: bool,
+    /// The servers' ping interval (`SWITCHBOARD_PING_SECS`): a device of a
+    /// frozen server notices after two of them.
+    #[arg(long, default_value_t = 20)]
+    ping_secs: u64,
+    /// The servers' lease TTL (`SWITCHBOARD_LEASE_TTL_SECS`).
+    #[arg(long, default_value_t = 5)]
+    lease_ttl_secs: u64,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -66,9 +75,18 @@ struct StormReport {
     holders: usize,
     connect_seconds: f64,
     dm_rate_per_s: u64,
+    lease_ttl_secs: u64,
+    ping_secs: u64,
+    /// `kill -9` of a server process: its port refuses at once.
     kill: OutageReport,
+    /// SIGSTOP of a server until its devices are elsewhere: no reset, no
+    /// refusal — what clients see when a host vanishes or is cut off.
+    freeze: OutageReport,
     rolling_restart: Vec<OutageReport>,
     rolling_restart_seconds: f64,
+    /// A fourth server joins the three: the devices of the partitions it
+    /// takes move to it.
+    scale_up: OutageReport,
     sent: u64,
     acked: u64,
     send_errors: u64,
@@ -166,25 +184,24 @@ async fn route_requests(coordinator: &str) -> Option<u64> {
     n.map(|v| v as u64)
 }
 
-/// One failure: `act` runs, then every device must be back.
+/// One failure: `act` runs, devices get `notice` to notice it, then every
+/// device must be back.
 async fn measure<F, Fut>(
     what: &str,
-    b: &Bench,
+    coordinator: String,
     holders: &mut Holders,
-    devices: usize,
-    settle: Duration,
+    (devices, notice, settle): (usize, Duration, Duration),
     act: F,
 ) -> anyhow::Result<OutageReport>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let (stop, sampler) = route_sampler(b.coordinator.url());
+    let (stop, sampler) = route_sampler(coordinator);
     let t = super::now_us();
     act().await?;
-    // Devices notice a drain or a killed socket within moments; let them.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let seconds_until_all_back = holders.all_back(devices, settle).await? + 1.0;
+    tokio::time::sleep(notice).await;
+    let seconds_until_all_back = holders.all_back(devices, settle).await? + notice.as_secs_f64();
     let _ = stop.send(());
     let (route_peak_per_s, route_requests) = sampler.await?;
     let mut all = Outage::default();
@@ -237,28 +254,24 @@ fn holder(
     Child::command("storm-devices", &b.span(first, count), &flags)
 }
 
+/// How many devices, how long to give them to notice a failure, and how
+/// long they may take to be back.
+type Pace = (usize, Duration, Duration);
+
 pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
-    let mut b = Bench::start(infra.clone(), a.servers).await?;
+    let env = [
+        ("SWITCHBOARD_PING_SECS", a.ping_secs.to_string()),
+        ("SWITCHBOARD_LEASE_TTL_SECS", a.lease_ttl_secs.to_string()),
+    ];
+    let mut b = Bench::start_with(infra.clone(), a.servers, &env).await?;
     // The whole stack: resumes read what the persister has stored from
     // PostgreSQL, the rest from the log.
     let persister = match a.no_persister {
         true => None,
         false => Some(b.spawn_persister()?),
     };
-    let n = a.devices.div_ceil(a.per_holder.max(1));
     let t0 = Instant::now();
-    let mut holders = Holders(Vec::new());
-    for k in 0..n {
-        let first = k * a.per_holder;
-        holders.0.push(holder(
-            &b,
-            &a,
-            first,
-            a.per_holder.min(a.devices - first),
-            n,
-        )?);
-    }
-    let settle = Duration::from_secs(a.settle_secs);
+    let mut holders = start_holders(&b, &a)?;
     holders
         .all_back(a.devices, Duration::from_secs(600))
         .await?;
@@ -266,48 +279,33 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
     println!("{} devices connected in {connect_seconds:.1} s", a.devices);
     holders.tell("go").await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let victim = b.servers.remove(1);
-    let kill = measure(
-        "kill -9 one server",
-        &b,
-        &mut holders,
-        a.devices,
-        settle,
-        || async { victim.1.kill().await },
-    )
-    .await?;
-    // The orchestrator restarts the crashed server under its own name.
-    let process = b.spawn_server(&victim.0, victim.2)?;
-    b.servers.insert(1, (victim.0, process, victim.2));
-    b.settled().await?;
-    holders.all_back(a.devices, settle).await?;
+    let settle = Duration::from_secs(a.settle_secs);
+    // A reset or a drain is noticed within moments; a frozen server only
+    // after two silent ping intervals.
+    let quick = (a.devices, Duration::from_secs(1), settle);
+    let silent = Duration::from_secs(2 * a.ping_secs + 1);
+    let kill = kill_one(&mut b, &mut holders, quick).await?;
+    let freeze = freeze_one(&b, &mut holders, (a.devices, silent, settle)).await?;
     let t_roll = Instant::now();
-    let mut rolling = Vec::new();
-    for i in 0..b.servers.len() {
-        let (id, process, port) = b.servers.remove(i);
-        let what = format!("rolling restart: {id}");
-        let r = measure(&what, &b, &mut holders, a.devices, settle, || async {
-            process.terminate().await.map(drop)
-        })
-        .await?;
-        rolling.push(r);
-        let process = b.spawn_server(&id, port)?;
-        b.servers.insert(i, (id, process, port));
-        b.settled().await?;
-    }
+    let rolling_restart = rolling(&mut b, &mut holders, quick).await?;
     let rolling_restart_seconds = t_roll.elapsed().as_secs_f64();
+    let scale_up = add_one(&mut b, &mut holders, quick).await?;
     holders.tell("stop").await?;
     let m = messages(&mut holders).await?;
     let report = StormReport {
         devices: a.devices,
         persister: !a.no_persister,
         servers: a.servers,
-        holders: n,
+        holders: holders.0.len(),
         connect_seconds,
         dm_rate_per_s: a.rate,
+        lease_ttl_secs: a.lease_ttl_secs,
+        ping_secs: a.ping_secs,
         kill,
-        rolling_restart: rolling,
+        freeze,
+        rolling_restart,
         rolling_restart_seconds,
+        scale_up,
         sent: m.sent,
         acked: m.acked.len() as u64,
         send_errors: m.send_errors,
@@ -323,6 +321,93 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
     }
     b.stop().await;
     Ok(())
+}
+
+fn start_holders(b: &Bench, a: &StormArgs) -> anyhow::Result<Holders> {
+    let n = a.devices.div_ceil(a.per_holder.max(1));
+    let mut holders = Holders(Vec::new());
+    for k in 0..n {
+        let first = k * a.per_holder;
+        let count = a.per_holder.min(a.devices - first);
+        holders.0.push(holder(b, a, first, count, n)?);
+    }
+    Ok(holders)
+}
+
+/// `kill -9` of the second server; the orchestrator then restarts it under
+/// its own name.
+async fn kill_one(
+    b: &mut Bench,
+    holders: &mut Holders,
+    pace: Pace,
+) -> anyhow::Result<OutageReport> {
+    let victim = b.servers.remove(1);
+    let what = "kill -9 one server";
+    let coordinator = b.coordinator.url();
+    let kill = measure(what, coordinator, holders, pace, || async {
+        victim.1.kill().await
+    })
+    .await?;
+    let process = b.spawn_server(&victim.0, victim.2)?;
+    b.servers.insert(1, (victim.0, process, victim.2));
+    b.settled().await?;
+    holders.all_back(pace.0, pace.2).await?;
+    Ok(kill)
+}
+
+/// SIGSTOP of the last server until its devices are back elsewhere, then
+/// SIGCONT: it finds its lease gone, registers again and takes its share
+/// of partitions back (those devices move once more before the next step).
+async fn freeze_one(b: &Bench, holders: &mut Holders, pace: Pace) -> anyhow::Result<OutageReport> {
+    let (_, process, _) = b
+        .servers
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no server"))?;
+    let what = "freeze one server (SIGSTOP: no reset, no refusal)";
+    let coordinator = b.coordinator.url();
+    let freeze = measure(what, coordinator, holders, pace, || process.signal("STOP")).await;
+    process.signal("CONT").await?;
+    let freeze = freeze?;
+    b.settled().await?;
+    holders.all_back(pace.0, pace.2).await?;
+    Ok(freeze)
+}
+
+/// SIGTERM, drain and a new process with the same id, one server at a time.
+async fn rolling(
+    b: &mut Bench,
+    holders: &mut Holders,
+    pace: Pace,
+) -> anyhow::Result<Vec<OutageReport>> {
+    let mut reports = Vec::new();
+    for i in 0..b.servers.len() {
+        let (id, process, port) = b.servers.remove(i);
+        let what = format!("rolling restart: {id}");
+        let coordinator = b.coordinator.url();
+        let r = measure(&what, coordinator, holders, pace, || async {
+            process.terminate().await.map(drop)
+        })
+        .await?;
+        reports.push(r);
+        let process = b.spawn_server(&id, port)?;
+        b.servers.insert(i, (id, process, port));
+        b.settled().await?;
+    }
+    Ok(reports)
+}
+
+/// One more server: the partitions it takes move their devices to it.
+async fn add_one(b: &mut Bench, holders: &mut Holders, pace: Pace) -> anyhow::Result<OutageReport> {
+    let id = format!("bench{}", b.servers.len());
+    let port = super::free_port()?;
+    let what = format!("scale up: {id} joins {} servers", b.servers.len());
+    let coordinator = b.coordinator.url();
+    measure(&what, coordinator, holders, pace, || async {
+        let process = b.spawn_server(&id, port)?;
+        b.servers.push((id, process, port));
+        b.settled().await
+    })
+    .await
 }
 
 #[derive(Default)]

@@ -1,0 +1,222 @@
+//! Deaths clients can see. A client whose server vanished reports it on its
+//! next route lookup (`unreachable`); the coordinator checks the server itself
+//! and, when nothing listens on its port any more (a crash, an OOM kill, a
+//! panic: the host answers with a reset), revokes the server's lease, so its
+//! partitions move now instead of when the lease runs out.
+//!
+//! Only a refused connection condemns: a server that answers is alive (the
+//! client's own network failed), and one that does not answer at all (a
+//! frozen process, a host gone or cut off) may come back, so it keeps its
+//! partitions until its lease ends — the only proof a partitioned server
+//! has stopped serving them.
+
+use crate::metrics::Metrics;
+use etcd_client::Client;
+use protocol::{EtcdLayout, ServerId, ServerInfo};
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+/// What a check of one server found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The connection was refused: no process listens there.
+    Dead,
+    /// No answer in time: frozen, or the host is gone or cut off.
+    Unresponsive,
+    /// It answered over HTTP (or accepted a TLS-bound connection).
+    Alive,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Dead => "dead",
+            Verdict::Unresponsive => "unresponsive",
+            Verdict::Alive => "alive",
+        }
+    }
+}
+
+/// `host:port` and whether the base URL speaks plain HTTP.
+fn target(http_url: &str) -> Option<(String, bool)> {
+    let (scheme, rest) = http_url.split_once("://")?;
+    let plain = match scheme {
+        "http" => true,
+        "https" => false,
+        _ => return None,
+    };
+    let host = rest.split('/').next().filter(|h| !h.is_empty())?;
+    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+    let default = if plain { 80 } else { 443 };
+    Some(match has_port {
+        true => (host.to_owned(), plain),
+        false => (format!("{host}:{default}"), plain),
+    })
+}
+
+/// One check of a server's HTTP base: refused → dead; a `/healthz` answered
+/// within `limit` → alive; anything else → unresponsive.
+pub async fn probe(http_url: &str, limit: Duration) -> Verdict {
+    let Some((addr, plain)) = target(http_url) else {
+        return Verdict::Unresponsive;
+    };
+    let mut stream = match tokio::time::timeout(limit, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return Verdict::Dead,
+        _ => return Verdict::Unresponsive,
+    };
+    if !plain {
+        // A frozen process's kernel accepts too; without speaking TLS here a
+        // connection is the most this check can learn.
+        return Verdict::Alive;
+    }
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0u8; 8];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    match tokio::time::timeout(limit, answer).await {
+        Ok(Ok(head)) if head.starts_with(b"HTTP/1.") => Verdict::Alive,
+        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => Verdict::Dead,
+        _ => Verdict::Unresponsive,
+    }
+}
+
+/// How long one server's verdict is reused: a crash is reported by every one
+/// of its clients within moments, and one check answers them all.
+const REUSE: Duration = Duration::from_secs(1);
+/// How long a check waits for an answer.
+const LIMIT: Duration = Duration::from_secs(1);
+
+type Check = Arc<OnceCell<Verdict>>;
+
+/// Checks reported servers, one check per server at a time, and revokes the
+/// lease of one found dead (when `revoke` is on).
+#[derive(Clone)]
+pub struct Deaths {
+    client: Client,
+    layout: EtcdLayout,
+    metrics: Metrics,
+    revoke: bool,
+    checks: Arc<Mutex<HashMap<ServerId, (Instant, Check)>>>,
+}
+
+impl Deaths {
+    pub fn new(client: Client, layout: EtcdLayout, metrics: Metrics, revoke: bool) -> Self {
+        Self {
+            client,
+            layout,
+            metrics,
+            revoke,
+            checks: Arc::default(),
+        }
+    }
+
+    /// The verdict on `server` (as the current map describes it), shared by
+    /// everyone who asks within [`REUSE`] of the check.
+    pub async fn check(&self, server: &ServerInfo) -> Verdict {
+        let cell = {
+            let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            checks.retain(|_, (at, _)| now.duration_since(*at) < REUSE);
+            checks
+                .entry(server.server_id.clone())
+                .or_insert_with(|| (now, Check::default()))
+                .1
+                .clone()
+        };
+        *cell.get_or_init(|| self.check_now(server)).await
+    }
+
+    async fn check_now(&self, server: &ServerInfo) -> Verdict {
+        let verdict = probe(&server.http_url, LIMIT).await;
+        self.metrics.probe(verdict);
+        info!(server = %server.server_id, url = %server.http_url, verdict = verdict.label(), "checked a server clients could not reach");
+        if verdict == Verdict::Dead && self.revoke {
+            if let Err(e) = self.declare_dead(server).await {
+                warn!(server = %server.server_id, error = %e, "could not end the lease of a dead server");
+            }
+        }
+        verdict
+    }
+
+    /// Revokes the lease of `server`'s registration — only of the
+    /// incarnation that was checked: a process restarted under the same id
+    /// has registered a new one, which stays.
+    async fn declare_dead(&self, server: &ServerInfo) -> Result<(), etcd_client::Error> {
+        let mut client = self.client.clone();
+        let key = self.layout.server_key(&server.server_id);
+        let resp = client.get(key, None).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(());
+        };
+        let registered: Option<ServerInfo> = serde_json::from_slice(kv.value()).ok();
+        let same = registered
+            .is_some_and(|r| r.incarnation == server.incarnation && r.http_url == server.http_url);
+        if !same || kv.lease() == 0 {
+            return Ok(());
+        }
+        client.lease_revoke(kv.lease()).await?;
+        self.metrics.declared_dead.inc();
+        info!(server = %server.server_id, lease = kv.lease(), "server declared dead: its port refuses connections; lease revoked");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_come_from_the_http_base() {
+        assert_eq!(
+            target("http://10.0.0.1:8081"),
+            Some(("10.0.0.1:8081".into(), true))
+        );
+        assert_eq!(
+            target("http://server-0.sb/"),
+            Some(("server-0.sb:80".into(), true))
+        );
+        assert_eq!(
+            target("https://[::1]:9443/x"),
+            Some(("[::1]:9443".into(), false))
+        );
+        assert_eq!(target("https://[::1]"), Some(("[::1]:443".into(), false)));
+        assert_eq!(target("ftp://x"), None);
+        assert_eq!(target("nonsense"), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_dead_a_silent_one_unresponsive_an_answer_alive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
+        // Accepted by the kernel, never answered: a frozen process.
+        let silent = probe(&url, Duration::from_millis(200)).await;
+        assert_eq!(silent, Verdict::Unresponsive);
+        // The silent check's connection waits in the backlog first.
+        let answering = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        assert_eq!(probe(&url, Duration::from_secs(2)).await, Verdict::Alive);
+        answering.await.unwrap();
+        // The listener is gone: nothing listens on the port.
+        assert_eq!(probe(&url, Duration::from_secs(2)).await, Verdict::Dead);
+    }
+}
