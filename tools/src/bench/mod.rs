@@ -115,8 +115,9 @@ enum Cmd {
     /// (Internal) hold devices for `connections`, in a child process.
     #[command(hide = true)]
     HoldDevices(connections::HoldArgs),
-    /// Reconnect storm: kill -9 one of three servers, then a rolling restart,
-    /// with devices on the real client and chat flowing.
+    /// Reconnect storm: kill -9 one of three servers, freeze one (SIGSTOP),
+    /// a rolling restart, then a fourth server joins — with devices on the
+    /// real client and chat flowing.
     Storm(storm::StormArgs),
     /// (Internal) hold client devices for `storm`, in a child process.
     #[command(hide = true)]
