@@ -78,6 +78,12 @@ impl Metrics {
             "GET /v1/route requests served",
             self.route_requests.clone(),
         );
+        // Every verdict from the start: a dashboard's rate is 0, not absent.
+        for v in crate::probe::Verdict::ALL {
+            let _ = self
+                .probes
+                .get_or_create(&VerdictLabel { verdict: v.label() });
+        }
         r.register(
             "probes",
             "Checks of servers that clients reported unreachable, by verdict",

@@ -34,6 +34,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Dead, Verdict::Unresponsive, Verdict::Alive];
+
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Dead => "dead",
