@@ -112,15 +112,19 @@ impl Routing {
         self.pause_first = false;
     }
 
-    /// Sleeps the current delay plus up to 50% jitter (so devices do not
-    /// come back in step), then doubles it.
+    /// Sleeps the current delay (jittered), then doubles it.
     async fn pause(&mut self, cancel: &CancellationToken) {
-        let jitter = rand::rng().random_range(0.0..0.5);
-        let wait = self.delay.mul_f64(1.0 + jitter);
+        let wait = self.delay;
         self.delay = (self.delay * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = cancel.cancelled() => {}
-        }
+        sleep_jittered(wait, cancel).await;
+    }
+}
+
+/// Sleeps `base` plus up to 50% jitter, so devices do not come back in step.
+pub(crate) async fn sleep_jittered(base: Duration, cancel: &CancellationToken) {
+    let jitter = rand::rng().random_range(0.0..0.5);
+    tokio::select! {
+        _ = tokio::time::sleep(base.mul_f64(1.0 + jitter)) => {}
+        _ = cancel.cancelled() => {}
     }
 }

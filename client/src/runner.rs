@@ -9,7 +9,6 @@ use protocol::frames::{Auth, Hello};
 use protocol::{
     ChannelName, ClientFrame, CloseCode, Cursor, DeviceId, ErrorCode, Kind, MsgId, ServerFrame,
 };
-use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,13 +121,8 @@ impl Runner {
         }
     }
 
-    /// Sleeps `base` plus up to 50% jitter, so clients do not reconnect in step.
     async fn pause(&self, base: Duration) {
-        let jitter = rand::rng().random_range(0.0..0.5);
-        tokio::select! {
-            _ = tokio::time::sleep(base.mul_f64(1.0 + jitter)) => {}
-            _ = self.cancel.cancelled() => {}
-        }
+        crate::route::sleep_jittered(base, &self.cancel).await;
     }
 
     /// Hands an event to the app. A slow app slows the socket down (the server
