@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use protocol::api::{RouteQuery, Status};
-use protocol::{partition_for, Assignment, ServerId, UserId};
+use protocol::{partition_for, Assignment, ServerId, ServerInfo, UserId};
 use serde::Deserialize;
 use service::etcd::AssignmentRx;
 use service::http::{metrics_response, not_found, rejection, ApiError};
@@ -58,12 +58,8 @@ async fn route(
             .filter(|o| &o.server_id == gone)
             .cloned();
         if let Some(owner) = owner {
-            if s.deaths.check(&owner).await != Verdict::Alive {
-                let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(s.route_wait_max);
-                let moved = |a: &Option<Arc<Assignment>>| !owned_by(a, &user, gone);
-                let mut rx = s.assignment.clone();
-                let _ = tokio::time::timeout(wait, rx.wait_for(moved)).await;
-            }
+            let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(s.route_wait_max);
+            await_move(&s, &user, &owner, wait).await;
         }
     }
     let a = current(&s)?;
@@ -79,6 +75,33 @@ async fn route(
         epoch: a.epoch,
     })
     .into_response())
+}
+
+/// How often a waiting lookup checks the server again (the check itself is
+/// shared by every lookup of that second): a process being torn down may
+/// still hold its port open at the first check and refuse at the next.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Waits (up to `wait`) until a map gives `user`'s partition to a server
+/// other than `owner`, or a check finds `owner` alive.
+async fn await_move(s: &AppState, user: &UserId, owner: &ServerInfo, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut rx = s.assignment.clone();
+    let moved = |a: &Option<Arc<Assignment>>| !owned_by(a, user, &owner.server_id);
+    loop {
+        if s.deaths.check(owner).await == Verdict::Alive {
+            return;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        if let Ok(_changed_or_closed) =
+            tokio::time::timeout(left.min(RECHECK), rx.wait_for(moved)).await
+        {
+            return;
+        }
+    }
 }
 
 fn current(s: &AppState) -> Result<Arc<Assignment>, ApiError> {

@@ -9,6 +9,7 @@ use protocol::{
     ServerFrame, UserId,
 };
 use serde_json::value::RawValue;
+use std::time::Instant;
 use store::StoredMessage;
 
 /// A stored row that no longer reads as a message (it was valid when written).
@@ -99,8 +100,17 @@ pub fn stored_message(
 
 /// A frame's text, serialised once and shared (a cheap clone) by every
 /// device it goes to. Only the session turns it into a WebSocket message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text(Utf8Bytes);
+/// A device's copy notes when it was queued (the `written` stage).
+#[derive(Debug, Clone)]
+pub struct Text(Utf8Bytes, Option<Instant>);
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Text {}
 
 impl Text {
     pub fn into_ws(self) -> Utf8Bytes {
@@ -111,15 +121,26 @@ impl Text {
         self.0.as_str()
     }
 
+    /// When this copy was queued for a device, if it was.
+    pub fn queued_at(&self) -> Option<Instant> {
+        self.1
+    }
+
     /// No frame: what a sink that sends no record as it is carries.
     pub fn empty() -> Self {
-        Self(Utf8Bytes::from_static(""))
+        Self(Utf8Bytes::from_static(""), None)
+    }
+}
+
+impl crate::delivery::Queued for Text {
+    fn queued(&self) -> Self {
+        Self(self.0.clone(), Some(Instant::now()))
     }
 }
 
 impl From<String> for Text {
     fn from(s: String) -> Self {
-        Self(Utf8Bytes::from(s))
+        Self(Utf8Bytes::from(s), None)
     }
 }
 

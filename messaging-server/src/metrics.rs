@@ -29,6 +29,8 @@ pub enum Stage {
     Broker,
     /// A record consumed → its frame queued for every local device.
     Queued,
+    /// A frame queued for a device → written to its socket (flushed).
+    Written,
 }
 
 impl Stage {
@@ -39,6 +41,7 @@ impl Stage {
             Self::AckWritten => "ack_written",
             Self::Broker => "broker",
             Self::Queued => "queued",
+            Self::Written => "written",
         }
     }
 }
@@ -272,7 +275,7 @@ impl Metrics {
         );
         r.register(
             "stage_seconds",
-            "Time a chat message spends in each stage through this server: handed, acked, ack_written (send side), broker (produce to consume), queued (consume to every device's queue)",
+            "Time a chat message spends in each stage through this server: handed, acked, ack_written (send side), broker (produce to consume), queued (consume to every device's queue), written (a device's queue to its socket)",
             self.stages.clone(),
         );
         r.register(

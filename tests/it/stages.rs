@@ -7,7 +7,14 @@ use protocol::ServerFrame;
 use std::sync::Arc;
 use std::time::Duration;
 
-const STAGES: [&str; 5] = ["handed", "acked", "ack_written", "broker", "queued"];
+const STAGES: [&str; 6] = [
+    "handed",
+    "acked",
+    "ack_written",
+    "broker",
+    "queued",
+    "written",
+];
 
 async fn counts(base: &str) -> Vec<f64> {
     let page = harness::scrape(base).await.unwrap_or_default();

@@ -59,6 +59,14 @@ impl<K> Default for Dispatched<K> {
     }
 }
 
+/// A frame as a subscriber's queue holds it: its own copy, which may note
+/// when it was queued.
+pub trait Queued: Clone {
+    fn queued(&self) -> Self {
+        self.clone()
+    }
+}
+
 /// One subscriber of one key: `sub` is what its owner keeps about it.
 pub struct Seat<S, F> {
     pub id: u64,
@@ -86,7 +94,7 @@ impl<S, F> Seat<S, F> {
     }
 }
 
-impl<S, F: Clone> Seat<S, F> {
+impl<S, F: Queued> Seat<S, F> {
     fn offer(&mut self, offset: i64, frame: &F, queue_len: usize) -> Result<bool, Overflow> {
         if let Some(buf) = self.replay.as_mut() {
             if buf.len() >= queue_len {
@@ -99,7 +107,7 @@ impl<S, F: Clone> Seat<S, F> {
             return Ok(false);
         }
         self.last_offset = offset;
-        match self.queue.try_send(frame.clone()) {
+        match self.queue.try_send(frame.queued()) {
             Ok(()) => Ok(true),
             Err(mpsc::error::TrySendError::Full(_)) => Err(Overflow::Queue),
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
@@ -128,7 +136,7 @@ pub struct Core<K, S, F> {
     queue_len: usize,
 }
 
-impl<K: Eq + Hash + Clone, S, F: Clone> Core<K, S, F> {
+impl<K: Eq + Hash + Clone, S, F: Queued> Core<K, S, F> {
     /// The consumer reads `partition` from `start` on.
     pub fn open(&mut self, partition: u32, start: i64) {
         self.next_offset.insert(partition, start);
@@ -286,7 +294,7 @@ pub struct Fanout<K, S, F> {
     advanced: Notify,
 }
 
-impl<K: Eq + Hash + Clone, S, F: Clone> Fanout<K, S, F> {
+impl<K: Eq + Hash + Clone, S, F: Queued> Fanout<K, S, F> {
     /// `queue_len` frames per subscriber queue and replay buffer.
     pub fn new(queue_len: usize) -> Self {
         Self {

@@ -25,6 +25,8 @@ fn rec(partition: u32, offset: i64, keys: &str) -> Rec {
 
 type F = Fanout<char, (), i64>;
 
+impl super::Queued for i64 {}
+
 fn join(
     f: &F,
     key: char,

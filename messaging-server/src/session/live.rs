@@ -139,18 +139,28 @@ impl Session {
         first: Text,
         queue: &mut mpsc::Receiver<Text>,
     ) -> Result<(), super::Gone> {
+        let mut queued_at = Vec::new();
+        queued_at.extend(first.queued_at());
         self.sink
             .feed(WsMessage::Text(first.into_ws()))
             .await
             .map_err(|_| super::Gone)?;
         for _ in 1..WRITE_BATCH {
             let Ok(next) = queue.try_recv() else { break };
+            queued_at.extend(next.queued_at());
             self.sink
                 .feed(WsMessage::Text(next.into_ws()))
                 .await
                 .map_err(|_| super::Gone)?;
         }
-        self.sink.flush().await.map_err(|_| super::Gone)
+        self.sink.flush().await.map_err(|_| super::Gone)?;
+        if !queued_at.is_empty() {
+            let written = self.state.metrics.stage_histogram(Stage::Written);
+            for at in queued_at {
+                written.observe(at.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
     }
 
     /// One client frame. `Ok(Some(exp))`: a fresh token moved the expiry.

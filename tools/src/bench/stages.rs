@@ -72,7 +72,7 @@ impl Snapshot {
 }
 
 /// Stages that are Switchboard's own work, and the broker's share.
-const OWN: [&str; 3] = ["handed", "ack_written", "queued"];
+const OWN: [&str; 4] = ["handed", "ack_written", "queued", "written"];
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Shares {
@@ -88,7 +88,14 @@ pub struct Shares {
 
 pub fn shares(before: &Snapshot, after: &Snapshot) -> Shares {
     let mut s = Shares::default();
-    for stage in ["handed", "acked", "ack_written", "broker", "queued"] {
+    for stage in [
+        "handed",
+        "acked",
+        "ack_written",
+        "broker",
+        "queued",
+        "written",
+    ] {
         let q = |q| after.quantile_ms(before, stage, q).unwrap_or(f64::NAN);
         s.stages_ms.insert(stage.to_owned(), [q(0.5), q(0.99)]);
     }
