@@ -33,6 +33,7 @@ mod session;
 mod state;
 
 pub use config::Config;
+pub use metrics::Stage;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;

@@ -34,6 +34,16 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage in the order a message passes them.
+    pub const ALL: [Stage; 6] = [
+        Self::Handed,
+        Self::Acked,
+        Self::AckWritten,
+        Self::Broker,
+        Self::Queued,
+        Self::Written,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Handed => "handed",

@@ -3,24 +3,17 @@
 //! WebSocket and delivered moves the count of every stage.
 
 use harness::{Event, Infra, Stack, WsClient};
+use messaging_server::Stage;
 use protocol::ServerFrame;
 use std::sync::Arc;
 use std::time::Duration;
 
-const STAGES: [&str; 6] = [
-    "handed",
-    "acked",
-    "ack_written",
-    "broker",
-    "queued",
-    "written",
-];
-
 async fn counts(base: &str) -> Vec<f64> {
     let page = harness::scrape(base).await.unwrap_or_default();
-    STAGES
+    Stage::ALL
         .iter()
         .map(|s| {
+            let s = s.as_str();
             let name = format!("switchboard_server_stage_seconds_count{{stage=\"{s}\"}}");
             harness::metric_value(&page, &name).unwrap_or(0.0)
         })
@@ -73,7 +66,8 @@ pub async fn a_delivered_message_moves_every_stage(infra: Arc<Infra>) -> anyhow:
     let after = after.lock().map(|a| a.clone()).unwrap_or_default();
     anyhow::ensure!(
         moved.is_ok(),
-        "stage counts {STAGES:?} went from {before:?} to {after:?}"
+        "stage counts {:?} went from {before:?} to {after:?}",
+        Stage::ALL.map(Stage::as_str)
     );
     stack.stop().await;
     Ok(())

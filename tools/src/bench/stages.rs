@@ -88,14 +88,7 @@ pub struct Shares {
 
 pub fn shares(before: &Snapshot, after: &Snapshot) -> Shares {
     let mut s = Shares::default();
-    for stage in [
-        "handed",
-        "acked",
-        "ack_written",
-        "broker",
-        "queued",
-        "written",
-    ] {
+    for stage in messaging_server::Stage::ALL.map(messaging_server::Stage::as_str) {
         let q = |q| after.quantile_ms(before, stage, q).unwrap_or(f64::NAN);
         s.stages_ms.insert(stage.to_owned(), [q(0.5), q(0.99)]);
     }
