@@ -402,20 +402,20 @@ async fn history(
         return Err(ApiError::invalid("limit must be 1..=500"));
     }
     let before = q.before.as_deref().map(parse_before).transpose()?;
-    let rows = s
-        .members
-        .store()
-        .history(&id, before, limit)
-        .await
-        .map_err(db)?;
-    let stored = rows
-        .iter()
-        .map(crate::frame::history_message)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let unstored = unstored(&s, &u, &id).await;
+    let rows = async {
+        let rows = s
+            .members
+            .store()
+            .history(&id, before, limit)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(crate::frame::history_message)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    };
     let limit = usize::try_from(limit).unwrap_or(0);
-    let messages = crate::history::merge(stored, unstored, before, limit);
+    let messages = crate::history::page(rows, unstored(&s, &u, &id), before, limit).await?;
     let next = (messages.len() == limit)
         .then(|| {
             messages
