@@ -33,6 +33,8 @@ pub(crate) enum Control {
         request: protocol::presence::ChannelPresenceRequest,
         reply: crate::presence::ChannelReply,
     },
+    /// The app handled an anycast publication.
+    Handled(ChannelName, protocol::MsgId),
 }
 
 pub(crate) struct Sub {
@@ -137,6 +139,26 @@ impl Runner {
             Control::ChannelPresence { request, reply } => {
                 self.ask_channel(ws, request, reply).await
             }
+            Control::Handled(channel, msg_id) => self.handled(ws, channel, msg_id).await,
+        }
+    }
+
+    /// Tells the server an anycast publication was handled. Not retried: if
+    /// the connection is gone it goes to another subscriber, and if it
+    /// comes back here the duplicate is dropped and answered again.
+    pub(crate) async fn handled(
+        &mut self,
+        ws: &mut crate::runner::Socket,
+        channel: ChannelName,
+        msg_id: protocol::MsgId,
+    ) {
+        let frame = ClientFrame::Handled(protocol::frames::Handled {
+            id: None,
+            channel,
+            msg_id,
+        });
+        if let Ok(text) = frame.to_json() {
+            let _ = ws.send(Ws::text(text)).await;
         }
     }
 

@@ -153,6 +153,7 @@ impl Client {
             silence: crate::runner::DEFAULT_SILENCE,
             pending: BTreeMap::new(),
             seen: Seen::new(10_000),
+            rehandle: Vec::new(),
             out: out_rx,
             subs: BTreeMap::new(),
             channel_cursors: channel_cursors.clone(),
@@ -277,6 +278,36 @@ impl Client {
             .map_err(|_| SendError::Stopped)
     }
 
+    /// Tells the server this app handled the anycast publication `msg_id`
+    /// (an `Event::Message` with `anycast: true`), so it goes to no other
+    /// subscriber. Call it once the work is done: until then, or if the
+    /// connection drops first, the server may hand it to another subscriber.
+    pub async fn handled(&self, channel: &ChannelName, msg_id: MsgId) -> Result<(), SendError> {
+        let c = Control::Handled(channel.clone(), msg_id);
+        self.channels
+            .ctl
+            .send(c)
+            .await
+            .map_err(|_| SendError::Stopped)
+    }
+
+    /// Publishes to **one** subscriber of `channel` (anycast); with `key`,
+    /// the same subscriber while it stays subscribed. Resolves on the ack.
+    pub async fn anycast(
+        &mut self,
+        channel: &ChannelName,
+        body: serde_json::Value,
+        kind: Kind,
+        key: Option<&str>,
+    ) -> Result<MsgId, SendError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let how = Anycast {
+            key: key.map(str::to_owned),
+        };
+        let to = Target::Channel(channel.clone());
+        self.sender.submit(&id, to, body, kind, Some(how)).await
+    }
+
     /// The channel's last cursor (save it to recover after a restart).
     pub fn channel_cursor(&self, channel: &ChannelName) -> Option<Cursor> {
         let cursors = self.channels.cursors.lock().ok()?;
@@ -327,6 +358,11 @@ impl Client {
     }
 }
 
+/// How an anycast publication picks its subscriber.
+struct Anycast {
+    key: Option<String>,
+}
+
 impl Sender {
     /// Sends with a fresh `client_msg_id`; resolves on the server's ack, after
     /// as many reconnects as it takes.
@@ -348,6 +384,17 @@ impl Sender {
         body: serde_json::Value,
         kind: Kind,
     ) -> Result<MsgId, SendError> {
+        self.submit(client_msg_id, to, body, kind, None).await
+    }
+
+    async fn submit(
+        &self,
+        client_msg_id: &str,
+        to: Target,
+        body: serde_json::Value,
+        kind: Kind,
+        anycast: Option<Anycast>,
+    ) -> Result<MsgId, SendError> {
         let request_id = 1 + self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -361,6 +408,8 @@ impl Sender {
             to,
             body,
             kind,
+            anycast: anycast.is_some(),
+            key: anycast.and_then(|a| a.key),
         };
         let (reply, rx) = oneshot::channel();
         let out = Outgoing {

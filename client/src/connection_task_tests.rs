@@ -136,6 +136,7 @@ fn message(n: u128, offset: i64, replay: bool) -> ServerFrame {
         cursor: Some(Cursor::new("e1", offset)),
         replay,
         channel: None,
+        anycast: false,
     })
 }
 

@@ -195,6 +195,8 @@ impl Api {
             to: to.clone(),
             body: RawValue::from_string(body.to_string()).map_err(|e| bad(e.to_string()))?,
             kind,
+            anycast: false,
+            key: None,
         };
         let v = self
             .call(

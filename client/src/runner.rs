@@ -58,6 +58,9 @@ pub(crate) struct Runner {
     /// By request id: resent in that order after a reconnect.
     pub pending: BTreeMap<u64, Pending>,
     pub seen: Seen,
+    /// Anycast publications delivered again after the app had them: the
+    /// server is told `handled` again (the first answer may have been lost).
+    pub rehandle: Vec<(ChannelName, MsgId)>,
     pub out: mpsc::Receiver<Outgoing>,
     /// Channel subscriptions by name, re-made on every session.
     pub subs: BTreeMap<ChannelName, crate::channels::Sub>,
@@ -304,6 +307,9 @@ impl Runner {
                     if let Some(end) = self.on_ws(m, &mut redirect).await {
                         return end;
                     }
+                    for (channel, msg_id) in std::mem::take(&mut self.rehandle) {
+                        self.handled(&mut ws, channel, msg_id).await;
+                    }
                 }
                 o = self.out.recv() => {
                     let Some(o) = o else { return Outcome::Stopped };
@@ -375,6 +381,9 @@ impl Runner {
                 if self.seen.insert(m.msg_id) {
                     self.emit(Event::Message(m)).await;
                 } else {
+                    if let (true, Some(c)) = (m.anycast, &m.channel) {
+                        self.rehandle.push((c.clone(), m.msg_id));
+                    }
                     self.duplicates
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if self.config.report_duplicates {

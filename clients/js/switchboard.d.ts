@@ -47,6 +47,8 @@ export interface Message {
   replay: boolean;
   /** Set on a channel publication. */
   channel?: string;
+  /** An anycast publication: this subscriber was chosen; answer `handled`. */
+  anycast?: boolean;
 }
 
 export interface Subscribed { channel: string; cursor: string; recovered: boolean }
@@ -129,7 +131,15 @@ export declare class Client {
   connect(): void;
   close(): void;
   /** Resolves with the msg_id once Kafka has it; rejects with a SwitchboardError. */
-  send(to: Target, body: unknown, options?: { kind?: Kind; clientMsgId?: string }): Promise<string>;
+  send(
+    to: Target,
+    body: unknown,
+    options?: { kind?: Kind; clientMsgId?: string; anycast?: boolean; key?: string },
+  ): Promise<string>;
+  /** To one subscriber of a presence channel; `key` keeps the same one while it stays. */
+  anycast(channel: string, body: unknown, options?: { kind?: Kind; key?: string; clientMsgId?: string }): Promise<string>;
+  /** The app is done with an anycast message: it goes to no other subscriber. False if not connected. */
+  handled(channel: string, msgId: string): boolean;
   subscribe(channel: string): Promise<Subscribed>;
   unsubscribe(channel: string): void;
   /** Your contacts' presence; with `watch`, `presence` events (renewed after reconnects). */

@@ -44,6 +44,7 @@ export class LocalStorageCursorStore {
 /** The last `limit` msg_ids, for dropping duplicates in bounded memory. */
 class Seen {
   constructor(limit) { this.limit = limit; this.set = new Set(); }
+  has(id) { return this.set.has(id); }
   add(id) {
     if (this.set.has(id)) return false;
     this.set.add(id);
@@ -169,6 +170,8 @@ export class Client {
     this.token = o.token;
     this.listeners = new Map();
     this.seen = new Seen(o.dedupe);
+    // Anycast publications this app answered `handled` (answered again if redelivered).
+    this.handledIds = new Seen(o.dedupe);
     this.pending = new Map(); // client_msg_id -> {frame, id, resolve, reject, sent}
     this.channels = new Map(); // channel -> {waiters: [], sent}
     this.watched = new Set(); // users watched, watched again on every session
@@ -233,13 +236,35 @@ export class Client {
    * msg_id once Kafka has it, after as many reconnects as it takes. The
    * same `clientMsgId` always gives the same msg_id.
    */
-  send(to, body, { kind = "chat", clientMsgId = randomId() } = {}) {
+  send(to, body, { kind = "chat", clientMsgId = randomId(), anycast, key } = {}) {
     return new Promise((resolve, reject) => {
       const id = ++this.nextId;
-      const frame = JSON.stringify({ type: "send", id, client_msg_id: clientMsgId, to, body, kind });
+      const send = { type: "send", id, client_msg_id: clientMsgId, to, body, kind };
+      if (anycast) send.anycast = true;
+      if (key !== undefined) send.key = key;
+      const frame = JSON.stringify(send);
       this.pending.set(clientMsgId, { id, frame, resolve, reject, sent: false });
       this.flushPending();
     });
+  }
+
+  /**
+   * Publishes to one subscriber of `channel` (anycast); with `key`, the same
+   * subscriber while it stays subscribed. Resolves with the msg_id.
+   */
+  anycast(channel, body, { kind = "chat", key, clientMsgId } = {}) {
+    return this.send({ channel }, body, { kind, key, clientMsgId, anycast: true });
+  }
+
+  /**
+   * Tells the server the app is done with an anycast `message` (one with
+   * `anycast: true`): it goes to no other subscriber. Not queued: if the
+   * connection is down it goes to another subscriber, and if it comes back
+   * here the duplicate is dropped and answered again.
+   */
+  handled(channel, msgId) {
+    this.handledIds.add(msgId);
+    return this.write({ type: "handled", channel, msg_id: msgId });
   }
 
   /** Subscribes to a channel (again after every reconnect, from its cursor). */
@@ -514,6 +539,7 @@ export class Client {
 
   onMessage(m) {
     if (this.seen.add(m.msg_id)) this.emit("message", m);
+    else if (m.anycast && m.channel && this.handledIds.has(m.msg_id)) this.handled(m.channel, m.msg_id);
     // Only past what the app has been handed: a resume replays the rest.
     if (m.channel) {
       if (m.cursor && this.channels.has(m.channel)) this.store.set(`channel.${this.o.userId}.${m.channel}`, m.cursor);

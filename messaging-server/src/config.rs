@@ -82,6 +82,21 @@ pub struct Config {
     /// go to every subscriber (docs/benchmarks.md, "Presence").
     #[arg(long, env = "SWITCHBOARD_JOIN_LEAVE_LIMIT", default_value_t = 1_000)]
     pub join_leave_limit: usize,
+    /// How long a subscriber chosen for a chat anycast publication has to
+    /// answer `handled` before it goes to another (docs/protocol.md, "Anycast").
+    #[arg(long = "anycast-handle-timeout-ms", env = "SWITCHBOARD_ANYCAST_HANDLE_TIMEOUT_MS", default_value = "10000", value_parser = service::args::millis)]
+    pub anycast_handle_timeout: Duration,
+    /// Chat anycast publications waiting per channel, at most (the oldest
+    /// is given up first).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ANYCAST_MAX_PENDING",
+        default_value_t = 10_000
+    )]
+    pub anycast_max_pending: usize,
+    /// Longest a chat anycast publication waits to be handled.
+    #[arg(long = "anycast-max-wait-secs", env = "SWITCHBOARD_ANYCAST_MAX_WAIT_SECS", default_value = "3600", value_parser = secs)]
+    pub anycast_max_wait: Duration,
     /// Members a group conversation may have. Each send writes one delivery
     /// row per member and one record per partition holding one; larger
     /// audiences belong in a channel (docs/benchmarks.md, "Channels").
@@ -163,6 +178,24 @@ impl Check for Config {
         )?;
         in_range("--max-group-members", self.max_group_members, 2, 1_000_000)?;
         in_range("--join-leave-limit", self.join_leave_limit, 0, 1_000_000)?;
+        in_range(
+            "--anycast-handle-timeout-ms",
+            self.anycast_handle_timeout.as_millis(),
+            50,
+            3_600_000,
+        )?;
+        in_range(
+            "--anycast-max-pending",
+            self.anycast_max_pending,
+            1,
+            10_000_000,
+        )?;
+        in_range(
+            "--anycast-max-wait-secs",
+            self.anycast_max_wait.as_secs(),
+            1,
+            30 * 86_400,
+        )?;
         if let Some(bad) = self
             .presence_channels
             .iter()

@@ -122,6 +122,11 @@ pub struct SessionEvents {
 }
 
 impl SessionEvents {
+    /// The session's id, as its events carry it.
+    pub fn session(&self) -> Uuid {
+        self.template.session
+    }
+
     pub fn subscribed(&mut self, channel: &ChannelName) {
         self.emit(EventKind::Subscribed, None, Some(channel.clone()));
     }

@@ -36,6 +36,7 @@ pub fn message(record: &Record, log_epoch: &str, offset: i64, replay: bool) -> S
         cursor: (record.kind == Kind::Chat).then(|| Cursor::new(log_epoch, offset)),
         replay,
         channel: None,
+        anycast: false,
     })
 }
 
@@ -59,6 +60,7 @@ pub fn channel_message(
         cursor: Some(Cursor::new(log_epoch, offset)),
         replay,
         channel: Some(record.channel.clone()),
+        anycast: record.anycast,
     })
 }
 
@@ -95,6 +97,7 @@ pub fn stored_message(
         cursor: Some(Cursor::new(log_epoch, row.kafka_offset)),
         replay,
         channel: None,
+        anycast: false,
     }))
 }
 

@@ -1,6 +1,7 @@
 //! The messaging server (docs/protocol.md, docs/architecture.md): WebSocket
 //! sessions for the users of the partitions etcd assigns to it.
 
+pub mod anycast;
 pub mod auth;
 mod broker_watch;
 mod channel_stats;
@@ -144,6 +145,8 @@ pub async fn serve_with(
         sink: Arc::new(channels::consumer::ChannelSink {
             channels: state.channels.clone(),
             hub: state.hub.clone(),
+            anycast: state.anycast.clone(),
+            presence: state.presence.clone(),
         }),
         metrics: state.metrics.clone(),
         assignment: state.assignment_rx.clone(),
@@ -160,11 +163,19 @@ pub async fn serve_with(
             presence: state.presence.clone(),
             hub: state.hub.clone(),
             channels: state.channels.clone(),
+            anycast: state.anycast.clone(),
         }),
         metrics: state.metrics.clone(),
         assignment: state.assignment_rx.clone(),
         lag: None,
     };
+    let deliver = anycast::Deliver {
+        presence: state.presence.clone(),
+        channels: state.channels.clone(),
+        hub: state.hub.clone(),
+        metrics: state.metrics.clone(),
+    };
+    tasks.spawn("anycast", state.anycast.clone().run(deliver, stop.clone()));
     let store = state.members.store().clone();
     tasks.spawn(
         "presence-consumer",
@@ -300,6 +311,11 @@ fn build_state(
         presence: Arc::new(presence::Presence::new(presence::Rules {
             patterns: config.presence_channels.clone(),
             join_leave_limit: config.join_leave_limit,
+        })),
+        anycast: Arc::new(anycast::Anycast::new(anycast::table::Settings {
+            handle_timeout: config.anycast_handle_timeout,
+            max_pending: config.anycast_max_pending,
+            max_wait: config.anycast_max_wait,
         })),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),

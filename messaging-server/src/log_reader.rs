@@ -140,7 +140,7 @@ impl LogReader {
         let channel = channel.clone();
         let pick = move |bytes: &[u8]| {
             readable(ChannelRecord::decode(bytes))
-                .map(|r| r.filter(|r| r.kind == protocol::Kind::Chat && r.channel == channel))
+                .map(|r| r.filter(|r| r.recoverable() && r.channel == channel))
         };
         read_where(&self.readers, &self.channel_topic, partition, range, pick).await
     }

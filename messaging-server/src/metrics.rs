@@ -98,6 +98,21 @@ pub struct Metrics {
     pub connection_events_lost: Counter,
     pub sessions_reaped: Counter,
     pub stages: Family<StageLabel, Histogram, fn() -> Histogram>,
+    pub anycast_redelivered: Counter,
+    pub anycast_handled: Counter,
+    pub anycast_pending: Gauge,
+    pub anycast_given_up: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+impl ReasonLabel {
+    /// Why anycast gives a publication up: pushed out by newer ones, or
+    /// nobody handled it in time.
+    pub const GIVEN_UP: [&'static str; 2] = ["overflowed", "expired"];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,6 +153,10 @@ impl Default for Metrics {
             connection_events_lost: Counter::default(),
             sessions_reaped: Counter::default(),
             stages: Family::new_with_constructor(stage_histogram),
+            anycast_redelivered: Counter::default(),
+            anycast_handled: Counter::default(),
+            anycast_pending: Gauge::default(),
+            anycast_given_up: Family::default(),
         }
     }
 }
@@ -156,8 +175,39 @@ impl Metrics {
         self.stages.get_or_create(&label).clone()
     }
 
+    /// Anycast publications given up for `reason` (one of
+    /// [`ReasonLabel::GIVEN_UP`]).
+    pub fn anycast_given_up(&self, reason: &'static str) -> Counter {
+        self.anycast_given_up
+            .get_or_create(&ReasonLabel { reason })
+            .clone()
+    }
+
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("switchboard_server");
+        for reason in ReasonLabel::GIVEN_UP {
+            self.anycast_given_up(reason);
+        }
+        r.register(
+            "anycast_redelivered",
+            "Anycast publications delivered to another subscriber (the first did not answer handled in time, or left)",
+            self.anycast_redelivered.clone(),
+        );
+        r.register(
+            "anycast_handled",
+            "handled answers from this server's subscribers",
+            self.anycast_handled.clone(),
+        );
+        r.register(
+            "anycast_pending",
+            "Chat anycast publications this server follows until a handled mark",
+            self.anycast_pending.clone(),
+        );
+        r.register(
+            "anycast_given_up",
+            "Chat anycast publications given up, by reason: overflowed (past SWITCHBOARD_ANYCAST_MAX_PENDING of a channel), expired (SWITCHBOARD_ANYCAST_MAX_WAIT_SECS)",
+            self.anycast_given_up.clone(),
+        );
         r.register(
             "connections",
             "Open WebSocket sessions",

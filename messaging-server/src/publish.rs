@@ -74,6 +74,14 @@ async fn start(
 pub async fn prepare(dir: &impl Directory, p: Publish) -> Result<Prepared, FrameError> {
     let (conversation_id, to) = recipients(dir, &p).await?;
     let device = DeviceId::new(DEVICE).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+    if p.anycast && !matches!(p.to, PublishTarget::Channel(_)) {
+        return Err(refuse(
+            ErrorCode::InvalidField,
+            "anycast is only to a channel",
+        ));
+    }
+    protocol::channel::check_anycast(p.anycast, p.key.as_deref())
+        .map_err(|m: String| refuse(ErrorCode::InvalidField, m))?;
     let message = Outgoing {
         id: None,
         msg_id: MsgId::derive(&p.from, &p.idempotency_key),
@@ -82,6 +90,8 @@ pub async fn prepare(dir: &impl Directory, p: Publish) -> Result<Prepared, Frame
         device: &device,
         kind: p.kind,
         body: p.body,
+        anycast: p.anycast,
+        key: p.key,
     };
     match &p.to {
         PublishTarget::Channel(channel) => build_channel(dir, message, channel),

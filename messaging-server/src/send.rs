@@ -28,6 +28,9 @@ pub trait Directory: Sync {
     fn user_partitions(&self) -> Option<u32>;
     /// The channel topic's partition for `channel`, once it is open.
     fn channel_partition(&self, channel: &ChannelName) -> Option<u32>;
+    /// Whether this server knows `channel`'s subscribers cluster-wide
+    /// (channel presence), which anycast chooses among.
+    fn knows_subscribers(&self, channel: &ChannelName) -> bool;
 }
 
 impl Directory for AppState {
@@ -41,6 +44,10 @@ impl Directory for AppState {
 
     fn channel_partition(&self, channel: &ChannelName) -> Option<u32> {
         self.channels.partition_of(channel)
+    }
+
+    fn knows_subscribers(&self, channel: &ChannelName) -> bool {
+        self.presence.covers(channel)
     }
 }
 
@@ -169,6 +176,8 @@ fn outgoing<'a>(
         device,
         kind: send.kind,
         body: send.body,
+        anycast: send.anycast,
+        key: send.key,
     }
 }
 
@@ -186,6 +195,11 @@ pub fn build_channel(
 ) -> Result<Prepared, FrameError> {
     let started = Instant::now();
     let fail = |code, message: String| FrameError::new(m.id.clone(), code, message);
+    if m.anycast && !dir.knows_subscribers(channel) {
+        let message =
+            format!("anycast needs channel presence for {channel} (SWITCHBOARD_PRESENCE_CHANNELS)");
+        return Err(fail(ErrorCode::InvalidField, message));
+    }
     let partition = dir
         .channel_partition(channel)
         .ok_or_else(|| fail(ErrorCode::Unavailable, "channels are not open yet".into()))?;
@@ -198,6 +212,9 @@ pub fn build_channel(
         sender_device: m.device.clone(),
         body: m.body,
         sent_at_ms: now_ms(),
+        anycast: m.anycast,
+        key: m.key,
+        handled: None,
     };
     let bytes = record
         .encode()
@@ -220,6 +237,9 @@ pub struct Outgoing<'a> {
     pub device: &'a DeviceId,
     pub kind: protocol::Kind,
     pub body: Box<serde_json::value::RawValue>,
+    /// To one subscriber of the channel (checked: only to a channel).
+    pub anycast: bool,
+    pub key: Option<String>,
 }
 
 /// One record per partition that holds a recipient.

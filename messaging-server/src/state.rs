@@ -37,6 +37,7 @@ pub struct AppState {
     pub channel_topic: String,
     /// Who is online over the cluster, and local watchers.
     pub presence: Arc<crate::presence::Presence>,
+    pub anycast: Arc<crate::anycast::Anycast>,
     /// Where connection events go (`<topic>.events`).
     pub events: crate::events::EventLog,
     pub metrics: Metrics,

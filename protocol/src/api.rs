@@ -83,6 +83,11 @@ pub struct Publish {
     /// `system:<name>`.
     pub from: UserId,
     pub idempotency_key: ClientMsgId,
+    /// **(addition)** To one subscriber of the channel (docs/protocol.md, "Anycast").
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub anycast: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Publish {

@@ -55,9 +55,55 @@ pub struct ChannelRecord {
     pub sender_device: DeviceId,
     pub body: Box<RawValue>,
     pub sent_at_ms: i64,
+    /// **(addition)** For one subscriber only (docs/protocol.md, "Anycast").
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub anycast: bool,
+    /// An anycast's sticky key: the same subscriber while it stays subscribed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Set on a **handled mark**, not a publication: a subscriber handled
+    /// the anycast publication with this msg_id. Never delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled: Option<MsgId>,
+}
+
+/// **(addition)** `handled`: this connection's app handled the anycast
+/// publication `msg_id` of `channel`; it goes to no other subscriber.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handled {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
+    pub channel: ChannelName,
+    pub msg_id: MsgId,
+}
+
+/// Longest anycast `key`, in bytes.
+pub const MAX_ANYCAST_KEY: usize = 128;
+
+/// An anycast request's `key` is 1–128 bytes and only with `anycast`.
+pub fn check_anycast(anycast: bool, key: Option<&str>) -> Result<(), String> {
+    match key {
+        Some(_) if !anycast => Err("key is only for an anycast publication".into()),
+        Some(k) if k.is_empty() || k.len() > MAX_ANYCAST_KEY => {
+            Err(format!("key must be 1 to {MAX_ANYCAST_KEY} bytes"))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl ChannelRecord {
+    /// Whether this is a handled mark rather than a publication.
+    pub fn is_mark(&self) -> bool {
+        self.handled.is_some()
+    }
+
+    /// Whether a subscribe with a cursor replays it: chat publications for
+    /// every subscriber, never an anycast one (it went to one subscriber,
+    /// which answered or was replaced) nor a mark.
+    pub fn recoverable(&self) -> bool {
+        self.kind == Kind::Chat && !self.anycast && !self.is_mark()
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         crate::record::decode_versioned(bytes, |r: &ChannelRecord| r.v)
     }
@@ -109,6 +155,24 @@ mod tests {
         let again = ChannelRecord::decode(&rec.encode().unwrap()).unwrap();
         assert_eq!(again.body.get(), r#"{"lat":1.5}"#);
         assert!(ChannelRecord::decode(json.replace("ch:vehicle.7", "vehicle").as_bytes()).is_err());
+        assert!(!rec.anycast && rec.key.is_none() && !rec.is_mark());
+        assert!(!rec.recoverable(), "ephemeral");
+        let chat = json.replace("ephemeral", "chat");
+        let mut rec = ChannelRecord::decode(chat.as_bytes()).unwrap();
+        assert!(rec.recoverable());
+        rec.anycast = true;
+        assert!(
+            !rec.recoverable(),
+            "an anycast publication is never replayed"
+        );
+        let mark = ChannelRecord::decode(&rec.encode().unwrap()).unwrap();
+        assert!(mark.anycast, "the flag survives the log");
+        rec.anycast = false;
+        rec.handled = Some(rec.msg_id);
+        assert!(
+            !rec.recoverable() && rec.is_mark(),
+            "a mark is never a message"
+        );
     }
 
     proptest! {

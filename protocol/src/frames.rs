@@ -129,7 +129,15 @@ pub struct Send {
     pub body: Box<RawValue>,
     #[serde(default)]
     pub kind: Kind,
+    /// **(addition)** To one subscriber of the channel (`to.channel` only).
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub anycast: bool,
+    /// With `anycast`: keeps the same subscriber while it stays subscribed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
+
+pub use crate::channel::Handled;
 
 /// `auth`: a fresh token for the open session, sent before the current one
 /// expires; its subject must be the session's user.
@@ -181,6 +189,7 @@ pub enum ClientFrame {
     Presence(crate::presence::PresenceRequest),
     Unwatch(crate::presence::Unwatch),
     ChannelPresence(crate::presence::ChannelPresenceRequest),
+    Handled(Handled),
 }
 
 /// Why a client frame was refused; `id` is the request's, when it had one.
@@ -261,6 +270,7 @@ impl ClientFrame {
             "presence" => Ok(ClientFrame::Presence(concrete(text, &id)?)),
             "unwatch" => Ok(ClientFrame::Unwatch(concrete(text, &id)?)),
             "channel_presence" => Ok(ClientFrame::ChannelPresence(concrete(text, &id)?)),
+            "handled" => Ok(ClientFrame::Handled(concrete(text, &id)?)),
             other => Err(FrameError {
                 id,
                 code: ErrorCode::UnknownType,
@@ -281,6 +291,7 @@ impl ClientFrame {
             ClientFrame::Presence(_) => "presence",
             ClientFrame::Unwatch(_) => "unwatch",
             ClientFrame::ChannelPresence(_) => "channel_presence",
+            ClientFrame::Handled(_) => "handled",
         };
         serde_json::to_string(self).map_err(|source| EncodeError { frame, source })
     }
@@ -295,6 +306,15 @@ impl Send {
                 message: format!("body exceeds {} bytes", crate::MAX_BODY_BYTES),
             });
         }
+        let invalid = |message| FrameError {
+            id: self.id.clone(),
+            code: ErrorCode::InvalidField,
+            message,
+        };
+        if self.anycast && !matches!(self.to, Target::Channel(_)) {
+            return Err(invalid("anycast is only to a channel".into()));
+        }
+        crate::channel::check_anycast(self.anycast, self.key.as_deref()).map_err(invalid)?;
         Ok(())
     }
 }
@@ -335,6 +355,10 @@ pub struct Message {
     /// `conversation_id` repeats the channel name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<ChannelName>,
+    /// **(addition)** An anycast publication: this subscriber was chosen;
+    /// answer `handled` once the app has dealt with it.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub anycast: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

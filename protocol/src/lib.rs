@@ -26,5 +26,10 @@ pub use layout::EtcdLayout;
 pub use partition::{murmur2, partition_for};
 pub use record::{Kind, Record};
 
+/// For `skip_serializing_if`: a flag that is absent unless set.
+pub fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Largest message body a client may send (docs/protocol.md, "WebSocket").
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -244,3 +244,68 @@ pub async fn js_sdk_presence_in_node(infra: Arc<Infra>) -> anyhow::Result<()> {
     anyhow::ensure!(out.status.success(), "node exited with {}: {r}", out.status);
     Ok(())
 }
+
+/// The SDK's anycast in Node (clients/js/tests/anycast.mjs): two workers on
+/// two servers; 20 anycast messages are each handled by exactly one of them
+/// (both get some), and 10 with one key all by the same one.
+pub async fn js_sdk_anycast_in_node(infra: Arc<Infra>) -> anyhow::Result<()> {
+    let stack = Stack::start_with(&infra, "js-anycast", 2, true, |c| {
+        c.presence_channels = vec!["ch:live.js*".into()];
+        // Short: a `handled` the SDK failed to send shows as a second handler.
+        c.anycast_handle_timeout = Duration::from_secs(1);
+    })
+    .await?;
+    let (alice, bob) = stack.users_on_distinct_servers("jsa").await?;
+    let token = |u: &str, publish: &[&str]| {
+        let grants = switchboard_client::token::Grants {
+            channels: vec!["ch:live.*".into()],
+            publish: publish.iter().map(|p| p.to_string()).collect(),
+        };
+        switchboard_client::token::mint_hs256_with(harness::stack::JWT_SECRET, u, 3600, &grants)
+    };
+    let out = tokio::process::Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(sdk_dir().join("tests/anycast.mjs"))
+        .env("SB_COORDINATORS", stack.coordinator.url())
+        .env("SB_ALICE", &alice)
+        .env("SB_ALICE_TOKEN", token(&alice, &[])?)
+        .env("SB_BOB", &bob)
+        .env("SB_BOB_TOKEN", token(&bob, &[])?)
+        .env("SB_PUB", "jsa-dispatcher")
+        .env("SB_PUB_TOKEN", token("jsa-dispatcher", &["ch:live.js*"])?)
+        .env("SB_POOL", "ch:live.js-pool")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out).await??;
+    stack.stop().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no result from node: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let r: Value = serde_json::from_str(line)?;
+    let tally = |field: &str| -> std::collections::HashMap<String, Vec<String>> {
+        serde_json::from_value(r[field].clone()).unwrap_or_default()
+    };
+    let (plain, keyed) = (tally("handled"), tally("keyed"));
+    let once =
+        |t: &std::collections::HashMap<String, Vec<String>>| t.values().all(|h| h.len() == 1);
+    let workers: std::collections::HashSet<&String> = plain.values().flatten().collect();
+    let keyed_by: std::collections::HashSet<&String> = keyed.values().flatten().collect();
+    anyhow::ensure!(
+        r["sent"] == 30 && plain.len() == 20 && keyed.len() == 10 && once(&plain) && once(&keyed),
+        "each anycast message must be handled exactly once: {r}"
+    );
+    anyhow::ensure!(
+        workers.len() == 2,
+        "20 messages all went to {workers:?}: {r}"
+    );
+    anyhow::ensure!(keyed_by.len() == 1, "one key went to {keyed_by:?}: {r}");
+    anyhow::ensure!(out.status.success(), "node exited with {}: {r}", out.status);
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! `harness::trials` runs them: one set of infrastructure is started before
 //! the tests and removed after them.
 
+mod anycast;
 mod auth;
 mod broker_faults;
 mod browser;
@@ -59,6 +60,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         browser::browser_shows_contacts_online_and_who_is_watching,
         js_sdk::js_sdk_in_node_delivers_exactly_once_across_failures,
         js_sdk::js_sdk_presence_in_node,
+        js_sdk::js_sdk_anycast_in_node,
         js_sdk::js_sdk_in_chromium_delivers_exactly_once_across_failures,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
@@ -93,6 +95,9 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         store::contacts_are_group_members_and_dm_partners_who_wrote,
         store::open_subscriptions_follow_subscribe_unsubscribe_and_disconnect,
         channels::channels_are_authorized_limited_and_served,
+        anycast::anycast_spreads_over_six_subscribers_once_each,
+        anycast::anycast_loses_nothing_when_a_subscribers_server_is_killed,
+        anycast::anycast_waits_for_a_first_subscriber,
         channels::channel_recovery_says_when_the_log_was_trimmed,
         channels::channel_subscribers_lose_nothing_across_drain_and_crash,
         channel_stats::channel_stats_add_up_over_three_servers,

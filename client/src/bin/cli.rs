@@ -177,6 +177,12 @@ struct PublishArgs {
     /// Idempotency key: the same key gives the same msg_id (default: random).
     #[arg(long)]
     key: Option<String>,
+    /// To one subscriber of `--to-channel` only (anycast).
+    #[arg(long, requires = "to_channel")]
+    anycast: bool,
+    /// With `--anycast`: the same subscriber for the same key while it stays.
+    #[arg(long, requires = "anycast")]
+    anycast_key: Option<String>,
 }
 
 impl PublishArgs {
@@ -205,6 +211,8 @@ impl PublishArgs {
             body: serde_json::value::to_raw_value(&self.body.value()?)?,
             from: protocol::UserId::new(self.from.as_str())?,
             idempotency_key: protocol::ClientMsgId::new(key)?,
+            anycast: self.anycast,
+            key: self.anycast_key.clone(),
         })
     }
 }
@@ -326,6 +334,10 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
             Some(Event::Message(m)) => {
                 seen += 1;
                 println!("{}", serde_json::to_string(&m)?);
+                // Printed is handled: an anycast publication goes to no one else.
+                if let (true, Some(channel)) = (m.anycast, &m.channel) {
+                    client.handled(channel, m.msg_id).await?;
+                }
             }
             Some(Event::Connected {
                 server_id,

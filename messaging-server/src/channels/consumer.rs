@@ -21,6 +21,10 @@ use tracing::{info, warn};
 pub struct ChannelSink {
     pub channels: std::sync::Arc<ChannelHub>,
     pub hub: std::sync::Arc<Hub>,
+    /// Who each anycast publication goes to, from the presence channels'
+    /// subscribed sessions.
+    pub anycast: std::sync::Arc<crate::anycast::Anycast>,
+    pub presence: std::sync::Arc<crate::presence::Presence>,
 }
 
 impl Sink for ChannelSink {
@@ -51,7 +55,10 @@ impl Sink for ChannelSink {
     }
 
     fn deliver(&self, run: &[FramedRecord<ChannelRecord>], metrics: &Metrics) {
-        let d = self.channels.dispatch_batch(run);
+        let targets = self
+            .anycast
+            .route(run, |c| self.presence.channel_sessions(c));
+        let d = self.channels.dispatch_batch(run, &targets);
         metrics.channel_deliveries.inc_by(d.delivered as u64);
         metrics.overflows.inc_by(d.overflowed.len() as u64);
         for (user, conn) in d.overflowed {

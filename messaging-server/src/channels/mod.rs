@@ -8,20 +8,42 @@
 
 pub mod consumer;
 
+use crate::anycast::Targets;
 use crate::delivery::{Entry, Fanout, Keyed};
 use crate::frame::Text;
 use protocol::api::ChannelStats;
 use protocol::{partition_for, ChannelName, ChannelRecord, UserId};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 /// The connection a subscription delivers to.
 #[derive(Clone)]
 pub struct Subscriber {
     pub user: UserId,
+    /// The connection's session id (its connection events'), which anycast
+    /// chooses by; `None` for a session without events.
+    pub session: Option<Uuid>,
     /// The hub's id of the connection.
     pub conn: u64,
     pub queue: mpsc::Sender<Text>,
+}
+
+/// What a seat knows of its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sub {
+    pub user: UserId,
+    pub session: Option<Uuid>,
+}
+
+/// What offering one anycast publication to one session here did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    Delivered,
+    /// The session is not subscribed here (another server holds it).
+    NotHere,
+    /// Its queue was full: close it (4004).
+    Full(UserId, u64),
 }
 
 /// What a `dispatch` did; `overflowed` connections must be closed (4004).
@@ -33,7 +55,7 @@ pub struct Dispatched {
 
 pub struct ChannelHub {
     /// Keyed by channel; a seat's id is its connection's, its data the user.
-    fanout: Fanout<ChannelName, UserId, Text>,
+    fanout: Fanout<ChannelName, Sub, Text>,
 }
 
 impl ChannelHub {
@@ -80,7 +102,7 @@ impl ChannelHub {
     pub fn stats(&self, channel: &ChannelName) -> ChannelStats {
         let core = self.fanout.lock();
         let seats = core.seats(channel);
-        let users: std::collections::HashSet<&UserId> = seats.iter().map(|s| &s.sub).collect();
+        let users: std::collections::HashSet<&UserId> = seats.iter().map(|s| &s.sub.user).collect();
         ChannelStats {
             subscribers: seats.len() as u64,
             users: users.len() as u64,
@@ -94,8 +116,22 @@ impl ChannelHub {
         core.seats(channel)
             .iter()
             .filter(|s| s.queue().try_send(frame.clone()).is_err())
-            .map(|s| (s.sub.clone(), s.id))
+            .map(|s| (s.sub.user.clone(), s.id))
             .collect()
+    }
+
+    /// Offers an anycast publication to `session`, if it is subscribed here.
+    pub fn offer(&self, channel: &ChannelName, session: Uuid, frame: &Text) -> Offered {
+        let core = self.fanout.lock();
+        let seat = core
+            .seats(channel)
+            .iter()
+            .find(|s| s.sub.session == Some(session));
+        match seat {
+            None => Offered::NotHere,
+            Some(s) if s.queue().try_send(frame.clone()).is_ok() => Offered::Delivered,
+            Some(s) => Offered::Full(s.sub.user.clone(), s.id),
+        }
     }
 
     /// `(channels with a subscriber here, subscriptions)`.
@@ -118,7 +154,11 @@ impl ChannelHub {
             .filter(|n| *n > 0)?;
         let partition = partition_for(channel.as_str(), n);
         core.remove(channel, to.conn);
-        core.add(channel, to.conn, partition, to.user, to.queue, recovering)
+        let sub = Sub {
+            user: to.user,
+            session: to.session,
+        };
+        core.add(channel, to.conn, partition, sub, to.queue, recovering)
     }
 
     /// Ends a recovery: the buffered live frames not already sent.
@@ -132,14 +172,20 @@ impl ChannelHub {
     }
 
     /// Hands publications (in log order) to the local subscribers (see
-    /// [`crate::delivery::Core::dispatch`]): each channel's in its order.
-    pub fn dispatch_batch(&self, batch: &[Publication]) -> Dispatched {
+    /// [`crate::delivery::Core::dispatch`]): each channel's in its order;
+    /// an anycast one only to its target's session, a handled mark to none.
+    pub fn dispatch_batch(&self, batch: &[Publication], targets: &Targets) -> Dispatched {
         let mut overflowed = Vec::new();
-        let d = self.fanout.dispatch(
-            batch,
-            |_, _, _| true,
-            |seat, _| overflowed.push((seat.sub.clone(), seat.id)),
-        );
+        let wants = |_: &ChannelName, sub: &Sub, r: &ChannelRecord| match (r.is_mark(), r.anycast) {
+            (true, _) => false,
+            (false, true) => {
+                sub.session.is_some() && targets.get(&r.msg_id) == sub.session.as_ref()
+            }
+            (false, false) => true,
+        };
+        let d = self.fanout.dispatch(batch, wants, |seat, _| {
+            overflowed.push((seat.sub.user.clone(), seat.id))
+        });
         Dispatched {
             delivered: d.delivered,
             overflowed,

@@ -8,10 +8,15 @@ fn sub(conn: u64, queue: usize) -> (Subscriber, mpsc::Receiver<Text>) {
     let (tx, rx) = mpsc::channel(queue);
     let to = Subscriber {
         user: UserId::new(format!("u{conn}")).unwrap(),
+        session: Some(session(conn)),
         conn,
         queue: tx,
     };
     (to, rx)
+}
+
+fn session(conn: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u128(u128::from(conn) + 1000)
 }
 
 /// Hands one publication of `channel` at `offset` of `partition` out.
@@ -22,7 +27,18 @@ fn dispatch(
     channel: &ChannelName,
     frame: &Text,
 ) -> Dispatched {
-    let record = ChannelRecord {
+    dispatch_record(
+        hub,
+        partition,
+        offset,
+        publication(channel),
+        frame,
+        &Targets::new(),
+    )
+}
+
+fn publication(channel: &ChannelName) -> ChannelRecord {
+    ChannelRecord {
         v: 1,
         msg_id: protocol::MsgId(uuid::Uuid::new_v4()),
         kind: protocol::Kind::Chat,
@@ -31,13 +47,54 @@ fn dispatch(
         sender_device: protocol::DeviceId::new("d").unwrap(),
         body: serde_json::value::RawValue::from_string("1".into()).unwrap(),
         sent_at_ms: 0,
-    };
-    hub.dispatch_batch(&[Entry {
+        anycast: false,
+        key: None,
+        handled: None,
+    }
+}
+
+fn dispatch_record(
+    hub: &ChannelHub,
+    partition: u32,
+    offset: i64,
+    record: ChannelRecord,
+    frame: &Text,
+    targets: &Targets,
+) -> Dispatched {
+    let entry = Entry {
         partition,
         offset,
         record,
         frame: frame.clone(),
-    }])
+    };
+    hub.dispatch_batch(&[entry], targets)
+}
+
+#[test]
+fn an_anycast_publication_reaches_its_target_alone_and_a_mark_reaches_nobody() {
+    let hub = ChannelHub::new(16);
+    hub.open(&[(0, 0)]);
+    let c = ch("ch:jobs");
+    let mut rxs: Vec<_> = (1..=3)
+        .map(|conn| {
+            let (to, rx) = sub(conn, 8);
+            hub.subscribe(&c, to, false).unwrap();
+            rx
+        })
+        .collect();
+    let mut any = publication(&c);
+    any.anycast = true;
+    let targets = Targets::from([(any.msg_id, session(2))]);
+    dispatch_record(&hub, 0, 0, any.clone(), &frame(0), &targets);
+    let mut mark = publication(&c);
+    mark.handled = Some(any.msg_id);
+    dispatch_record(&hub, 0, 1, mark, &frame(1), &Targets::new());
+    let got: Vec<Vec<String>> = rxs.iter_mut().map(drain).collect();
+    assert_eq!(got, [vec![], vec!["0".to_owned()], vec![]]);
+    // Offered again (by the re-choice task): to a session held here, or not.
+    assert_eq!(hub.offer(&c, session(3), &frame(0)), Offered::Delivered);
+    assert_eq!(hub.offer(&c, session(9), &frame(0)), Offered::NotHere);
+    assert_eq!(drain(&mut rxs[2]), ["0"]);
 }
 
 fn frame(offset: i64) -> Text {

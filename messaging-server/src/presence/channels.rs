@@ -137,6 +137,17 @@ impl Presence {
         self.rules.covers(channel)
     }
 
+    /// Every session subscribed to `channel` over the cluster (a presence
+    /// channel's; none for another channel).
+    pub fn channel_sessions(&self, channel: &ChannelName) -> Vec<Uuid> {
+        let inner = self.lock();
+        inner
+            .members
+            .get(channel)
+            .map(|users| users.values().flatten().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// One page of `channel`'s users in id order after `after`, and the
     /// `after` of the next page if there is one.
     pub fn members(

@@ -10,7 +10,7 @@ use crate::hub::Hub;
 use crate::kafka::FramedRecord;
 use crate::metrics::Metrics;
 use protocol::record::RecordError;
-use protocol::{ConnectionEvent, ServerFrame};
+use protocol::{ConnectionEvent, EventKind, ServerFrame};
 use service::Backoff;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ pub struct PresenceSink {
     pub hub: Arc<Hub>,
     /// Local subscribers of presence channels get join/leave through it.
     pub channels: Arc<ChannelHub>,
+    /// Told when a channel's subscribers change.
+    pub anycast: Arc<crate::anycast::Anycast>,
 }
 
 impl PresenceSink {
@@ -64,6 +66,9 @@ impl Sink for PresenceSink {
             for (channel, frame) in applied.notices {
                 self.close_overflowed(self.channels.notify(&channel, &frame));
             }
+        }
+        if run.iter().any(|r| r.record.event != EventKind::Connected) {
+            self.anycast.subscribers_changed();
         }
     }
 }

@@ -54,6 +54,11 @@ impl Directory for Fake {
         self.partitions
     }
 
+    /// Channel presence covers `ch:pool.*` here.
+    fn knows_subscribers(&self, channel: &ChannelName) -> bool {
+        channel.as_str().starts_with("ch:pool.")
+    }
+
     fn channel_partition(&self, channel: &ChannelName) -> Option<u32> {
         self.channel_partitions
             .map(|n| partition_for(channel.as_str(), n))
@@ -248,4 +253,37 @@ async fn a_channel_publication_is_one_record_in_the_channels_partition() {
     )
     .await;
     assert_eq!(err.err().map(|e| e.code), Some(ErrorCode::Unavailable));
+}
+
+#[tokio::test]
+async fn anycast_is_one_marked_record_and_needs_channel_presence() {
+    let dir = Fake::default();
+    let device = DeviceId::new("phone").unwrap();
+    let anycast = |to: &str| {
+        let mut s = send(to);
+        s.anycast = true;
+        s.key = Some("conv-9".into());
+        s
+    };
+    let p = prepare(
+        &dir,
+        &who("a", &["ch:*"]),
+        &device,
+        anycast(r#"{"channel":"ch:pool.a"}"#),
+    )
+    .await
+    .unwrap();
+    let [(_, _, bytes)] = p.records() else {
+        panic!("{} records", p.records().len());
+    };
+    let r = ChannelRecord::decode(bytes).unwrap();
+    assert!(r.anycast && r.key.as_deref() == Some("conv-9") && r.handled.is_none());
+    let err = prepare(
+        &dir,
+        &who("a", &["ch:*"]),
+        &device,
+        anycast(r#"{"channel":"ch:news"}"#),
+    )
+    .await;
+    assert_eq!(err.err().map(|e| e.code), Some(ErrorCode::InvalidField));
 }

@@ -9,8 +9,11 @@ use crate::frame::{channel_message, encode};
 use crate::metrics::RecoveredLabel;
 use axum::extract::ws::Message as WsMessage;
 use futures_util::SinkExt;
-use protocol::frames::{Subscribe, Subscribed, Unsubscribe, Unsubscribed};
-use protocol::{ChannelName, Cursor, ErrorCode, FrameError, ServerFrame};
+use protocol::frames::{Handled, Subscribe, Subscribed, Unsubscribe, Unsubscribed};
+use protocol::{
+    ChannelName, ChannelRecord, Cursor, ErrorCode, FrameError, Kind, MsgId, ServerFrame,
+};
+use serde_json::value::RawValue;
 use std::collections::HashSet;
 use tokio::sync::mpsc;
 
@@ -96,6 +99,7 @@ impl Session {
         };
         let to = Subscriber {
             user: self.who.user.clone(),
+            session: self.events.as_ref().map(|e| e.session()),
             conn: self.subs.conn,
             queue,
         };
@@ -206,6 +210,59 @@ impl Session {
         let wait = super::CATCH_UP_WAIT;
         self.state.channels.passes(partition, high, wait).await;
         Ok(low)
+    }
+
+    /// `handled`: this connection's app is done with an anycast publication.
+    /// Every server stops following it once the handled mark written here
+    /// comes through the channel's partition; nothing is answered (a lost
+    /// mark only means another subscriber gets it too).
+    pub(super) fn handled(&self, h: Handled) -> Result<(), FrameError> {
+        let refuse = |code, message: String| FrameError::new(h.id.clone(), code, message);
+        if !self.subs.channels.contains(&h.channel) {
+            let message = format!("this connection is not subscribed to {}", h.channel);
+            return Err(refuse(ErrorCode::Forbidden, message));
+        }
+        let Some(partition) = self.state.channels.partition_of(&h.channel) else {
+            return Err(refuse(
+                ErrorCode::Unavailable,
+                "channels are not open yet".into(),
+            ));
+        };
+        self.state.anycast.handled_here(&h.msg_id);
+        self.state.metrics.anycast_handled.inc();
+        let mark = ChannelRecord {
+            v: protocol::record::RECORD_VERSION,
+            msg_id: MsgId(uuid::Uuid::new_v4()),
+            kind: Kind::Ephemeral,
+            channel: h.channel.clone(),
+            sender: self.who.user.clone(),
+            sender_device: self.device.clone(),
+            body: RawValue::from_string("null".into())
+                .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?,
+            sent_at_ms: crate::events::now_ms(),
+            anycast: false,
+            key: None,
+            handled: Some(h.msg_id),
+        };
+        let bytes = mark
+            .encode()
+            .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+        let record = [(partition, h.channel.to_string(), bytes)];
+        let handed = self
+            .state
+            .producer
+            .enqueue(&self.state.channel_topic, &record);
+        let (msg_id, channel) = (h.msg_id, h.channel);
+        tokio::spawn(async move {
+            let acked = match handed {
+                Ok(acks) => acks.wait().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = acked {
+                tracing::warn!(%msg_id, %channel, error = %e, "handled mark not written; another subscriber may get it");
+            }
+        });
+        Ok(())
     }
 
     pub(super) async fn unsubscribe(&mut self, un: Unsubscribe) -> Result<(), Gone> {

@@ -210,6 +210,10 @@ impl Session {
                 }
                 Err(e) => (e, false),
             },
+            Ok(ClientFrame::Handled(h)) => match self.handled(h) {
+                Ok(()) => return Ok(None),
+                Err(e) => (e, false),
+            },
             Ok(ClientFrame::Unwatch(un)) => {
                 self.unwatch(&un);
                 return Ok(None);

@@ -56,6 +56,39 @@ fn send_round_trip() {
 }
 
 #[test]
+fn anycast_is_to_a_channel_and_its_key_is_bounded() {
+    let send = |extra: &str, to: &str| {
+        ClientFrame::parse(&format!(
+            r#"{{"type":"send","id":1,"client_msg_id":"m","to":{to},"body":1{extra}}}"#
+        ))
+    };
+    let ch = r#"{"channel":"ch:jobs"}"#;
+    let Ok(ClientFrame::Send(s)) = send(r#","anycast":true,"key":"conv-7""#, ch) else {
+        panic!("an anycast send with a key must parse")
+    };
+    assert!(s.anycast && s.key.as_deref() == Some("conv-7"));
+    let refused = |r: Result<ClientFrame, FrameError>| r.err().map(|e| e.code);
+    assert_eq!(
+        refused(send(r#","anycast":true"#, r#"{"user":"bob"}"#)),
+        Some(ErrorCode::InvalidField)
+    );
+    assert_eq!(
+        refused(send(r#","key":"k""#, ch)),
+        Some(ErrorCode::InvalidField)
+    );
+    let long = format!(r#","anycast":true,"key":"{}""#, "k".repeat(129));
+    assert_eq!(refused(send(&long, ch)), Some(ErrorCode::InvalidField));
+    let handled =
+        r#"{"type":"handled","channel":"ch:jobs","msg_id":"00000000-0000-0000-0000-000000000001"}"#;
+    let Ok(ClientFrame::Handled(h)) = ClientFrame::parse(handled) else {
+        panic!("handled must parse")
+    };
+    assert_eq!(h.channel.as_str(), "ch:jobs");
+    let again = ClientFrame::Handled(h).to_json().unwrap();
+    assert!(again.starts_with(r#"{"type":"handled","#), "{again}");
+}
+
+#[test]
 fn malformed_frames_get_stable_codes() {
     assert_eq!(err("{").code, ErrorCode::BadJson);
     assert_eq!(err("[1,2]").code, ErrorCode::BadJson);
@@ -117,6 +150,7 @@ fn server_frames_round_trip() {
         cursor: Some(Cursor::new("e", 9)),
         replay: true,
         channel: None,
+        anycast: false,
     });
     let json = msg.to_json().unwrap();
     assert!(json.starts_with(r#"{"type":"message","#), "{json}");
