@@ -83,15 +83,20 @@ async fn route(
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// Waits (up to `wait`) until a map gives `user`'s partition to a server
-/// other than `owner`, or a check finds `owner` alive.
+/// other than `owner`, unless the first check finds `owner` alive. Later
+/// checks only look for a death (a dead verdict revokes the lease, and the
+/// map moves): a server that was unresponsive and answers again was slow,
+/// and sending its devices straight back would feed the overload — in a
+/// reconnect herd of 36,000 devices that made every second's recheck a
+/// retry storm on the survivors.
 async fn await_move(s: &AppState, user: &UserId, owner: &ServerInfo, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
     let mut rx = s.assignment.clone();
     let moved = |a: &Option<Arc<Assignment>>| !owned_by(a, user, &owner.server_id);
+    if s.deaths.check(owner).await == Verdict::Alive {
+        return;
+    }
     loop {
-        if s.deaths.check(owner).await == Verdict::Alive {
-            return;
-        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             return;
@@ -101,6 +106,7 @@ async fn await_move(s: &AppState, user: &UserId, owner: &ServerInfo, wait: Durat
         {
             return;
         }
+        s.deaths.check(owner).await;
     }
 }
 
