@@ -352,3 +352,60 @@ async fn a_lost_server_is_reported_on_the_next_lookup_and_hello_names_the_epoch(
     );
     client.close().await;
 }
+
+/// An anycast publication of `channel` (msg_id `n`).
+fn anycast_message(n: u128, channel: &protocol::ChannelName) -> ServerFrame {
+    let ServerFrame::Message(mut m) = message(n, 0, false) else {
+        unreachable!("message() builds a message")
+    };
+    m.channel = Some(channel.clone());
+    m.conversation_id = ConversationId::from(channel);
+    m.anycast = true;
+    ServerFrame::Message(m)
+}
+
+#[tokio::test]
+async fn anycast_sends_carry_the_key_and_a_redelivered_publication_is_answered_handled_again() {
+    let (base, mut sockets) = fake_server().await;
+    let mut client = Client::start(config(&base));
+    let mut ws = next_socket(&mut sockets).await;
+    hello_cursor(&mut ws).await;
+    write(&mut ws, welcome(false, Cursor::new("e1", 0))).await;
+    let pool = protocol::ChannelName::new("ch:pool").unwrap();
+    let body = serde_json::json!({"job": 1});
+    let publish = tokio::time::timeout(
+        Duration::from_millis(300),
+        client.anycast(&pool, body, Kind::Chat, Some("order-7")),
+    );
+    let (answer, frame) = tokio::join!(publish, read(&mut ws));
+    assert!(answer.is_err(), "not acked by the fake server");
+    let ClientFrame::Send(any) = frame else {
+        panic!("the anycast send")
+    };
+    assert!(any.anycast && any.key.as_deref() == Some("order-7"));
+    assert_eq!(any.to, Target::Channel(pool.clone()));
+
+    write(&mut ws, anycast_message(7, &pool)).await;
+    let m = loop {
+        match tokio::time::timeout(WAIT, client.next_event()).await {
+            Ok(Some(Event::Message(m))) => break m,
+            Ok(Some(_)) => {}
+            other => panic!("no anycast message: {other:?}"),
+        }
+    };
+    assert!(m.anycast);
+    client.handled(&pool, m.msg_id).await.unwrap();
+    let ClientFrame::Handled(h) = read(&mut ws).await else {
+        panic!("handled")
+    };
+    assert_eq!((h.channel, h.msg_id), (pool.clone(), m.msg_id));
+    // Offered here again (the first answer was lost): the app is not told
+    // twice, the server is told again.
+    write(&mut ws, anycast_message(7, &pool)).await;
+    let ClientFrame::Handled(again) = read(&mut ws).await else {
+        panic!("handled again")
+    };
+    assert_eq!(again.msg_id, m.msg_id);
+    assert_eq!(client.duplicates(), 1);
+    client.close().await;
+}
