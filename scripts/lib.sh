@@ -30,6 +30,24 @@ ensure_apt_packages() {
   fi
 }
 
+# The Python package's tests run in a virtualenv outside the clone, with the
+# package installed from the clone the way a user installs it
+# (`pip install ./clients/python`); tests/it/python_sdk.rs finds it through
+# SWITCHBOARD_PYTHON.
+ensure_python_sdk() {
+  local venv="$SB_CACHE/python-sdk"
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating the Python virtualenv for clients/python ($venv)"
+    python3 -m venv "$venv" 2>/dev/null || {
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    }
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$SB_ROOT/clients/python[test]" \
+    || die "pip could not install clients/python"
+  export SWITCHBOARD_PYTHON="$venv/bin/python"
+}
+
 ensure_toolchain() {
   command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup)"
   local have; have="$(rustup component list --installed 2>/dev/null || true)"

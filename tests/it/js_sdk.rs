@@ -42,18 +42,19 @@ async fn scenario(stack: &Stack) -> anyhow::Result<Scenario> {
     Ok(Scenario { alice, bob, env })
 }
 
-/// Progress lines from the scenario, wherever it runs.
-enum Lines {
-    Node(tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>),
+/// Progress lines from the scenario, wherever it runs (Node or Python's
+/// stdout, or a page).
+pub(crate) enum Lines {
+    Process(tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>),
     Page(fantoccini::Client),
 }
 
 impl Lines {
     async fn next(&mut self) -> anyhow::Result<Vec<String>> {
         match self {
-            Lines::Node(l) => match l.next_line().await? {
+            Lines::Process(l) => match l.next_line().await? {
                 Some(line) => Ok(vec![line]),
-                None => anyhow::bail!("node exited before the result"),
+                None => anyhow::bail!("the scenario's process exited before the result"),
             },
             Lines::Page(c) => {
                 let v = c
@@ -70,12 +71,16 @@ impl Lines {
 }
 
 /// Moves bob's server at the scenario's marks and returns its result.
-async fn drive(stack: &mut Stack, bob: &str, lines: &mut Lines) -> anyhow::Result<Value> {
+pub(crate) async fn drive(
+    stack: &mut Stack,
+    bob: &str,
+    lines: &mut Lines,
+) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         let batch = tokio::time::timeout_at(deadline, lines.next()).await??;
         for line in batch {
-            eprintln!("    [js] {}", line.chars().take(300).collect::<String>());
+            eprintln!("    [sdk] {}", line.chars().take(300).collect::<String>());
             if line == "sent 50" {
                 let (server, _) = stack.route(bob).await?;
                 stack.add_server(|_| {})?;
@@ -100,7 +105,7 @@ async fn drive(stack: &mut Stack, bob: &str, lines: &mut Lines) -> anyhow::Resul
     }
 }
 
-fn check(result: &Value) -> anyhow::Result<()> {
+pub(crate) fn check(result: &Value) -> anyhow::Result<()> {
     let n = |k: &str| result[k].as_u64().unwrap_or(u64::MAX);
     anyhow::ensure!(
         n("sent") == 210 && n("received") == 210 && n("unique") == 210 && n("missing") == 0,
@@ -145,7 +150,7 @@ pub async fn js_sdk_in_node_delivers_exactly_once_across_failures(
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = Lines::Node(tokio::io::BufReader::new(out).lines());
+    let mut lines = Lines::Process(tokio::io::BufReader::new(out).lines());
     let result = drive(&mut stack, &s.bob, &mut lines).await;
     let status = tokio::time::timeout(Duration::from_secs(10), node.wait()).await??;
     stack.stop().await;

@@ -26,6 +26,7 @@ mod outages;
 mod persister;
 mod presence;
 mod publish;
+mod python_sdk;
 mod resume;
 mod smoke;
 mod stages;
@@ -61,6 +62,8 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         js_sdk::js_sdk_in_node_delivers_exactly_once_across_failures,
         js_sdk::js_sdk_presence_in_node,
         js_sdk::js_sdk_anycast_in_node,
+        python_sdk::python_sdk_delivers_exactly_once_across_failures,
+        python_sdk::python_sdk_api_and_unit_tests,
         js_sdk::js_sdk_in_chromium_delivers_exactly_once_across_failures,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
