@@ -1,5 +1,6 @@
 use clap::Parser;
 use service::args::{in_range, millis, secs, EtcdArgs, KafkaArgs};
+use service::secret::Secret;
 use service::{Check, ConfigError};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,6 +47,18 @@ pub struct Config {
     /// map without it, in milliseconds (the client's `wait_ms` is capped here).
     #[arg(long = "route-wait-max-ms", env = "SWITCHBOARD_ROUTE_WAIT_MAX_MS", default_value = "30000", value_parser = millis)]
     pub route_wait_max: Duration,
+    /// The operator's key (at least 32 characters): the console (`/console/`)
+    /// needs it, and with it may drain a server (give the servers the same
+    /// `SWITCHBOARD_ADMIN_KEY`). None: the console is read-only and open.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+    /// Persisters' HTTP base URLs, comma separated: the console shows their lag.
+    #[arg(long, env = "SWITCHBOARD_PERSISTER_URLS", value_delimiter = ',')]
+    pub persister_urls: Vec<String>,
+    /// An API key of the messaging servers: the console's user lookup asks
+    /// their presence with it. None: the lookup shows the route only.
+    #[arg(long, env = "SWITCHBOARD_CONSOLE_API_KEY", hide_env_values = true)]
+    pub console_api_key: Option<Secret>,
 }
 
 /// Checked before any socket opens; the error is one line for the operator.
@@ -54,6 +67,16 @@ impl Check for Config {
         self.etcd.validate()?;
         self.kafka.validate()?;
         in_range("--partitions", self.partitions, 1, 100_000)?;
+        if self
+            .admin_key
+            .as_ref()
+            .is_some_and(|k| (1..32).contains(&k.expose().trim().len()))
+        {
+            return Err(ConfigError::new(
+                "SWITCHBOARD_ADMIN_KEY",
+                "must be at least 32 characters",
+            ));
+        }
         in_range("--channel-partitions", self.channel_partitions, 1, 10_000)?;
         in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
         in_range("--debounce-ms", self.debounce.as_millis(), 0, 60_000)?;

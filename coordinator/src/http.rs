@@ -27,6 +27,7 @@ pub struct AppState {
     pub route_wait_max: Duration,
     pub metrics: Metrics,
     pub registry: Arc<Registry>,
+    pub console: crate::console::Console,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(Status::ok()) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::console::router())
         .fallback(not_found)
         .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)

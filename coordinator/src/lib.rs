@@ -4,6 +4,7 @@
 pub mod assign;
 mod broker_grace;
 mod config;
+mod console;
 mod http;
 pub mod leader;
 mod metrics;
@@ -75,6 +76,11 @@ pub async fn serve_with(
         config.declare_dead,
     );
     let route_wait_max = config.route_wait_max;
+    let console = console::Console::new(
+        config.admin_key.clone(),
+        config.persister_urls.clone(),
+        config.console_api_key.clone(),
+    );
     let elector = leader::Elector {
         client,
         layout,
@@ -93,6 +99,7 @@ pub async fn serve_with(
         route_wait_max,
         metrics,
         registry: Arc::new(registry),
+        console,
     };
     let token = stop.clone();
     let server = axum::serve(listener, http::router(state))

@@ -56,6 +56,10 @@ pub struct Config {
     /// each at least 32 bytes. None: the publish API answers 401.
     #[arg(long, env = "SWITCHBOARD_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<Secret>,
+    /// The operator's key for `/admin/*` (the coordinator's console drains a
+    /// server with it; give both the same). None: admin actions are off.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
     /// WebSocket connections this server holds at most; past it the upgrade
     /// is refused with 503 `unavailable` and `Retry-After`.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 200_000)]
@@ -148,6 +152,16 @@ impl Check for Config {
         self.kafka.validate()?;
         self.database.validate()?;
         self.jwt.check()?;
+        if self
+            .admin_key
+            .as_ref()
+            .is_some_and(|k| (1..32).contains(&k.expose().trim().len()))
+        {
+            return Err(ConfigError::new(
+                "SWITCHBOARD_ADMIN_KEY",
+                "must be at least 32 characters",
+            ));
+        }
         if self.api_keys().any(|k| k.len() < 32) {
             return Err(ConfigError::new(
                 "SWITCHBOARD_API_KEYS",

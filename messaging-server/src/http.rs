@@ -42,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|State(s): St| async move { metrics_response(&s.registry) }),
         )
         .merge(crate::demo::router())
+        .merge(crate::admin::router())
         .fallback(not_found)
         // Bearer tokens, never cookies: any origin may call the API (the demo
         // page is served by one server and talks to the coordinator and others).

@@ -1,6 +1,7 @@
 //! The messaging server (docs/protocol.md, docs/architecture.md): WebSocket
 //! sessions for the users of the partitions etcd assigns to it.
 
+mod admin;
 pub mod anycast;
 pub mod auth;
 mod broker_watch;
@@ -319,6 +320,13 @@ fn build_state(
         })),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),
+        admin_keys: auth::ApiKeys::new(
+            config
+                .admin_key
+                .iter()
+                .map(|k| k.expose().trim())
+                .filter(|k| !k.is_empty()),
+        ),
         sockets: Arc::new(tokio::sync::Semaphore::new(connection_limit(
             &config, &metrics,
         ))),
@@ -359,9 +367,20 @@ fn connection_limit(config: &Config, metrics: &metrics::Metrics) -> usize {
     limit
 }
 
-/// Graceful hand-off: mark draining, let the coordinator move our
-/// partitions, redirect every client, flush what we produced.
+/// Graceful hand-off, then exit: flush what we produced.
 async fn drain(state: &AppState) {
+    hand_off(state).await;
+    if !state.events.written(Duration::from_secs(5)).await {
+        warn!("connection events still being written after 5 s");
+    }
+    if let Err(e) = state.producer.flush(Duration::from_secs(5)).await {
+        warn!(error = %e, "producer flush incomplete");
+    }
+}
+
+/// Mark draining, let the coordinator move our partitions, redirect every
+/// client (on shutdown, and for an operator's `/admin/drain`).
+async fn hand_off(state: &AppState) {
     info!(server = %state.info.server_id, "draining");
     state.draining.send_replace(true);
     let handed_off = async {
@@ -388,10 +407,4 @@ async fn drain(state: &AppState) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), gone).await;
-    if !state.events.written(Duration::from_secs(5)).await {
-        warn!("connection events still being written after 5 s");
-    }
-    if let Err(e) = state.producer.flush(Duration::from_secs(5)).await {
-        warn!(error = %e, "producer flush incomplete");
-    }
 }

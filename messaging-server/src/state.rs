@@ -21,6 +21,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The keys of the publish API.
     pub api_keys: crate::auth::ApiKeys,
+    /// `SWITCHBOARD_ADMIN_KEY`, for `/admin/*` (none: admin actions are off).
+    pub admin_keys: crate::auth::ApiKeys,
     /// PostgreSQL, with conversation members cached.
     pub members: MemberCache,
     /// Watermarks and ranges of the log, for resumes.

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod assignment;
 pub mod channel;
+pub mod console;
 pub mod cursor;
 pub mod events;
 pub mod frames;

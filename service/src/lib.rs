@@ -5,6 +5,8 @@ pub mod args;
 pub mod etcd;
 pub mod http;
 pub mod kafka;
+pub mod keys;
+pub mod prom;
 pub mod secret;
 pub mod supervise;
 

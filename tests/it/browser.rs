@@ -94,7 +94,7 @@ async fn say(c: &Client, to: &str, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn screenshot(c: &Client, name: &str) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) async fn screenshot(c: &Client, name: &str) -> anyhow::Result<std::path::PathBuf> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));

@@ -12,6 +12,7 @@ mod channels;
 mod client;
 mod compose;
 mod connection_events;
+mod console;
 mod coordinator;
 mod etcd_stall;
 mod failover;
@@ -64,6 +65,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         js_sdk::js_sdk_anycast_in_node,
         python_sdk::python_sdk_delivers_exactly_once_across_failures,
         python_sdk::python_sdk_api_and_unit_tests,
+        console::console_shows_the_map_and_drains_a_server,
         js_sdk::js_sdk_in_chromium_delivers_exactly_once_across_failures,
         coordinator::three_servers_join_drain_and_crash,
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,

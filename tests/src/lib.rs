@@ -96,10 +96,7 @@ pub async fn scrape(base: &str) -> Option<String> {
 
 /// The value of the unlabelled sample `name` in a Prometheus text page.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    service::prom::value(text, name)
 }
 
 pub mod services;
@@ -130,6 +127,9 @@ pub fn coordinator_config(
         debounce: Duration::from_millis(200),
         declare_dead: true,
         route_wait_max: Duration::from_secs(30),
+        admin_key: None,
+        persister_urls: Vec::new(),
+        console_api_key: None,
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Backing {
     pub etcd: Vec<String>,
     /// `None`: a fresh database on the shared PostgreSQL.
     pub database_url: Option<String>,
+    /// The operator's admin key, given to the coordinator (its console).
+    pub admin_key: Option<String>,
 }
 
 impl Backing {
@@ -23,6 +25,13 @@ impl Backing {
             kafka: infra.kafka.clone(),
             etcd: infra.etcd_endpoints(),
             database_url: None,
+            admin_key: None,
+        }
+    }
+    pub fn admin_key(self, key: &str) -> Self {
+        Self {
+            admin_key: Some(key.to_owned()),
+            ..self
         }
     }
     pub fn kafka(self, kafka: &str) -> Self {
@@ -106,6 +115,7 @@ impl Stack {
         let mut coordinator_config = coordinator_config(infra, &prefix, &topic, partitions);
         coordinator_config.kafka.brokers = backing.kafka.clone();
         coordinator_config.etcd.endpoints = backing.etcd.clone();
+        coordinator_config.admin_key = backing.admin_key.clone().map(Into::into);
         let coordinator = start_coordinator(&format!("{name}-coord"), coordinator_config)?;
         let mut stack = Self {
             prefix,

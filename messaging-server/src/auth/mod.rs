@@ -42,8 +42,6 @@ pub enum AuthError {
     NoKey,
     #[error("no token")]
     Missing,
-    #[error("not a valid API key")]
-    BadApiKey,
     #[error("failed to load the keys of {issuer}: {reason}")]
     Setup { issuer: String, reason: String },
 }
@@ -294,35 +292,9 @@ fn describe(c: &IssuerConfig) -> String {
     )
 }
 
-/// The keys backends publish with (`SWITCHBOARD_API_KEYS`).
-pub struct ApiKeys(Vec<Vec<u8>>);
-
-impl ApiKeys {
-    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
-        Self(keys.into_iter().map(|k| k.as_bytes().to_vec()).collect())
-    }
-
-    /// `Authorization: Bearer <api key>`, compared in constant time.
-    pub fn check_header(&self, header: Option<&str>) -> Result<(), AuthError> {
-        let given = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(AuthError::Missing)?
-            .trim()
-            .as_bytes();
-        // Every key is compared in full, whichever matches.
-        let matched = self.0.iter().fold(false, |any, k| any | ct_eq(k, given));
-        matched.then_some(()).ok_or(AuthError::BadApiKey)
-    }
-}
-
-/// Equal without an early exit on the first differing byte.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
-    diff == 0
-}
+/// The keys backends publish with (`SWITCHBOARD_API_KEYS`), and the
+/// operator's admin key: one constant-time comparison, in `service`.
+pub type ApiKeys = service::keys::Keys;
 
 #[cfg(test)]
 mod tests;
