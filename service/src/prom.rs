@@ -48,10 +48,15 @@ pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
     })
 }
 
-/// The value of the unlabelled sample `name`.
-pub fn value(text: &str, name: &str) -> Option<f64> {
+/// The value of one series: `name` alone for an unlabelled sample, or
+/// `name{labels}` exactly as the page writes it.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    let (name, labels) = match series.split_once('{') {
+        Some((n, l)) => (n, l.strip_suffix('}').unwrap_or(l)),
+        None => (series, ""),
+    };
     samples(text)
-        .find(|s| s.name == name && s.labels.is_empty())
+        .find(|s| s.name == name && s.labels == labels)
         .map(|s| s.value)
 }
 
@@ -78,6 +83,10 @@ mod tests {
     fn reads_plain_and_labelled_samples() {
         assert_eq!(value(PAGE, "switchboard_server_connections"), Some(12.0));
         assert_eq!(value(PAGE, "switchboard_server_consumer_lag"), None);
+        assert_eq!(
+            value(PAGE, "switchboard_server_consumer_lag{partition=\"1\"}"),
+            Some(4.0)
+        );
         assert_eq!(sum(PAGE, "switchboard_server_consumer_lag"), 7.0);
         let close = samples(PAGE)
             .find(|s| s.name == "switchboard_server_closes_total")
