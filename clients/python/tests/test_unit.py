@@ -48,3 +48,20 @@ def test_dedupe_and_cursors():
     assert _moves_forward(None, "e:5")
     assert _moves_forward("e:5", "e:6") and not _moves_forward("e:6", "e:5")
     assert _moves_forward("e:9", "f:1"), "a new log epoch replaces"
+
+
+def test_async_api_runs_the_same_calls_and_raises_the_same_errors():
+    import asyncio
+
+    import pytest
+
+    from switchboard import AsyncApi, SwitchboardError
+    from switchboard.api import _retry_after
+
+    # Nothing listens on port 1: a transport error, after no retries.
+    api = AsyncApi("http://127.0.0.1:1", "t", retries=0, timeout=2)
+    with pytest.raises(SwitchboardError) as e:
+        asyncio.run(api.route("alice"))
+    assert e.value.code == "transport" and e.value.retryable
+    assert api.coordinators == ["http://127.0.0.1:1"], "attributes pass through"
+    assert _retry_after("3") == 3.0 and _retry_after("soon") is None and _retry_after(None) is None

@@ -106,6 +106,9 @@ enum Cmd {
     Channels(channels::ChannelArgs),
     /// Channel presence under churn: join/leave delivered, CPU, latency, listing cost.
     Presence(presence::PresenceArgs),
+    /// Anycast to a pool of subscribers over three servers: handled per
+    /// second, latency, spread, CPU per publication.
+    Anycast(anycast::AnycastArgs),
     /// (Internal) hold channel subscribers for `channels`, in a child process.
     #[command(hide = true)]
     WatchChannel(channels::WatchArgs),
@@ -337,6 +340,7 @@ async fn idle(infra: Arc<Env>, connections: usize, idle_secs: u64) -> anyhow::Re
     Ok(())
 }
 
+mod anycast;
 mod broker;
 mod channels;
 mod child;
@@ -398,6 +402,7 @@ pub fn main() -> anyhow::Result<()> {
             Cmd::Nats(a) => nats::nats(infra.clone(), a).await,
             Cmd::Channels(a) => channels::channels(infra.clone(), a).await,
             Cmd::Presence(a) => presence::presence(infra.clone(), a).await,
+            Cmd::Anycast(a) => anycast::anycast(infra.clone(), a).await,
             Cmd::Connections(a) => connections::connections(infra.clone(), a).await,
             Cmd::Storm(a) => storm::storm(infra.clone(), a).await,
             Cmd::WatchChannel(_) | Cmd::HoldDevices(_) | Cmd::StormDevices(_) | Cmd::Tokens(_) => {
