@@ -67,16 +67,7 @@ impl Check for Config {
         self.etcd.validate()?;
         self.kafka.validate()?;
         in_range("--partitions", self.partitions, 1, 100_000)?;
-        if self
-            .admin_key
-            .as_ref()
-            .is_some_and(|k| (1..32).contains(&k.expose().trim().len()))
-        {
-            return Err(ConfigError::new(
-                "SWITCHBOARD_ADMIN_KEY",
-                "must be at least 32 characters",
-            ));
-        }
+        service::args::check_admin_key(self.admin_key.as_ref())?;
         in_range("--channel-partitions", self.channel_partitions, 1, 10_000)?;
         in_range("--lease-ttl-secs", self.lease_ttl.as_secs(), 1, 300)?;
         in_range("--debounce-ms", self.debounce.as_millis(), 0, 60_000)?;

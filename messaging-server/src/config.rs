@@ -152,16 +152,7 @@ impl Check for Config {
         self.kafka.validate()?;
         self.database.validate()?;
         self.jwt.check()?;
-        if self
-            .admin_key
-            .as_ref()
-            .is_some_and(|k| (1..32).contains(&k.expose().trim().len()))
-        {
-            return Err(ConfigError::new(
-                "SWITCHBOARD_ADMIN_KEY",
-                "must be at least 32 characters",
-            ));
-        }
+        service::args::check_admin_key(self.admin_key.as_ref())?;
         if self.api_keys().any(|k| k.len() < 32) {
             return Err(ConfigError::new(
                 "SWITCHBOARD_API_KEYS",

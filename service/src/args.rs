@@ -70,6 +70,18 @@ pub fn in_range<T: PartialOrd + fmt::Display>(
     Ok(())
 }
 
+/// `SWITCHBOARD_ADMIN_KEY`, shared by the coordinator and the servers: at
+/// least 32 characters when set; empty (an unset compose variable) is none.
+pub fn check_admin_key(key: Option<&crate::secret::Secret>) -> Result<(), ConfigError> {
+    if key.is_some_and(|k| (1..32).contains(&k.expose().trim().len())) {
+        return Err(ConfigError::new(
+            "SWITCHBOARD_ADMIN_KEY",
+            "must be at least 32 characters",
+        ));
+    }
+    Ok(())
+}
+
 fn whole(s: &str, unit: &str, to: fn(u64) -> Duration) -> Result<Duration, String> {
     s.trim()
         .parse::<u64>()
@@ -181,5 +193,24 @@ impl DatabaseArgs {
 impl fmt::Debug for DatabaseArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&crate::mask_url(&self.url))
+    }
+}
+
+#[cfg(test)]
+mod admin_key_tests {
+    use super::check_admin_key;
+    use crate::secret::Secret;
+
+    #[test]
+    fn an_admin_key_is_none_empty_or_long_enough() {
+        let key = |s: &str| Secret::from(s.to_owned());
+        assert!(check_admin_key(None).is_ok());
+        assert!(
+            check_admin_key(Some(&key("  "))).is_ok(),
+            "empty means none"
+        );
+        assert!(check_admin_key(Some(&key(&"k".repeat(32)))).is_ok());
+        let short = check_admin_key(Some(&key("short")));
+        assert_eq!(short.map_err(|e| e.flag), Err("SWITCHBOARD_ADMIN_KEY"));
     }
 }
