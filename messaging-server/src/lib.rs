@@ -35,7 +35,7 @@ mod session;
 mod state;
 
 pub use config::Config;
-pub use metrics::Stage;
+pub use metrics::{Stage, StartStep};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;

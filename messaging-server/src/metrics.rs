@@ -56,6 +56,44 @@ impl Stage {
     }
 }
 
+/// How far a session got after its `hello`, timed from the hello
+/// (`switchboard_server_session_start_seconds{step}`): where a reconnect
+/// herd waits shows here.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StartStep {
+    /// Its partition open here (the routing check and any wait for it).
+    Open,
+    /// A resume's seam read: the log's end, and the live consumer past it.
+    CaughtUp,
+    /// The `welcome` written.
+    Welcomed,
+    /// A resume's `synced` written: everything missed replayed.
+    Synced,
+}
+
+impl StartStep {
+    pub const ALL: [StartStep; 4] = [Self::Open, Self::CaughtUp, Self::Welcomed, Self::Synced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::CaughtUp => "caught_up",
+            Self::Welcomed => "welcomed",
+            Self::Synced => "synced",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub step: &'static str,
+}
+
+fn start_histogram() -> Histogram {
+    // 1 ms to ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
     pub stage: &'static str,
@@ -98,6 +136,7 @@ pub struct Metrics {
     pub connection_events_lost: Counter,
     pub sessions_reaped: Counter,
     pub stages: Family<StageLabel, Histogram, fn() -> Histogram>,
+    pub session_start: Family<StepLabel, Histogram, fn() -> Histogram>,
     pub anycast_redelivered: Counter,
     pub anycast_handled: Counter,
     pub anycast_pending: Gauge,
@@ -153,6 +192,7 @@ impl Default for Metrics {
             connection_events_lost: Counter::default(),
             sessions_reaped: Counter::default(),
             stages: Family::new_with_constructor(stage_histogram),
+            session_start: Family::new_with_constructor(start_histogram),
             anycast_redelivered: Counter::default(),
             anycast_handled: Counter::default(),
             anycast_pending: Gauge::default(),
@@ -173,6 +213,15 @@ impl Metrics {
             stage: stage.as_str(),
         };
         self.stages.get_or_create(&label).clone()
+    }
+
+    /// A session reached `step`, `since` its hello.
+    pub fn session_step(&self, step: StartStep, since: std::time::Instant) {
+        let label = StepLabel {
+            step: step.as_str(),
+        };
+        let seconds = since.elapsed().as_secs_f64();
+        self.session_start.get_or_create(&label).observe(seconds);
     }
 
     /// Anycast publications given up for `reason` (one of
@@ -337,6 +386,11 @@ impl Metrics {
             "stage_seconds",
             "Time a chat message spends in each stage through this server: handed, acked, ack_written (send side), broker (produce to consume), queued (consume to every device's queue), written (a device's queue to its socket)",
             self.stages.clone(),
+        );
+        r.register(
+            "session_start_seconds",
+            "Time from a session's hello to each step of its start: open (its partition open here), caught_up (a resume's seam read), welcomed, synced (a resume's replay written)",
+            self.session_start.clone(),
         );
         r.register(
             "send_ack_seconds",

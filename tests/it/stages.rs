@@ -1,23 +1,41 @@
 //! The per-stage latency histograms (`switchboard_server_stage_seconds`,
 //! docs/operations.md "Metrics to alert on"): one chat message sent over
-//! WebSocket and delivered moves the count of every stage.
+//! WebSocket and delivered moves the count of every stage; the device
+//! resuming after it moves every session start step
+//! (`switchboard_server_session_start_seconds`).
 
 use harness::{Event, Infra, Stack, WsClient};
-use messaging_server::Stage;
+use messaging_server::{Stage, StartStep};
 use protocol::ServerFrame;
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn counts(base: &str) -> Vec<f64> {
+/// The count of each of `series`' histograms (`name{label="…"}`).
+async fn histogram_counts(base: &str, name: &str, label: &str, values: &[&str]) -> Vec<f64> {
     let page = harness::scrape(base).await.unwrap_or_default();
-    Stage::ALL
+    values
         .iter()
-        .map(|s| {
-            let s = s.as_str();
-            let name = format!("switchboard_server_stage_seconds_count{{stage=\"{s}\"}}");
-            harness::metric_value(&page, &name).unwrap_or(0.0)
+        .map(|v| {
+            let series = format!("{name}_count{{{label}=\"{v}\"}}");
+            harness::metric_value(&page, &series).unwrap_or(0.0)
         })
         .collect()
+}
+
+async fn counts(base: &str) -> Vec<f64> {
+    let stages = Stage::ALL.map(Stage::as_str);
+    histogram_counts(base, "switchboard_server_stage_seconds", "stage", &stages).await
+}
+
+async fn step_counts(base: &str) -> Vec<f64> {
+    let steps = StartStep::ALL.map(StartStep::as_str);
+    histogram_counts(
+        base,
+        "switchboard_server_session_start_seconds",
+        "step",
+        &steps,
+    )
+    .await
 }
 
 async fn connect(stack: &Stack, user: &str) -> anyhow::Result<WsClient> {
@@ -51,10 +69,10 @@ pub async fn a_delivered_message_moves_every_stage(infra: Arc<Infra>) -> anyhow:
             other => anyhow::bail!("the send got {other:?}"),
         }
     }
-    match bob.frame(Duration::from_secs(10)).await? {
-        ServerFrame::Message(_) => {}
+    let cursor = match bob.frame(Duration::from_secs(10)).await? {
+        ServerFrame::Message(m) => m.cursor,
         other => anyhow::bail!("bob got {other:?}"),
-    }
+    };
     let after = std::sync::Mutex::new(Vec::new());
     let moved = harness::wait_until(
         "every stage counted the message",
@@ -75,6 +93,46 @@ pub async fn a_delivered_message_moves_every_stage(infra: Arc<Infra>) -> anyhow:
         "stage counts {:?} went from {before:?} to {after:?}",
         Stage::ALL.map(Stage::as_str)
     );
+    resume_moves_every_start_step(&stack, bob, cursor).await?;
     stack.stop().await;
     Ok(())
+}
+
+/// Bob's device comes back with its cursor: open, caught up, welcomed and
+/// synced are each timed once more.
+async fn resume_moves_every_start_step(
+    stack: &Stack,
+    bob: WsClient,
+    cursor: Option<protocol::Cursor>,
+) -> anyhow::Result<()> {
+    let base = stack.servers[0].url();
+    let before = step_counts(&base).await;
+    drop(bob);
+    let (_, url) = stack.route("bob").await?;
+    let mut ws = WsClient::connect(&url).await?;
+    match ws.hello(&Stack::token("bob"), "d1", cursor).await? {
+        Event::Frame(ServerFrame::Welcome(w)) if w.resumed => {}
+        other => anyhow::bail!("bob's resume got {other:?}"),
+    }
+    loop {
+        match ws.frame(Duration::from_secs(10)).await? {
+            ServerFrame::Synced(_) => break,
+            ServerFrame::Message(_) => {}
+            other => anyhow::bail!("bob's resume got {other:?}"),
+        }
+    }
+    // The server times a step just after writing it: poll, briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = step_counts(&base).await;
+        if after.iter().zip(&before).all(|(a, b)| a > b) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "session start counts {:?} went from {before:?} to {after:?}",
+            StartStep::ALL.map(StartStep::as_str)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

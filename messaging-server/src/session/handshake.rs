@@ -18,10 +18,13 @@ pub(super) struct Hello {
     pub device: DeviceId,
     pub cursor: Option<Cursor>,
     pub epoch: Option<u64>,
+    /// When the hello was read: the session's start steps are timed from it.
+    pub at: std::time::Instant,
 }
 
 pub(super) async fn accept(stream: &mut Stream, state: &AppState) -> Result<Hello, Close> {
     let hello = read_hello(stream, state).await?;
+    let at = std::time::Instant::now();
     let who = state.auth.verify(&hello.token).await.map_err(|e| {
         debug!(error = %e, "hello refused");
         Close::new(CloseCode::Unauthorized, "unauthorized")
@@ -31,6 +34,7 @@ pub(super) async fn accept(stream: &mut Stream, state: &AppState) -> Result<Hell
         device: hello.device_id.unwrap_or_else(DeviceId::random),
         cursor: hello.cursor,
         epoch: hello.epoch,
+        at,
     })
 }
 

@@ -17,6 +17,7 @@ use crate::delivery::Overflow;
 use crate::ending::Ending;
 use crate::frame::{encode, Text};
 use crate::hub::Refused;
+use crate::metrics::StartStep;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -125,6 +126,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
         stream,
         subs: channels::Subscriptions::default(),
         events: None,
+        started: hello.at,
     }
     .serve(hello.cursor, hello.epoch)
     .instrument(span)
@@ -205,6 +207,8 @@ struct Session {
     subs: channels::Subscriptions,
     /// Its connection events, from `connected` on.
     events: Option<crate::events::SessionEvents>,
+    /// When its hello was read.
+    started: std::time::Instant,
 }
 
 impl Session {
@@ -218,13 +222,17 @@ impl Session {
             let close = crate::membership::close_for(&self.state, Some(&a), partition).into();
             return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
         }
+        self.step(StartStep::Open);
         let log_epoch = self.state.log_epoch();
         let replay_from = cursor
             .filter(|c| c.log_epoch == log_epoch)
             .map(|c| c.offset);
         let log_start = match replay_from {
             Some(_) => match Box::pin(self.catch_up(partition)).await {
-                Ok(low) => Some(low),
+                Ok(low) => {
+                    self.step(StartStep::CaughtUp);
+                    Some(low)
+                }
                 Err(e) => {
                     let close = self.retry_later(format!("resume unavailable: {e}")).await;
                     return finish((&mut self.sink, &mut self.stream), &self.state, close).await;
@@ -321,6 +329,10 @@ impl Session {
                 _ = &mut deadline => return false,
             }
         }
+    }
+
+    fn step(&self, step: StartStep) {
+        self.state.metrics.session_step(step, self.started);
     }
 
     async fn send_text(&mut self, text: Text) -> Result<(), Gone> {

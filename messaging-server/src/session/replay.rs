@@ -5,6 +5,7 @@
 use super::Close;
 use super::{gone, Session};
 use crate::frame::{message, stored_message};
+use crate::metrics::StartStep;
 use crate::resume::{self, ResumePlan};
 use crate::state::AppState;
 use protocol::frames::{ErrorFrame, Synced, Welcome};
@@ -61,6 +62,7 @@ impl Session {
             ping_ms: u64::try_from(self.state.config.ping_interval.as_millis()).ok(),
         });
         self.send_frame(&welcome).await.map_err(gone)?;
+        self.step(StartStep::Welcomed);
         if start.replay_from.is_none() {
             return Ok(());
         }
@@ -76,6 +78,7 @@ impl Session {
             cursor: start.cursor(),
         });
         self.send_frame(&synced).await.map_err(gone)?;
+        self.step(StartStep::Synced);
         let buffered =
             self.state
                 .hub

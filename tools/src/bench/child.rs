@@ -87,6 +87,10 @@ impl Child {
         Ok(stdin.flush().await?)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }

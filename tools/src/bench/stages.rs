@@ -22,9 +22,19 @@ fn nanos(le: &str) -> u64 {
 impl Snapshot {
     /// The stage buckets of one or more Prometheus text pages, summed.
     pub fn parse<'a>(pages: impl IntoIterator<Item = &'a str>) -> Self {
+        Self::parse_family(pages, "switchboard_server_stage_seconds", "stage")
+    }
+
+    /// The buckets of histogram family `name`, keyed by its `label`.
+    pub fn parse_family<'a>(
+        pages: impl IntoIterator<Item = &'a str>,
+        name: &str,
+        label: &str,
+    ) -> Self {
+        let (prefix, key) = (format!("{name}_bucket{{"), format!("{label}="));
         let mut buckets = BTreeMap::new();
         for line in pages.into_iter().flat_map(str::lines) {
-            let Some(rest) = line.strip_prefix("switchboard_server_stage_seconds_bucket{") else {
+            let Some(rest) = line.strip_prefix(prefix.as_str()) else {
                 continue;
             };
             let Some((labels, value)) = rest.split_once("} ") else {
@@ -37,7 +47,7 @@ impl Snapshot {
                     .map(|v| v.trim_matches('"').to_owned())
             };
             if let (Some(stage), Some(le), Ok(n)) =
-                (label("stage="), label("le="), value.trim().parse::<f64>())
+                (label(&key), label("le="), value.trim().parse::<f64>())
             {
                 *buckets.entry((stage, nanos(&le))).or_insert(0.0) += n;
             }

@@ -14,12 +14,14 @@ use super::Bench;
 use crate::bench::Env;
 use devices::Outage;
 pub use devices::{hold, StormHoldArgs};
+use probe::Watch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod devices;
+mod probe;
 
 #[derive(clap::Args)]
 pub struct StormArgs {
@@ -48,8 +50,24 @@ pub struct StormArgs {
     /// The servers' lease TTL (`SWITCHBOARD_LEASE_TTL_SECS`).
     #[arg(long, default_value_t = 5)]
     lease_ttl_secs: u64,
+    /// Which failures to run, in this order: kill, freeze, rolling, scale-up
+    /// (the others are reported as null).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill,freeze,rolling,scale-up"
+    )]
+    phases: Vec<Phase>,
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Kill,
+    Freeze,
+    Rolling,
+    ScaleUp,
 }
 
 #[derive(serde::Serialize)]
@@ -65,6 +83,10 @@ struct OutageReport {
     route_requests: u64,
     route_peak_per_s: f64,
     seconds_until_all_back: f64,
+    /// The survivors' session start steps over the outage: p50, p99 (ms).
+    start_steps_ms: BTreeMap<String, [f64; 2]>,
+    /// Each second: devices connected, cores by process.
+    timeline: Vec<probe::Sample>,
 }
 
 #[derive(serde::Serialize)]
@@ -78,15 +100,15 @@ struct StormReport {
     lease_ttl_secs: u64,
     ping_secs: u64,
     /// `kill -9` of a server process: its port refuses at once.
-    kill: OutageReport,
+    kill: Option<OutageReport>,
     /// SIGSTOP of a server until its devices are elsewhere: no reset, no
     /// refusal — what clients see when a host vanishes or is cut off.
-    freeze: OutageReport,
+    freeze: Option<OutageReport>,
     rolling_restart: Vec<OutageReport>,
-    rolling_restart_seconds: f64,
+    rolling_restart_seconds: Option<f64>,
     /// A fourth server joins the three: the devices of the partitions it
     /// takes move to it.
-    scale_up: OutageReport,
+    scale_up: Option<OutageReport>,
     sent: u64,
     acked: u64,
     send_errors: u64,
@@ -120,10 +142,23 @@ impl Holders {
 
     /// Waits until every device is connected again; seconds it took.
     async fn all_back(&mut self, devices: usize, limit: Duration) -> anyhow::Result<f64> {
+        self.all_back_sampled(devices, limit, None).await
+    }
+
+    /// `all_back`, sampling `timeline` each second meanwhile.
+    async fn all_back_sampled(
+        &mut self,
+        devices: usize,
+        limit: Duration,
+        mut timeline: Option<&mut probe::Timeline>,
+    ) -> anyhow::Result<f64> {
         let t0 = Instant::now();
         let mut said = Instant::now();
         loop {
             let n = self.connected().await?;
+            if let Some(t) = timeline.as_deref_mut() {
+                t.tick(n);
+            }
             if n >= devices {
                 break;
             }
@@ -141,54 +176,11 @@ impl Holders {
     }
 }
 
-/// Samples the coordinator's route counter until stopped; the peak rate
-/// over any one second and the total.
-fn route_sampler(
-    coordinator: String,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<(f64, u64)>,
-) {
-    let (stop, mut stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut samples: Vec<(Instant, u64)> = Vec::new();
-        loop {
-            if let Some(n) = route_requests(&coordinator).await {
-                samples.push((Instant::now(), n));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = &mut stopped => break,
-            }
-        }
-        let mut peak = 0.0f64;
-        for (i, (t, n)) in samples.iter().enumerate() {
-            if let Some((t1, n1)) = samples[i..]
-                .iter()
-                .find(|(t1, _)| t1.duration_since(*t) >= Duration::from_secs(1))
-            {
-                peak = peak.max((n1 - n) as f64 / t1.duration_since(*t).as_secs_f64());
-            }
-        }
-        let total = match (samples.first(), samples.last()) {
-            (Some((_, a)), Some((_, b))) => b - a,
-            _ => 0,
-        };
-        (peak, total)
-    });
-    (stop, task)
-}
-
-async fn route_requests(coordinator: &str) -> Option<u64> {
-    let n = super::metric(coordinator, "switchboard_coordinator_route_requests_total").await;
-    n.map(|v| v as u64)
-}
-
 /// One failure: `act` runs, devices get `notice` to notice it, then every
 /// device must be back.
 async fn measure<F, Fut>(
     what: &str,
-    coordinator: String,
+    watch: Watch,
     holders: &mut Holders,
     (devices, notice, settle): (usize, Duration, Duration),
     act: F,
@@ -197,11 +189,23 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let (stop, sampler) = route_sampler(coordinator);
+    let (stop, sampler) = probe::route_sampler(watch.coordinator.clone());
+    let mut steps_before = probe::steps(&watch.servers).await;
+    steps_before.extend(watch.fresh.iter().map(|_| Some(String::new())));
+    let mut timeline = probe::Timeline::new(watch.pids.clone());
     let t = super::now_us();
     act().await?;
-    tokio::time::sleep(notice).await;
-    let seconds_until_all_back = holders.all_back(devices, settle).await? + notice.as_secs_f64();
+    let noticed = Instant::now() + notice;
+    while Instant::now() < noticed {
+        timeline.tick(holders.connected().await?);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let seconds_until_all_back = holders
+        .all_back_sampled(devices, settle, Some(&mut timeline))
+        .await?
+        + notice.as_secs_f64();
+    let servers: Vec<String> = watch.servers.iter().chain(&watch.fresh).cloned().collect();
+    let start_steps_ms = probe::step_quantiles(&steps_before, &probe::steps(&servers).await);
     let _ = stop.send(());
     let (route_peak_per_s, route_requests) = sampler.await?;
     let mut all = Outage::default();
@@ -234,6 +238,8 @@ where
         route_requests,
         route_peak_per_s,
         seconds_until_all_back,
+        start_steps_ms,
+        timeline: timeline.samples,
     };
     println!("{}", serde_json::to_string(&r)?);
     Ok(r)
@@ -284,12 +290,42 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
     // after two silent ping intervals.
     let quick = (a.devices, Duration::from_secs(1), settle);
     let silent = Duration::from_secs(2 * a.ping_secs + 1);
-    let kill = kill_one(&mut b, &mut holders, quick).await?;
-    let freeze = freeze_one(&b, &mut holders, (a.devices, silent, settle)).await?;
-    let t_roll = Instant::now();
-    let rolling_restart = rolling(&mut b, &mut holders, quick).await?;
-    let rolling_restart_seconds = t_roll.elapsed().as_secs_f64();
-    let scale_up = add_one(&mut b, &mut holders, quick).await?;
+    let mut fixed = vec![("bench (coordinator)".to_owned(), std::process::id())];
+    fixed.extend(infra.broker_pid().map(|p| ("broker".to_owned(), p)));
+    fixed.extend(
+        persister
+            .as_ref()
+            .and_then(|p| p.pid())
+            .map(|p| ("persister".to_owned(), p)),
+    );
+    for (i, h) in holders.0.iter().enumerate() {
+        fixed.extend(h.pid().map(|p| (format!("holder{i}"), p)));
+    }
+    let run = |p: Phase| a.phases.contains(&p);
+    let (quick, silent) = (
+        (quick, &fixed[..]),
+        ((a.devices, silent, settle), &fixed[..]),
+    );
+    let kill = match run(Phase::Kill) {
+        true => Some(kill_one(&mut b, &mut holders, quick).await?),
+        false => None,
+    };
+    let freeze = match run(Phase::Freeze) {
+        true => Some(freeze_one(&b, &mut holders, silent).await?),
+        false => None,
+    };
+    let (rolling_restart, rolling_restart_seconds) = match run(Phase::Rolling) {
+        true => {
+            let t_roll = Instant::now();
+            let r = rolling(&mut b, &mut holders, quick).await?;
+            (r, Some(t_roll.elapsed().as_secs_f64()))
+        }
+        false => (Vec::new(), None),
+    };
+    let scale_up = match run(Phase::ScaleUp) {
+        true => Some(add_one(&mut b, &mut holders, quick).await?),
+        false => None,
+    };
     holders.tell("stop").await?;
     let m = messages(&mut holders).await?;
     let report = StormReport {
@@ -339,12 +375,11 @@ fn start_holders(b: &Bench, a: &StormArgs) -> anyhow::Result<Holders> {
 async fn kill_one(
     b: &mut Bench,
     holders: &mut Holders,
-    pace: Pace,
+    (pace, fixed): (Pace, &[(String, u32)]),
 ) -> anyhow::Result<OutageReport> {
     let victim = b.servers.remove(1);
     let what = "kill -9 one server";
-    let coordinator = b.coordinator.url();
-    let kill = measure(what, coordinator, holders, pace, || async {
+    let kill = measure(what, Watch::of(b, fixed), holders, pace, || async {
         victim.1.kill().await
     })
     .await?;
@@ -358,14 +393,18 @@ async fn kill_one(
 /// SIGSTOP of the last server until its devices are back elsewhere, then
 /// SIGCONT: it finds its lease gone, registers again and takes its share
 /// of partitions back (those devices move once more before the next step).
-async fn freeze_one(b: &Bench, holders: &mut Holders, pace: Pace) -> anyhow::Result<OutageReport> {
+async fn freeze_one(
+    b: &Bench,
+    holders: &mut Holders,
+    (pace, fixed): (Pace, &[(String, u32)]),
+) -> anyhow::Result<OutageReport> {
     let (_, process, _) = b
         .servers
         .last()
         .ok_or_else(|| anyhow::anyhow!("no server"))?;
     let what = "freeze one server (SIGSTOP: no reset, no refusal)";
-    let coordinator = b.coordinator.url();
-    let freeze = measure(what, coordinator, holders, pace, || process.signal("STOP")).await;
+    let watch = Watch::of(b, fixed);
+    let freeze = measure(what, watch, holders, pace, || process.signal("STOP")).await;
     process.signal("CONT").await?;
     let freeze = freeze?;
     b.settled().await?;
@@ -377,14 +416,13 @@ async fn freeze_one(b: &Bench, holders: &mut Holders, pace: Pace) -> anyhow::Res
 async fn rolling(
     b: &mut Bench,
     holders: &mut Holders,
-    pace: Pace,
+    (pace, fixed): (Pace, &[(String, u32)]),
 ) -> anyhow::Result<Vec<OutageReport>> {
     let mut reports = Vec::new();
     for i in 0..b.servers.len() {
         let (id, process, port) = b.servers.remove(i);
         let what = format!("rolling restart: {id}");
-        let coordinator = b.coordinator.url();
-        let r = measure(&what, coordinator, holders, pace, || async {
+        let r = measure(&what, Watch::of(b, fixed), holders, pace, || async {
             process.terminate().await.map(drop)
         })
         .await?;
@@ -397,12 +435,17 @@ async fn rolling(
 }
 
 /// One more server: the partitions it takes move their devices to it.
-async fn add_one(b: &mut Bench, holders: &mut Holders, pace: Pace) -> anyhow::Result<OutageReport> {
+async fn add_one(
+    b: &mut Bench,
+    holders: &mut Holders,
+    (pace, fixed): (Pace, &[(String, u32)]),
+) -> anyhow::Result<OutageReport> {
     let id = format!("bench{}", b.servers.len());
     let port = super::free_port()?;
     let what = format!("scale up: {id} joins {} servers", b.servers.len());
-    let coordinator = b.coordinator.url();
-    measure(&what, coordinator, holders, pace, || async {
+    let mut watch = Watch::of(b, fixed);
+    watch.fresh.push(format!("http://127.0.0.1:{port}"));
+    measure(&what, watch, holders, pace, || async {
         let process = b.spawn_server(&id, port)?;
         b.servers.push((id, process, port));
         b.settled().await
