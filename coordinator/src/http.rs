@@ -84,19 +84,30 @@ async fn route(
 /// still hold its port open at the first check and refuse at the next.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Waits (up to `wait`) until a map gives `user`'s partition to a server
-/// other than `owner`, unless the first check finds `owner` alive. Later
+/// Waits (up to `wait`, and after an unresponsive first check no longer
+/// than `owner`'s lease can last unrenewed) until a map gives `user`'s
+/// partition to a server other than `owner`, unless the first check finds
+/// `owner` alive or cannot be made. Later
 /// checks only look for a death (a dead verdict revokes the lease, and the
 /// map moves): a server that was unresponsive and answers again was slow,
 /// and sending its devices straight back would feed the overload — in a
 /// reconnect herd of 36,000 devices that made every second's recheck a
 /// retry storm on the survivors.
 async fn await_move(s: &AppState, user: &UserId, owner: &ServerInfo, wait: Duration) {
-    let deadline = tokio::time::Instant::now() + wait;
+    let mut deadline = tokio::time::Instant::now() + wait;
     let mut rx = s.assignment.clone();
     let moved = |a: &Option<Arc<Assignment>>| !owned_by(a, user, &owner.server_id);
-    if s.deaths.check(owner).await == Verdict::Alive {
-        return;
+    let first = s.deaths.check(owner).await;
+    match first.verdict {
+        Verdict::Alive | Verdict::Unchecked => return,
+        Verdict::Dead => {}
+        // Silent: its map moves when its lease ends; if the lease was
+        // renewed meanwhile it was only slow to answer the check.
+        Verdict::Unresponsive => {
+            if let Some(ends) = first.lease_ends {
+                deadline = deadline.min(tokio::time::Instant::from_std(ends));
+            }
+        }
     }
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -31,18 +31,55 @@ pub enum Verdict {
     Unresponsive,
     /// It answered over HTTP (or accepted a TLS-bound connection).
     Alive,
+    /// The check could not be made from here (this process is out of file
+    /// descriptors, ports or memory): it says nothing about the server.
+    Unchecked,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::Dead, Verdict::Unresponsive, Verdict::Alive];
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Dead,
+        Verdict::Unresponsive,
+        Verdict::Alive,
+        Verdict::Unchecked,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Dead => "dead",
             Verdict::Unresponsive => "unresponsive",
             Verdict::Alive => "alive",
+            Verdict::Unchecked => "unchecked",
         }
     }
+
+    /// What a failed connection says: refused — nothing listens; a local
+    /// shortage — nothing (under a reconnect herd a coordinator out of file
+    /// descriptors must not make every lookup wait); anything else — the
+    /// host is gone or cut off.
+    fn of_connect_error(e: &std::io::Error) -> Verdict {
+        const LOCAL: [i32; 5] = [
+            12,  // ENOMEM
+            23,  // ENFILE
+            24,  // EMFILE
+            99,  // EADDRNOTAVAIL: no ephemeral port left
+            105, // ENOBUFS
+        ];
+        match e.kind() {
+            ErrorKind::ConnectionRefused => Verdict::Dead,
+            _ if e.raw_os_error().is_some_and(|c| LOCAL.contains(&c)) => Verdict::Unchecked,
+            _ => Verdict::Unresponsive,
+        }
+    }
+}
+
+/// A verdict and, for a server that did not answer, when its lease ends
+/// unless it renews it: a frozen or cut-off server's map moves by then, so
+/// a lookup waiting for that need not wait longer.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub verdict: Verdict,
+    pub lease_ends: Option<Instant>,
 }
 
 /// `host:port` and whether the base URL speaks plain HTTP.
@@ -70,8 +107,8 @@ pub async fn probe(http_url: &str, limit: Duration) -> Verdict {
     };
     let mut stream = match tokio::time::timeout(limit, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return Verdict::Dead,
-        _ => return Verdict::Unresponsive,
+        Ok(Err(e)) => return Verdict::of_connect_error(&e),
+        Err(_) => return Verdict::Unresponsive,
     };
     if !plain {
         // A frozen process's kernel accepts too; without speaking TLS here a
@@ -99,7 +136,7 @@ const REUSE: Duration = Duration::from_secs(1);
 /// How long a check waits for an answer.
 const LIMIT: Duration = Duration::from_secs(1);
 
-type Check = Arc<OnceCell<Verdict>>;
+type Check = Arc<OnceCell<Checked>>;
 
 /// Checks reported servers, one check per server at a time, and revokes the
 /// lease of one found dead (when `revoke` is on).
@@ -125,7 +162,7 @@ impl Deaths {
 
     /// The verdict on `server` (as the current map describes it), shared by
     /// everyone who asks within [`REUSE`] of the check.
-    pub async fn check(&self, server: &ServerInfo) -> Verdict {
+    pub async fn check(&self, server: &ServerInfo) -> Checked {
         let cell = {
             let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -139,8 +176,12 @@ impl Deaths {
         *cell.get_or_init(|| self.check_now(server)).await
     }
 
-    async fn check_now(&self, server: &ServerInfo) -> Verdict {
+    async fn check_now(&self, server: &ServerInfo) -> Checked {
         let verdict = probe(&server.http_url, LIMIT).await;
+        let lease_ends = match verdict {
+            Verdict::Unresponsive => self.lease_ends(server).await,
+            _ => None,
+        };
         self.metrics.probe(verdict);
         info!(server = %server.server_id, url = %server.http_url, verdict = verdict.label(), "checked a server clients could not reach");
         if verdict == Verdict::Dead && self.revoke {
@@ -148,7 +189,26 @@ impl Deaths {
                 warn!(server = %server.server_id, error = %e, "could not end the lease of a dead server");
             }
         }
-        verdict
+        Checked {
+            verdict,
+            lease_ends,
+        }
+    }
+
+    /// When `server`'s registration lease ends unless renewed (etcd's
+    /// remaining TTL, whole seconds, plus one for the rounding and the map's
+    /// debounce); `None` when etcd does not say.
+    async fn lease_ends(&self, server: &ServerInfo) -> Option<Instant> {
+        let mut client = self.client.clone();
+        let key = self.layout.server_key(&server.server_id);
+        let ask = async {
+            let resp = client.get(key, None).await.ok()?;
+            let lease = resp.kvs().first()?.lease();
+            let ttl = client.lease_time_to_live(lease, None).await.ok()?.ttl();
+            u64::try_from(ttl).ok()
+        };
+        let left = tokio::time::timeout(LIMIT, ask).await.ok().flatten()?;
+        Some(Instant::now() + Duration::from_secs(left + 1))
     }
 
     /// Revokes the lease of `server`'s registration — only of the
@@ -195,6 +255,16 @@ mod tests {
         assert_eq!(target("https://[::1]"), Some(("[::1]:443".into(), false)));
         assert_eq!(target("ftp://x"), None);
         assert_eq!(target("nonsense"), None);
+    }
+
+    #[test]
+    fn only_a_refusal_condemns_and_a_local_shortage_says_nothing() {
+        let verdict = |code| Verdict::of_connect_error(&std::io::Error::from_raw_os_error(code));
+        assert_eq!(verdict(111), Verdict::Dead); // ECONNREFUSED
+        assert_eq!(verdict(24), Verdict::Unchecked); // EMFILE
+        assert_eq!(verdict(99), Verdict::Unchecked); // EADDRNOTAVAIL
+        assert_eq!(verdict(113), Verdict::Unresponsive); // EHOSTUNREACH
+        assert_eq!(verdict(110), Verdict::Unresponsive); // ETIMEDOUT
     }
 
     #[tokio::test]

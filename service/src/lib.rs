@@ -25,11 +25,29 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// Connections the kernel may hold completed for a listener before it
+/// accepts them (capped by `net.core.somaxconn`). A reconnect herd brings
+/// thousands of devices in the same second; with the usual 128 the kernel
+/// drops the rest of their handshakes, and each dropped one costs its device
+/// a SYN retransmission (1, 3, 7, 15, 31 s…): at 36,000 devices that, not
+/// our work, was most of a failover's time (docs/benchmarks.md).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds a service's listen address (port 0 picks a free port).
 pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+    listen(addr).map_err(|source| BindError { addr, source })
+}
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std and tokio do: a restarted server may bind while old
+    // connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Cancels `token` on SIGTERM or SIGINT, so every service drains the same way.
@@ -138,6 +156,39 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thousand devices connect before the listener accepts any: every
+    /// handshake waits, completed, in the backlog (with the usual 128 the
+    /// rest are dropped and only come back after a SYN retransmission, a
+    /// second or more later).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_herd_of_connections_waits_in_the_backlog() {
+        const HERD: usize = 1_000;
+        let listener = bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut clients = tokio::task::JoinSet::new();
+        let wait = std::time::Duration::from_secs(3);
+        for _ in 0..HERD {
+            clients.spawn(tokio::time::timeout(
+                wait,
+                tokio::net::TcpStream::connect(addr),
+            ));
+        }
+        let mut held = Vec::new();
+        while let Some(c) = clients.join_next().await {
+            if let Ok(Ok(Ok(c))) = c {
+                held.push(c);
+            }
+        }
+        let mut accepted = 0;
+        let within = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        while let Ok(Ok(_)) = tokio::time::timeout_at(within, listener.accept()).await {
+            accepted += 1;
+        }
+        assert_eq!(accepted, HERD, "accepted without a retransmission");
+    }
 
     #[test]
     fn masks_only_the_password() {

@@ -18,8 +18,18 @@ struct Member {
 }
 
 async fn register(etcd: &mut Client, layout: &EtcdLayout, id: &str) -> anyhow::Result<Member> {
+    register_at(etcd, layout, id, &format!("{id}.test")).await
+}
+
+/// `register`, its URLs naming `host`.
+async fn register_at(
+    etcd: &mut Client,
+    layout: &EtcdLayout,
+    id: &str,
+    host: &str,
+) -> anyhow::Result<Member> {
     let lease = etcd.lease_grant(TTL, None).await?.id();
-    let info = ServerInfo::at_host(ServerId::new(id)?, &format!("{id}.test"));
+    let info = ServerInfo::at_host(ServerId::new(id)?, host);
     let opts = etcd_client::PutOptions::new().with_lease(lease);
     etcd.put(
         layout.server_key(&info.server_id),
@@ -428,6 +438,46 @@ pub async fn route_api_validates_and_answers(infra: Arc<Infra>) -> anyhow::Resul
     );
     let r = reqwest::get(format!("{base}/nope")).await?;
     anyhow::ensure!(r.status() == 404);
+    coord.stop().await;
+    Ok(())
+}
+
+/// A reported server that accepts but never answers its check, while its
+/// lease is renewed: the lookup waits no longer than that lease could last
+/// unrenewed (TTL + 1 s), not the 20 s it asked for, and gets the same
+/// server back — it was slow, not gone.
+pub async fn a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let (layout, cfg, mut etcd) = setup(&infra, "slowcheck").await?;
+    let coord = start_coordinator("coord", cfg)?;
+    let base = coord.url();
+    // The kernel accepts for it; nothing ever reads or answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let host = silent.local_addr()?.to_string();
+    let _s1 = register_at(&mut etcd, &layout, "s1", &host).await?;
+    wait_assignment(&base, Duration::from_secs(20), |a| a.servers.len() == 1).await?;
+    let t = Instant::now();
+    let url = format!("{base}/v1/route?user_id=alice&unreachable=s1&wait_ms=20000");
+    let body: serde_json::Value = reqwest::get(url).await?.json().await?;
+    let waited = t.elapsed();
+    anyhow::ensure!(body["server_id"] == "s1", "{body}");
+    let page = harness::scrape(&base).await.unwrap_or_default();
+    let unresponsive = harness::metric_value(
+        &page,
+        "switchboard_coordinator_probes_total{verdict=\"unresponsive\"}",
+    );
+    anyhow::ensure!(
+        unresponsive.is_some_and(|n| n >= 1.0),
+        "the check did not find s1 unresponsive: {unresponsive:?}"
+    );
+    let bound = Duration::from_secs(TTL as u64 + 3);
+    anyhow::ensure!(
+        waited >= Duration::from_secs(1) && waited < bound,
+        "the lookup answered after {waited:?} (lease TTL {TTL} s; asked to wait 20 s)"
+    );
+    eprintln!("    a silent but leased server: the lookup answered after {waited:?}");
+    drop(silent);
     coord.stop().await;
     Ok(())
 }

@@ -71,6 +71,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::new_leader_waits_a_ttl_for_the_servers_of_its_map,
         coordinator::long_poll_returns_on_change_and_times_out,
+        coordinator::a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease,
         coordinator::route_api_validates_and_answers,
         broker_faults::broker_pause_answers_and_recovers,
         broker_faults::overload_refuses_early_and_recovers,

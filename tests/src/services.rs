@@ -43,7 +43,8 @@ impl ServiceHandle {
                     Err(e) => return drop(addr_tx.send(Err(anyhow::Error::from(e)))),
                 };
                 rt.block_on(async move {
-                    let listener = match TcpListener::bind("127.0.0.1:0").await {
+                    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                    let listener = match service::bind(any).await {
                         Ok(l) => l,
                         Err(e) => return drop(addr_tx.send(Err(e.into()))),
                     };
