@@ -10,8 +10,21 @@ use protocol::ServerFrame;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The count of each of `series`' histograms (`name{label="…"}`).
-async fn histogram_counts(base: &str, name: &str, label: &str, values: &[&str]) -> Vec<f64> {
+/// A histogram family's name, its label and the label's values.
+type Family = (&'static str, &'static str, Vec<&'static str>);
+
+fn stages() -> Family {
+    let values = Stage::ALL.map(Stage::as_str).to_vec();
+    ("switchboard_server_stage_seconds", "stage", values)
+}
+
+fn steps() -> Family {
+    let values = StartStep::ALL.map(StartStep::as_str).to_vec();
+    ("switchboard_server_session_start_seconds", "step", values)
+}
+
+/// The count of each of `family`'s histograms (`name{label="…"}`).
+async fn counts(base: &str, (name, label, values): &Family) -> Vec<f64> {
     let page = harness::scrape(base).await.unwrap_or_default();
     values
         .iter()
@@ -22,20 +35,27 @@ async fn histogram_counts(base: &str, name: &str, label: &str, values: &[&str]) 
         .collect()
 }
 
-async fn counts(base: &str) -> Vec<f64> {
-    let stages = Stage::ALL.map(Stage::as_str);
-    histogram_counts(base, "switchboard_server_stage_seconds", "stage", &stages).await
-}
-
-async fn step_counts(base: &str) -> Vec<f64> {
-    let steps = StartStep::ALL.map(StartStep::as_str);
-    histogram_counts(
-        base,
-        "switchboard_server_session_start_seconds",
-        "step",
-        &steps,
-    )
-    .await
+/// Waits (the server observes just after writing) until every histogram of
+/// `family` counted more than `before`; says which did not.
+async fn wait_all_moved(base: &str, family: &Family, before: &[f64]) -> anyhow::Result<()> {
+    let after = std::sync::Mutex::new(Vec::new());
+    let moved = harness::wait_until("every count moved", Duration::from_secs(10), || async {
+        let now = counts(base, family).await;
+        let all = now.iter().zip(before).all(|(a, b)| a > b);
+        if let Ok(mut last) = after.lock() {
+            *last = now;
+        }
+        all
+    })
+    .await;
+    let after = after.lock().map(|a| a.clone()).unwrap_or_default();
+    anyhow::ensure!(
+        moved.is_ok(),
+        "{} counts {:?} went from {before:?} to {after:?}",
+        family.0,
+        family.2
+    );
+    Ok(())
 }
 
 async fn connect(stack: &Stack, user: &str) -> anyhow::Result<WsClient> {
@@ -55,7 +75,7 @@ pub async fn a_delivered_message_moves_every_stage(infra: Arc<Infra>) -> anyhow:
         connect(&stack, "alice").await?,
         connect(&stack, "bob").await?,
     );
-    let before = counts(&base).await;
+    let before = counts(&base, &stages()).await;
     let send = serde_json::json!({"type": "send", "id": 1, "client_msg_id": "stage-1",
         "to": {"user": "bob"}, "body": {"text": "timed"}});
     alice.send_text(send.to_string()).await?;
@@ -73,26 +93,7 @@ pub async fn a_delivered_message_moves_every_stage(infra: Arc<Infra>) -> anyhow:
         ServerFrame::Message(m) => m.cursor,
         other => anyhow::bail!("bob got {other:?}"),
     };
-    let after = std::sync::Mutex::new(Vec::new());
-    let moved = harness::wait_until(
-        "every stage counted the message",
-        Duration::from_secs(10),
-        || async {
-            let now = counts(&base).await;
-            let all = now.iter().zip(&before).all(|(a, b)| a > b);
-            if let Ok(mut last) = after.lock() {
-                *last = now;
-            }
-            all
-        },
-    )
-    .await;
-    let after = after.lock().map(|a| a.clone()).unwrap_or_default();
-    anyhow::ensure!(
-        moved.is_ok(),
-        "stage counts {:?} went from {before:?} to {after:?}",
-        Stage::ALL.map(Stage::as_str)
-    );
+    wait_all_moved(&base, &stages(), &before).await?;
     resume_moves_every_start_step(&stack, bob, cursor).await?;
     stack.stop().await;
     Ok(())
@@ -106,7 +107,7 @@ async fn resume_moves_every_start_step(
     cursor: Option<protocol::Cursor>,
 ) -> anyhow::Result<()> {
     let base = stack.servers[0].url();
-    let before = step_counts(&base).await;
+    let before = counts(&base, &steps()).await;
     drop(bob);
     let (_, url) = stack.route("bob").await?;
     let mut ws = WsClient::connect(&url).await?;
@@ -121,18 +122,5 @@ async fn resume_moves_every_start_step(
             other => anyhow::bail!("bob's resume got {other:?}"),
         }
     }
-    // The server times a step just after writing it: poll, briefly.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let after = step_counts(&base).await;
-        if after.iter().zip(&before).all(|(a, b)| a > b) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "session start counts {:?} went from {before:?} to {after:?}",
-            StartStep::ALL.map(StartStep::as_str)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_all_moved(&base, &steps(), &before).await
 }
