@@ -85,6 +85,13 @@ impl Session {
         let expires = tokio::time::sleep_until(expiry(self.who.exp));
         tokio::pin!(expires);
         let stop = state.stop.clone();
+        for text in std::mem::take(&mut self.early) {
+            match Box::pin(self.on_text(&text, &mut inbound)).await {
+                Ok(Some(exp)) => expires.as_mut().reset(expiry(exp)),
+                Ok(None) => {}
+                Err(close) => return close,
+            }
+        }
         loop {
             tokio::select! {
                 c = &mut handle.close => return c.map_or_else(|_| ended("server stopping"), Close::from),

@@ -127,6 +127,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
         subs: channels::Subscriptions::default(),
         events: None,
         started: hello.at,
+        early: Vec::new(),
     }
     .serve(hello.cursor, hello.epoch)
     .instrument(span)
@@ -209,6 +210,8 @@ struct Session {
     events: Option<crate::events::SessionEvents>,
     /// When its hello was read.
     started: std::time::Instant,
+    /// Client frames read while its replay was read (`replay::keepalive`).
+    early: replay::Early,
 }
 
 impl Session {

@@ -3,15 +3,18 @@
 //! hub buffered meanwhile (each offset once).
 
 use super::Close;
-use super::{gone, Session};
-use crate::frame::{message, stored_message};
+use super::{gone, Gone, Session};
+use crate::frame::{encode, message, stored_message};
 use crate::metrics::StartStep;
 use crate::resume::{self, ResumePlan};
 use crate::state::AppState;
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use futures_util::{Sink, SinkExt, StreamExt};
 use protocol::frames::{ErrorFrame, Synced, Welcome};
-use protocol::{CloseCode, Cursor, ErrorCode, Record, ServerFrame, UserId};
+use protocol::{ClientFrame, CloseCode, Cursor, ErrorCode, Record, ServerFrame, UserId};
 use std::future::Future;
 use std::ops::Range;
+use std::time::Duration;
 use store::StoredMessage;
 
 /// Where a registered device stands when its session starts.
@@ -119,8 +122,12 @@ impl Session {
     async fn replay(&mut self, start: &Start, plan: &ResumePlan) -> Result<i64, ReplayError> {
         let state = self.state.clone();
         let source = StateSource(&state);
-        let missed = missed(&source, &self.who.user, start, plan)
+        let read = missed(&source, &self.who.user, start, plan);
+        let every = state.config.ping_interval;
+        let socket = (&mut self.sink, &mut self.stream);
+        let missed = keepalive(socket, &mut self.early, every, read)
             .await
+            .map_err(|_| ReplayError::Gone)?
             .map_err(ReplayError::Read)?;
         for f in &missed.frames {
             self.send_frame(f).await.map_err(|_| ReplayError::Gone)?;
@@ -239,6 +246,57 @@ pub(super) async fn missed(
         out.last = range.end - 1;
     }
     Ok(out)
+}
+
+/// Client frames read during a replay, for the live loop to handle first.
+pub(super) type Early = Vec<Utf8Bytes>;
+
+/// The most frames kept for the live loop; beyond that the socket is left
+/// unread until the replay ends (TCP pushes back on the client).
+const EARLY_MAX: usize = 64;
+
+/// Awaits `work` (a replay's reads) while keeping the connection alive: a
+/// WebSocket ping every `every`, the client's `ping` answered, and its other
+/// frames kept in `early`. The client has been welcomed and counts silence
+/// from then on (protocol.md "Liveness": two intervals); a read that waits
+/// on a busy broker or PostgreSQL for longer must not look like a dead
+/// server, or the client reconnects and asks for the same replay again — in
+/// a reconnect herd, a loop that feeds itself. A failed read of the socket
+/// ends the session like a client gone.
+pub(super) async fn keepalive<S, R, E, F>(
+    (sink, stream): (&mut S, &mut R),
+    early: &mut Early,
+    every: Duration,
+    work: F,
+) -> Result<F::Output, Gone>
+where
+    S: Sink<WsMessage> + Unpin,
+    R: futures_util::Stream<Item = Result<WsMessage, E>> + Unpin,
+    F: Future,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            _ = tick.tick() => {
+                sink.send(WsMessage::Ping(Default::default())).await.map_err(|_| Gone)?;
+            }
+            m = stream.next(), if early.len() < EARLY_MAX => match m {
+                Some(Ok(WsMessage::Text(t))) => match ClientFrame::parse(&t) {
+                    Ok(ClientFrame::Ping(p)) => {
+                        if let Ok(pong) = encode(&ServerFrame::Pong(p)) {
+                            sink.send(WsMessage::Text(pong.into_ws())).await.map_err(|_| Gone)?;
+                        }
+                    }
+                    _ => early.push(t),
+                },
+                Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return Err(Gone),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
 }
 
 enum ReplayError {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::hub::tests::record;
+use futures_util::{Sink, StreamExt};
 use protocol::Kind;
 
 /// A log of chat records for `bob` at offsets `log_start..end`, of which
@@ -143,4 +144,104 @@ async fn without_postgresql_the_log_alone_serves_a_gap_it_holds_and_refuses_one_
         refused.is_err(),
         "a gap only PostgreSQL holds must not be skipped"
     );
+}
+
+/// Frames from the client while nothing arrives (the socket stays open).
+fn quiet() -> impl futures_util::Stream<Item = Result<WsMessage, ()>> + Unpin {
+    futures_util::stream::pending()
+}
+
+/// What a keepalive wrote: (a ping, seconds since the start) or the text.
+type Written = std::sync::Mutex<Vec<(String, u64)>>;
+
+fn recorder(
+    written: &Written,
+    started: tokio::time::Instant,
+) -> impl Sink<WsMessage, Error = ()> + '_ {
+    futures_util::sink::unfold((), move |(), m: WsMessage| {
+        let what = match m {
+            WsMessage::Ping(_) => "ping".to_owned(),
+            WsMessage::Text(t) => t.to_string(),
+            other => format!("{other:?}"),
+        };
+        if let Ok(mut w) = written.lock() {
+            w.push((what, started.elapsed().as_secs()));
+        }
+        async { Ok::<_, ()>(()) }
+    })
+}
+
+fn taken(written: &Written) -> Vec<(String, u64)> {
+    written.lock().map(|w| w.clone()).unwrap_or_default()
+}
+
+/// A read slower than the client's silence window (two ping intervals)
+/// still pings the client once an interval, and its result comes through.
+#[tokio::test(start_paused = true)]
+async fn a_slow_replay_read_keeps_pinging_the_client() {
+    let (started, written) = (tokio::time::Instant::now(), Written::default());
+    let sink = recorder(&written, started);
+    futures_util::pin_mut!(sink);
+    let slow = async {
+        tokio::time::sleep(std::time::Duration::from_millis(7_500)).await;
+        42
+    };
+    let mut early = Early::new();
+    let every = std::time::Duration::from_secs(2);
+    let out = keepalive((&mut sink, &mut quiet()), &mut early, every, slow).await;
+    assert_eq!(out.ok(), Some(42));
+    let pings: Vec<_> = [2, 4, 6].map(|t| ("ping".to_owned(), t)).into();
+    assert_eq!(
+        taken(&written),
+        pings,
+        "one ping per interval while reading"
+    );
+}
+
+/// During the read the client's `ping` is answered at once (a browser
+/// cannot see WebSocket pings and asks), and its other frames wait, in
+/// order, for the live loop.
+#[tokio::test(start_paused = true)]
+async fn the_clients_frames_during_a_replay_are_answered_or_kept() {
+    let (started, written) = (tokio::time::Instant::now(), Written::default());
+    let sink = recorder(&written, started);
+    futures_util::pin_mut!(sink);
+    let send = r#"{"type":"send","id":"s1","to":{"user":"bob"},"body":{},"kind":"chat"}"#;
+    let frames = [send, r#"{"type":"ping","id":"p1"}"#, "not json"]
+        .map(|t| Ok::<_, ()>(WsMessage::Text(t.into())));
+    let mut stream = futures_util::stream::iter(frames).chain(futures_util::stream::pending());
+    let slow = tokio::time::sleep(std::time::Duration::from_millis(500));
+    let mut early = Early::new();
+    let every = std::time::Duration::from_secs(2);
+    let out = keepalive((&mut sink, &mut stream), &mut early, every, slow).await;
+    assert!(out.is_ok());
+    let written = taken(&written);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(written[0].0.contains(r#""type":"pong""#), "{written:?}");
+    assert!(written[0].0.contains("p1"), "{written:?}");
+    let kept: Vec<&str> = early.iter().map(|t| t.as_str()).collect();
+    assert_eq!(kept, vec![send, "not json"]);
+}
+
+/// A client gone during the read ends the wait: at the next ping when the
+/// socket fails, at once when it closes.
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_during_a_replay_read_ends_it() {
+    let every = std::time::Duration::from_secs(1);
+    let failing = futures_util::sink::unfold((), |(), _: WsMessage| async { Err::<(), _>(()) });
+    futures_util::pin_mut!(failing);
+    let mut early = Early::new();
+    let (never, mut stream) = (std::future::pending::<()>(), quiet());
+    let wait = keepalive((&mut failing, &mut stream), &mut early, every, never);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), wait).await;
+    assert!(matches!(out, Ok(Err(_))), "the failed ping ends it");
+
+    let (started, written) = (tokio::time::Instant::now(), Written::default());
+    let sink = recorder(&written, started);
+    futures_util::pin_mut!(sink);
+    let mut closed = futures_util::stream::iter([Ok::<_, ()>(WsMessage::Close(None))]);
+    let never = std::future::pending::<()>();
+    let wait = keepalive((&mut sink, &mut closed), &mut early, every, never);
+    let out = tokio::time::timeout(std::time::Duration::from_millis(10), wait).await;
+    assert!(matches!(out, Ok(Err(_))), "the close ends it");
 }

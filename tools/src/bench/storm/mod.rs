@@ -112,6 +112,8 @@ struct StormReport {
     sent: u64,
     acked: u64,
     send_errors: u64,
+    /// Sends neither acknowledged nor refused when the bench stopped waiting.
+    unanswered: u64,
     delivered: u64,
     lost: u64,
 }
@@ -353,6 +355,7 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         sent: m.sent,
         acked: m.acked.len() as u64,
         send_errors: m.send_errors,
+        unanswered: m.sent.saturating_sub(m.acked.len() as u64 + m.send_errors),
         delivered: m.received.len() as u64,
         lost: m.acked.difference(&m.received).count() as u64,
     };
