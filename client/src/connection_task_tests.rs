@@ -409,3 +409,50 @@ async fn anycast_sends_carry_the_key_and_a_redelivered_publication_is_answered_h
     assert_eq!(client.duplicates(), 1);
     client.close().await;
 }
+
+/// A server whose kernel accepts but which never answers the upgrade (a
+/// frozen process) holds a connecting client no longer than the connect
+/// limit: the client gives up, reports it and goes where the next lookup
+/// says.
+#[tokio::test]
+async fn a_server_that_accepts_but_never_upgrades_is_given_up_and_reported() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("ws://{}/v1/ws", silent.local_addr().unwrap());
+    let (fake, mut sockets) = fake_server().await;
+    let fake_url = fake.replacen("http://", "ws://", 1) + "/v1/ws";
+    let (lookups, mut looked_up) = mpsc::unbounded_channel();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let route = move |q: axum::extract::Query<protocol::api::RouteQuery>| {
+        let _ = lookups.send(q.0);
+        let (id, url) = match asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => ("frozen", silent_url.clone()),
+            _ => ("fake", fake_url.clone()),
+        };
+        async move {
+            Json(Route {
+                user_id: UserId::new("bob").unwrap(),
+                partition: 0,
+                server_id: ServerId::new(id).unwrap(),
+                ws_url: url,
+                epoch: 1,
+            })
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coordinator = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().route("/v1/route", get(route));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let started = std::time::Instant::now();
+    let client = Client::start(config(&coordinator));
+    let _first = looked_up.recv().await.expect("a first lookup");
+    let _ = tokio::time::timeout(Duration::from_secs(20), sockets.recv())
+        .await
+        .expect("still held by the server that never upgrades")
+        .expect("server gone");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(9), "gave up after {waited:?}");
+    let report = looked_up.recv().await.expect("a second lookup");
+    assert_eq!(report.unreachable, Some(ServerId::new("frozen").unwrap()));
+    drop(silent);
+    client.close().await;
+}

@@ -30,6 +30,11 @@ pub(crate) struct Outgoing {
     pub reply: Reply,
 }
 
+/// Longest a connection and its upgrade may take (as the JS SDK's
+/// `connectTimeoutMs` and the Python client's `open_timeout`): a frozen
+/// server's kernel still accepts, and nothing else would end the wait.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
 /// Before a welcome says the server's ping interval: two of the default 20 s.
 pub(crate) const DEFAULT_SILENCE: Duration = Duration::from_secs(40);
 
@@ -142,9 +147,8 @@ impl Runner {
         // (The default reserves and zeroes 128 KiB per connection.)
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(16 * 1024);
-        let connected =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), false).await;
-        let Ok((mut ws, _)) = connected else {
+        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+        let Ok(Ok((mut ws, _))) = tokio::time::timeout(CONNECT_LIMIT, connect).await else {
             return Outcome::Failed;
         };
         let cursor = self.cursor.lock().map(|c| c.clone()).unwrap_or(None);

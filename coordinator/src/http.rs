@@ -84,33 +84,39 @@ async fn route(
 /// still hold its port open at the first check and refuse at the next.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Waits (up to `wait`, and after an unresponsive first check no longer
-/// than `owner`'s lease can last unrenewed) until a map gives `user`'s
-/// partition to a server other than `owner`, unless the first check finds
-/// `owner` alive or cannot be made. Later
-/// checks only look for a death (a dead verdict revokes the lease, and the
-/// map moves): a server that was unresponsive and answers again was slow,
-/// and sending its devices straight back would feed the overload — in a
-/// reconnect herd of 36,000 devices that made every second's recheck a
+/// Waits (up to `wait`) until a map gives `user`'s partition to a server
+/// other than `owner`, unless the first check finds `owner` alive or cannot
+/// be made. After an unresponsive first check the wait also ends when
+/// `owner`'s lease, as etcd counted it then, should have ended — if etcd
+/// still holds its registration then: the lease was renewed, so the server
+/// is slow, not gone. A registration gone by then means a move is coming
+/// (the leader's debounce and a new map are still ahead): the lookup waits
+/// for it, or it would send the device straight back to the silent server.
+/// Later checks only look for a death (a dead verdict revokes the lease, and
+/// the map moves): a server that was unresponsive and answers again was
+/// slow, and sending its devices straight back would feed the overload — in
+/// a reconnect herd of 36,000 devices that made every second's recheck a
 /// retry storm on the survivors.
 async fn await_move(s: &AppState, user: &UserId, owner: &ServerInfo, wait: Duration) {
-    let mut deadline = tokio::time::Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait;
     let mut rx = s.assignment.clone();
     let moved = |a: &Option<Arc<Assignment>>| !owned_by(a, user, &owner.server_id);
     let first = s.deaths.check(owner).await;
-    match first.verdict {
+    let mut lease_end = match first.verdict {
         Verdict::Alive | Verdict::Unchecked => return,
-        Verdict::Dead => {}
-        // Silent: its map moves when its lease ends; if the lease was
-        // renewed meanwhile it was only slow to answer the check.
-        Verdict::Unresponsive => {
-            if let Some(ends) = first.lease_ends {
-                deadline = deadline.min(tokio::time::Instant::from_std(ends));
-            }
-        }
-    }
+        Verdict::Dead => None,
+        Verdict::Unresponsive => first.lease_ends.map(tokio::time::Instant::from_std),
+    };
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        if lease_end.is_some_and(|end| end <= now) {
+            if s.deaths.lease_ends(owner).await.is_some() {
+                return;
+            }
+            lease_end = None;
+        }
+        let until = lease_end.map_or(deadline, |end| end.min(deadline));
+        let left = until.saturating_duration_since(now);
         if left.is_zero() {
             return;
         }

@@ -197,8 +197,8 @@ impl Deaths {
 
     /// When `server`'s registration lease ends unless renewed (etcd's
     /// remaining TTL, whole seconds, plus one for the rounding and the map's
-    /// debounce); `None` when etcd does not say.
-    async fn lease_ends(&self, server: &ServerInfo) -> Option<Instant> {
+    /// debounce); `None` when etcd does not say or holds no registration.
+    pub async fn lease_ends(&self, server: &ServerInfo) -> Option<Instant> {
         let mut client = self.client.clone();
         let key = self.layout.server_key(&server.server_id);
         let ask = async {

@@ -29,6 +29,7 @@ mod presence;
 mod publish;
 mod python_sdk;
 mod resume;
+mod route_wait;
 mod smoke;
 mod stages;
 mod store;
@@ -71,7 +72,8 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::new_leader_waits_a_ttl_for_the_servers_of_its_map,
         coordinator::long_poll_returns_on_change_and_times_out,
-        coordinator::a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease,
+        route_wait::a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease,
+        route_wait::a_lookup_waits_past_a_lapsed_lease_for_the_move,
         coordinator::route_api_validates_and_answers,
         broker_faults::broker_pause_answers_and_recovers,
         broker_faults::overload_refuses_early_and_recovers,

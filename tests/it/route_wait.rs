@@ -1,0 +1,97 @@
+//! A route lookup that reports its server unreachable waits for the map to
+//! move, as long as the server's lease says it may be gone (`await_move`).
+
+use crate::coordinator::{register_at, setup, wait_assignment, TTL};
+use harness::start_coordinator;
+use harness::Infra;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A reported server that accepts but never answers its check, while its
+/// lease is renewed: the lookup waits no longer than that lease could last
+/// unrenewed (TTL + 1 s), not the 20 s it asked for, and gets the same
+/// server back — it was slow, not gone.
+pub async fn a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let (layout, cfg, mut etcd) = setup(&infra, "slowcheck").await?;
+    let coord = start_coordinator("coord", cfg)?;
+    let base = coord.url();
+    // The kernel accepts for it; nothing ever reads or answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let host = silent.local_addr()?.to_string();
+    let _s1 = register_at(&mut etcd, &layout, "s1", &host).await?;
+    wait_assignment(&base, Duration::from_secs(20), |a| a.servers.len() == 1).await?;
+    let t = Instant::now();
+    let url = format!("{base}/v1/route?user_id=alice&unreachable=s1&wait_ms=20000");
+    let body: serde_json::Value = reqwest::get(url).await?.json().await?;
+    let waited = t.elapsed();
+    anyhow::ensure!(body["server_id"] == "s1", "{body}");
+    let page = harness::scrape(&base).await.unwrap_or_default();
+    let unresponsive = harness::metric_value(
+        &page,
+        "switchboard_coordinator_probes_total{verdict=\"unresponsive\"}",
+    );
+    anyhow::ensure!(
+        unresponsive.is_some_and(|n| n >= 1.0),
+        "the check did not find s1 unresponsive: {unresponsive:?}"
+    );
+    let bound = Duration::from_secs(TTL as u64 + 3);
+    anyhow::ensure!(
+        waited >= Duration::from_secs(1) && waited < bound,
+        "the lookup answered after {waited:?} (lease TTL {TTL} s; asked to wait 20 s)"
+    );
+    eprintln!("    a silent but leased server: the lookup answered after {waited:?}");
+    drop(silent);
+    coord.stop().await;
+    Ok(())
+}
+
+/// A reported server that accepts but never answers (a frozen process: its
+/// kernel still accepts) and whose lease lapses: the lookup waits for the
+/// map that moves its partitions and answers with the new owner. The
+/// leader's debounce is made long here so the move comes well after the
+/// lease's end: answering at the lease's end sent the device back to the
+/// silent server (a frozen server's devices waited 70 s in the storm bench).
+pub async fn a_lookup_waits_past_a_lapsed_lease_for_the_move(
+    infra: Arc<Infra>,
+) -> anyhow::Result<()> {
+    let (layout, mut cfg, mut etcd) = setup(&infra, "lapsed").await?;
+    cfg.debounce = Duration::from_secs(3);
+    let coord = start_coordinator("coord", cfg)?;
+    let base = coord.url();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let host = silent.local_addr()?.to_string();
+    let s1 = register_at(&mut etcd, &layout, "s1", &host).await?;
+    let _s2 = register_at(&mut etcd, &layout, "s2", "s2.test").await?;
+    let a = wait_assignment(&base, Duration::from_secs(20), |a| {
+        a.servers.len() == 2 && a.owners.iter().all(Option::is_some)
+    })
+    .await?;
+    let user = (0..1000)
+        .map(|i| format!("u{i}"))
+        .find(|u| {
+            let p = protocol::partition_for(u, a.partitions);
+            a.owner(p).is_some_and(|o| o.server_id.as_str() == "s1")
+        })
+        .ok_or_else(|| anyhow::anyhow!("no user on s1"))?;
+    // s1 freezes: its lease is no longer renewed.
+    s1.keeper.abort();
+    let t = Instant::now();
+    let url = format!("{base}/v1/route?user_id={user}&unreachable=s1&wait_ms=20000");
+    let body: serde_json::Value = reqwest::get(url).await?.json().await?;
+    let waited = t.elapsed();
+    anyhow::ensure!(
+        body["server_id"] == "s2",
+        "after {waited:?} the lookup named {} (s1 silent, its lease lapsed)",
+        body["server_id"]
+    );
+    anyhow::ensure!(
+        waited < Duration::from_secs(TTL as u64 + 8),
+        "the lookup answered after {waited:?}"
+    );
+    eprintln!("    a silent server whose lease lapsed: the new owner after {waited:?}");
+    drop(silent);
+    coord.stop().await;
+    Ok(())
+}
