@@ -261,6 +261,24 @@ async fn publish_batch(
 }
 
 /// How many times each publication was handled, and by whom.
+/// For each publication handled more than once: the milliseconds between
+/// its first and last handling.
+fn handling_gaps(got: &[(String, MsgId, Value)]) -> HashMap<MsgId, u64> {
+    let mut at: HashMap<MsgId, Vec<u64>> = HashMap::new();
+    for (_, m, b) in got {
+        at.entry(*m)
+            .or_default()
+            .extend(b["handled_at_ms"].as_u64());
+    }
+    at.into_iter()
+        .filter(|(_, t)| t.len() > 1)
+        .map(|(m, t)| {
+            let (lo, hi) = (t.iter().min(), t.iter().max());
+            (m, hi.zip(lo).map_or(0, |(h, l)| h - l))
+        })
+        .collect()
+}
+
 fn tally(got: &[(String, MsgId, Value)]) -> HashMap<MsgId, Vec<String>> {
     let mut by: HashMap<MsgId, Vec<String>> = HashMap::new();
     for (u, m, _) in got {
@@ -396,17 +414,34 @@ pub async fn anycast_loses_nothing_when_a_subscribers_server_is_killed(
     let by = tally(&got);
     let missing = ids.iter().filter(|m| !by.contains_key(m)).count();
     let twice: Vec<&Vec<String>> = by.values().filter(|h| h.len() > 1).collect();
-    let unexplained = twice
+    // Apps the kill did not touch may handle one publication twice only
+    // as at-least-once allows: the second offer after the first went
+    // unanswered for the handle timeout (under CI load a handled mark can
+    // take that long). Two of them within the timeout is a double offer.
+    let gaps = handling_gaps(&got);
+    let late_reoffer = |m: &MsgId| {
+        gaps.get(m)
+            .is_some_and(|g| *g + 500 >= HANDLE_TIMEOUT.as_millis() as u64)
+    };
+    let unexplained: Vec<(&MsgId, Option<&u64>)> = by
         .iter()
-        .filter(|h| !h.iter().any(|u| on_victim.contains(u)))
+        .filter(|(_, h)| h.len() > 1 && !h.iter().any(|u| on_victim.contains(u)))
+        .filter(|(m, _)| !late_reoffer(m))
+        .map(|(m, _)| (m, gaps.get(m)))
+        .collect();
+    let reoffered = by
+        .iter()
+        .filter(|(m, h)| h.len() > 1 && !h.iter().any(|u| on_victim.contains(u)) && late_reoffer(m))
         .count();
     eprintln!(
-        "    {} of {} handled after the kill, {} twice (all by an app of the killed server: {})",
+        "    {} of {} handled after the kill, {} twice ({} by apps the kill did not touch, each after the handle timeout; double offers: {:?})",
         by.len(),
         ids.len(),
         twice.len(),
-        unexplained == 0
+        reoffered,
+        unexplained
     );
+    let unexplained = unexplained.len();
     // Twice only among what was offered to the killed server's apps (their
     // share: 2 of 6, +30%): a mark that died with the server, or a re-offer
     // made while their new sessions were seen by one server before the
@@ -418,7 +453,7 @@ pub async fn anycast_loses_nothing_when_a_subscribers_server_is_killed(
     let few = ids.len() * on_victim.len() * 13 / (pool.users.len() * 10);
     anyhow::ensure!(
         missing == 0 && unexplained == 0 && twice.len() <= few,
-        "{missing} of {} never handled; {} handled twice (at most {few}, the killed server's apps' share; they handled {before_kill} before the kill), {unexplained} by apps the kill did not touch",
+        "{missing} of {} never handled; {} handled twice (at most {few}, the killed server's apps' share; they handled {before_kill} before the kill), {unexplained} offered twice within the handle timeout to apps the kill did not touch",
         ids.len(),
         twice.len()
     );
