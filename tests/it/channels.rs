@@ -14,9 +14,9 @@ use switchboard_client::token::{mint_hs256_with, Grants};
 use switchboard_client::{Client, ClientConfig};
 
 pub(crate) const KEY: &str = "channel-key-0123456789abcdef-0123456789";
-const T: Duration = Duration::from_secs(10);
+pub(crate) const T: Duration = Duration::from_secs(10);
 
-fn token(user: &str, channels: &[&str], publish: &[&str]) -> String {
+pub(crate) fn token(user: &str, channels: &[&str], publish: &[&str]) -> String {
     let grants = Grants {
         channels: channels.iter().map(|s| s.to_string()).collect(),
         publish: publish.iter().map(|s| s.to_string()).collect(),
@@ -24,7 +24,7 @@ fn token(user: &str, channels: &[&str], publish: &[&str]) -> String {
     mint_hs256_with(harness::stack::JWT_SECRET, user, 3600, &grants).unwrap_or_default()
 }
 
-async fn connect(stack: &Stack, user: &str, token: &str) -> anyhow::Result<WsClient> {
+pub(crate) async fn connect(stack: &Stack, user: &str, token: &str) -> anyhow::Result<WsClient> {
     let (_, ws_url) = stack.route(user).await?;
     let mut c = WsClient::connect(&ws_url).await?;
     match c.hello(token, "d", None).await? {
@@ -39,7 +39,7 @@ async fn request(c: &mut WsClient, frame: Value) -> anyhow::Result<ServerFrame> 
 }
 
 /// Subscribes, retrying while the server's channel consumer is still opening.
-async fn subscribe(
+pub(crate) async fn subscribe(
     c: &mut WsClient,
     channel: &str,
     cursor: Option<&Cursor>,
@@ -66,7 +66,7 @@ async fn subscribe(
     }
 }
 
-async fn publish(
+pub(crate) async fn publish(
     urls: &[String],
     channel: &str,
     key: &str,

@@ -30,6 +30,7 @@ mod publish;
 mod python_sdk;
 mod resume;
 mod route_wait;
+mod slow_recovery;
 mod smoke;
 mod stages;
 mod store;
@@ -107,6 +108,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         anycast::anycast_loses_nothing_when_a_subscribers_server_is_killed,
         anycast::anycast_waits_for_a_first_subscriber,
         channels::channel_recovery_says_when_the_log_was_trimmed,
+        slow_recovery::a_slow_channel_recovery_keeps_the_connection_alive,
         channels::channel_subscribers_lose_nothing_across_drain_and_crash,
         channel_stats::channel_stats_add_up_over_three_servers,
         persister::exactly_once_across_kills_and_replicas,

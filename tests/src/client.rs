@@ -15,12 +15,14 @@ pub enum Event {
 
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// WebSocket pings the server sent (read by `next`), so far.
+    pub pings: usize,
 }
 
 impl WsClient {
     pub async fn connect(ws_url: &str) -> anyhow::Result<Self> {
         let (ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
-        Ok(Self { ws })
+        Ok(Self { ws, pings: 0 })
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) -> anyhow::Result<()> {
@@ -63,6 +65,7 @@ impl WsClient {
                 Some(Ok(Message::Close(c))) => {
                     return Ok(Event::Closed(c.map(|c| u16::from(c.code))))
                 }
+                Some(Ok(Message::Ping(_))) => self.pings += 1,
                 Some(Ok(_)) => continue,
             }
         }

@@ -7,6 +7,7 @@ use crate::channels::Subscriber;
 use crate::frame::Text;
 use crate::frame::{channel_message, encode};
 use crate::metrics::RecoveredLabel;
+use crate::state::AppState;
 use axum::extract::ws::Message as WsMessage;
 use futures_util::SinkExt;
 use protocol::frames::{Handled, Subscribe, Subscribed, Unsubscribe, Unsubscribed};
@@ -15,6 +16,7 @@ use protocol::{
 };
 use serde_json::value::RawValue;
 use std::collections::HashSet;
+use std::ops::Range;
 use tokio::sync::mpsc;
 
 /// One connection's subscriptions and the queue they deliver to.
@@ -80,13 +82,17 @@ impl Session {
                 "channels are not open yet".into(),
             )));
         };
-        let epoch = self.state.log_epoch();
+        let state = self.state.clone();
+        let epoch = state.log_epoch();
         let from = sub
             .cursor
             .filter(|c| c.log_epoch == epoch)
             .map(|c| c.offset);
+        // The recovery's reads wait on the broker (seconds when it is busy):
+        // kept alive, like a resume's replay, so the client does not take
+        // the silence for a dead server.
         let low = match from {
-            Some(_) => match self.channel_catch_up(partition).await {
+            Some(_) => match self.kept_alive(channel_catch_up(&state, partition)).await? {
                 Ok(low) => Some(low),
                 Err(e) => {
                     return Ok(Err(refuse(
@@ -111,8 +117,15 @@ impl Session {
         };
         let recovery = match (from, low) {
             (Some(from), Some(low)) => match self
-                .recover(&channel, partition, from, low, live_from, &epoch)
-                .await
+                .kept_alive(recover(
+                    &state,
+                    &channel,
+                    partition,
+                    from..live_from,
+                    low,
+                    &epoch,
+                ))
+                .await?
             {
                 Ok(r) => r,
                 Err(e) => {
@@ -160,56 +173,6 @@ impl Session {
         out.extend(encode(&subscribed).ok());
         out.extend(buffered);
         self.write_all(out).await.map(Ok)
-    }
-
-    /// Reads what the channel published after `from` and before `live_from`,
-    /// if the log still holds all of it.
-    async fn recover(
-        &self,
-        channel: &ChannelName,
-        partition: u32,
-        from: i64,
-        low: i64,
-        live_from: i64,
-        epoch: &str,
-    ) -> Result<Recovery, crate::log_reader::ReadError> {
-        if from + 1 < low || from >= live_from {
-            // Trimmed by retention (or a cursor this log never gave out):
-            // say so instead of leaving a silent gap.
-            return Ok(Recovery {
-                frames: Vec::new(),
-                last: live_from - 1,
-                recovered: false,
-            });
-        }
-        let range = from + 1..live_from;
-        let records = if range.is_empty() {
-            Vec::new()
-        } else {
-            self.state
-                .log
-                .read_channel(partition, range, channel)
-                .await?
-        };
-        let mut frames = Vec::with_capacity(records.len());
-        for (offset, r) in &records {
-            frames.extend(encode(&channel_message(r, epoch, *offset, true)).ok());
-        }
-        self.state.metrics.replayed.inc_by(frames.len() as u64);
-        Ok(Recovery {
-            frames,
-            last: live_from - 1,
-            recovered: true,
-        })
-    }
-
-    /// The channel partition's log start, once the channel consumer has
-    /// passed the log's end as of now (so nothing falls between the two).
-    async fn channel_catch_up(&self, partition: u32) -> Result<i64, rdkafka::error::KafkaError> {
-        let (low, high) = self.state.log.channel_watermarks(partition).await?;
-        let wait = super::CATCH_UP_WAIT;
-        self.state.channels.passes(partition, high, wait).await;
-        Ok(low)
     }
 
     /// `handled`: this connection's app is done with an anycast publication.
@@ -306,4 +269,56 @@ impl Session {
         }
         self.sink.flush().await.map_err(|_| Gone)
     }
+}
+
+/// Reads what the channel published in `missed` (after the cursor, before
+/// the first live offset), if the log still holds all of it (from `low` on).
+async fn recover(
+    state: &AppState,
+    channel: &ChannelName,
+    partition: u32,
+    missed: Range<i64>,
+    low: i64,
+    epoch: &str,
+) -> Result<Recovery, crate::log_reader::ReadError> {
+    let (from, live_from) = (missed.start, missed.end);
+    if from + 1 < low || from >= live_from {
+        // Trimmed by retention (or a cursor this log never gave out):
+        // say so instead of leaving a silent gap.
+        return Ok(Recovery {
+            frames: Vec::new(),
+            last: live_from - 1,
+            recovered: false,
+        });
+    }
+    let range = from + 1..live_from;
+    let records = if range.is_empty() {
+        Vec::new()
+    } else {
+        state.log.read_channel(partition, range, channel).await?
+    };
+    let mut frames = Vec::with_capacity(records.len());
+    for (offset, r) in &records {
+        frames.extend(encode(&channel_message(r, epoch, *offset, true)).ok());
+    }
+    state.metrics.replayed.inc_by(frames.len() as u64);
+    Ok(Recovery {
+        frames,
+        last: live_from - 1,
+        recovered: true,
+    })
+}
+
+/// The channel partition's log start, once the channel consumer has passed
+/// the log's end as of now (so nothing falls between the two).
+async fn channel_catch_up(
+    state: &AppState,
+    partition: u32,
+) -> Result<i64, rdkafka::error::KafkaError> {
+    let (low, high) = state.log.channel_watermarks(partition).await?;
+    state
+        .channels
+        .passes(partition, high, super::CATCH_UP_WAIT)
+        .await;
+    Ok(low)
 }

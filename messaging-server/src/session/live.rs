@@ -85,12 +85,10 @@ impl Session {
         let expires = tokio::time::sleep_until(expiry(self.who.exp));
         tokio::pin!(expires);
         let stop = state.stop.clone();
-        for text in std::mem::take(&mut self.early) {
-            match Box::pin(self.on_text(&text, &mut inbound)).await {
-                Ok(Some(exp)) => expires.as_mut().reset(expiry(exp)),
-                Ok(None) => {}
-                Err(close) => return close,
-            }
+        match self.on_early(&mut inbound).await {
+            Ok(Some(exp)) => expires.as_mut().reset(expiry(exp)),
+            Ok(None) => {}
+            Err(close) => return close,
         }
         loop {
             tokio::select! {
@@ -118,14 +116,14 @@ impl Session {
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => return super::read_failed(&e),
                     };
-                    // Boxed: the rare, large futures (a send's membership
-                    // read, a channel recovery) are not carried by every
-                    // idle session's task.
-                    match Box::pin(self.on_text(&text, &mut inbound)).await {
+                    match self.on_frames(&text, &mut inbound).await {
                         Ok(Some(exp)) => expires.as_mut().reset(expiry(exp)),
                         Ok(None) => {}
                         Err(close) => return close,
                     }
+                    // A frame's handling may have waited on a read with the
+                    // connection kept alive, the client's frames read.
+                    last_seen = Instant::now();
                 }
                 _ = &mut expires => return Close::new(CloseCode::Unauthorized, "token expired"),
                 _ = ping.tick() => {
@@ -168,6 +166,26 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// One client frame, then those read while it was handled (a channel
+    /// recovery reads with the connection kept alive).
+    async fn on_frames(&mut self, text: &str, inbound: &mut Inbound) -> Result<Option<u64>, Close> {
+        // Boxed: the rare, large futures (a send's membership read, a
+        // channel recovery) are not carried by every idle session's task.
+        let exp = Box::pin(self.on_text(text, inbound)).await?;
+        Ok(self.on_early(inbound).await?.or(exp))
+    }
+
+    /// The frames kept in `early`, oldest first, until none is left (one
+    /// may be a subscribe that keeps more). The last token's expiry wins.
+    async fn on_early(&mut self, inbound: &mut Inbound) -> Result<Option<u64>, Close> {
+        let mut exp = None;
+        while !self.early.is_empty() {
+            let text = self.early.remove(0);
+            exp = Box::pin(self.on_text(&text, inbound)).await?.or(exp);
+        }
+        Ok(exp)
     }
 
     /// One client frame. `Ok(Some(exp))`: a fresh token moved the expiry.

@@ -122,10 +122,10 @@ impl Session {
     async fn replay(&mut self, start: &Start, plan: &ResumePlan) -> Result<i64, ReplayError> {
         let state = self.state.clone();
         let source = StateSource(&state);
-        let read = missed(&source, &self.who.user, start, plan);
-        let every = state.config.ping_interval;
-        let socket = (&mut self.sink, &mut self.stream);
-        let missed = keepalive(socket, &mut self.early, every, read)
+        let user = self.who.user.clone();
+        let read = missed(&source, &user, start, plan);
+        let missed = self
+            .kept_alive(read)
             .await
             .map_err(|_| ReplayError::Gone)?
             .map_err(ReplayError::Read)?;
@@ -248,14 +248,16 @@ pub(super) async fn missed(
     Ok(out)
 }
 
-/// Client frames read during a replay, for the live loop to handle first.
+/// Client frames read during a replay or a channel's recovery, for the
+/// live loop to handle next.
 pub(super) type Early = Vec<Utf8Bytes>;
 
 /// The most frames kept for the live loop; beyond that the socket is left
 /// unread until the replay ends (TCP pushes back on the client).
 const EARLY_MAX: usize = 64;
 
-/// Awaits `work` (a replay's reads) while keeping the connection alive: a
+/// Awaits `work` (a replay's or a channel recovery's reads) while keeping
+/// the connection alive: a
 /// WebSocket ping every `every`, the client's `ping` answered, and its other
 /// frames kept in `early`. The client has been welcomed and counts silence
 /// from then on (protocol.md "Liveness": two intervals); a read that waits
@@ -296,6 +298,17 @@ where
                 Some(Ok(_)) => {}
             }
         }
+    }
+}
+
+impl Session {
+    /// Awaits `work`, a read that must not borrow the session, with the
+    /// connection kept alive meanwhile (`keepalive`); the client's frames
+    /// read meanwhile wait in `early` for the live loop.
+    pub(super) async fn kept_alive<F: Future>(&mut self, work: F) -> Result<F::Output, Gone> {
+        let every = self.state.config.ping_interval;
+        let socket = (&mut self.sink, &mut self.stream);
+        keepalive(socket, &mut self.early, every, work).await
     }
 }
 
