@@ -99,23 +99,57 @@ fn target(http_url: &str) -> Option<(String, bool)> {
     })
 }
 
-/// One check of a server's HTTP base: refused → dead; a `/healthz` answered
-/// within `limit` → alive; anything else → unresponsive.
-pub async fn probe(http_url: &str, limit: Duration) -> Verdict {
+/// A connection reset (or closed) before any answer: the process behind the
+/// port let go of it without a word — as a killed process's listener does
+/// to the connections still in its queue while the kernel tears the process
+/// down. Its port refuses a moment later; the check connects again then.
+const RESET_RETRY: Duration = Duration::from_millis(20);
+
+/// One check of a server's HTTP base, and what it saw (for the log):
+/// refused → dead; a `/healthz` answered within `limit` → alive; anything
+/// else → unresponsive. A reset is asked again (within `limit`): it says
+/// nothing alone, and calling it unresponsive held every
+/// lookup for a killed server's devices a recheck (1 s) longer.
+async fn probe_why(http_url: &str, limit: Duration) -> (Verdict, String) {
     let Some((addr, plain)) = target(http_url) else {
-        return Verdict::Unresponsive;
+        return (Verdict::Unresponsive, "no host:port in the URL".into());
     };
-    let mut stream = match tokio::time::timeout(limit, TcpStream::connect(&addr)).await {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (verdict, why, reset) = probe_once(&addr, plain, deadline).await;
+        let again = tokio::time::Instant::now() + RESET_RETRY;
+        if !reset || again >= deadline {
+            return (verdict, why);
+        }
+        tokio::time::sleep_until(again).await;
+    }
+}
+
+/// One connection's verdict, what it saw, and whether it was reset before
+/// any answer.
+async fn probe_once(
+    addr: &str,
+    plain: bool,
+    deadline: tokio::time::Instant,
+) -> (Verdict, String, bool) {
+    let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Verdict::of_connect_error(&e),
-        Err(_) => return Verdict::Unresponsive,
+        Ok(Err(e)) => {
+            return (
+                Verdict::of_connect_error(&e),
+                format!("connect: {e}"),
+                false,
+            )
+        }
+        Err(_) => return (Verdict::Unresponsive, "connect timed out".into(), false),
     };
     if !plain {
         // A frozen process's kernel accepts too; without speaking TLS here a
         // connection is the most this check can learn.
-        return Verdict::Alive;
+        let why = "connected (TLS not checked)".into();
+        return (Verdict::Alive, why, false);
     }
-    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let answer = async {
         stream.write_all(request.as_bytes()).await?;
@@ -123,10 +157,20 @@ pub async fn probe(http_url: &str, limit: Duration) -> Verdict {
         stream.read_exact(&mut head).await?;
         Ok::<_, std::io::Error>(head)
     };
-    match tokio::time::timeout(limit, answer).await {
-        Ok(Ok(head)) if head.starts_with(b"HTTP/1.") => Verdict::Alive,
-        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => Verdict::Dead,
-        _ => Verdict::Unresponsive,
+    match tokio::time::timeout_at(deadline, answer).await {
+        Ok(Ok(head)) if head.starts_with(b"HTTP/1.") => (Verdict::Alive, "answered".into(), false),
+        Ok(Ok(_)) => (Verdict::Unresponsive, "answered, not HTTP".into(), false),
+        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => {
+            (Verdict::Dead, format!("read: {e}"), false)
+        }
+        Ok(Err(e)) => {
+            let reset = matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+            );
+            (Verdict::Unresponsive, format!("read: {e}"), reset)
+        }
+        Err(_) => (Verdict::Unresponsive, "no answer in time".into(), false),
     }
 }
 
@@ -177,13 +221,13 @@ impl Deaths {
     }
 
     async fn check_now(&self, server: &ServerInfo) -> Checked {
-        let verdict = probe(&server.http_url, LIMIT).await;
+        let (verdict, why) = probe_why(&server.http_url, LIMIT).await;
         let lease_ends = match verdict {
             Verdict::Unresponsive => self.lease_ends(server).await,
             _ => None,
         };
         self.metrics.probe(verdict);
-        info!(server = %server.server_id, url = %server.http_url, verdict = verdict.label(), "checked a server clients could not reach");
+        info!(server = %server.server_id, url = %server.http_url, verdict = verdict.label(), %why, "checked a server clients could not reach");
         if verdict == Verdict::Dead && self.revoke {
             if let Err(e) = self.declare_dead(server).await {
                 warn!(server = %server.server_id, error = %e, "could not end the lease of a dead server");
@@ -273,7 +317,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let url = format!("http://{addr}");
         // Accepted by the kernel, never answered: a frozen process.
-        let silent = probe(&url, Duration::from_millis(200)).await;
+        let silent = probe_why(&url, Duration::from_millis(200)).await.0;
         assert_eq!(silent, Verdict::Unresponsive);
         // The silent check's connection waits in the backlog first.
         let answering = tokio::spawn(async move {
@@ -286,9 +330,55 @@ mod tests {
                     .await;
             }
         });
-        assert_eq!(probe(&url, Duration::from_secs(2)).await, Verdict::Alive);
+        assert_eq!(
+            probe_why(&url, Duration::from_secs(2)).await.0,
+            Verdict::Alive
+        );
         answering.await.unwrap();
         // The listener is gone: nothing listens on the port.
-        assert_eq!(probe(&url, Duration::from_secs(2)).await, Verdict::Dead);
+        assert_eq!(
+            probe_why(&url, Duration::from_secs(2)).await.0,
+            Verdict::Dead
+        );
+    }
+
+    /// A killed process's listener resets the connections in its queue,
+    /// then its port refuses: the check's connection is reset first.
+    // A zero linger resets at once; it is the lingering close that blocks.
+    #[allow(deprecated)]
+    #[tokio::test]
+    async fn a_reset_before_any_answer_is_asked_again_and_a_refusal_then_is_dead() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let dying = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+            // Let the request arrive, so the reset meets a read.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(s);
+            drop(listener);
+        });
+        let started = std::time::Instant::now();
+        let (verdict, why) = probe_why(&url, Duration::from_secs(1)).await;
+        dying.await.unwrap();
+        assert_eq!(verdict, Verdict::Dead, "{why}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        // Reset every time until the limit: unresponsive, never dead.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let resetting = tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                s.set_linger(Some(Duration::ZERO)).unwrap();
+                drop(s);
+            }
+        });
+        let (verdict, why) = probe_why(&url, Duration::from_millis(300)).await;
+        resetting.abort();
+        assert_eq!(verdict, Verdict::Unresponsive, "{why}");
     }
 }

@@ -51,8 +51,21 @@ impl Process {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        // Services log to stdout: kept only when asked for (`SERVICE_LOG_DIR`,
+        // a file per process, e.g. to time a benchmark's failover).
+        let stdout = match std::env::var_os("SERVICE_LOG_DIR") {
+            Some(dir) => {
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_micros();
+                let file = std::path::Path::new(&dir).join(format!("{name}-{at}.log"));
+                Stdio::from(std::fs::File::create(file)?)
+            }
+            None => Stdio::null(),
+        };
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         Ok(Self {

@@ -144,7 +144,7 @@ struct Bench {
     prefix: String,
     topic: String,
     db: String,
-    coordinator: harness::ServiceHandle,
+    coordinator: coordinator::Coordinator,
     servers: Vec<(String, Process, u16)>,
     /// Extra environment of this benchmark's servers.
     server_env: Vec<(&'static str, String)>,
@@ -161,12 +161,21 @@ impl Bench {
         servers: usize,
         server_env: &[(&'static str, String)],
     ) -> anyhow::Result<Self> {
+        Self::start_opts(infra, servers, server_env, false).await
+    }
+
+    /// `start_with`, the coordinator in a process of its own if `own`.
+    async fn start_opts(
+        infra: Arc<Env>,
+        servers: usize,
+        server_env: &[(&'static str, String)],
+        own: bool,
+    ) -> anyhow::Result<Self> {
         let (prefix, topic) = (format!("/{}", infra.unique("bench")), infra.unique("bench"));
         let db = infra.database("bench").await?;
-        let coordinator = harness::start_coordinator(
-            "coord",
-            harness::coordinator_config(&infra, &prefix, &topic, infra.settings.partitions),
-        )?;
+        let config =
+            harness::coordinator_config(&infra, &prefix, &topic, infra.settings.partitions);
+        let coordinator = coordinator::Coordinator::start(config, own)?;
         let mut b = Self {
             infra,
             prefix,
@@ -345,6 +354,7 @@ mod broker;
 mod channels;
 mod child;
 mod connections;
+mod coordinator;
 mod load;
 mod nats;
 mod persist;

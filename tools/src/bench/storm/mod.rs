@@ -58,6 +58,10 @@ pub struct StormArgs {
         default_value = "kill,freeze,rolling,scale-up"
     )]
     phases: Vec<Phase>,
+    /// The coordinator as a process of its own, as in production (by
+    /// default it runs inside the bench, sharing its open-file limit).
+    #[arg(long)]
+    own_coordinator: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -279,7 +283,7 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         ("SWITCHBOARD_PING_SECS", a.ping_secs.to_string()),
         ("SWITCHBOARD_LEASE_TTL_SECS", a.lease_ttl_secs.to_string()),
     ];
-    let mut b = Bench::start_with(infra.clone(), a.servers, &env).await?;
+    let mut b = Bench::start_opts(infra.clone(), a.servers, &env, a.own_coordinator).await?;
     // The whole stack: resumes read what the persister has stored from
     // PostgreSQL, the rest from the log.
     let persister = match a.no_persister {
@@ -300,7 +304,13 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
     // after two silent ping intervals.
     let quick = (a.devices, Duration::from_secs(1), settle);
     let silent = Duration::from_secs(2 * a.ping_secs + 1);
-    let mut fixed = vec![("bench (coordinator)".to_owned(), std::process::id())];
+    let mut fixed = match b.coordinator.own() {
+        true => vec![
+            ("bench".to_owned(), std::process::id()),
+            ("coordinator".to_owned(), b.coordinator.pid()),
+        ],
+        false => vec![("bench (coordinator)".to_owned(), std::process::id())],
+    };
     fixed.extend(infra.broker_pid().map(|p| ("broker".to_owned(), p)));
     fixed.extend(
         persister
