@@ -32,6 +32,10 @@ pub async fn run(config: Valid<Config>, shutdown: CancellationToken) -> anyhow::
     serve(config, listener, shutdown).await
 }
 
+/// Descriptors kept for etcd, Kafka, the death checks and logs: the rest
+/// may be connections.
+const OPEN_FILES_KEPT: u64 = 1024;
+
 pub async fn serve(
     config: Valid<Config>,
     listener: TcpListener,
@@ -102,6 +106,10 @@ pub async fn serve_with(
         console,
     };
     let token = stop.clone();
+    // Lookups wait (for a move) holding a connection each: bounded, so a
+    // reconnect herd queues in the backlog and never takes the descriptors
+    // etcd, Kafka and the death checks need.
+    let listener = service::bounded::Bounded::within_open_files(listener, OPEN_FILES_KEPT);
     let server = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move { token.cancelled().await });
     tasks.spawn("http", async move {

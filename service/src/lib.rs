@@ -2,6 +2,7 @@
 //! HTTP error mapping, metrics rendering, signals and logging.
 
 pub mod args;
+pub mod bounded;
 pub mod etcd;
 pub mod http;
 pub mod kafka;
