@@ -59,6 +59,12 @@ pub struct ClientConfig {
     /// Also hand the app each frame the dedupe drops, as
     /// `Event::Duplicate` (for histories and diagnostics; apps leave it off).
     pub report_duplicates: bool,
+    /// The source address of the client's connections (route lookups and
+    /// WebSockets); `None` lets the system choose. For a gateway or load
+    /// generator holding many clients: one address has about 28,000
+    /// ephemeral ports toward each server, and the kernel's search for a
+    /// free one slows every connect as they run out.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +85,15 @@ pub enum Event {
     Disconnected {
         code: Option<u16>,
     },
+    /// A session to `server_id` is being opened (after a route lookup or a
+    /// redirect): the JavaScript client's `connecting` state.
+    Connecting {
+        server_id: ServerId,
+    },
+    /// An attempt ended before a welcome without a close from the server;
+    /// the client tries again (after its backoff). Closes come as
+    /// `Disconnected` instead.
+    AttemptFailed(Attempt),
     /// A channel subscription is (again) in place. `recovered: false` after
     /// a cursor means publications were missed that the log no longer holds.
     Subscribed {
@@ -95,6 +110,19 @@ pub enum Event {
     Leave(protocol::presence::Membership),
     /// The token was refused (4001); the client stops.
     Unauthorized,
+}
+
+/// Where an attempt to start a session failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// No coordinator answered the route lookup.
+    Lookup,
+    /// The server could not be reached, or its WebSocket upgrade failed or
+    /// took longer than the connect limit.
+    Connect,
+    /// Connected, but no `welcome` (or `redirect`) within the limit, or the
+    /// connection broke before one.
+    Welcome,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

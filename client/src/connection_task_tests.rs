@@ -150,6 +150,7 @@ fn config(base: &str) -> ClientConfig {
         cursor: None,
         max_backoff: Duration::from_millis(200),
         report_duplicates: true,
+        local_address: None,
     }
 }
 
@@ -454,5 +455,99 @@ async fn a_server_that_accepts_but_never_upgrades_is_given_up_and_reported() {
     let report = looked_up.recv().await.expect("a second lookup");
     assert_eq!(report.unreachable, Some(ServerId::new("frozen").unwrap()));
     drop(silent);
+    client.close().await;
+}
+
+/// The next event that tells how an attempt went (Connecting,
+/// AttemptFailed, Connected, Disconnected), as text.
+async fn attempt_event(client: &mut Client) -> String {
+    loop {
+        let e = tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .expect("no event in time")
+            .expect("client stopped");
+        match e {
+            Event::Connecting { server_id } => return format!("connecting {server_id}"),
+            Event::AttemptFailed(at) => return format!("failed {at:?}"),
+            Event::Connected { server_id, .. } => return format!("connected {server_id}"),
+            Event::Disconnected { code } => return format!("disconnected {code:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_failed_attempt_is_told_to_the_app_with_where_it_failed() {
+    // No coordinator: the lookup fails.
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let mut client = Client::start(config(&nowhere));
+    assert_eq!(attempt_event(&mut client).await, "failed Lookup");
+    client.close().await;
+
+    // A server whose port refuses, then one that drops the socket before
+    // its welcome, then one that welcomes.
+    let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused_url = format!("ws://{}/v1/ws", refused.local_addr().unwrap());
+    drop(refused);
+    let (fake, mut sockets) = fake_server().await;
+    let fake_url = fake.replacen("http://", "ws://", 1) + "/v1/ws";
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let route = move || {
+        let (id, url) = match asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => ("refusing", refused_url.clone()),
+            _ => ("fake", fake_url.clone()),
+        };
+        async move {
+            Json(Route {
+                user_id: UserId::new("bob").unwrap(),
+                partition: 0,
+                server_id: ServerId::new(id).unwrap(),
+                ws_url: url,
+                epoch: 1,
+            })
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coordinator = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().route("/v1/route", get(route));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut client = Client::start(config(&coordinator));
+    assert_eq!(attempt_event(&mut client).await, "connecting refusing");
+    assert_eq!(attempt_event(&mut client).await, "failed Connect");
+    assert_eq!(attempt_event(&mut client).await, "connecting fake");
+    let mut ws = next_socket(&mut sockets).await;
+    let _ = hello_cursor(&mut ws).await;
+    drop(ws);
+    assert_eq!(attempt_event(&mut client).await, "failed Welcome");
+    assert_eq!(attempt_event(&mut client).await, "connecting fake");
+    let mut ws = next_socket(&mut sockets).await;
+    let _ = hello_cursor(&mut ws).await;
+    write(&mut ws, welcome(false, Cursor::new("e1", 0))).await;
+    assert_eq!(attempt_event(&mut client).await, "connected fake");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_route_lookup_asks_the_coordinator_to_close_after_its_answer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let client = Client::start(config(&base));
+    let (mut conn, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("no lookup")
+        .unwrap();
+    let mut request = Vec::new();
+    while !request.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut conn, &mut byte);
+        let n = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
+        assert_eq!(n, 1, "the request ended early");
+        request.push(byte[0]);
+    }
+    let request = String::from_utf8_lossy(&request).to_lowercase();
+    assert!(request.starts_with("get /v1/route?"), "{request}");
+    assert!(request.contains("\r\nconnection: close\r\n"), "{request}");
     client.close().await;
 }

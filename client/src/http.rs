@@ -10,6 +10,7 @@ use protocol::{
 };
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -46,24 +47,32 @@ impl Api {
     /// replicas of the coordinator); a route falls over to the next replica
     /// when one cannot be reached.
     pub fn new(coordinators: &str, token: &str) -> Self {
-        Self::build(coordinators, token, true)
+        Self::build(coordinators, token, true, None)
     }
 
     /// For the connection task's route lookups, made once per (re)connect:
     /// no idle connection to the coordinator is kept between them, so a
     /// process holding many clients holds no socket per client there, and a
     /// reconnect storm leaves no idle sockets behind on the coordinator.
-    pub(crate) fn for_routing(coordinators: &str, token: &str) -> Self {
-        Self::build(coordinators, token, false)
+    pub(crate) fn for_routing(coordinators: &str, token: &str, local: Option<IpAddr>) -> Self {
+        Self::build(coordinators, token, false, local)
     }
 
-    fn build(coordinators: &str, token: &str, keep_alive: bool) -> Self {
+    fn build(coordinators: &str, token: &str, keep_alive: bool, local: Option<IpAddr>) -> Self {
         let coordinators = coordinators
             .split(',')
             .map(|c| c.trim().trim_end_matches('/').to_owned())
             .filter(|c| !c.is_empty())
             .collect();
         let idle = if keep_alive { usize::MAX } else { 0 };
+        // Without keep-alive the coordinator closes first, right after its
+        // answer: its side keeps the TIME_WAIT, not a process holding many
+        // clients, whose ports toward the coordinator are the scarce ones.
+        let mut headers = reqwest::header::HeaderMap::new();
+        if !keep_alive {
+            let close = reqwest::header::HeaderValue::from_static("close");
+            headers.insert(reqwest::header::CONNECTION, close);
+        }
         Self {
             coordinators,
             preferred: Default::default(),
@@ -72,6 +81,8 @@ impl Api {
                 .connect_timeout(std::time::Duration::from_secs(3))
                 .timeout(std::time::Duration::from_secs(30))
                 .pool_max_idle_per_host(idle)
+                .default_headers(headers)
+                .local_address(local)
                 .build()
                 .unwrap_or_default(),
         }

@@ -7,6 +7,7 @@
 
 mod channels;
 mod connection;
+mod dial;
 pub mod http;
 #[cfg(feature = "keygen")]
 pub mod keygen;
@@ -16,7 +17,7 @@ mod runner;
 mod seen;
 pub mod token;
 
-pub use connection::{Client, ClientConfig, Event, SendError, Sender, TokenRefresh};
+pub use connection::{Attempt, Client, ClientConfig, Event, SendError, Sender, TokenRefresh};
 pub use http::Api;
 pub use protocol::frames::Subscribed;
 pub use protocol::presence::UserPresence;

@@ -1,7 +1,7 @@
 //! The connection task: one WebSocket session at a time, re-established
 //! through the coordinator whenever the server redirects, drains or fails.
 
-use crate::connection::{ClientConfig, Event, Reply, SendError};
+use crate::connection::{Attempt, ClientConfig, Event, Reply, SendError};
 use crate::route::{Endpoint, Routing};
 use crate::seen::Seen;
 use futures_util::{SinkExt, StreamExt};
@@ -34,6 +34,9 @@ pub(crate) struct Outgoing {
 /// `connectTimeoutMs` and the Python client's `open_timeout`): a frozen
 /// server's kernel still accepts, and nothing else would end the wait.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Longest the server may take to answer `hello`.
+const WELCOME_LIMIT: Duration = Duration::from_secs(15);
 
 /// Before a welcome says the server's ping interval: two of the default 20 s.
 pub(crate) const DEFAULT_SILENCE: Duration = Duration::from_secs(40);
@@ -89,21 +92,31 @@ pub(crate) type Socket =
 impl Runner {
     pub async fn run(mut self) {
         self.token = self.config.token.clone();
-        let api = crate::Api::for_routing(&self.config.coordinator_url, &self.config.token);
+        let api = crate::Api::for_routing(
+            &self.config.coordinator_url,
+            &self.config.token,
+            self.config.local_address,
+        );
         let mut routing = Routing::new(api, &self.config.user_id, self.config.max_backoff);
         let mut redirect: Option<Endpoint> = None;
         while !self.cancel.is_cancelled() {
             let target = match redirect.take() {
                 Some(t) => Some(t),
-                None => routing.lookup(&self.cancel).await,
+                // Closing the client must not wait for a lookup's answer.
+                None => tokio::select! {
+                    t = routing.lookup(&self.cancel) => t,
+                    _ = self.cancel.cancelled() => break,
+                },
             };
             self.welcomed = false;
             let outcome = match &target {
                 Some(t) => {
                     self.route_epoch = Some(t.epoch);
+                    let server_id = t.server_id.clone();
+                    self.emit(Event::Connecting { server_id }).await;
                     self.session(&t.ws_url).await
                 }
-                None => Outcome::Failed,
+                None => self.failed(Attempt::Lookup).await,
             };
             match outcome {
                 Outcome::Redirect(t) => {
@@ -147,9 +160,9 @@ impl Runner {
         // (The default reserves and zeroes 128 KiB per connection.)
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(16 * 1024);
-        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
-        let Ok(Ok((mut ws, _))) = tokio::time::timeout(CONNECT_LIMIT, connect).await else {
-            return Outcome::Failed;
+        let connect = crate::dial::websocket(url, config, self.config.local_address);
+        let Ok(Ok(mut ws)) = tokio::time::timeout(CONNECT_LIMIT, connect).await else {
+            return self.failed(Attempt::Connect).await;
         };
         let cursor = self.cursor.lock().map(|c| c.clone()).unwrap_or(None);
         let Ok(device) = DeviceId::new(self.config.device_id.as_str()) else {
@@ -165,7 +178,7 @@ impl Runner {
             return Outcome::Unauthorized;
         };
         if ws.send(Ws::text(hello)).await.is_err() {
-            return Outcome::Failed;
+            return self.failed(Attempt::Connect).await;
         }
         match self.first_frame(&mut ws).await {
             Ok(()) => {}
@@ -184,9 +197,10 @@ impl Runner {
     async fn first_frame(&mut self, ws: &mut Socket) -> Result<(), Outcome> {
         loop {
             let msg = tokio::select! {
-                m = tokio::time::timeout(Duration::from_secs(15), ws.next()) => {
-                    m.map_err(|_| Outcome::Failed)?
-                }
+                m = tokio::time::timeout(WELCOME_LIMIT, ws.next()) => match m {
+                    Ok(m) => m,
+                    Err(_) => return Err(self.failed(Attempt::Welcome).await),
+                },
                 // Closing the client must not wait for a server that never welcomes.
                 _ = self.cancel.cancelled() => return Err(Outcome::Stopped),
             };
@@ -222,9 +236,15 @@ impl Runner {
                     return Err(self.closed(c.map(|c| u16::from(c.code))).await)
                 }
                 Some(Ok(_)) => continue,
-                _ => return Err(Outcome::Failed),
+                _ => return Err(self.failed(Attempt::Welcome).await),
             }
         }
+    }
+
+    /// An attempt that ended before a welcome with no close to report.
+    async fn failed(&self, at: Attempt) -> Outcome {
+        self.emit(Event::AttemptFailed(at)).await;
+        Outcome::Failed
     }
 
     async fn closed(&mut self, code: Option<u16>) -> Outcome {

@@ -85,7 +85,7 @@ impl Console {
     }
 }
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<std::sync::Arc<AppState>> {
     Router::new()
         .route(
             "/console",
@@ -108,7 +108,7 @@ fn current(s: &AppState) -> Result<std::sync::Arc<protocol::Assignment>, ApiErro
 }
 
 async fn overview(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Overview>, ApiError> {
     s.console.may_read(&headers)?;
@@ -204,7 +204,7 @@ async fn persister_view(http: &reqwest::Client, url: &str) -> PersisterView {
 }
 
 async fn user(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
@@ -263,7 +263,7 @@ async fn presence(
 
 /// Asks the server to drain itself (`POST /admin/drain` with the same key).
 async fn drain(
-    State(s): State<AppState>,
+    State(s): State<std::sync::Arc<AppState>>,
     headers: HeaderMap,
     Path(server): Path<String>,
 ) -> Result<Response, ApiError> {

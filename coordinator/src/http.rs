@@ -40,14 +40,16 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::console::router())
         .fallback(not_found)
         .layer(tower_http::cors::CorsLayer::permissive())
-        .with_state(state)
+        // Shared, not cloned per request: the state holds etcd clients,
+        // whose clone (a dozen gRPC channels) showed in a lookup herd's profile.
+        .with_state(Arc::new(state))
 }
 
 /// With `unreachable` naming the user's current owner, the owner is checked
 /// first (`probe.rs`); unless it answers, the answer waits (up to `wait_ms`)
 /// for a map in which another server owns the user's partition.
 async fn route(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     q: Result<Query<RouteQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| rejection(e.status(), e.body_text()))?;
@@ -152,7 +154,7 @@ struct AssignmentQuery {
 /// With `after_epoch`, waits (up to `wait_ms`) for a newer epoch; on time-out
 /// it answers with the current map, whose epoch tells the client nothing changed.
 async fn assignment(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     q: Result<Query<AssignmentQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| rejection(e.status(), e.body_text()))?;
@@ -170,7 +172,7 @@ async fn assignment(
     Ok(Json(&*a).into_response())
 }
 
-async fn readyz(State(s): State<AppState>) -> Result<Json<Status>, ApiError> {
+async fn readyz(State(s): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
     match s.assignment.borrow().as_ref() {
         Some(a) => Ok(Json(Status {
             epoch: Some(a.epoch),
@@ -180,6 +182,6 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<Status>, ApiError> {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     metrics_response(&s.registry)
 }

@@ -109,7 +109,8 @@ pub async fn serve_with(
     // Lookups wait (for a move) holding a connection each: bounded, so a
     // reconnect herd queues in the backlog and never takes the descriptors
     // etcd, Kafka and the death checks need.
-    let listener = service::bounded::Bounded::within_open_files(listener, OPEN_FILES_KEPT);
+    let listener = service::bounded::Bounded::within_open_files(listener, OPEN_FILES_KEPT)
+        .map_err(|e| anyhow::Error::new(e).context("starting the listener's acceptor"))?;
     let server = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move { token.cancelled().await });
     tasks.spawn("http", async move {

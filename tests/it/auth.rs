@@ -99,6 +99,7 @@ pub async fn expired_tokens_close_unless_refreshed(infra: Arc<Infra>) -> anyhow:
         cursor: None,
         max_backoff: Duration::from_secs(1),
         report_duplicates: false,
+        local_address: None,
     });
     let (mut got, mut sessions, mut closes) = (0, 0, Vec::new());
     let until = Instant::now() + Duration::from_secs(10);

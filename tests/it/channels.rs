@@ -314,6 +314,7 @@ pub(crate) fn client_config(stack: &Stack, user: &str) -> ClientConfig {
         cursor: None,
         max_backoff: Duration::from_secs(1),
         report_duplicates: false,
+        local_address: None,
         refresh: None,
     }
 }

@@ -15,6 +15,7 @@ pub(crate) fn config(stack: &Stack, user: &str, device: &str) -> ClientConfig {
         cursor: None,
         max_backoff: Duration::from_secs(2),
         report_duplicates: false,
+        local_address: None,
         refresh: None,
     }
 }

@@ -38,6 +38,7 @@ pub async fn half_open_connections_are_noticed_by_both_ends(
         cursor: None,
         max_backoff: Duration::from_secs(1),
         report_duplicates: false,
+        local_address: None,
         refresh: None,
     });
     expect_connected(&mut bob, false)

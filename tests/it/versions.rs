@@ -28,6 +28,7 @@ pub async fn a_record_too_new_is_never_skipped(infra: Arc<Infra>) -> anyhow::Res
         cursor: None,
         max_backoff: Duration::from_secs(1),
         report_duplicates: false,
+        local_address: None,
         refresh: None,
     });
     // Live delivery starts at the welcome: send only once bob has one.

@@ -80,6 +80,7 @@ impl Receivers {
                 cursor: None,
                 max_backoff: Duration::from_secs(1),
                 report_duplicates: false,
+                local_address: None,
                 refresh: None,
             });
             tasks.push(tokio::spawn(collect(client, out.clone(), stop.clone())));

@@ -306,6 +306,7 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
         cursor,
         max_backoff: Duration::from_secs(5),
         report_duplicates: false,
+        local_address: None,
         // With the development secret, a long tail mints its own fresh tokens.
         refresh: cli.jwt_secret.clone().map(|secret| {
             let user = config_user.clone();
@@ -347,6 +348,8 @@ async fn tail(cli: &Cli, args: TailArgs<'_>) -> anyhow::Result<()> {
             Some(Event::Disconnected { code }) => {
                 eprintln!("disconnected ({code:?}); reconnecting")
             }
+            Some(Event::Connecting { server_id }) => eprintln!("connecting to {server_id}"),
+            Some(Event::AttemptFailed(at)) => eprintln!("attempt failed ({at:?}); retrying"),
             Some(Event::Unauthorized) => anyhow::bail!("the token was refused"),
             Some(Event::Synced(_)) | Some(Event::Duplicate(_)) => {}
             Some(Event::Presence(p)) => eprintln!("presence {}", serde_json::to_string(&p)?),

@@ -139,6 +139,7 @@ impl Generator {
             max_backoff: Duration::from_secs(2),
             refresh: None,
             report_duplicates: true,
+            local_address: None,
         }
     }
 
@@ -378,7 +379,12 @@ impl Device {
             Event::Synced(_) => return true,
             Event::Disconnected { code } => self.ledger.disconnected(code),
             Event::Unauthorized => self.ledger.disconnected(Some(4001)),
-            Event::Subscribed { .. } | Event::Presence(_) | Event::Join(_) | Event::Leave(_) => {}
+            Event::Subscribed { .. }
+            | Event::Presence(_)
+            | Event::Join(_)
+            | Event::Leave(_)
+            | Event::Connecting { .. }
+            | Event::AttemptFailed(_) => {}
         }
         false
     }
@@ -413,6 +419,8 @@ impl Device {
             Event::Disconnected { code } => Op::Close { code: *code },
             Event::Unauthorized => Op::Close { code: Some(4001) },
             Event::Synced(_)
+            | Event::Connecting { .. }
+            | Event::AttemptFailed(_)
             | Event::Subscribed { .. }
             | Event::Presence(_)
             | Event::Join(_)

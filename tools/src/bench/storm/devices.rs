@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchboard_client::{Client, ClientConfig, Event};
+use switchboard_client::{Attempt, Client, ClientConfig, Event};
 
 /// The hidden child command.
 #[derive(clap::Args)]
@@ -27,8 +27,37 @@ pub struct StormHoldArgs {
 }
 
 /// One device's connection history: (unix µs, what) with `what` the close
-/// code of a disconnect (0: none given), -1 resumed, -2 connected afresh.
+/// code of a disconnect (0: none given) or one of the marks below.
 type History = Mutex<Vec<(u64, i32)>>;
+
+const RESUMED: i32 = -1;
+const FRESH: i32 = -2;
+const CONNECTING: i32 = -3;
+const FAILED_LOOKUP: i32 = -4;
+const FAILED_CONNECT: i32 = -5;
+const FAILED_WELCOME: i32 = -6;
+
+fn is_back(what: i32) -> bool {
+    what == RESUMED || what == FRESH
+}
+
+fn mark(e: &Event) -> Option<i32> {
+    Some(match e {
+        Event::Connected { resumed, .. } => {
+            if *resumed {
+                RESUMED
+            } else {
+                FRESH
+            }
+        }
+        Event::Disconnected { code } => code.map_or(0, i32::from),
+        Event::Connecting { .. } => CONNECTING,
+        Event::AttemptFailed(Attempt::Lookup) => FAILED_LOOKUP,
+        Event::AttemptFailed(Attempt::Connect) => FAILED_CONNECT,
+        Event::AttemptFailed(Attempt::Welcome) => FAILED_WELCOME,
+        _ => return None,
+    })
+}
 
 #[derive(Default)]
 struct Shared {
@@ -48,21 +77,86 @@ pub struct Outage {
     /// Time from the failure to each device's next welcome, sorted (ms).
     pub back_ms: Vec<f64>,
     pub close_codes: BTreeMap<String, u64>,
+    /// From the failure to the device's first route answer (ms).
+    pub first_route_ms: Vec<f64>,
+    /// The attempt that brought the device back, from its route answer
+    /// to the welcome (ms).
+    pub last_attempt_ms: Vec<f64>,
+    /// Devices back by how many sessions they opened to get there.
+    pub attempts: BTreeMap<u32, u64>,
+    /// Attempts after the disconnect that ended without a welcome, by
+    /// where: `lookup`, `connect`, `welcome`, or `close <code>`.
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl Outage {
+    /// Adds another holder's devices.
+    pub fn merge(&mut self, o: Outage) {
+        self.affected += o.affected;
+        self.back += o.back;
+        self.resumed += o.resumed;
+        self.back_ms.extend(o.back_ms);
+        self.first_route_ms.extend(o.first_route_ms);
+        self.last_attempt_ms.extend(o.last_attempt_ms);
+        for (k, v) in o.close_codes {
+            *self.close_codes.entry(k).or_default() += v;
+        }
+        for (k, v) in o.attempts {
+            *self.attempts.entry(k).or_default() += v;
+        }
+        for (k, v) in o.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+    }
+
+    /// One device's history from its disconnect at `down` on.
+    fn add(&mut self, h: &[(u64, i32)], t: u64) {
+        self.affected += 1;
+        *self.close_codes.entry(h[0].1.to_string()).or_default() += 1;
+        let back = h.iter().position(|(_, w)| is_back(*w));
+        let tried = &h[1..back.unwrap_or(h.len())];
+        let mut attempts = 0;
+        let mut last_route = None;
+        for (at, what) in tried {
+            let failure = match *what {
+                CONNECTING => {
+                    attempts += 1;
+                    if last_route.is_none() {
+                        self.first_route_ms.push(ms(*at, t));
+                    }
+                    last_route = Some(*at);
+                    continue;
+                }
+                FAILED_LOOKUP => "lookup".to_owned(),
+                FAILED_CONNECT => "connect".to_owned(),
+                FAILED_WELCOME => "welcome".to_owned(),
+                code => format!("close {code}"),
+            };
+            *self.failures.entry(failure).or_default() += 1;
+        }
+        let Some(back) = back else { return };
+        let (at, what) = h[back];
+        self.back += 1;
+        self.resumed += usize::from(what == RESUMED);
+        self.back_ms.push(ms(at, t));
+        *self.attempts.entry(attempts).or_default() += 1;
+        if let Some(route) = last_route {
+            self.last_attempt_ms.push(ms(at, route));
+        }
+    }
+}
+
+fn ms(at: u64, from: u64) -> f64 {
+    at.saturating_sub(from) as f64 / 1000.0
 }
 
 fn outage(histories: &[History], t: u64) -> Outage {
     let mut o = Outage::default();
     for h in histories {
         let Ok(h) = h.lock() else { continue };
-        let Some(down) = h.iter().position(|(at, what)| *at >= t && *what >= 0) else {
-            continue;
-        };
-        o.affected += 1;
-        *o.close_codes.entry(h[down].1.to_string()).or_default() += 1;
-        if let Some((at, what)) = h[down..].iter().find(|(_, w)| *w < 0) {
-            o.back += 1;
-            o.resumed += usize::from(*what == -1);
-            o.back_ms.push(at.saturating_sub(t) as f64 / 1000.0);
+        let down = h.iter().position(|(at, what)| *at >= t && *what >= 0);
+        if let Some(down) = down {
+            o.add(&h[down..], t);
         }
     }
     o.back_ms.sort_by(f64::total_cmp);
@@ -87,6 +181,7 @@ pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
             cursor: None,
             max_backoff: Duration::from_secs(5),
             report_duplicates: false,
+            local_address: Some(device_address(a.span.first + local)),
         });
         if local < a.senders {
             let every = Duration::from_secs_f64(a.senders as f64 / a.rate.max(1) as f64);
@@ -130,13 +225,24 @@ pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Device `n`'s own source address, 127.1.0.0 + n (127/8 is all loopback): devices have addresses
+/// of their own, and one address shared by a holder's 12,000 devices runs
+/// out of ephemeral ports toward the coordinator (about 28,000 per
+/// destination; Linux tries even ports first, so past about 14,000 every
+/// connect scans the range — 0.6 ms of kernel time each, measured) — a
+/// limit of the load generator, not of the system under test.
+fn device_address(n: usize) -> std::net::IpAddr {
+    let [_, b, c, d] = u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+    std::net::Ipv4Addr::new(127, b.wrapping_add(1), c, d).into()
+}
+
 /// Devices whose last event is a welcome.
 fn connected(histories: &[History]) -> usize {
     histories
         .iter()
         .filter(|h| {
             h.lock()
-                .is_ok_and(|h| h.last().is_some_and(|(_, w)| *w < 0))
+                .is_ok_and(|h| h.last().is_some_and(|(_, w)| is_back(*w)))
         })
         .count()
 }
@@ -144,8 +250,6 @@ fn connected(histories: &[History]) -> usize {
 async fn events(mut client: Client, local: usize, shared: Arc<Shared>) {
     while let Some(e) = client.next_event().await {
         let what = match e {
-            Event::Connected { resumed, .. } => Some(if resumed { -1 } else { -2 }),
-            Event::Disconnected { code } => Some(code.map_or(0, i32::from)),
             Event::Message(m) => {
                 let body: serde_json::Value =
                     serde_json::from_str(m.body.get()).unwrap_or_default();
@@ -154,7 +258,7 @@ async fn events(mut client: Client, local: usize, shared: Arc<Shared>) {
                 }
                 None
             }
-            _ => None,
+            e => mark(&e),
         };
         if let (Some(w), Ok(mut h)) = (what, shared.histories[local].lock()) {
             h.push((super::super::now_us(), w));
@@ -204,5 +308,58 @@ async fn send_loop(
                 Err(_) => drop(shared.send_errors.fetch_add(1, Ordering::Relaxed)),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_counts_each_attempt_and_where_it_failed() {
+        let t = 1_000_000;
+        let device = |h: Vec<(u64, i32)>| Mutex::new(h);
+        let histories = vec![
+            // Up before the failure, down at it, three attempts to be back.
+            device(vec![
+                (10, CONNECTING),
+                (20, FRESH),
+                (t + 1_000, 0),
+                (t + 2_000, FAILED_LOOKUP),
+                (t + 5_000, CONNECTING),
+                (t + 6_000, FAILED_CONNECT),
+                (t + 9_000, CONNECTING),
+                (t + 10_000, 4002),
+                (t + 20_000, CONNECTING),
+                (t + 23_000, RESUMED),
+            ]),
+            // Never disconnected.
+            device(vec![(10, CONNECTING), (20, FRESH)]),
+            // Down and not back.
+            device(vec![(20, FRESH), (t + 500, 4006), (t + 900, CONNECTING)]),
+        ];
+        let o = outage(&histories, t);
+        assert_eq!((o.affected, o.back, o.resumed), (2, 1, 1));
+        assert_eq!(o.back_ms, vec![23.0]);
+        assert_eq!(o.first_route_ms, vec![5.0, 0.9]);
+        assert_eq!(o.last_attempt_ms, vec![3.0]);
+        assert_eq!(o.attempts, BTreeMap::from([(3, 1)]));
+        let failures: Vec<_> = o.failures.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            failures,
+            vec![("close 4002", 1), ("connect", 1), ("lookup", 1)]
+        );
+        assert_eq!(
+            o.close_codes,
+            BTreeMap::from([("0".to_owned(), 1), ("4006".to_owned(), 1)])
+        );
+        assert_eq!(connected(&histories), 2, "the first two are up, the third not");
+    }
+
+    #[test]
+    fn each_device_leaves_from_its_own_loopback_address() {
+        assert_eq!(device_address(0).to_string(), "127.1.0.0");
+        assert_eq!(device_address(35_999).to_string(), "127.1.140.159");
+        assert_ne!(device_address(1), device_address(2));
     }
 }

@@ -15,13 +15,15 @@ use crate::bench::Env;
 use devices::Outage;
 pub use devices::{hold, StormHoldArgs};
 use probe::Watch;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod devices;
 mod probe;
+mod report;
+use report::{OutageReport, StormReport};
 
 #[derive(clap::Args)]
 pub struct StormArgs {
@@ -72,54 +74,6 @@ enum Phase {
     Freeze,
     Rolling,
     ScaleUp,
-}
-
-#[derive(serde::Serialize)]
-struct OutageReport {
-    what: String,
-    devices_disconnected: usize,
-    devices_back: usize,
-    devices_resumed: usize,
-    back_p50_ms: f64,
-    back_p99_ms: f64,
-    back_max_ms: f64,
-    close_codes: BTreeMap<String, u64>,
-    route_requests: u64,
-    route_peak_per_s: f64,
-    seconds_until_all_back: f64,
-    /// The survivors' session start steps over the outage: p50, p99 (ms).
-    start_steps_ms: BTreeMap<String, [f64; 2]>,
-    /// Each second: devices connected, cores by process.
-    timeline: Vec<probe::Sample>,
-}
-
-#[derive(serde::Serialize)]
-struct StormReport {
-    devices: usize,
-    persister: bool,
-    servers: usize,
-    holders: usize,
-    connect_seconds: f64,
-    dm_rate_per_s: u64,
-    lease_ttl_secs: u64,
-    ping_secs: u64,
-    /// `kill -9` of a server process: its port refuses at once.
-    kill: Option<OutageReport>,
-    /// SIGSTOP of a server until its devices are elsewhere: no reset, no
-    /// refusal — what clients see when a host vanishes or is cut off.
-    freeze: Option<OutageReport>,
-    rolling_restart: Vec<OutageReport>,
-    rolling_restart_seconds: Option<f64>,
-    /// A fourth server joins the three: the devices of the partitions it
-    /// takes move to it.
-    scale_up: Option<OutageReport>,
-    sent: u64,
-    acked: u64,
-    send_errors: u64,
-    /// Sends neither acknowledged nor refused when the bench stopped waiting.
-    unanswered: u64,
-    delivered: u64,
-    lost: u64,
 }
 
 struct Holders(Vec<Child>);
@@ -216,30 +170,27 @@ where
     let (route_peak_per_s, route_requests) = sampler.await?;
     let mut all = Outage::default();
     for line in holders.ask(&format!("storm {t}"), "storm").await? {
-        let o: Outage = serde_json::from_str(&line)?;
-        all.affected += o.affected;
-        all.back += o.back;
-        all.resumed += o.resumed;
-        all.back_ms.extend(o.back_ms);
-        for (k, v) in o.close_codes {
-            *all.close_codes.entry(k).or_default() += v;
-        }
+        all.merge(serde_json::from_str(&line)?);
     }
-    all.back_ms.sort_by(f64::total_cmp);
-    let q = |q: f64| {
-        all.back_ms
-            .get(((all.back_ms.len() as f64 - 1.0) * q).round() as usize)
+    let q = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
             .copied()
             .unwrap_or(0.0)
     };
+    let p50_p99 = |v: &mut Vec<f64>| [q(v, 0.5), q(v, 0.99)];
     let r = OutageReport {
         what: what.to_owned(),
         devices_disconnected: all.affected,
         devices_back: all.back,
         devices_resumed: all.resumed,
-        back_p50_ms: q(0.5),
-        back_p99_ms: q(0.99),
-        back_max_ms: q(1.0),
+        back_p50_ms: q(&mut all.back_ms, 0.5),
+        back_p99_ms: q(&mut all.back_ms, 0.99),
+        back_max_ms: q(&mut all.back_ms, 1.0),
+        first_route_ms: p50_p99(&mut all.first_route_ms),
+        last_attempt_ms: p50_p99(&mut all.last_attempt_ms),
+        attempts: all.attempts,
+        failures: all.failures,
         close_codes: all.close_codes,
         route_requests,
         route_peak_per_s,

@@ -1,0 +1,62 @@
+//! What `storm` writes: one report per failure, and the run's.
+
+use super::probe;
+use std::collections::BTreeMap;
+
+#[derive(serde::Serialize)]
+pub struct OutageReport {
+    pub what: String,
+    pub devices_disconnected: usize,
+    pub devices_back: usize,
+    pub devices_resumed: usize,
+    pub back_p50_ms: f64,
+    pub back_p99_ms: f64,
+    pub back_max_ms: f64,
+    pub close_codes: BTreeMap<String, u64>,
+    /// From the failure to each device's first route answer: p50, p99 (ms).
+    pub first_route_ms: [f64; 2],
+    /// The attempt that got each device back, from its route answer to
+    /// the welcome: p50, p99 (ms).
+    pub last_attempt_ms: [f64; 2],
+    /// Devices back by the sessions they opened to get there.
+    pub attempts: BTreeMap<u32, u64>,
+    /// Attempts that ended without a welcome, by where (`lookup`,
+    /// `connect`, `welcome`, `close <code>`).
+    pub failures: BTreeMap<String, u64>,
+    pub route_requests: u64,
+    pub route_peak_per_s: f64,
+    pub seconds_until_all_back: f64,
+    /// The survivors' session start steps over the outage: p50, p99 (ms).
+    pub start_steps_ms: BTreeMap<String, [f64; 2]>,
+    /// Each second: devices connected, cores by process.
+    pub timeline: Vec<probe::Sample>,
+}
+
+#[derive(serde::Serialize)]
+pub struct StormReport {
+    pub devices: usize,
+    pub persister: bool,
+    pub servers: usize,
+    pub holders: usize,
+    pub connect_seconds: f64,
+    pub dm_rate_per_s: u64,
+    pub lease_ttl_secs: u64,
+    pub ping_secs: u64,
+    /// `kill -9` of a server process: its port refuses at once.
+    pub kill: Option<OutageReport>,
+    /// SIGSTOP of a server until its devices are elsewhere: no reset, no
+    /// refusal — what clients see when a host vanishes or is cut off.
+    pub freeze: Option<OutageReport>,
+    pub rolling_restart: Vec<OutageReport>,
+    pub rolling_restart_seconds: Option<f64>,
+    /// A fourth server joins the three: the devices of the partitions it
+    /// takes move to it.
+    pub scale_up: Option<OutageReport>,
+    pub sent: u64,
+    pub acked: u64,
+    pub send_errors: u64,
+    /// Sends neither acknowledged nor refused when the bench stopped waiting.
+    pub unanswered: u64,
+    pub delivered: u64,
+    pub lost: u64,
+}
