@@ -415,19 +415,19 @@ async fn anycast_sends_carry_the_key_and_a_redelivered_publication_is_answered_h
 /// frozen process) holds a connecting client no longer than the connect
 /// limit: the client gives up, reports it and goes where the next lookup
 /// says.
-#[tokio::test]
-async fn a_server_that_accepts_but_never_upgrades_is_given_up_and_reported() {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_url = format!("ws://{}/v1/ws", silent.local_addr().unwrap());
-    let (fake, mut sockets) = fake_server().await;
-    let fake_url = fake.replacen("http://", "ws://", 1) + "/v1/ws";
-    let (lookups, mut looked_up) = mpsc::unbounded_channel();
+/// A coordinator that routes the first lookup to `first` (server id, ws
+/// URL) and every later one to `then`, handing the test each lookup's query.
+async fn first_then(
+    first: (&'static str, String),
+    then: (&'static str, String),
+) -> (String, mpsc::UnboundedReceiver<protocol::api::RouteQuery>) {
+    let (lookups, looked_up) = mpsc::unbounded_channel();
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let route = move |q: axum::extract::Query<protocol::api::RouteQuery>| {
         let _ = lookups.send(q.0);
         let (id, url) = match asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-            0 => ("frozen", silent_url.clone()),
-            _ => ("fake", fake_url.clone()),
+            0 => (first.0, first.1.clone()),
+            _ => (then.0, then.1.clone()),
         };
         async move {
             Json(Route {
@@ -443,6 +443,16 @@ async fn a_server_that_accepts_but_never_upgrades_is_given_up_and_reported() {
     let coordinator = format!("http://{}", listener.local_addr().unwrap());
     let app = Router::new().route("/v1/route", get(route));
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (coordinator, looked_up)
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_but_never_upgrades_is_given_up_and_reported() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("ws://{}/v1/ws", silent.local_addr().unwrap());
+    let (fake, mut sockets) = fake_server().await;
+    let fake_url = fake.replacen("http://", "ws://", 1) + "/v1/ws";
+    let (coordinator, mut looked_up) = first_then(("frozen", silent_url), ("fake", fake_url)).await;
     let started = std::time::Instant::now();
     let client = Client::start(config(&coordinator));
     let _first = looked_up.recv().await.expect("a first lookup");
@@ -493,26 +503,7 @@ async fn each_failed_attempt_is_told_to_the_app_with_where_it_failed() {
     drop(refused);
     let (fake, mut sockets) = fake_server().await;
     let fake_url = fake.replacen("http://", "ws://", 1) + "/v1/ws";
-    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let route = move || {
-        let (id, url) = match asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-            0 => ("refusing", refused_url.clone()),
-            _ => ("fake", fake_url.clone()),
-        };
-        async move {
-            Json(Route {
-                user_id: UserId::new("bob").unwrap(),
-                partition: 0,
-                server_id: ServerId::new(id).unwrap(),
-                ws_url: url,
-                epoch: 1,
-            })
-        }
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let coordinator = format!("http://{}", listener.local_addr().unwrap());
-    let app = Router::new().route("/v1/route", get(route));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (coordinator, _) = first_then(("refusing", refused_url), ("fake", fake_url)).await;
     let mut client = Client::start(config(&coordinator));
     assert_eq!(attempt_event(&mut client).await, "connecting refusing");
     assert_eq!(attempt_event(&mut client).await, "failed Connect");

@@ -353,7 +353,11 @@ mod tests {
             o.close_codes,
             BTreeMap::from([("0".to_owned(), 1), ("4006".to_owned(), 1)])
         );
-        assert_eq!(connected(&histories), 2, "the first two are up, the third not");
+        assert_eq!(
+            connected(&histories),
+            2,
+            "the first two are up, the third not"
+        );
     }
 
     #[test]
