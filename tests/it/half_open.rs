@@ -177,7 +177,8 @@ async fn expect_connected(c: &mut Client, resumed: bool) -> anyhow::Result<()> {
                 anyhow::bail!("connected with resumed {r}")
             }
             Some(Event::Message(_)) if !resumed => {}
-            Some(Event::Disconnected { .. }) => {}
+            Some(Event::Disconnected { .. } | Event::Connecting { .. }) => {}
+            Some(Event::AttemptFailed(_)) => {}
             Some(other) if resumed => anyhow::bail!("before the resume: {other:?}"),
             Some(_) => {}
             None => anyhow::bail!("the client stopped"),
