@@ -10,7 +10,9 @@
 //! server owns their partition now.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -53,19 +55,41 @@ impl FreezeWatch {
     }
 
     /// Ticks until `stop`; calls `woke` with the length of each freeze.
-    pub async fn run(&self, woke: impl Fn(Duration), stop: CancellationToken) {
+    /// The ticks come from a thread of their own: a stopped process stops
+    /// it too, but a runtime too busy to poll a timer for seconds (a
+    /// reconnect herd on a saturated machine) does not — ticking on the
+    /// runtime took such a wait for a freeze, closed every session, and the
+    /// devices' return starved the runtime again.
+    pub async fn run(self: Arc<Self>, woke: impl Fn(Duration), stop: CancellationToken) {
+        let (tx, mut freezes) = tokio::sync::mpsc::unbounded_channel();
+        let (watch, until) = (self.clone(), stop.clone());
+        let ticker = std::thread::Builder::new()
+            .name("freeze-watch".into())
+            .spawn(move || watch.tick(&tx, &until));
+        if let Err(e) = ticker {
+            warn!(error = %e, "no freeze watch: its thread could not start");
+            return;
+        }
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
+                Some(freeze) = freezes.recv() => {
+                    warn!(?freeze, "woke from a freeze; closing every session so devices resume on the current owners");
+                    woke(freeze);
+                }
                 _ = stop.cancelled() => return,
             }
+        }
+    }
+
+    fn tick(&self, freezes: &UnboundedSender<Duration>, stop: &CancellationToken) {
+        while !stop.is_cancelled() {
+            std::thread::sleep(TICK);
             let freeze = Duration::from_millis(
                 self.now_ms()
                     .saturating_sub(self.last_tick.load(Ordering::Acquire)),
             );
-            if freeze > self.limit {
-                warn!(?freeze, "woke from a freeze; closing every session so devices resume on the current owners");
-                woke(freeze);
+            if freeze > self.limit && freezes.send(freeze).is_err() {
+                return;
             }
             self.last_tick.store(self.now_ms(), Ordering::Release);
         }
@@ -101,6 +125,29 @@ mod tests {
         assert_eq!(freezes.len(), 1, "{freezes:?}");
         assert!(freezes[0] >= Duration::from_millis(asleep_since));
         assert!(!w.just_woke(), "the tick after the freeze ends it");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_runtime_too_busy_to_poll_is_not_a_freeze() {
+        let w = std::sync::Arc::new(FreezeWatch::new(Duration::from_millis(500)));
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (w2, s2, stop2) = (w.clone(), seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            w2.run(|d| s2.lock().unwrap().push(d), stop2).await;
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // This runtime's only thread is busy for three limits.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!w.just_woke(), "a busy runtime was taken for a freeze");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{:?}",
+            seen.lock().unwrap()
+        );
         stop.cancel();
         task.await.unwrap();
     }

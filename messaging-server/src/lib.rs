@@ -237,7 +237,11 @@ fn spawn_tasks(
             let woke = || ending::Ending::leaving(session::WOKE);
             woken.hub.close_all(|_, _| woke());
         };
-        woken.freeze.run(close_all, woken.stop.clone()).await;
+        woken
+            .freeze
+            .clone()
+            .run(close_all, woken.stop.clone())
+            .await;
     });
     let registration = membership::run_registration(state.clone(), etcd, stop.clone());
     tasks.spawn("registration", async move {
