@@ -37,6 +37,12 @@ pub struct Elector {
     pub config: Config,
     pub id: String,
     pub metrics: Metrics,
+    /// The log epoch whose topics this process checked, and the users'
+    /// topic's partition count: a later term leads without asking the
+    /// broker again, so a slow broker (a saturated machine) cannot keep a
+    /// coordinator from publishing after it lost and won the election. A
+    /// new log epoch (a recreated topic) is checked anew.
+    pub checked: Option<(String, u32)>,
 }
 
 impl Elector {
@@ -64,15 +70,26 @@ impl Elector {
             .await?
             .id();
         let lost = cancel.child_token();
-        let keeper = tokio::spawn(keep_alive(
-            self.client.clone(),
-            lease,
+        let (endpoints, ttl, ends) = (
+            self.config.etcd.endpoints.clone(),
             self.config.lease_ttl,
             lost.clone(),
-        ));
+        );
+        // On a thread and etcd connection of its own: a coordinator busy
+        // with a herd's route lookups must still refresh its lease on time.
+        let keeper = service::own_thread::spawn("election-lease", move || async move {
+            match service::etcd::connect(&endpoints).await {
+                Ok(client) => keep_alive(client, lease, ttl, ends).await,
+                Err(e) => {
+                    warn!(lease, error = %e, "no etcd connection to keep the election lease");
+                    ends.cancel();
+                }
+            }
+        });
         let result = self.campaign_and_lead(lease, &lost).await;
+        // Also stops the keeper.
         lost.cancel();
-        keeper.abort();
+        drop(keeper);
         // Revoking hands leadership over at once instead of after a TTL.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.lease_revoke(lease)).await;
         result
@@ -99,7 +116,12 @@ impl Elector {
         }
     }
 
-    async fn lead(&mut self, key: &LeaderKey, lost: &CancellationToken) -> Result<(), LeaderError> {
+    /// The topics of `log_epoch` exist (created if not): the users'
+    /// topic's partitions.
+    async fn check_topics(&mut self, log_epoch: &str) -> Result<u32, LeaderError> {
+        if let Some((_, p)) = self.checked.as_ref().filter(|(e, _)| e == log_epoch) {
+            return Ok(*p);
+        }
         let c = &self.config;
         let partitions = topic::ensure_topic(
             &c.kafka.brokers,
@@ -123,7 +145,14 @@ impl Elector {
             c.replication_factor,
         )
         .await?;
+        self.checked = Some((log_epoch.to_owned(), partitions));
+        Ok(partitions)
+    }
+
+    async fn lead(&mut self, key: &LeaderKey, lost: &CancellationToken) -> Result<(), LeaderError> {
         let log_epoch = topic::ensure_log_epoch(&mut self.client, &self.layout).await?;
+        let partitions = self.check_topics(&log_epoch).await?;
+        let c = &self.config;
         let mut current = read_assignment(&mut self.client, &self.layout)
             .await?
             .unwrap_or_else(|| Assignment::empty(partitions));

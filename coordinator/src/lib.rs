@@ -91,6 +91,7 @@ pub async fn serve_with(
         config: config.into_inner(),
         id,
         metrics: metrics.clone(),
+        checked: None,
     };
     tasks.spawn("elector", elector.run(stop.clone()));
     tasks.spawn(

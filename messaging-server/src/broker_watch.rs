@@ -1,7 +1,9 @@
 //! Whether this server reaches the broker. A server cut off from the broker
 //! (while etcd and its clients still see it) can neither acknowledge sends
 //! nor deliver its partitions, yet its lease stays alive, so nothing would
-//! move. A metadata request every third of a lease TTL tells; after a whole
+//! move. A metadata request every third of a lease TTL tells (or acks and
+//! records that arrived since the last one, when the broker is merely too
+//! busy to answer metadata quickly); after a whole
 //! TTL without an answer the server says so in its registration
 //! (`broker_unreachable`), the coordinator moves its partitions to servers
 //! that reach the broker, and its sessions end with 4005 and a redirect to
@@ -79,11 +81,38 @@ pub async fn watch_broker<P, F>(
     }
 }
 
+/// One probe's answer: whether the broker answered within the timeout.
+pub type Probe = std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// `probe`, answered yes without asking while `answers` (the broker's
+/// acks and records this server received) moved since the last probe: a
+/// broker too busy to answer a metadata request in a third of a TTL — a
+/// saturated machine — but still acknowledging sends is reachable, and
+/// moving this server's partitions would only start a reconnect herd.
+pub fn or_traffic(
+    mut probe: impl FnMut(Duration) -> Probe,
+    answers: impl Fn() -> u64,
+) -> impl FnMut(Duration) -> Probe {
+    let mut last = answers();
+    move |timeout| {
+        let now = answers();
+        if now != last {
+            last = now;
+            return Box::pin(std::future::ready(true));
+        }
+        probe(timeout)
+    }
+}
+
+/// What this server has had from the broker so far, for `or_traffic`:
+/// acknowledged sends and consumed records handed to devices.
+pub fn answers(metrics: &crate::metrics::Metrics) -> impl Fn() -> u64 {
+    let m = metrics.clone();
+    move || m.sends.get() + m.deliveries.get() + m.channel_deliveries.get()
+}
+
 /// A metadata request for `topic` on a connection of its own.
-pub fn metadata_probe(
-    consumer: Arc<BaseConsumer>,
-    topic: String,
-) -> impl FnMut(Duration) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> {
+pub fn metadata_probe(consumer: Arc<BaseConsumer>, topic: String) -> impl FnMut(Duration) -> Probe {
     move |timeout| {
         let (c, t) = (consumer.clone(), topic.clone());
         Box::pin(async move {
@@ -142,6 +171,38 @@ mod tests {
         assert!(
             !rx.has_changed().expect("open"),
             "a short silence moved nothing"
+        );
+        stop.cancel();
+        task.await.expect("the watch ends on stop");
+    }
+
+    /// While acks and records keep arriving, a metadata probe that hangs
+    /// does not make the broker unreachable; once they stop, it does.
+    #[tokio::test(start_paused = true)]
+    async fn traffic_from_the_broker_answers_for_a_hanging_probe() {
+        let ttl = Duration::from_secs(3);
+        let answers = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tx, mut rx) = watch::channel(true);
+        let stop = CancellationToken::new();
+        let hanging = |_| -> Probe { Box::pin(std::future::pending::<bool>()) };
+        let seen = answers.clone();
+        let probe = or_traffic(hanging, move || seen.load(Ordering::SeqCst));
+        let task = tokio::spawn(watch_broker(probe, ttl, tx, stop.clone()));
+        for _ in 0..40 {
+            answers.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            !rx.has_changed().expect("open"),
+            "acks kept arriving: reachable"
+        );
+        let quiet = Instant::now();
+        changed(&mut rx).await;
+        assert!(!*rx.borrow());
+        assert!(
+            quiet.elapsed() <= ttl + Duration::from_secs(2),
+            "{:?}",
+            quiet.elapsed()
         );
         stop.cancel();
         task.await.expect("the watch ends on stop");

@@ -25,6 +25,7 @@ mod log_reader;
 mod members;
 mod membership;
 mod metrics;
+mod persisted;
 mod presence;
 mod producer;
 mod publish;
@@ -129,11 +130,14 @@ pub async fn serve_with(
             _ => {}
         }
     });
-    spawn_tasks(&mut tasks, &state, consumer, etcd, listener);
+    spawn_tasks(&mut tasks, &state, consumer, listener);
     tasks.spawn(
         "broker-watch",
         broker_watch::run(
-            broker_watch::metadata_probe(Arc::new(broker_probe), state.topic().to_owned()),
+            broker_watch::or_traffic(
+                broker_watch::metadata_probe(Arc::new(broker_probe), state.topic().to_owned()),
+                broker_watch::answers(&state.metrics),
+            ),
             state.config.lease_ttl,
             state.broker_reachable.clone(),
             state.metrics.broker_reachable.clone(),
@@ -204,7 +208,6 @@ fn spawn_tasks(
     tasks: &mut Supervisor,
     state: &Arc<AppState>,
     consumer: kafka::LiveStream,
-    etcd: etcd_client::Client,
     listener: TcpListener,
 ) {
     let stop = state.stop.clone();
@@ -243,7 +246,13 @@ fn spawn_tasks(
             .run(close_all, woken.stop.clone())
             .await;
     });
-    let registration = membership::run_registration(state.clone(), etcd, stop.clone());
+    let (registrar, until) = (state.clone(), stop.clone());
+    let registration = service::own_thread::spawn("registration", move || async move {
+        // A client of its own: its connection runs on this thread's runtime.
+        let endpoints = &registrar.config.etcd.endpoints;
+        let etcd = connect_retrying(endpoints, &until).await?;
+        membership::run_registration(registrar, etcd, until).await
+    });
     tasks.spawn("registration", async move {
         let _ = registration.await;
     });
@@ -322,6 +331,7 @@ fn build_state(
             max_pending: config.anycast_max_pending,
             max_wait: config.anycast_max_wait,
         })),
+        persisted: persisted::PersistedOffsets::new(store.clone(), &config.kafka.topic),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),
         admin_keys: auth::ApiKeys::new(

@@ -25,6 +25,8 @@ pub struct AppState {
     pub admin_keys: crate::auth::ApiKeys,
     /// PostgreSQL, with conversation members cached.
     pub members: MemberCache,
+    /// The persister's position per partition, one query at a time each.
+    pub persisted: crate::persisted::PersistedOffsets,
     /// Watermarks and ranges of the log, for resumes.
     pub log: crate::kafka::LogReader,
     /// The Kafka producer, replaced by its supervisor after a fatal error.

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod http;
 pub mod kafka;
 pub mod keys;
+pub mod own_thread;
 pub mod prom;
 pub mod secret;
 pub mod supervise;

@@ -11,6 +11,16 @@ pub struct Counts {
     pub deliveries: i64,
 }
 
+/// One recipient's row of a message found by a field of its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDelivery {
+    /// The body field's value the message was found by.
+    pub value: String,
+    pub user: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 impl Store {
     /// Row counts of the message tables.
     pub async fn counts(&self) -> Result<Counts, StoreError> {
@@ -44,6 +54,33 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The delivery rows of the messages whose JSON body has `field` equal
+    /// to one of `values` (a load tool's own message keys; scans every
+    /// message, so not for a production database's hot path).
+    pub async fn deliveries_by_body_field(
+        &self,
+        field: &str,
+        values: &[String],
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
+            "SELECT m.body->>$1, d.user_id, d.kafka_partition, d.kafka_offset \
+             FROM messages m JOIN deliveries d USING (msg_id) WHERE m.body->>$1 = ANY($2)",
+        )
+        .bind(field)
+        .bind(values)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(value, user, partition, offset)| StoredDelivery {
+                value,
+                user,
+                partition,
+                offset,
+            })
+            .collect())
     }
 
     /// Records the persister has committed, over every partition of every topic.

@@ -11,7 +11,7 @@ mod migrate;
 mod offsets;
 mod sessions;
 
-pub use audit::Counts;
+pub use audit::{Counts, StoredDelivery};
 pub use batch::RowBatch;
 pub use messages::StoredMessage;
 pub use sessions::{EventBatch, OpenSession};

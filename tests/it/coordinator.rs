@@ -17,7 +17,11 @@ pub(crate) struct Member {
     pub(crate) keeper: JoinHandle<()>,
 }
 
-async fn register(etcd: &mut Client, layout: &EtcdLayout, id: &str) -> anyhow::Result<Member> {
+pub(crate) async fn register(
+    etcd: &mut Client,
+    layout: &EtcdLayout,
+    id: &str,
+) -> anyhow::Result<Member> {
     register_at(etcd, layout, id, &format!("{id}.test")).await
 }
 

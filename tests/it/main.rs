@@ -21,6 +21,7 @@ mod half_open;
 mod history;
 mod idp;
 mod js_sdk;
+mod leader_terms;
 mod limits;
 mod messaging;
 mod outages;
@@ -73,6 +74,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         coordinator::leader_failover_keeps_routes_and_fences_stale_writes,
         coordinator::new_leader_waits_a_ttl_for_the_servers_of_its_map,
         coordinator::long_poll_returns_on_change_and_times_out,
+        leader_terms::a_new_term_publishes_while_the_broker_does_not_answer,
         route_wait::a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease,
         route_wait::a_lookup_waits_past_a_lapsed_lease_for_the_move,
         coordinator::route_api_validates_and_answers,

@@ -68,6 +68,18 @@ pub async fn a_batch_written_twice_is_stored_once_and_offsets_only_advance(
     anyhow::ensure!(offsets == [104, 105, 106], "bob's deliveries {offsets:?}");
     let body = bob.first().map(|m| m.body.as_str());
     anyhow::ensure!(body == Some(r#"{"n":4}"#), "stored as sent: {body:?}");
+    let mut found = store
+        .deliveries_by_body_field("n", &["4".into(), "11".into()])
+        .await?;
+    found.sort_by(|a, b| a.user.cmp(&b.user));
+    let found: Vec<_> = found
+        .iter()
+        .map(|d| (d.value.as_str(), d.user.as_str(), d.partition, d.offset))
+        .collect();
+    anyhow::ensure!(
+        found == [("4", "alice", 3, 104), ("4", "bob", 3, 104)],
+        "found by body field: {found:?}"
+    );
     Ok(())
 }
 

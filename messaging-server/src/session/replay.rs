@@ -166,8 +166,7 @@ impl ReplaySource for StateSource<'_> {
     }
 
     async fn persisted_next(&self, partition: u32) -> anyhow::Result<i64> {
-        let store = self.0.members.store();
-        Ok(store.persisted_next(self.0.topic(), partition).await?)
+        self.0.persisted.next(partition).await
     }
 
     async fn stored(

@@ -176,7 +176,7 @@ pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
             coordinator_url: a.span.coordinator.clone(),
             token: Stack::token(&user),
             refresh: None,
-            user_id: user,
+            user_id: user.clone(),
             device_id: "d".into(),
             cursor: None,
             max_backoff: Duration::from_secs(5),
@@ -193,7 +193,7 @@ pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
                 shared.clone(),
             ));
         }
-        clients.push(tokio::spawn(events(client, local, shared.clone())));
+        clients.push(tokio::spawn(events(client, (local, user), shared.clone())));
     }
     let mut told = super::super::child::Told::stdin();
     loop {
@@ -247,14 +247,15 @@ fn connected(histories: &[History]) -> usize {
         .count()
 }
 
-async fn events(mut client: Client, local: usize, shared: Arc<Shared>) {
+async fn events(mut client: Client, (local, user): (usize, String), shared: Arc<Shared>) {
     while let Some(e) = client.next_event().await {
         let what = match e {
             Event::Message(m) => {
                 let body: serde_json::Value =
                     serde_json::from_str(m.body.get()).unwrap_or_default();
+                // Per user: the sender's own device gets its DM too.
                 if let (Some(key), Ok(mut r)) = (body["k"].as_str(), shared.received.lock()) {
-                    r.push(key.to_owned());
+                    r.push(format!("{user}/{key}"));
                 }
                 None
             }
@@ -264,6 +265,18 @@ async fn events(mut client: Client, local: usize, shared: Arc<Shared>) {
             h.push((super::super::now_us(), w));
         }
     }
+}
+
+/// Who device `me`'s `n`th DM goes to (never itself): spread over every
+/// device, so each failure cuts both senders and recipients.
+pub(super) fn recipient(me: usize, n: u64, total: usize) -> String {
+    let to = (me as u64 * 2_654_435_761 + n * 40_503) % total as u64;
+    let to = if to as usize == me {
+        (to + 1) % total as u64
+    } else {
+        to
+    };
+    format!("s{to}")
 }
 
 /// Sends DMs at the planned pace while told to; each send resolves on its
@@ -284,15 +297,9 @@ async fn send_loop(
         if !*go.borrow() {
             continue;
         }
-        let to = (me as u64 * 2_654_435_761 + n * 40_503) % total as u64;
-        let to = if to as usize == me {
-            (to + 1) % total as u64
-        } else {
-            to
-        };
-        let key = format!("{me}-{n}");
+        let (key, user) = (format!("{me}-{n}"), UserId::new(recipient(me, n, total)));
         n += 1;
-        let Ok(user) = UserId::new(format!("s{to}")) else {
+        let Ok(user) = user else {
             continue;
         };
         let (sender, shared) = (sender.clone(), shared.clone());

@@ -15,12 +15,12 @@ use crate::bench::Env;
 use devices::Outage;
 pub use devices::{hold, StormHoldArgs};
 use probe::Watch;
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod devices;
+mod messages;
 mod probe;
 mod report;
 use report::{OutageReport, StormReport};
@@ -298,7 +298,8 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         false => None,
     };
     holders.tell("stop").await?;
-    let m = messages(&mut holders).await?;
+    let m = messages::settle(&mut holders, a.devices, settle).await?;
+    let lost_sample = m.look_up_lost(&b.db).await?;
     let report = StormReport {
         devices: a.devices,
         persister: !a.no_persister,
@@ -316,9 +317,11 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         sent: m.sent,
         acked: m.acked.len() as u64,
         send_errors: m.send_errors,
-        unanswered: m.sent.saturating_sub(m.acked.len() as u64 + m.send_errors),
-        delivered: m.received.len() as u64,
-        lost: m.acked.difference(&m.received).count() as u64,
+        unanswered: m.unanswered(),
+        delivered: m.delivered(),
+        duplicates: m.duplicates(),
+        lost: m.lost().count() as u64,
+        lost_sample,
     };
     super::report(&report, a.json.as_deref())?;
     for c in holders.0 {
@@ -423,42 +426,4 @@ async fn add_one(
         b.settled().await
     })
     .await
-}
-
-#[derive(Default)]
-struct Messages {
-    sent: u64,
-    send_errors: u64,
-    acked: BTreeSet<String>,
-    received: BTreeSet<String>,
-}
-
-/// Every send answered (acked or refused) and every acked one received, or
-/// what there is after a minute.
-async fn messages(holders: &mut Holders) -> anyhow::Result<Messages> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut m = Messages::default();
-        for line in holders.ask("report", "report").await? {
-            let r: serde_json::Value = serde_json::from_str(&line)?;
-            m.sent += r["sent"].as_u64().unwrap_or(0);
-            m.send_errors += r["send_errors"].as_u64().unwrap_or(0);
-            let keys = |k: &str| -> Vec<String> {
-                r[k].as_array()
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(|s| s.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            m.acked.extend(keys("acked"));
-            m.received.extend(keys("received"));
-        }
-        let answered = m.acked.len() as u64 + m.send_errors == m.sent;
-        if (answered && m.acked.is_subset(&m.received)) || Instant::now() > deadline {
-            return Ok(m);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

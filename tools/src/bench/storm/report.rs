@@ -58,5 +58,9 @@ pub struct StormReport {
     /// Sends neither acknowledged nor refused when the bench stopped waiting.
     pub unanswered: u64,
     pub delivered: u64,
+    /// DMs a device was handed more than once (must be 0).
+    pub duplicates: u64,
     pub lost: u64,
+    /// The first lost DMs (up to 50), each with where PostgreSQL has it.
+    pub lost_sample: Vec<super::messages::LostMessage>,
 }
