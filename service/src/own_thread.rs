@@ -12,7 +12,10 @@ use tokio::sync::oneshot;
 
 /// Runs the future `make` returns on a single-threaded runtime of its own
 /// thread, named `name`; the returned future resolves to its output, or to
-/// `None` if the thread could not start or the future panicked.
+/// `None` if the thread could not start or the future panicked. Dropping
+/// the returned future drops the task on the thread too, as aborting a task
+/// would: a supervisor dropping its tasks, or an in-process service killed
+/// by a test, leaves no lease refreshed behind it.
 pub fn spawn<F, Fut, T>(name: &str, make: F) -> impl Future<Output = Option<T>> + Send + 'static
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -20,6 +23,7 @@ where
     T: Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
+    let (alive, dropped) = oneshot::channel::<()>();
     let started = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
@@ -27,13 +31,21 @@ where
                 .enable_all()
                 .build();
             if let Ok(runtime) = runtime {
-                let _ = tx.send(runtime.block_on(make()));
+                runtime.block_on(async move {
+                    tokio::select! {
+                        out = make() => drop(tx.send(out)),
+                        _ = dropped => {}
+                    }
+                });
             }
         });
     if let Err(e) = started {
         tracing::error!(thread = name, error = %e, "could not start a thread");
     }
-    async move { rx.await.ok() }
+    async move {
+        let _alive = alive;
+        rx.await.ok()
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +76,28 @@ mod tests {
             late < Duration::from_millis(300),
             "a tick was {late:?} late"
         );
+    }
+
+    /// Dropped unfinished, the task on the thread stops.
+    #[tokio::test]
+    async fn dropping_the_handle_stops_the_task() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counted = ticks.clone();
+        let handle = super::spawn("forever", move || async move {
+            loop {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(ticks.load(Ordering::SeqCst) > 0, "it ran");
+        drop(handle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after_drop = ticks.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), after_drop, "still running");
     }
 
     #[tokio::test]
