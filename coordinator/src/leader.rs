@@ -87,7 +87,8 @@ impl Elector {
             }
         });
         let result = self.campaign_and_lead(lease, &lost).await;
-        // Also stops the keeper.
+        // Ends what campaign_and_lead left running under `lost`; dropping
+        // the handle stops the keeper on its thread.
         lost.cancel();
         drop(keeper);
         // Revoking hands leadership over at once instead of after a TTL.

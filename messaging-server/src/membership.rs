@@ -188,7 +188,16 @@ pub fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> En
     // A map without us means etcd dropped our registration, whichever of the
     // two watches (lease keep-alive, assignment) noticed first.
     let dropped = a.is_some_and(|a| !state.in_map(a));
-    let draining = state.is_draining() || !*state.registered.borrow() || dropped;
+    // The three are told apart only in the reason (and its metric label).
+    let leaving = if state.is_draining() {
+        Some("server draining")
+    } else if !*state.registered.borrow() {
+        Some("registration lost")
+    } else if dropped {
+        Some("not in the partition map")
+    } else {
+        None
+    };
     let redirect = a.and_then(|a| {
         let owner = a
             .owner(partition)
@@ -199,13 +208,9 @@ pub fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> En
             epoch: a.epoch,
         })
     });
-    if draining {
-        Ending::Leaving {
-            why: "server draining",
-            redirect,
-        }
-    } else {
-        Ending::Moved(redirect)
+    match leaving {
+        Some(why) => Ending::Leaving { why, redirect },
+        None => Ending::Moved(redirect),
     }
 }
 

@@ -15,6 +15,14 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// A close code and the reason the server gave with it (a fixed string:
+/// the set is small), so the path that closed a session shows.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub code: String,
+    pub reason: String,
+}
+
 /// Where a chat message spends its time on the way through a server
 /// (`switchboard_server_stage_seconds{stage}`; docs/operations.md, "Metrics").
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -114,7 +122,7 @@ pub struct Metrics {
     pub replayed: Counter,
     pub resumes: Counter,
     pub overflows: Counter,
-    pub closes: Family<CodeLabel, Counter>,
+    pub closes: Family<CloseLabel, Counter>,
     pub decode_failures: Counter,
     pub too_new_records: Counter,
     pub position: Family<PartitionLabel, Gauge>,
@@ -334,7 +342,7 @@ impl Metrics {
         );
         r.register(
             "closes",
-            "Connections closed by the server, by close code",
+            "Connections closed by the server, by close code and reason",
             self.closes.clone(),
         );
         r.register(
@@ -420,10 +428,11 @@ impl Metrics {
             .set(offset);
     }
 
-    pub fn close(&self, code: u16) {
+    pub fn close(&self, code: u16, reason: &str) {
         self.closes
-            .get_or_create(&CodeLabel {
+            .get_or_create(&CloseLabel {
                 code: code.to_string(),
+                reason: reason.to_owned(),
             })
             .inc();
     }

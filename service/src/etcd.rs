@@ -15,18 +15,21 @@ pub type AssignmentRx = watch::Receiver<Option<Arc<Assignment>>>;
 /// How long one etcd request may take before it counts as unavailable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// HTTP/2 pings on a quiet connection: etcd closes the connection of a
-/// client that pings more often than its `--grpc-keepalive-min-time` (5 s
-/// by default; `too_many_pings`). A connection that carries a lease's
-/// keep-alives is never quiet long enough to ping; one that only holds a
-/// watch is — pinging it every 2 s had etcd close it about every 8 s.
+/// HTTP/2 pings on a quiet connection, only while a stream (a watch, a
+/// lease's keep-alives) is open: etcd (gRPC's enforcement policy) closes
+/// with GOAWAY `too_many_pings` the connection of a client that pings more
+/// often than `--grpc-keepalive-min-time` (5 s by default) or pings at all
+/// while no stream is open — the third offence ends it. Pinging idle
+/// connections every 10 s had etcd close a coordinator's about every 40 s
+/// (tests/it/etcd_pings.rs); a request on an idle connection has its own
+/// timeout instead.
 const PING_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_keep_alive(PING_EVERY, Duration::from_secs(5))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(false);
     Client::connect(endpoints, Some(opts)).await
 }
 

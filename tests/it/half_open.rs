@@ -76,6 +76,13 @@ pub async fn half_open_connections_are_noticed_by_both_ends(
     )
     .await?;
     let server_noticed = cut.elapsed();
+    let why =
+        r#"switchboard_server_closes_total{code="4006",reason="peer stopped answering pings"}"#;
+    let closes = harness::sample(&server, why).await;
+    anyhow::ensure!(
+        closes.is_some_and(|n| n >= 1.0),
+        "the silent session's close is not counted by its reason: {why} = {closes:?}"
+    );
     anyhow::ensure!(
         client_noticed <= 2 * PING + Duration::from_secs(1),
         "the client noticed the dead link only after {client_noticed:?} (ping {PING:?})"

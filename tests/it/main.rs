@@ -14,6 +14,7 @@ mod compose;
 mod connection_events;
 mod console;
 mod coordinator;
+mod etcd_pings;
 mod etcd_stall;
 mod failover;
 mod fuzz;
@@ -89,6 +90,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         messaging::dashboard_queries_only_exported_metrics,
         outages::etcd_down_30s_keeps_sessions_and_the_map,
         outages::postgres_down_30s_degrades_and_recovers,
+        etcd_pings::quiet_etcd_connections_are_not_closed_for_their_pings,
         etcd_stall::keep_alive_tells_a_lost_lease_from_a_stalled_etcd,
         etcd_stall::etcd_stall_longer_than_the_lease_recovers_by_itself,
         etcd_stall::etcd_stall_shorter_than_the_lease_changes_nothing,

@@ -6,6 +6,8 @@
 //! direction a delay line of its own (the kernel here has no netem).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -17,6 +19,7 @@ pub struct Proxy {
     addr: SocketAddr,
     link: watch::Sender<Link>,
     accept: JoinHandle<()>,
+    accepted: Arc<AtomicUsize>,
 }
 
 /// Where the relay leads (set once the target's port is known) and whether
@@ -40,12 +43,25 @@ impl Proxy {
         let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let (link, rx) = watch::channel(Link::default());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(relay(client, rx.clone()));
             }
         });
-        Ok(Self { addr, link, accept })
+        Ok(Self {
+            addr,
+            link,
+            accept,
+            accepted,
+        })
+    }
+
+    /// Connections accepted so far (a client that reconnects shows here).
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     pub fn addr(&self) -> SocketAddr {

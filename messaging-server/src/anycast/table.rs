@@ -19,6 +19,18 @@ pub struct Settings {
     pub max_wait: Duration,
 }
 
+/// How long an offer to a session that left is still given for its handled
+/// mark to arrive: the mark and the session's leaving travel on different
+/// topics, so a server may read the leaving first.
+pub const LEAVE_GRACE: Duration = Duration::from_secs(1);
+
+impl Settings {
+    /// An offer whose session left waits this long (at most its own time).
+    fn leave_grace(&self) -> Duration {
+        LEAVE_GRACE.min(self.handle_timeout)
+    }
+}
+
 /// A publication for the server that holds `session` to deliver.
 #[derive(Debug, Clone)]
 pub struct Offer {
@@ -133,7 +145,7 @@ impl Table {
     }
 
     /// Offers again each publication whose subscriber ran out of time or
-    /// is no longer subscribed, or that had nobody: to a session not tried
+    /// left [`LEAVE_GRACE`] ago, or that had nobody: to a session not tried
     /// before. `sessions` gives a channel's subscribed sessions now.
     pub fn reconsider(
         &mut self,
@@ -153,15 +165,18 @@ impl Table {
         self.given_up.expired += expired.len() as u64;
         let mut offers = Vec::new();
         let mut current: HashMap<ChannelName, Vec<Uuid>> = HashMap::new();
+        let grace = self.settings.leave_grace();
         for (msg_id, e) in self.entries.iter_mut() {
             let subs = current
                 .entry(e.channel.clone())
                 .or_insert_with(|| sessions(&e.channel));
-            let keep = match (e.target(), e.due) {
-                (Some(t), Some(due)) => due > now && subs.contains(&t),
-                _ => false,
-            };
-            if keep {
+            if let (Some(t), Some(due)) = (e.target(), e.due) {
+                if !subs.contains(&t) {
+                    // It may have handled it just before leaving.
+                    e.due = Some(due.min(now + grace));
+                }
+            }
+            if e.due.is_some_and(|due| due > now) {
                 continue;
             }
             let next = choose(&e.seed, subs, &e.tried);

@@ -67,13 +67,56 @@ fn a_handled_publication_is_offered_no_more() {
 }
 
 #[test]
-fn a_subscriber_that_leaves_hands_its_offers_on_at_once() {
+fn a_subscriber_that_leaves_hands_its_offers_on_after_the_grace() {
     let (mut t, t0) = (table(10), Instant::now());
     let subs = [s(1), s(2)];
     let first = publish(&mut t, 7, true, &subs, t0).unwrap();
     let rest: Vec<Uuid> = subs.iter().copied().filter(|x| *x != first).collect();
-    let offers = t.reconsider(t0, |_| rest.clone());
+    let left = t0 + Duration::from_millis(100);
+    assert!(t.reconsider(left, |_| rest.clone()).is_empty());
+    assert_eq!(
+        t.next_due(),
+        Some(left + LEAVE_GRACE),
+        "woken at the grace's end"
+    );
+    // Reconsidered again meanwhile: the grace does not start over.
+    assert!(t
+        .reconsider(left + LEAVE_GRACE / 2, |_| rest.clone())
+        .is_empty());
+    let offers = t.reconsider(left + LEAVE_GRACE, |_| rest.clone());
     assert_eq!(offers.iter().map(|o| o.session).collect::<Vec<_>>(), rest);
+}
+
+/// The chosen session handled it and left; a server reads the leaving
+/// before the handled mark (two topics): the mark within the grace ends it.
+#[test]
+fn a_mark_read_after_its_subscriber_left_is_not_offered_again() {
+    let (mut t, t0) = (table(10), Instant::now());
+    let subs = [s(1), s(2), s(3)];
+    let first = publish(&mut t, 7, true, &subs, t0).unwrap();
+    let rest: Vec<Uuid> = subs.iter().copied().filter(|x| *x != first).collect();
+    let left = t0 + Duration::from_millis(50);
+    assert!(t.reconsider(left, |_| rest.clone()).is_empty());
+    assert!(t.handled(&id(7)), "still followed when its mark comes");
+    assert!(t
+        .reconsider(left + LEAVE_GRACE, |_| rest.clone())
+        .is_empty());
+    assert_eq!(t.len(), 0);
+}
+
+/// A grace never outlasts the offer's own time to answer.
+#[test]
+fn the_grace_is_capped_by_the_handle_timeout() {
+    let mut t = Table::new(Settings {
+        handle_timeout: LEAVE_GRACE / 4,
+        max_pending: 10,
+        max_wait: Duration::from_secs(60),
+    });
+    let t0 = Instant::now();
+    let subs = [s(1), s(2)];
+    publish(&mut t, 7, true, &subs, t0).unwrap();
+    assert!(t.reconsider(t0, |_| vec![]).is_empty());
+    assert_eq!(t.next_due(), Some(t0 + LEAVE_GRACE / 4));
 }
 
 #[test]

@@ -144,7 +144,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// the close frame before the client reads it — a client that pipelined
 /// sends would see "connection reset" instead of, say, 4008.
 async fn finish((sink, stream): (&mut Sink, &mut Stream), state: &AppState, c: Close) {
-    state.metrics.close(c.code.code());
+    state.metrics.close(c.code.code(), c.reason);
     if let Some(f) = c.frame {
         let _ = sink.send(WsMessage::Text(f.into_ws())).await;
     }

@@ -59,9 +59,20 @@ fn mark(e: &Event) -> Option<i32> {
     })
 }
 
+/// Where a device stands at the end: connected (its last event a
+/// welcome), synced since that welcome, and the cursor it would resume from.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone, Debug, PartialEq)]
+pub struct DeviceEnd {
+    pub connected: bool,
+    pub synced: bool,
+    pub cursor: Option<String>,
+}
+
 #[derive(Default)]
 struct Shared {
     histories: Vec<History>,
+    /// Per device: synced since its last welcome, and its cursor.
+    positions: Vec<Mutex<(bool, Option<String>)>>,
     acked: Mutex<Vec<String>>,
     received: Mutex<Vec<String>>,
     send_errors: AtomicU64,
@@ -166,6 +177,7 @@ fn outage(histories: &[History], t: u64) -> Outage {
 pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         histories: (0..a.span.count).map(|_| Mutex::default()).collect(),
+        positions: (0..a.span.count).map(|_| Mutex::default()).collect(),
         ..Shared::default()
     });
     let (go, go_rx) = tokio::sync::watch::channel(false);
@@ -207,6 +219,11 @@ pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
                 let o = outage(&shared.histories, t.parse()?);
                 println!("storm {}", serde_json::to_string(&o)?);
             }
+            (Some("devices"), _) => {
+                let asked = line.split_whitespace().skip(1);
+                let ends = ends(&shared, a.span.first, asked);
+                println!("devices {}", serde_json::to_string(&ends)?);
+            }
             (Some("report"), _) => {
                 let report = serde_json::json!({
                     "sent": shared.sent.load(Ordering::Relaxed),
@@ -236,19 +253,58 @@ fn device_address(n: usize) -> std::net::IpAddr {
     std::net::Ipv4Addr::new(127, b.wrapping_add(1), c, d).into()
 }
 
+fn is_up(h: &History) -> bool {
+    h.lock()
+        .is_ok_and(|h| h.last().is_some_and(|(_, w)| is_back(*w)))
+}
+
 /// Devices whose last event is a welcome.
 fn connected(histories: &[History]) -> usize {
-    histories
-        .iter()
-        .filter(|h| {
-            h.lock()
-                .is_ok_and(|h| h.last().is_some_and(|(_, w)| is_back(*w)))
-        })
-        .count()
+    histories.iter().filter(|h| is_up(h)).count()
+}
+
+/// Where the asked users' devices held here stand (`s<n>`, from device
+/// `first` on); users held elsewhere are left out.
+fn ends<'a>(
+    shared: &Shared,
+    first: usize,
+    asked: impl Iterator<Item = &'a str>,
+) -> BTreeMap<String, DeviceEnd> {
+    let mut out = BTreeMap::new();
+    for user in asked {
+        let local = user.strip_prefix('s').and_then(|n| n.parse::<usize>().ok());
+        let Some(local) = local.and_then(|n| n.checked_sub(first)) else {
+            continue;
+        };
+        let (Some(h), Some(p)) = (shared.histories.get(local), shared.positions.get(local)) else {
+            continue;
+        };
+        let Ok((synced, cursor)) = p.lock().map(|p| p.clone()) else {
+            continue;
+        };
+        let connected = is_up(h);
+        let end = DeviceEnd {
+            connected,
+            synced: connected && synced,
+            cursor,
+        };
+        out.insert(user.to_owned(), end);
+    }
+    out
 }
 
 async fn events(mut client: Client, (local, user): (usize, String), shared: Arc<Shared>) {
     while let Some(e) = client.next_event().await {
+        if let Ok(mut p) = shared.positions[local].lock() {
+            match &e {
+                // A fresh session is live from its welcome; a resumed one
+                // once its replay is over.
+                Event::Connected { resumed, .. } => p.0 = !resumed,
+                Event::Synced(_) => p.0 = true,
+                _ => {}
+            }
+            p.1 = client.cursor().map(|c| c.to_string());
+        }
         let what = match e {
             Event::Message(m) => {
                 let body: serde_json::Value =

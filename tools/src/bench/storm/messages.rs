@@ -3,7 +3,9 @@
 //! says it went (stored for its recipient but never delivered points at a
 //! resume; not stored at all points at the send path or the persister).
 
+use super::devices::DeviceEnd;
 use super::Holders;
+use protocol::Cursor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,36 @@ pub struct LostMessage {
     pub recipient: String,
     /// Where the persister stored it for `recipient`: (partition, offset).
     pub stored: Option<(i32, i64)>,
+    /// Where the recipient's device stood when the bench stopped waiting.
+    pub recipient_end: Option<DeviceEnd>,
+    /// What that points at ([`why_lost`]).
+    pub why: &'static str,
+}
+
+/// Where a lost DM went missing, from where it is stored and where its
+/// recipient stood: `not stored` (the send path or the persister),
+/// `recipient not back` / `not synced` (still reconnecting or replaying),
+/// `recipient past it` (its cursor moved beyond the DM's offset without
+/// it: a replay or a live delivery skipped it), `recipient behind it`
+/// (synced, yet its cursor never reached the DM: live delivery stopped).
+pub fn why_lost(stored: Option<(i32, i64)>, end: Option<&DeviceEnd>) -> &'static str {
+    let Some((_, offset)) = stored else {
+        return "not stored";
+    };
+    let Some(end) = end else {
+        return "recipient unknown";
+    };
+    if !end.connected {
+        return "recipient not back";
+    }
+    if !end.synced {
+        return "recipient not synced";
+    }
+    let at = end.cursor.as_deref().and_then(|c| c.parse::<Cursor>().ok());
+    match at {
+        Some(c) if c.offset >= offset => "recipient past it",
+        _ => "recipient behind it",
+    }
 }
 
 impl Messages {
@@ -94,9 +126,13 @@ impl Messages {
         self.deliveries - self.received.len() as u64
     }
 
-    /// The first lost DMs, each with its recipient and where PostgreSQL
-    /// has it.
-    pub async fn look_up_lost(&self, db: &str) -> anyhow::Result<Vec<LostMessage>> {
+    /// The first lost DMs, each with its recipient, where PostgreSQL has
+    /// it and where the recipient's device stands (asked of `holders`).
+    pub async fn look_up_lost(
+        &self,
+        db: &str,
+        holders: &mut Holders,
+    ) -> anyhow::Result<Vec<LostMessage>> {
         let keys: Vec<String> = self.lost().take(SAMPLE).cloned().collect();
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -104,7 +140,16 @@ impl Messages {
         let store = store::Store::connect_lazy(db, 1, Duration::from_secs(10))?;
         let stored = store.deliveries_by_body_field("k", &keys).await?;
         store.close().await;
-        let lost = lost_with_places(keys, &stored, self.total);
+        let recipients: BTreeSet<String> = keys
+            .iter()
+            .filter_map(|k| recipient_of(k, self.total))
+            .collect();
+        let question = format!("devices {}", Vec::from_iter(recipients).join(" "));
+        let mut ends = BTreeMap::new();
+        for line in holders.ask(&question, "devices").await? {
+            ends.extend(serde_json::from_str::<BTreeMap<String, DeviceEnd>>(&line)?);
+        }
+        let lost = lost_with_places(keys, &stored, &ends, self.total);
         for l in &lost {
             println!("  lost: {l:?}");
         }
@@ -112,10 +157,21 @@ impl Messages {
     }
 }
 
-/// Each key with its recipient and, if stored for that recipient, where.
+/// How many of `lost` each [`why_lost`] answer has.
+pub fn tally_why(lost: &[LostMessage]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for l in lost {
+        *out.entry(l.why.to_owned()).or_default() += 1;
+    }
+    out
+}
+
+/// Each key with its recipient, where it is stored for that recipient, and
+/// where the recipient's device stands.
 fn lost_with_places(
     keys: Vec<String>,
     stored: &[store::StoredDelivery],
+    ends: &BTreeMap<String, DeviceEnd>,
     total: usize,
 ) -> Vec<LostMessage> {
     let at: BTreeMap<(&str, &str), (i32, i64)> = stored
@@ -129,10 +185,13 @@ fn lost_with_places(
         .map(|key| {
             let recipient = recipient_of(&key, total).unwrap_or_default();
             let stored = at.get(&(key.as_str(), recipient.as_str())).copied();
+            let recipient_end = ends.get(&recipient).cloned();
             LostMessage {
+                why: why_lost(stored, recipient_end.as_ref()),
                 key,
                 recipient,
                 stored,
+                recipient_end,
             }
         })
         .collect()
@@ -180,6 +239,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lost_dm_is_told_by_where_its_recipient_stands() {
+        let end = |connected, synced, cursor: Option<&str>| DeviceEnd {
+            connected,
+            synced,
+            cursor: cursor.map(str::to_owned),
+        };
+        let at = Some((3, 100));
+        let cases = [
+            (None, Some(end(true, true, Some("e:200"))), "not stored"),
+            (at, None, "recipient unknown"),
+            (
+                at,
+                Some(end(false, false, Some("e:200"))),
+                "recipient not back",
+            ),
+            (
+                at,
+                Some(end(true, false, Some("e:50"))),
+                "recipient not synced",
+            ),
+            (
+                at,
+                Some(end(true, true, Some("e:100"))),
+                "recipient past it",
+            ),
+            (
+                at,
+                Some(end(true, true, Some("e:99"))),
+                "recipient behind it",
+            ),
+            (at, Some(end(true, true, None)), "recipient behind it"),
+        ];
+        for (stored, e, want) in cases {
+            assert_eq!(why_lost(stored, e.as_ref()), want, "{stored:?} {e:?}");
+        }
+    }
+
+    #[test]
     fn duplicates_and_losses_are_counted_not_hidden() {
         let total = 100;
         let to = |k: &str| format!("{}/{k}", recipient_of(k, total).unwrap());
@@ -210,9 +307,25 @@ mod tests {
         };
         // The sender's own copy does not count as the recipient's.
         let stored = [row("s7", 1), row(&to, 5)];
-        let lost = lost_with_places(vec!["7-3".into(), "8-0".into()], &stored, total);
+        let end = DeviceEnd {
+            connected: true,
+            synced: true,
+            cursor: Some("e1:50".into()),
+        };
+        let ends = BTreeMap::from([(to.clone(), end.clone())]);
+        let lost = lost_with_places(vec!["7-3".into(), "8-0".into()], &stored, &ends, total);
         assert_eq!(lost[0].recipient, to);
         assert_eq!(lost[0].stored, Some((5, 42)));
+        assert_eq!(lost[0].recipient_end, Some(end));
+        assert_eq!(lost[0].why, "recipient past it");
+        assert_eq!(lost[1].why, "not stored");
+        assert_eq!(
+            tally_why(&lost),
+            BTreeMap::from([
+                ("not stored".to_owned(), 1),
+                ("recipient past it".to_owned(), 1)
+            ])
+        );
         assert_eq!(
             lost[1].recipient,
             super::super::devices::recipient(8, 0, total)

@@ -150,8 +150,8 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let (stop, sampler) = probe::route_sampler(watch.coordinator.clone());
-    let mut steps_before = probe::steps(&watch.servers).await;
-    steps_before.extend(watch.fresh.iter().map(|_| Some(String::new())));
+    let mut pages_before = probe::pages(&watch.servers).await;
+    pages_before.extend(watch.fresh.iter().map(|_| Some(String::new())));
     let mut timeline = probe::Timeline::new(watch.pids.clone());
     let t = super::now_us();
     act().await?;
@@ -165,7 +165,9 @@ where
         .await?
         + notice.as_secs_f64();
     let servers: Vec<String> = watch.servers.iter().chain(&watch.fresh).cloned().collect();
-    let start_steps_ms = probe::step_quantiles(&steps_before, &probe::steps(&servers).await);
+    let pages_after = probe::pages(&servers).await;
+    let start_steps_ms = probe::step_quantiles(&pages_before, &pages_after);
+    let server_closes = probe::closes(&pages_before, &pages_after);
     let _ = stop.send(());
     let (route_peak_per_s, route_requests) = sampler.await?;
     let mut all = Outage::default();
@@ -192,6 +194,7 @@ where
         attempts: all.attempts,
         failures: all.failures,
         close_codes: all.close_codes,
+        server_closes,
         route_requests,
         route_peak_per_s,
         seconds_until_all_back,
@@ -299,7 +302,7 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
     };
     holders.tell("stop").await?;
     let m = messages::settle(&mut holders, a.devices, settle).await?;
-    let lost_sample = m.look_up_lost(&b.db).await?;
+    let lost_sample = m.look_up_lost(&b.db, &mut holders).await?;
     let report = StormReport {
         devices: a.devices,
         persister: !a.no_persister,
@@ -321,6 +324,7 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         delivered: m.delivered(),
         duplicates: m.duplicates(),
         lost: m.lost().count() as u64,
+        lost_why: messages::tally_why(&lost_sample),
         lost_sample,
     };
     super::report(&report, a.json.as_deref())?;

@@ -65,8 +65,8 @@ impl Timeline {
 
 const STEPS: &str = "switchboard_server_session_start_seconds";
 
-/// Each server's session-start histograms (`None`: it did not answer).
-pub async fn steps(servers: &[String]) -> Vec<Option<String>> {
+/// Each server's metrics page (`None`: it did not answer).
+pub async fn pages(servers: &[String]) -> Vec<Option<String>> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -82,20 +82,25 @@ pub async fn steps(servers: &[String]) -> Vec<Option<String>> {
     pages
 }
 
+/// The pages of the servers that answered both scrapes, before and after.
+fn answered<'a>(
+    before: &'a [Option<String>],
+    after: &'a [Option<String>],
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| Some((b.as_deref()?, a.as_deref()?)))
+}
+
 /// p50 and p99 (ms, bucket bounds) of each session start step between two
 /// scrapes of the same servers; a server missing from either is left out.
 pub fn step_quantiles(
     before: &[Option<String>],
     after: &[Option<String>],
 ) -> BTreeMap<String, [f64; 2]> {
-    let both = || {
-        before
-            .iter()
-            .zip(after)
-            .filter(|(b, a)| b.is_some() && a.is_some())
-    };
-    let b = Snapshot::parse_family(both().filter_map(|(b, _)| b.as_deref()), STEPS, "step");
-    let a = Snapshot::parse_family(both().filter_map(|(_, a)| a.as_deref()), STEPS, "step");
+    let b = Snapshot::parse_family(answered(before, after).map(|(b, _)| b), STEPS, "step");
+    let a = Snapshot::parse_family(answered(before, after).map(|(_, a)| a), STEPS, "step");
     let mut out = BTreeMap::new();
     for step in messaging_server::StartStep::ALL.map(messaging_server::StartStep::as_str) {
         if let (Some(p50), Some(p99)) =
@@ -105,6 +110,31 @@ pub fn step_quantiles(
         }
     }
     out
+}
+
+const CLOSES: &str = "switchboard_server_closes_total";
+
+/// Sessions the servers closed between two scrapes, by `"<code> <reason>"`
+/// (a server missing from either scrape is left out: a killed one's closes
+/// are its clients' resets).
+pub fn closes(before: &[Option<String>], after: &[Option<String>]) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (b, a) in answered(before, after) {
+        for (page, sign) in [(a, 1.0), (b, -1.0)] {
+            for s in service::prom::samples(page).filter(|s| s.name == CLOSES) {
+                let key = format!(
+                    "{} {}",
+                    s.label("code").unwrap_or("?"),
+                    s.label("reason").unwrap_or("?")
+                );
+                *out.entry(key).or_default() += sign * s.value;
+            }
+        }
+    }
+    out.into_iter()
+        .filter(|(_, n)| *n >= 0.5)
+        .map(|(k, n)| (k, n.round() as u64))
+        .collect()
 }
 
 /// What a failure's measurement watches: the servers whose session start
@@ -188,6 +218,32 @@ mod tests {
             step("+Inf", n_fast + n_slow),
         ]
         .concat()
+    }
+
+    #[test]
+    fn closes_are_counted_between_scrapes_by_code_and_reason() {
+        let line =
+            |reason: &str, n: u64| format!("{CLOSES}{{code=\"4006\",reason=\"{reason}\"}} {n}\n");
+        let before = [
+            Some(line("registration lost", 5)),
+            Some(line("gone", 1)),
+            Some(String::new()),
+        ];
+        let after = [
+            Some(line("registration lost", 12) + &line("retry later", 3)),
+            None,
+            Some(line("gone", 4)),
+        ];
+        let got = closes(&before, &after);
+        let want: BTreeMap<String, u64> = [
+            ("4006 registration lost", 7),
+            ("4006 retry later", 3),
+            ("4006 gone", 4),
+        ]
+        .into_iter()
+        .map(|(k, n)| (k.to_owned(), n))
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct OutageReport {
     pub back_p99_ms: f64,
     pub back_max_ms: f64,
     pub close_codes: BTreeMap<String, u64>,
+    /// Sessions the answering servers closed over the outage, by
+    /// `"<code> <reason>"` (`switchboard_server_closes_total`).
+    pub server_closes: BTreeMap<String, u64>,
     /// From the failure to each device's first route answer: p50, p99 (ms).
     pub first_route_ms: [f64; 2],
     /// The attempt that got each device back, from its route answer to
@@ -61,6 +64,9 @@ pub struct StormReport {
     /// DMs a device was handed more than once (must be 0).
     pub duplicates: u64,
     pub lost: u64,
-    /// The first lost DMs (up to 50), each with where PostgreSQL has it.
+    /// The first lost DMs (up to 50), each with where PostgreSQL has it
+    /// and where its recipient's device stood at the end.
     pub lost_sample: Vec<super::messages::LostMessage>,
+    /// The sample by what its loss points at (`messages::why_lost`).
+    pub lost_why: BTreeMap<String, u64>,
 }
