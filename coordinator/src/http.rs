@@ -112,10 +112,11 @@ async fn await_move(s: &AppState, user: &UserId, owner: &ServerInfo, wait: Durat
     loop {
         let now = tokio::time::Instant::now();
         if lease_end.is_some_and(|end| end <= now) {
-            if s.deaths.lease_ends(owner).await.is_some() {
-                return;
+            match at_lease_end(s.deaths.lease_left(owner).await) {
+                LeaseAtEnd::Renewed => return,
+                LeaseAtEnd::Ending => lease_end = Some(now + RECHECK),
+                LeaseAtEnd::Gone => lease_end = None,
             }
-            lease_end = None;
         }
         let until = lease_end.map_or(deadline, |end| end.min(deadline));
         let left = until.saturating_duration_since(now);
@@ -128,6 +129,30 @@ async fn await_move(s: &AppState, user: &UserId, owner: &ServerInfo, wait: Durat
             return;
         }
         s.deaths.check(owner).await;
+    }
+}
+
+/// What etcd says of a silent server's lease once it should have ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LeaseAtEnd {
+    /// Renewed since the first check: the server is slow, not gone.
+    Renewed,
+    /// Past its end but not yet removed (etcd reports 0 s left): the move
+    /// is still coming — answering now sent the device back to the silent
+    /// server.
+    Ending,
+    /// No registration: the move is coming.
+    Gone,
+}
+
+/// Reads etcd's remaining TTL (whole seconds) at the moment the lease, as
+/// counted at the first check plus a second, should have ended: had it not
+/// been renewed it would be at most 0 now.
+fn at_lease_end(left: Option<u64>) -> LeaseAtEnd {
+    match left {
+        Some(0) => LeaseAtEnd::Ending,
+        Some(_) => LeaseAtEnd::Renewed,
+        None => LeaseAtEnd::Gone,
     }
 }
 
@@ -184,4 +209,17 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Result<Json<Status>, ApiError
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     metrics_response(&s.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_past_its_end_is_ending_not_renewed() {
+        assert_eq!(at_lease_end(Some(0)), LeaseAtEnd::Ending);
+        assert_eq!(at_lease_end(Some(1)), LeaseAtEnd::Renewed);
+        assert_eq!(at_lease_end(Some(5)), LeaseAtEnd::Renewed);
+        assert_eq!(at_lease_end(None), LeaseAtEnd::Gone);
+    }
 }

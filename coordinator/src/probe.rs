@@ -243,6 +243,15 @@ impl Deaths {
     /// remaining TTL, whole seconds, plus one for the rounding and the map's
     /// debounce); `None` when etcd does not say or holds no registration.
     pub async fn lease_ends(&self, server: &ServerInfo) -> Option<Instant> {
+        let left = self.lease_left(server).await?;
+        Some(Instant::now() + Duration::from_secs(left + 1))
+    }
+
+    /// etcd's remaining TTL of `server`'s registration lease, whole seconds
+    /// (0 also for a lease past its end that etcd has not removed yet:
+    /// expired leases are revoked in batches, later under load); `None`
+    /// when etcd does not say or holds no registration.
+    pub async fn lease_left(&self, server: &ServerInfo) -> Option<u64> {
         let mut client = self.client.clone();
         let key = self.layout.server_key(&server.server_id);
         let ask = async {
@@ -251,8 +260,7 @@ impl Deaths {
             let ttl = client.lease_time_to_live(lease, None).await.ok()?.ttl();
             u64::try_from(ttl).ok()
         };
-        let left = tokio::time::timeout(LIMIT, ask).await.ok().flatten()?;
-        Some(Instant::now() + Duration::from_secs(left + 1))
+        tokio::time::timeout(LIMIT, ask).await.ok().flatten()
     }
 
     /// Revokes the lease of `server`'s registration — only of the

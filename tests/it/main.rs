@@ -78,6 +78,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         leader_terms::a_new_term_publishes_while_the_broker_does_not_answer,
         route_wait::a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease,
         route_wait::a_lookup_waits_past_a_lapsed_lease_for_the_move,
+        route_wait::lookups_during_a_lease_s_last_second_wait_for_the_move,
         coordinator::route_api_validates_and_answers,
         broker_faults::broker_pause_answers_and_recovers,
         broker_faults::overload_refuses_early_and_recovers,
