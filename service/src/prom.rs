@@ -11,14 +11,33 @@ pub struct Sample<'a> {
 }
 
 impl<'a> Sample<'a> {
-    /// The value of label `key`, if the sample has it.
+    /// The value of label `key`, if the sample has it (as written: escapes
+    /// are left in; a value may hold commas).
     pub fn label(&self, key: &str) -> Option<&'a str> {
-        let labels: &'a str = self.labels;
-        labels.split(',').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k.trim() == key).then(|| v.trim().trim_matches('"'))
-        })
+        let mut rest: &'a str = self.labels;
+        loop {
+            let (k, after) = rest.split_once('=')?;
+            let after = after.trim_start().strip_prefix('"')?;
+            let end = closing_quote(after)?;
+            if k.trim().trim_start_matches(',').trim() == key {
+                return Some(&after[..end]);
+            }
+            rest = &after[end + 1..];
+        }
     }
+}
+
+/// Where the quoted value at the start of `s` ends (its closing `"`).
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return Some(i),
+            _ => escaped = false,
+        }
+    }
+    None
 }
 
 /// Every sample of `text`, comments skipped.
@@ -77,7 +96,8 @@ mod tests {
         switchboard_server_connections 12\n\
         switchboard_server_consumer_lag{partition=\"0\"} 3\n\
         switchboard_server_consumer_lag{partition=\"1\"} 4\n\
-        switchboard_server_closes_total{code=\"4006\",x=\"a b\"} 2 1700000000\n";
+        switchboard_server_closes_total{code=\"4006\",x=\"a b\"} 2 1700000000\n\
+        switchboard_server_closes_total{code=\"4006\",reason=\"resume unavailable, reconnect\",x=\"q\\\"x\"} 3\n";
 
     #[test]
     fn reads_plain_and_labelled_samples() {
@@ -92,6 +112,20 @@ mod tests {
             .find(|s| s.name == "switchboard_server_closes_total")
             .unwrap();
         assert_eq!((close.label("code"), close.value), (Some("4006"), 2.0));
+        let reason = samples(PAGE).find(|s| s.label("reason").is_some()).unwrap();
+        assert_eq!(
+            (
+                reason.label("reason"),
+                reason.label("x"),
+                reason.label("code")
+            ),
+            (
+                Some("resume unavailable, reconnect"),
+                Some("q\\\"x"),
+                Some("4006")
+            )
+        );
+        assert_eq!(close.label("reason"), None);
         let lag: Vec<(Option<&str>, f64)> = samples(PAGE)
             .filter(|s| s.name.ends_with("consumer_lag"))
             .map(|s| (s.label("partition"), s.value))

@@ -3,6 +3,7 @@
 //! plotting and histograms are not built into every test binary.
 
 pub mod bench;
+pub mod conntrack;
 pub mod history;
 pub mod load;
 pub mod procstat;

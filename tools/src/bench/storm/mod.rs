@@ -154,6 +154,7 @@ where
     pages_before.extend(watch.fresh.iter().map(|_| Some(String::new())));
     let mut timeline = probe::Timeline::new(watch.pids.clone());
     let t = super::now_us();
+    let drops_before = crate::conntrack::drops();
     act().await?;
     let noticed = Instant::now() + notice;
     while Instant::now() < noticed {
@@ -195,6 +196,9 @@ where
         failures: all.failures,
         close_codes: all.close_codes,
         server_closes,
+        conntrack_drops: crate::conntrack::drops()
+            .zip(drops_before)
+            .map(|(a, b)| a.saturating_sub(b)),
         route_requests,
         route_peak_per_s,
         seconds_until_all_back,
@@ -237,6 +241,10 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         ("SWITCHBOARD_PING_SECS", a.ping_secs.to_string()),
         ("SWITCHBOARD_LEASE_TTL_SECS", a.lease_ttl_secs.to_string()),
     ];
+    // Each device's reconnect leaves a few closed connections in the table
+    // for two minutes; a full table drops new connections' packets.
+    let conntrack_max = crate::conntrack::ensure_room(a.devices as u64 * 32);
+    let drops_before = crate::conntrack::drops();
     let mut b = Bench::start_opts(infra.clone(), a.servers, &env, a.own_coordinator).await?;
     // The whole stack: resumes read what the persister has stored from
     // PostgreSQL, the rest from the log.
@@ -309,6 +317,10 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         servers: a.servers,
         holders: holders.0.len(),
         connect_seconds,
+        conntrack_max,
+        conntrack_drops: crate::conntrack::drops()
+            .zip(drops_before)
+            .map(|(a, b)| a.saturating_sub(b)),
         dm_rate_per_s: a.rate,
         lease_ttl_secs: a.lease_ttl_secs,
         ping_secs: a.ping_secs,

@@ -16,6 +16,9 @@ pub struct OutageReport {
     /// Sessions the answering servers closed over the outage, by
     /// `"<code> <reason>"` (`switchboard_server_closes_total`).
     pub server_closes: BTreeMap<String, u64>,
+    /// Packets the host dropped for want of a connection-tracking entry
+    /// over the outage (`None`: the host tracks no connections).
+    pub conntrack_drops: Option<u64>,
     /// From the failure to each device's first route answer: p50, p99 (ms).
     pub first_route_ms: [f64; 2],
     /// The attempt that got each device back, from its route answer to
@@ -42,6 +45,11 @@ pub struct StormReport {
     pub servers: usize,
     pub holders: usize,
     pub connect_seconds: f64,
+    /// The host's connection-tracking table size during the run (raised
+    /// to 32 entries per device when smaller; `crate::conntrack`).
+    pub conntrack_max: Option<u64>,
+    /// Packets it dropped over the whole run for want of an entry.
+    pub conntrack_drops: Option<u64>,
     pub dm_rate_per_s: u64,
     pub lease_ttl_secs: u64,
     pub ping_secs: u64,
