@@ -96,6 +96,7 @@ impl Session {
     /// (a gap for the client): the client is told why and to reconnect, and
     /// retries with the same cursor.
     pub(super) async fn retry_later(&mut self, message: String) -> Close {
+        tracing::warn!(why = %message, "resume could not read what the device missed; told to reconnect");
         let err = ServerFrame::Error(ErrorFrame {
             id: None,
             code: ErrorCode::Unavailable,
