@@ -1,7 +1,7 @@
 //! A route lookup that reports its server unreachable waits for the map to
 //! move, as long as the server's lease says it may be gone (`await_move`).
 
-use crate::coordinator::{register_at, setup, wait_assignment, TTL};
+use crate::coordinator::{register_at, setup, wait_assignment, Member, TTL};
 use harness::start_coordinator;
 use harness::Infra;
 use std::sync::Arc;
@@ -56,27 +56,10 @@ pub async fn a_slow_but_leased_server_holds_a_lookup_no_longer_than_its_lease(
 pub async fn a_lookup_waits_past_a_lapsed_lease_for_the_move(
     infra: Arc<Infra>,
 ) -> anyhow::Result<()> {
-    let (layout, mut cfg, mut etcd) = setup(&infra, "lapsed").await?;
-    cfg.debounce = Duration::from_secs(3);
-    let coord = start_coordinator("coord", cfg)?;
-    let base = coord.url();
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let host = silent.local_addr()?.to_string();
-    let s1 = register_at(&mut etcd, &layout, "s1", &host).await?;
-    let _s2 = register_at(&mut etcd, &layout, "s2", "s2.test").await?;
-    let a = wait_assignment(&base, Duration::from_secs(20), |a| {
-        a.servers.len() == 2 && a.owners.iter().all(Option::is_some)
-    })
-    .await?;
-    let user = (0..1000)
-        .map(|i| format!("u{i}"))
-        .find(|u| {
-            let p = protocol::partition_for(u, a.partitions);
-            a.owner(p).is_some_and(|o| o.server_id.as_str() == "s1")
-        })
-        .ok_or_else(|| anyhow::anyhow!("no user on s1"))?;
+    let c = silent_and_live(&infra, "lapsed", Some(Duration::from_secs(3)), 1).await?;
+    let (base, user) = (c.base.as_str(), &c.on_s1[0]);
     // s1 freezes: its lease is no longer renewed.
-    s1.keeper.abort();
+    c.s1.keeper.abort();
     let t = Instant::now();
     let url = format!("{base}/v1/route?user_id={user}&unreachable=s1&wait_ms=20000");
     let body: serde_json::Value = reqwest::get(url).await?.json().await?;
@@ -91,8 +74,8 @@ pub async fn a_lookup_waits_past_a_lapsed_lease_for_the_move(
         "the lookup answered after {waited:?}"
     );
     eprintln!("    a silent server whose lease lapsed: the new owner after {waited:?}");
-    drop(silent);
-    coord.stop().await;
+    drop(c.silent);
+    c.coord.stop().await;
     Ok(())
 }
 
@@ -106,27 +89,9 @@ pub async fn a_lookup_waits_past_a_lapsed_lease_for_the_move(
 pub async fn lookups_during_a_lease_s_last_second_wait_for_the_move(
     infra: Arc<Infra>,
 ) -> anyhow::Result<()> {
-    let (layout, cfg, mut etcd) = setup(&infra, "lastsec").await?;
-    let coord = start_coordinator("coord", cfg)?;
-    let base = coord.url();
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let host = silent.local_addr()?.to_string();
-    let s1 = register_at(&mut etcd, &layout, "s1", &host).await?;
-    let _s2 = register_at(&mut etcd, &layout, "s2", "s2.test").await?;
-    let a = wait_assignment(&base, Duration::from_secs(20), |a| {
-        a.servers.len() == 2 && a.owners.iter().all(Option::is_some)
-    })
-    .await?;
-    let users: Vec<String> = (0..1000)
-        .map(|i| format!("u{i}"))
-        .filter(|u| {
-            let p = protocol::partition_for(u, a.partitions);
-            a.owner(p).is_some_and(|o| o.server_id.as_str() == "s1")
-        })
-        .take(8)
-        .collect();
-    anyhow::ensure!(!users.is_empty(), "no user on s1");
-    s1.keeper.abort();
+    let c = silent_and_live(&infra, "lastsec", None, 8).await?;
+    let (base, users) = (c.base.as_str(), &c.on_s1);
+    c.s1.keeper.abort();
     let mut lookups = tokio::task::JoinSet::new();
     let until = Instant::now() + Duration::from_secs(TTL as u64 + 2);
     let mut n = 0;
@@ -149,7 +114,59 @@ pub async fn lookups_during_a_lease_s_last_second_wait_for_the_move(
         "{n} lookups while s1's lease lapsed named {named:?} (only s2 owns its partitions after the move)"
     );
     eprintln!("    {n} lookups while a silent server's lease lapsed: {named:?}");
-    drop(silent);
-    coord.stop().await;
+    drop(c.silent);
+    c.coord.stop().await;
     Ok(())
+}
+
+/// A coordinator over two servers — s1's URLs lead to a listener that
+/// accepts and never answers (a frozen process: its kernel still accepts),
+/// s2 elsewhere — once both own partitions; with users whose partition s1
+/// owns (up to `n`).
+struct SilentAndLive {
+    coord: harness::ServiceHandle,
+    base: String,
+    silent: tokio::net::TcpListener,
+    s1: Member,
+    _s2: Member,
+    on_s1: Vec<String>,
+}
+
+async fn silent_and_live(
+    infra: &Infra,
+    name: &str,
+    debounce: Option<Duration>,
+    n: usize,
+) -> anyhow::Result<SilentAndLive> {
+    let (layout, mut cfg, mut etcd) = setup(infra, name).await?;
+    if let Some(d) = debounce {
+        cfg.debounce = d;
+    }
+    let coord = start_coordinator("coord", cfg)?;
+    let base = coord.url();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let host = silent.local_addr()?.to_string();
+    let s1 = register_at(&mut etcd, &layout, "s1", &host).await?;
+    let _s2 = register_at(&mut etcd, &layout, "s2", "s2.test").await?;
+    let a = wait_assignment(&base, Duration::from_secs(20), |a| {
+        a.servers.len() == 2 && a.owners.iter().all(Option::is_some)
+    })
+    .await?;
+    let on_s1: Vec<String> = (0..1000)
+        .map(|i| format!("u{i}"))
+        .filter(|u| {
+            let p = protocol::partition_for(u, a.partitions);
+            a.owner(p).is_some_and(|o| o.server_id.as_str() == "s1")
+        })
+        .take(n)
+        .collect();
+    anyhow::ensure!(!on_s1.is_empty(), "no user on s1");
+    Ok(SilentAndLive {
+        coord,
+        base,
+        silent,
+        s1,
+        _s2,
+        on_s1,
+    })
 }
