@@ -20,16 +20,10 @@ pub struct Settings {
 }
 
 /// How long an offer to a session that left is still given for its handled
-/// mark to arrive: the mark and the session's leaving travel on different
-/// topics, so a server may read the leaving first.
+/// mark to arrive (never past the offer's own time to answer): the mark and
+/// the session's leaving travel on different topics, so a server may read
+/// the leaving first.
 pub const LEAVE_GRACE: Duration = Duration::from_secs(1);
-
-impl Settings {
-    /// An offer whose session left waits this long (at most its own time).
-    fn leave_grace(&self) -> Duration {
-        LEAVE_GRACE.min(self.handle_timeout)
-    }
-}
 
 /// A publication for the server that holds `session` to deliver.
 #[derive(Debug, Clone)]
@@ -165,7 +159,6 @@ impl Table {
         self.given_up.expired += expired.len() as u64;
         let mut offers = Vec::new();
         let mut current: HashMap<ChannelName, Vec<Uuid>> = HashMap::new();
-        let grace = self.settings.leave_grace();
         for (msg_id, e) in self.entries.iter_mut() {
             let subs = current
                 .entry(e.channel.clone())
@@ -173,7 +166,7 @@ impl Table {
             if let (Some(t), Some(due)) = (e.target(), e.due) {
                 if !subs.contains(&t) {
                     // It may have handled it just before leaving.
-                    e.due = Some(due.min(now + grace));
+                    e.due = Some(due.min(now + LEAVE_GRACE));
                 }
             }
             if e.due.is_some_and(|due| due > now) {
