@@ -49,6 +49,10 @@ pub struct Config {
     /// PostgreSQL (conversations, history, resume).
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// PostgreSQL connections this server opens at most; resumes' replays
+    /// use half of them at a time and queue for the rest.
+    #[arg(long, env = "SWITCHBOARD_DB_CONNECTIONS", default_value_t = 16)]
+    pub db_connections: u32,
     /// How client tokens are verified: local keys and identity providers.
     #[command(flatten)]
     pub jwt: crate::auth::JwtArgs,
@@ -151,6 +155,7 @@ impl Check for Config {
         self.etcd.validate()?;
         self.kafka.validate()?;
         self.database.validate()?;
+        in_range("--db-connections", self.db_connections, 2, 1000)?;
         self.jwt.check()?;
         service::args::check_admin_key(self.admin_key.as_ref())?;
         if self.api_keys().any(|k| k.len() < 32) {

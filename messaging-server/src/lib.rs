@@ -88,7 +88,7 @@ pub async fn serve_with(
     for line in auth.summary() {
         info!(accepts = %line, "token verification");
     }
-    let store = store::Store::connect_lazy(&config.database.url, 16, DB_WAIT)
+    let store = store::Store::connect_lazy(&config.database.url, config.db_connections, DB_WAIT)
         .context("invalid database url")?;
     if !store.migrate(&shutdown).await {
         return Ok(());
@@ -332,6 +332,7 @@ fn build_state(
             max_wait: config.anycast_max_wait,
         })),
         persisted: persisted::PersistedOffsets::new(store.clone(), &config.kafka.topic),
+        replay_reads: tokio::sync::Semaphore::new(replay_reads(config.db_connections)),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),
         admin_keys: auth::ApiKeys::new(
@@ -360,6 +361,11 @@ fn build_state(
         freeze,
         stop,
     }))
+}
+
+/// Replay reads of PostgreSQL at once out of `connections` (`AppState::replay_reads`).
+fn replay_reads(connections: u32) -> usize {
+    usize::try_from(connections / 2).map_or(1, |n| n.max(1))
 }
 
 /// The configured connection limit, or fewer if the process may not open

@@ -42,6 +42,19 @@ pub enum ReadError {
     TooNew(#[from] crate::kafka::TooNew),
 }
 
+impl ReadError {
+    /// The broker sent nothing of the range for `READ_STALL`: busy or
+    /// unreachable, either way worth another try later.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::Kafka(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut
+            ))
+        )
+    }
+}
+
 /// A decoded record for a read: `Ok(None)` skips poison, `Err(version)`
 /// stops at a record too new to read past.
 fn readable<R>(decoded: Result<R, RecordError>) -> Result<Option<R>, u32> {
@@ -214,25 +227,57 @@ fn read_with<T>(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, to_kafka(partition), Offset::Offset(range.start))?;
     c.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let wanted = Wanted {
+        topic,
+        partition,
+        range,
+    };
+    read_polled(|t| c.poll(t), Instant::now, &wanted, pick)
+}
+
+/// Longest a range read waits for its next record. A slow broker that
+/// keeps answering (a reconnect storm's reads queue there) is waited for;
+/// one that has answered nothing for this long has failed the read.
+const READ_STALL: Duration = Duration::from_secs(15);
+
+/// What a range read keeps: records of this topic and partition in `range`.
+struct Wanted<'a> {
+    topic: &'a str,
+    partition: u32,
+    range: Range<i64>,
+}
+
+/// Polls until the end of the range, failing with `OperationTimedOut` when
+/// no record of it arrives for `READ_STALL` (time from `now`).
+fn read_polled<M: Message, T>(
+    mut poll: impl FnMut(Duration) -> Option<Result<M, KafkaError>>,
+    now: impl Fn() -> Instant,
+    w: &Wanted<'_>,
+    pick: impl Fn(&[u8]) -> Result<Option<T>, u32>,
+) -> Result<Vec<(i64, T)>, ReadError> {
+    let mut deadline = now() + READ_STALL;
     let mut out = Vec::new();
-    while Instant::now() < deadline {
-        let Some(m) = c.poll(Duration::from_millis(100)) else {
+    while now() < deadline {
+        let Some(m) = poll(Duration::from_millis(100)) else {
             continue;
         };
         let m = m?;
         // Never a record of an earlier read's assignment.
-        if m.topic() != topic || m.partition() != to_kafka(partition) || m.offset() < range.start {
+        if m.topic() != w.topic
+            || m.partition() != to_kafka(w.partition)
+            || m.offset() < w.range.start
+        {
             continue;
         }
-        if m.offset() >= range.end {
+        if m.offset() >= w.range.end {
             return Ok(out);
         }
+        deadline = now() + READ_STALL;
         match pick(m.payload().unwrap_or_default()) {
             Ok(Some(r)) => out.push((m.offset(), r)),
             Ok(None) => {}
             Err(version) => {
-                let offset = m.offset();
+                let (partition, offset) = (w.partition, m.offset());
                 return Err(crate::kafka::TooNew {
                     partition,
                     offset,
@@ -241,7 +286,7 @@ fn read_with<T>(
                 .into());
             }
         }
-        if m.offset() + 1 >= range.end {
+        if m.offset() + 1 >= w.range.end {
             return Ok(out);
         }
     }
@@ -271,6 +316,85 @@ mod tests {
 
     fn user(s: &str) -> UserId {
         UserId::new(s).expect("valid user id")
+    }
+
+    /// A broker that answers one poll a second (on a clock of the test's
+    /// own) with the next record of `partition`, or with nothing.
+    struct SlowBroker {
+        clock: std::cell::Cell<Instant>,
+        next: std::cell::Cell<i64>,
+        partition: i32,
+        answers: bool,
+    }
+
+    impl SlowBroker {
+        fn new(from: i64, partition: i32, answers: bool) -> Self {
+            Self {
+                clock: std::cell::Cell::new(Instant::now()),
+                next: std::cell::Cell::new(from),
+                partition,
+                answers,
+            }
+        }
+
+        fn poll(&self, _: Duration) -> Option<Result<rdkafka::message::OwnedMessage, KafkaError>> {
+            self.clock.set(self.clock.get() + Duration::from_secs(1));
+            if !self.answers {
+                return None;
+            }
+            let offset = self.next.get();
+            self.next.set(offset + 1);
+            let payload = offset.to_string().into_bytes();
+            let ts = rdkafka::Timestamp::NotAvailable;
+            let m = rdkafka::message::OwnedMessage::new(
+                Some(payload),
+                None,
+                "t".into(),
+                ts,
+                self.partition,
+                offset,
+                None,
+            );
+            Some(Ok(m))
+        }
+
+        fn read(&self, range: Range<i64>) -> Result<Vec<(i64, i64)>, ReadError> {
+            let w = Wanted {
+                topic: "t",
+                partition: 3,
+                range,
+            };
+            let pick = |b: &[u8]| Ok(std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()));
+            read_polled(|t| self.poll(t), || self.clock.get(), &w, pick)
+        }
+    }
+
+    #[test]
+    fn a_range_read_waits_for_a_slow_broker_while_records_keep_coming() {
+        let broker = SlowBroker::new(100, 3, true);
+        let started = broker.clock.get();
+        let got = broker
+            .read(100..140)
+            .expect("a slow read that progresses completes");
+        let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (100..140).collect::<Vec<_>>());
+        assert!(got.iter().all(|(o, v)| o == v), "each record's own payload");
+        // 40 s for the read: far past the stall limit, never past it between records.
+        assert!(broker.clock.get() - started > READ_STALL * 2);
+    }
+
+    #[test]
+    fn a_range_read_fails_busy_once_nothing_of_it_arrives_for_the_stall_limit() {
+        for broker in [SlowBroker::new(0, 3, false), SlowBroker::new(0, 4, true)] {
+            let started = broker.clock.get();
+            let e = broker.read(0..10).expect_err("nothing of the range came");
+            assert!(e.is_busy(), "{e}");
+            let took = broker.clock.get() - started;
+            assert!(
+                took >= READ_STALL && took <= READ_STALL + Duration::from_secs(1),
+                "{took:?}"
+            );
+        }
     }
 
     proptest! {

@@ -121,6 +121,7 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub replayed: Counter,
     pub resumes: Counter,
+    pub replay_retries: Counter,
     pub overflows: Counter,
     pub closes: Family<CloseLabel, Counter>,
     pub decode_failures: Counter,
@@ -177,6 +178,7 @@ impl Default for Metrics {
             deliveries: Counter::default(),
             replayed: Counter::default(),
             resumes: Counter::default(),
+            replay_retries: Counter::default(),
             overflows: Counter::default(),
             closes: Family::default(),
             decode_failures: Counter::default(),
@@ -334,6 +336,11 @@ impl Metrics {
             "resumes",
             "Sessions that resumed from a cursor",
             self.resumes.clone(),
+        );
+        r.register(
+            "replay_read_retries",
+            "Replay reads tried again because PostgreSQL's pool or the broker was busy",
+            self.replay_retries.clone(),
         );
         r.register(
             "queue_overflows",

@@ -29,6 +29,9 @@ pub struct AppState {
     pub persisted: crate::persisted::PersistedOffsets,
     /// Watermarks and ranges of the log, for resumes.
     pub log: crate::kafka::LogReader,
+    /// Replay reads of PostgreSQL at once: half the pool, so a reconnect
+    /// storm's replays leave sends and lookups their share.
+    pub replay_reads: tokio::sync::Semaphore,
     /// The Kafka producer, replaced by its supervisor after a fatal error.
     pub producer: Arc<Producers>,
     /// One permit per open WebSocket, `SWITCHBOARD_MAX_CONNECTIONS` in all.

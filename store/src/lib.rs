@@ -30,6 +30,14 @@ pub enum StoreError {
     Row(String),
 }
 
+impl StoreError {
+    /// No pooled connection came free in time: PostgreSQL answers, but
+    /// every connection is taken (a herd waiting its turn, not an outage).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Db(sqlx::Error::PoolTimedOut))
+    }
+}
+
 /// A pool of PostgreSQL connections and the statements run over it.
 #[derive(Clone)]
 pub struct Store {

@@ -96,6 +96,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         etcd_stall::etcd_stall_longer_than_the_lease_recovers_by_itself,
         etcd_stall::etcd_stall_shorter_than_the_lease_changes_nothing,
         resume::synced_follows_everything_acked_before_hello,
+        resume::a_resume_herd_waits_for_a_busy_postgres,
         supervision::a_dying_task_is_never_a_silent_zombie,
         versions::a_record_too_new_is_never_skipped,
         limits::limits_refuse_past_the_bound_and_keep_sessions,

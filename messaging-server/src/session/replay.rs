@@ -157,6 +157,50 @@ pub(crate) trait ReplaySource: Sync {
         partition: u32,
         range: Range<i64>,
     ) -> impl Future<Output = anyhow::Result<Vec<(i64, Record)>>> + Send;
+    /// How long a replay's read is tried again while it fails busy.
+    fn patience(&self) -> Duration {
+        REPLAY_PATIENCE
+    }
+    /// Told each time a read failed busy and is tried again.
+    fn waited(&self) {}
+}
+
+/// How long a welcomed device's replay keeps retrying a read that failed
+/// only because PostgreSQL's pool or the broker was busy. Such a failure
+/// in a reconnect storm is the herd waiting its turn; sent away with 4006
+/// the device would come back for the same read and join the queue again.
+const REPLAY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Pause before a busy read is tried again (its own wait was the backoff).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// `read` again while it fails busy (`busy`), for `source.patience()`.
+async fn patiently<T, Fut>(
+    source: &impl ReplaySource,
+    mut read: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let until = tokio::time::Instant::now() + source.patience();
+    loop {
+        match read().await {
+            Err(e) if busy(&e) && tokio::time::Instant::now() + RETRY_PAUSE < until => {
+                source.waited();
+                tracing::debug!(why = %e, "a replay read was busy; trying again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            out => return out,
+        }
+    }
+}
+
+/// A failure that says "wait your turn", not "it is broken".
+fn busy(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<store::StoreError>()
+        .is_some_and(store::StoreError::is_busy)
+        || e.downcast_ref::<crate::log_reader::ReadError>()
+            .is_some_and(crate::log_reader::ReadError::is_busy)
 }
 
 pub(crate) struct StateSource<'a>(pub(crate) &'a AppState);
@@ -176,6 +220,9 @@ impl ReplaySource for StateSource<'_> {
         partition: u32,
         range: Range<i64>,
     ) -> anyhow::Result<Vec<StoredMessage>> {
+        // Replays take at most their share of the pool; the rest queue here
+        // (kept alive), not in the pool, where sends wait only `DB_WAIT`.
+        let _turn = self.0.replay_reads.acquire().await?;
         let store = self.0.members.store();
         Ok(store.deliveries(user, partition, range).await?)
     }
@@ -187,6 +234,10 @@ impl ReplaySource for StateSource<'_> {
         range: Range<i64>,
     ) -> anyhow::Result<Vec<(i64, Record)>> {
         Ok(self.0.log.read_range(partition, range, user).await?)
+    }
+
+    fn waited(&self) {
+        self.0.metrics.replay_retries.inc();
     }
 }
 
@@ -234,13 +285,15 @@ pub(super) async fn missed(
         last: -1,
     };
     if let Some(range) = plan.from_store.clone() {
-        for row in source.stored(user, partition, range.clone()).await? {
+        let rows = patiently(source, || source.stored(user, partition, range.clone())).await?;
+        for row in rows {
             out.frames.push(stored_message(&row, log_epoch, true)?);
         }
         out.last = range.end - 1;
     }
     if let Some(range) = plan.from_log.clone() {
-        for (offset, r) in source.logged(user, partition, range.clone()).await? {
+        let records = patiently(source, || source.logged(user, partition, range.clone())).await?;
+        for (offset, r) in records {
             out.frames.push(message(&r, log_epoch, offset, true));
         }
         out.last = range.end - 1;

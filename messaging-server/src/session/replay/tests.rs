@@ -2,14 +2,28 @@ use super::*;
 use crate::hub::tests::record;
 use futures_util::{Sink, StreamExt};
 use protocol::Kind;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A log of chat records for `bob` at offsets `log_start..end`, of which
 /// the persister wrote those before `persisted`; `db_down` fails the store.
+/// The first `busy_stores` store reads and `busy_logs` log reads fail busy
+/// (no pooled connection / nothing from the broker in time); `waits`
+/// counts the retries the source was told of.
+#[derive(Default)]
 struct Fake {
     log_start: i64,
     end: i64,
     persisted: i64,
     db_down: bool,
+    busy_stores: AtomicUsize,
+    busy_logs: AtomicUsize,
+    waits: AtomicUsize,
+}
+
+/// True (and one fewer left) while `left` busy answers remain.
+fn still_busy(left: &AtomicUsize) -> bool {
+    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 fn bob() -> UserId {
@@ -39,6 +53,9 @@ impl ReplaySource for Fake {
         range: Range<i64>,
     ) -> anyhow::Result<Vec<StoredMessage>> {
         anyhow::ensure!(!self.db_down, "database down");
+        if still_busy(&self.busy_stores) {
+            return Err(store::StoreError::Db(sqlx::Error::PoolTimedOut).into());
+        }
         assert!(
             range.end <= self.persisted,
             "read past what the persister wrote"
@@ -66,7 +83,16 @@ impl ReplaySource for Fake {
         range: Range<i64>,
     ) -> anyhow::Result<Vec<(i64, Record)>> {
         assert!(range.start >= self.log_start, "read before the log start");
+        if still_busy(&self.busy_logs) {
+            let timed_out = rdkafka::types::RDKafkaErrorCode::OperationTimedOut;
+            let e = rdkafka::error::KafkaError::MessageConsumption(timed_out);
+            return Err(crate::log_reader::ReadError::from(e).into());
+        }
         Ok(range.map(|o| (o, at(o))).collect())
+    }
+
+    fn waited(&self) {
+        self.waits.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -110,6 +136,7 @@ async fn the_gap_comes_from_the_store_then_the_log_each_offset_once() {
         end: 100,
         persisted: 70,
         db_down: false,
+        ..Fake::default()
     };
     let (offsets, last) = replayed(&source, 9, source.end).await.unwrap();
     assert_eq!(offsets, (10..100).collect::<Vec<_>>());
@@ -123,6 +150,7 @@ async fn a_cursor_at_the_seam_replays_nothing() {
         end: 50,
         persisted: 50,
         db_down: false,
+        ..Fake::default()
     };
     let (offsets, last) = replayed(&source, 49, 50).await.unwrap();
     assert!(offsets.is_empty(), "{offsets:?}");
@@ -136,6 +164,7 @@ async fn without_postgresql_the_log_alone_serves_a_gap_it_holds_and_refuses_one_
         end: 60,
         persisted: 0,
         db_down: true,
+        ..Fake::default()
     };
     let (offsets, _) = replayed(&source, 29, 60).await.unwrap();
     assert_eq!(offsets, (30..60).collect::<Vec<_>>());
@@ -244,4 +273,55 @@ async fn a_client_gone_during_a_replay_read_ends_it() {
     let wait = keepalive((&mut sink, &mut closed), &mut early, every, never);
     let out = tokio::time::timeout(std::time::Duration::from_millis(10), wait).await;
     assert!(matches!(out, Ok(Err(_))), "the close ends it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_waits_its_turn_when_postgresql_and_the_broker_are_busy() {
+    let source = Fake {
+        log_start: 40,
+        end: 100,
+        persisted: 70,
+        busy_stores: AtomicUsize::new(5),
+        busy_logs: AtomicUsize::new(3),
+        ..Fake::default()
+    };
+    let (offsets, last) = replayed(&source, 9, source.end).await.unwrap();
+    assert_eq!(offsets, (10..100).collect::<Vec<_>>());
+    assert_eq!(last, 99);
+    assert_eq!(source.waits.load(Ordering::SeqCst), 8, "each retry told");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_gives_up_once_its_patience_is_spent() {
+    let source = Fake {
+        log_start: 0,
+        end: 100,
+        persisted: 70,
+        busy_stores: AtomicUsize::new(usize::MAX),
+        ..Fake::default()
+    };
+    let started = tokio::time::Instant::now();
+    let e = replayed(&source, 9, source.end).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(busy(&e), "{e:#}");
+    assert!(
+        waited <= REPLAY_PATIENCE && waited > REPLAY_PATIENCE - RETRY_PAUSE * 2,
+        "gave up after {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_does_not_retry_a_failure_that_is_not_busy() {
+    let source = Fake {
+        log_start: 0,
+        end: 100,
+        persisted: 70,
+        db_down: true,
+        ..Fake::default()
+    };
+    let s = start(source.end);
+    let p = crate::resume::plan(9, 70, 0, source.end);
+    let e = missed(&source, &bob(), &s, &p).await.unwrap_err();
+    assert!(e.to_string().contains("database down"), "{e:#}");
+    assert_eq!(source.waits.load(Ordering::SeqCst), 0);
 }
