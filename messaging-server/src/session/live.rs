@@ -29,6 +29,14 @@ fn ended(reason: &'static str) -> Close {
     Close::new(CloseCode::Draining, reason)
 }
 
+/// The close the hub asked for (moved, draining, too slow); a hub that
+/// dropped the request is stopping.
+pub(super) fn asked(
+    c: Result<crate::ending::Ending, tokio::sync::oneshot::error::RecvError>,
+) -> Close {
+    c.map_or_else(|_| ended("server stopping"), Close::from)
+}
+
 /// Refusals in a row, by kind; any accepted send resets both.
 #[derive(Default)]
 struct Strikes {
@@ -92,7 +100,7 @@ impl Session {
         }
         loop {
             tokio::select! {
-                c = &mut handle.close => return c.map_or_else(|_| ended("server stopping"), Close::from),
+                c = &mut handle.close => return asked(c),
                 f = handle.rx.recv() => match f {
                     Some(f) => if self.write_queued(f, &mut handle.rx).await.is_err() { return ended(super::GONE) },
                     None => return ended("server stopping"),

@@ -249,7 +249,7 @@ impl Session {
             partition,
             replay_from.is_some(),
         );
-        let (handle, live_from) = match registered {
+        let (mut handle, live_from) = match registered {
             Ok(r) => r,
             Err(Refused::NotServed(_)) => {
                 let close = Close::new(CloseCode::PartitionMoved, "partition moved");
@@ -282,7 +282,7 @@ impl Session {
             log_start,
             live_from,
         };
-        let close = match Box::pin(self.resume(&start, id)).await {
+        let close = match Box::pin(self.resume(&start, &mut handle)).await {
             Ok(()) => self.live(handle).await,
             Err(close) => close,
         };

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::time::Duration;
 use store::StoredMessage;
+use tokio::sync::oneshot;
 
 /// Where a registered device stands when its session starts.
 #[derive(Debug, Clone)]
@@ -41,7 +42,12 @@ impl Start {
 impl Session {
     /// Welcome, replay, synced. A failure to read what the client missed
     /// is never a gap: the client is told to come back with the same cursor.
-    pub(super) async fn resume(&mut self, start: &Start, id: u64) -> Result<(), Close> {
+    pub(super) async fn resume(
+        &mut self,
+        start: &Start,
+        handle: &mut crate::hub::DeviceHandle,
+    ) -> Result<(), Close> {
+        let id = handle.id;
         let plan = match start.replay_from {
             Some(after) => self
                 .plan(start, after)
@@ -69,9 +75,10 @@ impl Session {
         if start.replay_from.is_none() {
             return Ok(());
         }
-        let last = match self.replay(start, &plan).await {
+        let last = match self.replay(start, &plan, &mut handle.close).await {
             Ok(last) => last,
             Err(ReplayError::Gone) => return Err(gone(super::Gone)),
+            Err(ReplayError::Ended(close)) => return Err(close),
             Err(ReplayError::Read(e)) => {
                 return Err(self.retry_later(format!("resume failed: {e}")).await)
             }
@@ -119,16 +126,24 @@ impl Session {
         Ok(plan)
     }
 
-    /// Sends the replay; returns the last offset it covered.
-    async fn replay(&mut self, start: &Start, plan: &ResumePlan) -> Result<i64, ReplayError> {
+    /// Sends the replay; returns the last offset it covered. A close the
+    /// hub asks for meanwhile (moved, draining, its buffer overflowed) ends
+    /// the wait for the reads at once.
+    async fn replay(
+        &mut self,
+        start: &Start,
+        plan: &ResumePlan,
+        close: &mut oneshot::Receiver<crate::ending::Ending>,
+    ) -> Result<i64, ReplayError> {
         let state = self.state.clone();
         let source = StateSource(&state);
         let user = self.who.user.clone();
-        let read = missed(&source, &user, start, plan);
+        let read = or_closed(missed(&source, &user, start, plan), close);
         let missed = self
             .kept_alive(read)
             .await
             .map_err(|_| ReplayError::Gone)?
+            .map_err(ReplayError::Ended)?
             .map_err(ReplayError::Read)?;
         for f in &missed.frames {
             self.send_frame(f).await.map_err(|_| ReplayError::Gone)?;
@@ -365,9 +380,21 @@ impl Session {
     }
 }
 
+/// `work`, unless the hub asks for the session's close first.
+async fn or_closed<T>(
+    work: impl Future<Output = T>,
+    close: &mut oneshot::Receiver<crate::ending::Ending>,
+) -> Result<T, Close> {
+    tokio::select! {
+        out = work => Ok(out),
+        c = close => Err(super::live::asked(c)),
+    }
+}
+
 enum ReplayError {
     Gone,
     Read(anyhow::Error),
+    Ended(Close),
 }
 
 #[cfg(test)]

@@ -325,3 +325,33 @@ async fn a_replay_does_not_retry_a_failure_that_is_not_busy() {
     assert!(e.to_string().contains("database down"), "{e:#}");
     assert_eq!(source.waits.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_close_the_hub_asks_for_ends_a_replay_s_wait_at_once() {
+    let (tx, mut rx) = oneshot::channel();
+    let (read_tx, read_rx) = oneshot::channel::<()>();
+    let waiting = or_closed(read_rx, &mut rx);
+    tokio::pin!(waiting);
+    assert!(
+        futures_util::poll!(waiting.as_mut()).is_pending(),
+        "waits for the read"
+    );
+    tx.send(crate::ending::Ending::leaving("server draining"))
+        .expect("the session listens");
+    let close = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the wait ended with the close")
+        .expect_err("the close comes first");
+    assert_eq!(
+        (close.code, close.reason),
+        (protocol::CloseCode::Draining, "server draining")
+    );
+    drop(read_tx);
+}
+
+#[tokio::test]
+async fn a_replay_read_that_ends_first_is_kept() {
+    let (_tx, mut rx) = oneshot::channel::<crate::ending::Ending>();
+    let out = or_closed(async { 7 }, &mut rx).await;
+    assert!(matches!(out, Ok(7)));
+}
