@@ -76,6 +76,9 @@ enum Phase {
     ScaleUp,
 }
 
+/// How long the steady state's CPU is sampled before the first failure.
+const STEADY: Duration = Duration::from_secs(10);
+
 struct Holders(Vec<Child>);
 
 impl Holders {
@@ -283,6 +286,10 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
     for (i, h) in holders.0.iter().enumerate() {
         fixed.extend(h.pid().map(|p| (format!("holder{i}"), p)));
     }
+    // What all devices connected cost before any failure: pings (the
+    // interval's price) and the DMs.
+    let steady = probe::steady(Watch::of(&b, &fixed).pids, a.devices, STEADY).await;
+    println!("steady, cores: {}", serde_json::to_string(&steady.cores)?);
     let run = |p: Phase| a.phases.contains(&p);
     let (quick, silent) = (
         (quick, &fixed[..]),
@@ -324,6 +331,7 @@ pub async fn storm(infra: Arc<Env>, a: StormArgs) -> anyhow::Result<()> {
         dm_rate_per_s: a.rate,
         lease_ttl_secs: a.lease_ttl_secs,
         ping_secs: a.ping_secs,
+        steady,
         kill,
         freeze,
         rolling_restart,

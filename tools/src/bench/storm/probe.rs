@@ -63,6 +63,19 @@ impl Timeline {
     }
 }
 
+/// Cores each process used over `over`, nothing failing (`connected`
+/// devices, as the caller knows them).
+pub async fn steady(pids: Vec<(String, u32)>, connected: usize, over: Duration) -> Sample {
+    let mut t = Timeline::new(pids);
+    tokio::time::sleep(over).await;
+    t.tick(connected);
+    t.samples.pop().unwrap_or(Sample {
+        t_s: 0.0,
+        connected,
+        cores: BTreeMap::new(),
+    })
+}
+
 const STEPS: &str = "switchboard_server_session_start_seconds";
 
 /// Each server's metrics page (`None`: it did not answer).

@@ -53,6 +53,9 @@ pub struct StormReport {
     pub dm_rate_per_s: u64,
     pub lease_ttl_secs: u64,
     pub ping_secs: u64,
+    /// Cores by process over 10 s with every device connected and the DMs
+    /// flowing, before the first failure.
+    pub steady: super::probe::Sample,
     /// `kill -9` of a server process: its port refuses at once.
     pub kill: Option<OutageReport>,
     /// SIGSTOP of a server until its devices are elsewhere: no reset, no
