@@ -6,5 +6,6 @@ pub mod bench;
 pub mod conntrack;
 pub mod history;
 pub mod load;
+pub mod netstat;
 pub mod procstat;
 pub mod topic;

@@ -158,6 +158,7 @@ where
     let mut timeline = probe::Timeline::new(watch.pids.clone());
     let t = super::now_us();
     let drops_before = crate::conntrack::drops();
+    let listen_before = crate::netstat::listen_drops();
     act().await?;
     let noticed = Instant::now() + notice;
     while Instant::now() < noticed {
@@ -201,6 +202,9 @@ where
         server_closes,
         conntrack_drops: crate::conntrack::drops()
             .zip(drops_before)
+            .map(|(a, b)| a.saturating_sub(b)),
+        listen_drops: crate::netstat::listen_drops()
+            .zip(listen_before)
             .map(|(a, b)| a.saturating_sub(b)),
         route_requests,
         route_peak_per_s,

@@ -19,6 +19,9 @@ pub struct OutageReport {
     /// Packets the host dropped for want of a connection-tracking entry
     /// over the outage (`None`: the host tracks no connections).
     pub conntrack_drops: Option<u64>,
+    /// Connections the host's listeners dropped over the outage, their
+    /// accept queues full (`TcpExt: ListenDrops`; `crate::netstat`).
+    pub listen_drops: Option<u64>,
     /// From the failure to each device's first route answer: p50, p99 (ms).
     pub first_route_ms: [f64; 2],
     /// The attempt that got each device back, from its route answer to
