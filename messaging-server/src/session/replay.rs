@@ -172,10 +172,6 @@ pub(crate) trait ReplaySource: Sync {
         partition: u32,
         range: Range<i64>,
     ) -> impl Future<Output = anyhow::Result<Vec<(i64, Record)>>> + Send;
-    /// How long a replay's read is tried again while it fails busy.
-    fn patience(&self) -> Duration {
-        REPLAY_PATIENCE
-    }
     /// Told each time a read failed busy and is tried again.
     fn waited(&self) {}
 }
@@ -189,7 +185,7 @@ const REPLAY_PATIENCE: Duration = Duration::from_secs(60);
 /// Pause before a busy read is tried again (its own wait was the backoff).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// `read` again while it fails busy (`busy`), for `source.patience()`.
+/// `read` again while it fails busy (`busy`), for `REPLAY_PATIENCE`.
 async fn patiently<T, Fut>(
     source: &impl ReplaySource,
     mut read: impl FnMut() -> Fut,
@@ -197,7 +193,7 @@ async fn patiently<T, Fut>(
 where
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let until = tokio::time::Instant::now() + source.patience();
+    let until = tokio::time::Instant::now() + REPLAY_PATIENCE;
     loop {
         match read().await {
             Err(e) if busy(&e) && tokio::time::Instant::now() + RETRY_PAUSE < until => {
