@@ -88,6 +88,9 @@ pub struct Outage {
     /// Time from the failure to each device's next welcome, sorted (ms).
     pub back_ms: Vec<f64>,
     pub close_codes: BTreeMap<String, u64>,
+    /// From the failure to the device's noticing it (its disconnect, ms).
+    #[serde(default)]
+    pub noticed_ms: Vec<f64>,
     /// From the failure to the device's first route answer (ms).
     pub first_route_ms: Vec<f64>,
     /// The attempt that brought the device back, from its route answer
@@ -107,6 +110,7 @@ impl Outage {
         self.back += o.back;
         self.resumed += o.resumed;
         self.back_ms.extend(o.back_ms);
+        self.noticed_ms.extend(o.noticed_ms);
         self.first_route_ms.extend(o.first_route_ms);
         self.last_attempt_ms.extend(o.last_attempt_ms);
         for (k, v) in o.close_codes {
@@ -124,6 +128,7 @@ impl Outage {
     fn add(&mut self, h: &[(u64, i32)], t: u64) {
         self.affected += 1;
         *self.close_codes.entry(h[0].1.to_string()).or_default() += 1;
+        self.noticed_ms.push(ms(h[0].0, t));
         let back = h.iter().position(|(_, w)| is_back(*w));
         let tried = &h[1..back.unwrap_or(h.len())];
         let mut attempts = 0;
@@ -404,6 +409,7 @@ mod tests {
         let o = outage(&histories, t);
         assert_eq!((o.affected, o.back, o.resumed), (2, 1, 1));
         assert_eq!(o.back_ms, vec![23.0]);
+        assert_eq!(o.noticed_ms, vec![1.0, 0.5]);
         assert_eq!(o.first_route_ms, vec![5.0, 0.9]);
         assert_eq!(o.last_attempt_ms, vec![3.0]);
         assert_eq!(o.attempts, BTreeMap::from([(3, 1)]));

@@ -194,6 +194,7 @@ where
         back_p50_ms: q(&mut all.back_ms, 0.5),
         back_p99_ms: q(&mut all.back_ms, 0.99),
         back_max_ms: q(&mut all.back_ms, 1.0),
+        noticed_ms: p50_p99(&mut all.noticed_ms),
         first_route_ms: p50_p99(&mut all.first_route_ms),
         last_attempt_ms: p50_p99(&mut all.last_attempt_ms),
         attempts: all.attempts,

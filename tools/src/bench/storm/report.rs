@@ -22,6 +22,9 @@ pub struct OutageReport {
     /// Connections the host's listeners dropped over the outage, their
     /// accept queues full (`TcpExt: ListenDrops`; `crate::netstat`).
     pub listen_drops: Option<u64>,
+    /// From the failure to each device's noticing it (its disconnect):
+    /// p50, p99 (ms).
+    pub noticed_ms: [f64; 2],
     /// From the failure to each device's first route answer: p50, p99 (ms).
     pub first_route_ms: [f64; 2],
     /// The attempt that got each device back, from its route answer to
