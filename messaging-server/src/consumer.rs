@@ -119,6 +119,7 @@ impl<S: Sink> LogConsumer<S> {
             self.metrics.stage_histogram(Stage::Broker),
             self.metrics.stage_histogram(Stage::Queued),
         );
+        self.metrics.run_records.observe(run.len() as f64);
         for m in run {
             if let Some(produced) = m.timestamp().to_millis() {
                 broker.observe((now_ms - produced).max(0) as f64 / 1000.0);

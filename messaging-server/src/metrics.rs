@@ -145,6 +145,9 @@ pub struct Metrics {
     pub connection_events_lost: Counter,
     pub sessions_reaped: Counter,
     pub stages: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// Records the consumer handed over at once (a run): each is timed in
+    /// `queued` until the whole run's fan-out is done.
+    pub run_records: Histogram,
     pub session_start: Family<StepLabel, Histogram, fn() -> Histogram>,
     pub anycast_redelivered: Counter,
     pub anycast_handled: Counter,
@@ -202,6 +205,8 @@ impl Default for Metrics {
             connection_events_lost: Counter::default(),
             sessions_reaped: Counter::default(),
             stages: Family::new_with_constructor(stage_histogram),
+            // 1 to 512 (the consumer's largest run), doubling.
+            run_records: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             session_start: Family::new_with_constructor(start_histogram),
             anycast_redelivered: Counter::default(),
             anycast_handled: Counter::default(),
@@ -401,6 +406,11 @@ impl Metrics {
             "stage_seconds",
             "Time a chat message spends in each stage through this server: handed, acked, ack_written (send side), broker (produce to consume), queued (consume to every device's queue), written (a device's queue to its socket)",
             self.stages.clone(),
+        );
+        r.register(
+            "consumed_run_records",
+            "Chat records the consumer handed to delivery at once (a run, at most 512): each waits in the queued stage for the whole run's fan-out, so a broker that delivers in bursts makes runs large",
+            self.run_records.clone(),
         );
         r.register(
             "session_start_seconds",

@@ -2,7 +2,8 @@
 //! docs/operations.md "Metrics to alert on"): one chat message sent over
 //! WebSocket and delivered moves the count of every stage; the device
 //! resuming after it moves every session start step
-//! (`switchboard_server_session_start_seconds`).
+//! (`switchboard_server_session_start_seconds`); its consumed run is
+//! counted (`switchboard_server_consumed_run_records`).
 
 use harness::{Event, Infra, Stack, WsClient};
 use messaging_server::{Stage, StartStep};
@@ -33,6 +34,12 @@ async fn counts(base: &str, (name, label, values): &Family) -> Vec<f64> {
             harness::metric_value(&page, &series).unwrap_or(0.0)
         })
         .collect()
+}
+
+/// Runs the consumer handed to delivery (`switchboard_server_consumed_run_records`).
+async fn run_count(base: &str) -> f64 {
+    let page = harness::scrape(base).await.unwrap_or_default();
+    harness::metric_value(&page, "switchboard_server_consumed_run_records_count").unwrap_or(0.0)
 }
 
 /// Waits (the server observes just after writing) until every histogram of
@@ -76,6 +83,7 @@ pub async fn a_delivered_message_moves_every_stage(infra: Arc<Infra>) -> anyhow:
         connect(&stack, "bob").await?,
     );
     let before = counts(&base, &stages()).await;
+    let runs_before = run_count(&base).await;
     let send = serde_json::json!({"type": "send", "id": 1, "client_msg_id": "stage-1",
         "to": {"user": "bob"}, "body": {"text": "timed"}});
     alice.send_text(send.to_string()).await?;
@@ -94,6 +102,12 @@ pub async fn a_delivered_message_moves_every_stage(infra: Arc<Infra>) -> anyhow:
         other => anyhow::bail!("bob got {other:?}"),
     };
     wait_all_moved(&base, &stages(), &before).await?;
+    // Observed just before `queued`, which has moved.
+    let runs = run_count(&base).await;
+    anyhow::ensure!(
+        runs > runs_before,
+        "consumed runs counted {runs_before} before the message and {runs} after"
+    );
     resume_moves_every_start_step(&stack, bob, cursor).await?;
     stack.stop().await;
     Ok(())

@@ -318,8 +318,8 @@ pub async fn latency(
     );
     println!("CPU s over {window:.1} s: sending server {s0:.2}, receiving server {s1:.2}, broker {bk:.2}, load generator {generator:.2}");
     println!(
-        "own share ms (handed + ack_written + queued): p50 {:.2}  p99 {:.2}; broker (produce stamp → consumed, linger included): p50 {:.2}  p99 {:.2}; stages {:?}",
-        shares.own_p50_ms, shares.own_p99_ms, shares.broker_p50_ms, shares.broker_p99_ms, shares.stages_ms
+        "own share ms (handed + ack_written + queued + written): p50 {:.2}  p99 {:.2}; broker (produce stamp → consumed, linger included): p50 {:.2}  p99 {:.2}; stages {:?}; records per consumed run p50 {} p99 {}",
+        shares.own_p50_ms, shares.own_p99_ms, shares.broker_p50_ms, shares.broker_p99_ms, shares.stages_ms, shares.run_records[0], shares.run_records[1]
     );
     if let Some(path) = json {
         let cpu_s: std::collections::BTreeMap<&'static str, f64> = [

@@ -20,12 +20,19 @@ fn nanos(le: &str) -> u64 {
 }
 
 impl Snapshot {
-    /// The stage buckets of one or more Prometheus text pages, summed.
-    pub fn parse<'a>(pages: impl IntoIterator<Item = &'a str>) -> Self {
-        Self::parse_family(pages, "switchboard_server_stage_seconds", "stage")
+    /// The stage buckets of one or more Prometheus text pages, summed, and
+    /// the consumed runs' sizes as the series [`RUNS`].
+    pub fn parse<'a>(pages: impl IntoIterator<Item = &'a str> + Clone) -> Self {
+        let mut s = Self::parse_family(pages.clone(), "switchboard_server_stage_seconds", "stage");
+        let runs = Self::parse_family(pages, "switchboard_server_consumed_run_records", "");
+        for ((_, le), n) in runs.0 {
+            s.0.insert((RUNS.to_owned(), le), n);
+        }
+        s
     }
 
-    /// The buckets of histogram family `name`, keyed by its `label`.
+    /// The buckets of histogram family `name`, keyed by its `label` (`""`:
+    /// a histogram without labels, keyed by `""`).
     pub fn parse_family<'a>(
         pages: impl IntoIterator<Item = &'a str>,
         name: &str,
@@ -46,8 +53,13 @@ impl Snapshot {
                     .find_map(|kv| kv.strip_prefix(name))
                     .map(|v| v.trim_matches('"').to_owned())
             };
+            let series = if key == "=" {
+                Some(String::new())
+            } else {
+                label(&key)
+            };
             if let (Some(stage), Some(le), Ok(n)) =
-                (label(&key), label("le="), value.trim().parse::<f64>())
+                (series, label("le="), value.trim().parse::<f64>())
             {
                 *buckets.entry((stage, nanos(&le))).or_insert(0.0) += n;
             }
@@ -58,6 +70,11 @@ impl Snapshot {
     /// The `q` quantile of `stage` over what happened between `earlier` and
     /// `self`, in ms (the upper bound of the bucket it falls in), if any.
     pub fn quantile_ms(&self, earlier: &Snapshot, stage: &str, q: f64) -> Option<f64> {
+        self.quantile(earlier, stage, q).map(|v| v * 1e3)
+    }
+
+    /// The same in the histogram's own unit (records, seconds).
+    pub fn quantile(&self, earlier: &Snapshot, stage: &str, q: f64) -> Option<f64> {
         let counts: Vec<(u64, f64)> = self
             .0
             .range((stage.to_owned(), 0)..=(stage.to_owned(), u64::MAX))
@@ -76,10 +93,13 @@ impl Snapshot {
         Some(if *le == u64::MAX {
             f64::INFINITY
         } else {
-            *le as f64 / 1e6
+            *le as f64 / 1e9
         })
     }
 }
+
+/// The series of [`Snapshot::parse`] holding the records per consumed run.
+const RUNS: &str = "consumed_run_records";
 
 /// Stages that are Switchboard's own work, and the broker's share.
 const OWN: [&str; 4] = ["handed", "ack_written", "queued", "written"];
@@ -94,6 +114,9 @@ pub struct Shares {
     pub broker_p99_ms: f64,
     /// Every stage's p50 and p99, ms (`acked`: handed → the broker's ack).
     pub stages_ms: BTreeMap<String, [f64; 2]>,
+    /// Records per consumed run, p50 and p99 (bucket bounds: powers of
+    /// two): each record of a run is in `queued` until the run is out.
+    pub run_records: [f64; 2],
 }
 
 pub fn shares(before: &Snapshot, after: &Snapshot) -> Shares {
@@ -107,6 +130,8 @@ pub fn shares(before: &Snapshot, after: &Snapshot) -> Shares {
     s.own_p99_ms = OWN.iter().map(|st| get(st, 1)).sum();
     s.broker_p50_ms = get("broker", 0);
     s.broker_p99_ms = get("broker", 1);
+    let runs = |q| after.quantile(before, RUNS, q).unwrap_or(f64::NAN);
+    s.run_records = [runs(0.5), runs(0.99)];
     s
 }
 
@@ -157,5 +182,29 @@ mod tests {
             (s.own_p50_ms.is_nan(), s.stages_ms["queued"]),
             (true, [1.0, 2.0])
         );
+    }
+
+    fn runs(counts: &[(&str, u64)]) -> String {
+        counts
+            .iter()
+            .map(|(le, n)| {
+                format!("switchboard_server_consumed_run_records_bucket{{le=\"{le}\"}} {n}\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn run_sizes_are_read_beside_the_stages() {
+        let before = Snapshot::parse([runs(&[("1.0", 5), ("512.0", 5), ("+Inf", 5)]).as_str()]);
+        // In the window, over two servers: 60 single records, 40 runs of
+        // 257–512 records (the consumer's largest).
+        let after = Snapshot::parse([
+            runs(&[("1.0", 35), ("512.0", 45), ("+Inf", 45)]).as_str(),
+            runs(&[("1.0", 30), ("512.0", 60), ("+Inf", 60)]).as_str(),
+            page(&[("queued", "0.001", 1)]).as_str(),
+        ]);
+        let s = shares(&before, &after);
+        assert_eq!(s.run_records, [1.0, 512.0]);
+        assert_eq!(s.stages_ms["queued"], [1.0, 1.0], "the stages still parse");
     }
 }

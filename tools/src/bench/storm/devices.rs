@@ -66,6 +66,11 @@ pub struct DeviceEnd {
     pub connected: bool,
     pub synced: bool,
     pub cursor: Option<String>,
+    /// Its last few events (unix µs, what: a close code, or -1 resumed,
+    /// -2 fresh, -3 connecting, -4/-5/-6 a failed lookup/connect/welcome),
+    /// to tell when a device lost with a message stopped.
+    #[serde(default)]
+    pub last: Vec<(u64, i32)>,
 }
 
 #[derive(Default)]
@@ -268,6 +273,9 @@ fn connected(histories: &[History]) -> usize {
     histories.iter().filter(|h| is_up(h)).count()
 }
 
+/// Events of a device kept in [`DeviceEnd::last`].
+const LAST_EVENTS: usize = 6;
+
 /// Where the asked users' devices held here stand (`s<n>`, from device
 /// `first` on); users held elsewhere are left out.
 fn ends<'a>(
@@ -288,10 +296,15 @@ fn ends<'a>(
             continue;
         };
         let connected = is_up(h);
+        let last = h
+            .lock()
+            .map(|h| h[h.len().saturating_sub(LAST_EVENTS)..].to_vec())
+            .unwrap_or_default();
         let end = DeviceEnd {
             connected,
             synced: connected && synced,
             cursor,
+            last,
         };
         out.insert(user.to_owned(), end);
     }
@@ -427,6 +440,23 @@ mod tests {
             2,
             "the first two are up, the third not"
         );
+    }
+
+    #[test]
+    fn a_device_end_keeps_its_last_events() {
+        let shared = Shared {
+            histories: vec![Mutex::new((0..10).map(|i| (i, CONNECTING)).collect())],
+            positions: vec![Mutex::new((false, Some("e:7".into())))],
+            ..Shared::default()
+        };
+        let ends = ends(&shared, 5, ["s5", "s6"].into_iter());
+        let end = &ends["s5"];
+        assert_eq!(
+            end.last,
+            (4..10).map(|i| (i, CONNECTING)).collect::<Vec<_>>()
+        );
+        assert_eq!((end.connected, end.cursor.as_deref()), (false, Some("e:7")));
+        assert_eq!(ends.len(), 1, "s6 is held elsewhere");
     }
 
     #[test]

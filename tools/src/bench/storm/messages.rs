@@ -244,6 +244,7 @@ mod tests {
             connected,
             synced,
             cursor: cursor.map(str::to_owned),
+            last: Vec::new(),
         };
         let at = Some((3, 100));
         let cases = [
@@ -311,6 +312,7 @@ mod tests {
             connected: true,
             synced: true,
             cursor: Some("e1:50".into()),
+            last: vec![(1, -2)],
         };
         let ends = BTreeMap::from([(to.clone(), end.clone())]);
         let lost = lost_with_places(vec!["7-3".into(), "8-0".into()], &stored, &ends, total);
