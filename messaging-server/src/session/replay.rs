@@ -283,8 +283,31 @@ pub(super) struct Missed {
     pub last: i64,
 }
 
-/// Reads what `plan` says `user` missed.
+/// Longest a welcomed device waits for all of its replay's reads: each
+/// may wait `REPLAY_PATIENCE`, plus room for the reads themselves. Past it
+/// the device is sent away (4006) to resume afresh — a replay stalled on
+/// anything must not leave a connected device that never gets `synced`
+/// (docs/benchmarks.md, "a resume that stalls after its welcome").
+const REPLAY_DEADLINE: Duration = Duration::from_secs(150);
+
+/// Reads what `plan` says `user` missed, within `REPLAY_DEADLINE`.
 pub(super) async fn missed(
+    source: &impl ReplaySource,
+    user: &UserId,
+    start: &Start,
+    plan: &ResumePlan,
+) -> anyhow::Result<Missed> {
+    let read = read_missed(source, user, start, plan);
+    match tokio::time::timeout(REPLAY_DEADLINE, read).await {
+        Ok(missed) => missed,
+        Err(_) => Err(anyhow::anyhow!(
+            "the replay's reads took more than {} s",
+            REPLAY_DEADLINE.as_secs()
+        )),
+    }
+}
+
+async fn read_missed(
     source: &impl ReplaySource,
     user: &UserId,
     start: &Start,

@@ -18,6 +18,8 @@ struct Fake {
     busy_stores: AtomicUsize,
     busy_logs: AtomicUsize,
     waits: AtomicUsize,
+    /// The store read never answers (nor fails).
+    stalls: bool,
 }
 
 /// True (and one fewer left) while `left` busy answers remain.
@@ -53,6 +55,9 @@ impl ReplaySource for Fake {
         range: Range<i64>,
     ) -> anyhow::Result<Vec<StoredMessage>> {
         anyhow::ensure!(!self.db_down, "database down");
+        if self.stalls {
+            std::future::pending::<()>().await;
+        }
         if still_busy(&self.busy_stores) {
             return Err(store::StoreError::Db(sqlx::Error::PoolTimedOut).into());
         }
@@ -308,6 +313,22 @@ async fn a_replay_gives_up_once_its_patience_is_spent() {
         waited <= REPLAY_PATIENCE && waited > REPLAY_PATIENCE - RETRY_PAUSE * 2,
         "gave up after {waited:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_stalled_on_anything_ends_at_its_deadline() {
+    let source = Fake {
+        log_start: 0,
+        end: 100,
+        persisted: 70,
+        stalls: true,
+        ..Fake::default()
+    };
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(REPLAY_DEADLINE * 2, replayed(&source, 9, source.end)).await;
+    let e = ended.expect("the replay ended by itself").unwrap_err();
+    assert!(!busy(&e), "a stall is not retried: {e:#}");
+    assert_eq!(started.elapsed(), REPLAY_DEADLINE, "{e:#}");
 }
 
 #[tokio::test(start_paused = true)]
