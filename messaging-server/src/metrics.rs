@@ -92,6 +92,23 @@ impl StartStep {
     }
 }
 
+/// Where a resume's replay read is: waiting for a store permit
+/// (`store_wait`), reading PostgreSQL (`store_read`), or reading the log
+/// (`log_read`, a shared range read included).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabel {
+    pub read: &'static str,
+}
+
+/// One replay read in progress, counted until dropped.
+pub struct InProgress(Gauge);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabel {
     pub step: &'static str,
@@ -122,6 +139,7 @@ pub struct Metrics {
     pub replayed: Counter,
     pub resumes: Counter,
     pub replay_retries: Counter,
+    pub replay_reads: Family<ReadLabel, Gauge>,
     pub overflows: Counter,
     pub closes: Family<CloseLabel, Counter>,
     pub decode_failures: Counter,
@@ -182,6 +200,7 @@ impl Default for Metrics {
             replayed: Counter::default(),
             resumes: Counter::default(),
             replay_retries: Counter::default(),
+            replay_reads: Family::default(),
             overflows: Counter::default(),
             closes: Family::default(),
             decode_failures: Counter::default(),
@@ -228,6 +247,13 @@ impl Metrics {
             stage: stage.as_str(),
         };
         self.stages.get_or_create(&label).clone()
+    }
+
+    /// A replay read now at `read`, counted until the guard is dropped.
+    pub fn replay_read(&self, read: &'static str) -> InProgress {
+        let gauge = self.replay_reads.get_or_create(&ReadLabel { read }).clone();
+        gauge.inc();
+        InProgress(gauge)
     }
 
     /// A session reached `step`, `since` its hello.
@@ -408,6 +434,11 @@ impl Metrics {
             self.stages.clone(),
         );
         r.register(
+            "replay_reads_in_progress",
+            "Resume replay reads now waiting for a store permit (store_wait), reading PostgreSQL (store_read) or reading the log (log_read): a count that stays up while PostgreSQL and the broker are idle is a stalled replay",
+            self.replay_reads.clone(),
+        );
+        r.register(
             "consumed_run_records",
             "Chat records the consumer handed to delivery at once (a run, at most 512): each waits in the queued stage for the whole run's fan-out, so a broker that delivers in bursts makes runs large",
             self.run_records.clone(),
@@ -460,5 +491,22 @@ impl Metrics {
                 code: code.to_owned(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_read_is_counted_until_its_guard_drops() {
+        let m = Metrics::default();
+        let now = |read| m.replay_reads.get_or_create(&ReadLabel { read }).get();
+        let (a, b) = (m.replay_read("store_wait"), m.replay_read("store_wait"));
+        assert_eq!((now("store_wait"), now("log_read")), (2, 0));
+        drop(a);
+        assert_eq!(now("store_wait"), 1);
+        drop(b);
+        assert_eq!(now("store_wait"), 0);
     }
 }

@@ -233,7 +233,10 @@ impl ReplaySource for StateSource<'_> {
     ) -> anyhow::Result<Vec<StoredMessage>> {
         // Replays take at most their share of the pool; the rest queue here
         // (kept alive), not in the pool, where sends wait only `DB_WAIT`.
+        let waiting = self.0.metrics.replay_read("store_wait");
         let _turn = self.0.replay_reads.acquire().await?;
+        drop(waiting);
+        let _reading = self.0.metrics.replay_read("store_read");
         let store = self.0.members.store();
         Ok(store.deliveries(user, partition, range).await?)
     }
@@ -244,6 +247,7 @@ impl ReplaySource for StateSource<'_> {
         partition: u32,
         range: Range<i64>,
     ) -> anyhow::Result<Vec<(i64, Record)>> {
+        let _reading = self.0.metrics.replay_read("log_read");
         Ok(self.0.log.read_range(partition, range, user).await?)
     }
 
