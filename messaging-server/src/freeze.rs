@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -23,6 +24,8 @@ pub struct FreezeWatch {
     /// Milliseconds after `started` of the last tick.
     last_tick: AtomicU64,
     limit: Duration,
+    /// Freezes woken from so far, for whoever must start over after one.
+    woken: watch::Sender<u64>,
 }
 
 impl FreezeWatch {
@@ -32,6 +35,7 @@ impl FreezeWatch {
             started: Instant::now(),
             last_tick: AtomicU64::new(0),
             limit,
+            woken: watch::Sender::new(0),
         }
     }
 
@@ -40,6 +44,11 @@ impl FreezeWatch {
     /// so a busy scheduler is not taken for a freeze.
     pub fn limit_for(ttl: Duration) -> Duration {
         (ttl / 2).max(Duration::from_millis(1500))
+    }
+
+    /// Changes after each freeze, once `run`'s `woke` has been called.
+    pub fn woken(&self) -> watch::Receiver<u64> {
+        self.woken.subscribe()
     }
 
     fn now_ms(&self) -> u64 {
@@ -75,6 +84,7 @@ impl FreezeWatch {
                 Some(freeze) = freezes.recv() => {
                     warn!(?freeze, "woke from a freeze; closing every session so devices resume on the current owners");
                     woke(freeze);
+                    self.woken.send_modify(|n| *n += 1);
                 }
                 _ = stop.cancelled() => return,
             }

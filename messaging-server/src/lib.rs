@@ -304,8 +304,12 @@ fn build_state(
     };
     let producer = producer::Producers::new(settings, metrics.clone())
         .context("failed to create the Kafka producer")?;
-    let log = kafka::LogReader::new(&config.kafka.brokers, &config.kafka.topic)
-        .context("failed to create the Kafka log reader")?;
+    let log = kafka::LogReader::new(
+        &config.kafka.brokers,
+        &config.kafka.topic,
+        metrics.range_reads.clone(),
+    )
+    .context("failed to create the Kafka log reader")?;
     let producer = Arc::new(producer);
     let incarnation = tokio::sync::watch::channel(None).0;
     let events = events::EventLog {

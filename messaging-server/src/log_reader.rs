@@ -1,6 +1,8 @@
 //! Bounded log reads for resumes and channel recoveries.
 
 use crate::coalesce::Coalescer;
+use crate::metrics::{InProgress, ReadLabel};
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
 use protocol::record::RecordError;
 use protocol::{ChannelName, ChannelRecord, Record, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -68,7 +70,12 @@ fn readable<R>(decoded: Result<R, RecordError>) -> Result<Option<R>, u32> {
 const READERS: usize = 4;
 
 impl LogReader {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
+    /// `steps` counts range reads waiting for a slot and reading.
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        steps: Family<ReadLabel, Gauge>,
+    ) -> Result<Self, KafkaError> {
         Ok(Self {
             topic: topic.to_owned(),
             channel_topic: protocol::channel_topic(topic),
@@ -76,7 +83,7 @@ impl LogReader {
             client: Arc::new(consumer_config(brokers, "switchboard-resume").create()?),
             marks: Arc::default(),
             reads: Arc::default(),
-            readers: Arc::new(Readers::new(brokers)),
+            readers: Arc::new(Readers::new(brokers, steps)),
         })
     }
 
@@ -165,15 +172,17 @@ impl LogReader {
 pub(crate) struct Readers {
     brokers: String,
     idle: std::sync::Mutex<Vec<BaseConsumer>>,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+    steps: Family<ReadLabel, Gauge>,
 }
 
 impl Readers {
-    pub(crate) fn new(brokers: &str) -> Self {
+    pub(crate) fn new(brokers: &str, steps: Family<ReadLabel, Gauge>) -> Self {
         Self {
             brokers: brokers.to_owned(),
             idle: std::sync::Mutex::new(Vec::new()),
-            slots: Semaphore::new(READERS),
+            slots: Arc::new(Semaphore::new(READERS)),
+            steps,
         }
     }
 
@@ -200,11 +209,17 @@ async fn read_where<T: Send + 'static>(
     range: Range<i64>,
     pick: impl Fn(&[u8]) -> Result<Option<T>, u32> + Send + 'static,
 ) -> Result<Vec<(i64, T)>, ReadError> {
-    let Ok(_slot) = readers.slots.acquire().await else {
+    let waiting = InProgress::of(&readers.steps, "slot_wait");
+    let Ok(slot) = readers.slots.clone().acquire_owned().await else {
         return Err(KafkaError::Canceled.into());
     };
+    drop(waiting);
     let (readers, topic) = (readers.clone(), topic.to_owned());
+    // The slot and the count go with the read itself: a caller that stops
+    // waiting does not end a blocking read, so it must not free its slot.
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let _reading = InProgress::of(&readers.steps, "reading");
         let c = readers.take()?;
         let out = read_with(&c, &topic, partition, range, pick);
         // A consumer that failed is dropped, not reused.
@@ -395,6 +410,53 @@ mod tests {
                 "{took:?}"
             );
         }
+    }
+
+    fn count(steps: &Family<ReadLabel, Gauge>, read: &'static str) -> i64 {
+        steps.get_or_create(&ReadLabel { read }).get()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_read_keeps_its_slot_until_the_read_itself_ends() {
+        // A "broker" that accepts and never answers: every read polls
+        // until `READ_STALL`.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let broker = silent.local_addr().expect("addr").to_string();
+        let steps = Family::<ReadLabel, Gauge>::default();
+        let readers = Arc::new(Readers::new(&broker, steps.clone()));
+        let pick = |_: &[u8]| Ok(Some(()));
+        let callers: Vec<_> = (0..READERS + 1)
+            .map(|p| {
+                let readers = readers.clone();
+                tokio::spawn(async move { read_where(&readers, "t", p as u32, 0..1, pick).await })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count(&steps, "reading") < READERS as i64 || count(&steps, "slot_wait") < 1 {
+            assert!(Instant::now() < deadline, "reads never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            count(&steps, "reading"),
+            READERS as i64,
+            "never above the slots"
+        );
+        for caller in &callers {
+            caller.abort();
+        }
+        for caller in callers {
+            let _ = caller.await;
+        }
+        assert_eq!(
+            count(&steps, "slot_wait"),
+            0,
+            "a caller gone no longer waits"
+        );
+        assert_eq!(
+            (count(&steps, "reading"), readers.slots.available_permits()),
+            (READERS as i64, 0),
+            "the blocking reads go on without their callers, holding their slots"
+        );
     }
 
     proptest! {

@@ -215,6 +215,10 @@ pub fn close_for(state: &AppState, a: Option<&Assignment>, partition: u32) -> En
 }
 
 /// Turns each new epoch (and registration changes) into gains and losses.
+/// After a freeze every partition is lost and gained again: the watch's
+/// `close_all` stopped serving them all, and a partition this server owned
+/// before and after the freeze would otherwise never be opened again — its
+/// devices sent away as "moved" to this very server, forever.
 pub async fn run_ownership(
     state: Arc<AppState>,
     tx: mpsc::Sender<Ownership>,
@@ -222,20 +226,25 @@ pub async fn run_ownership(
 ) {
     let mut rx = state.assignment_rx.clone();
     let mut registered = state.registered.subscribe();
+    let mut woken = state.freeze.woken();
     let mut owned: BTreeSet<u32> = BTreeSet::new();
+    let mut woke = false;
     loop {
         let a = rx.borrow_and_update().clone();
         let mine: BTreeSet<u32> = match (&a, *registered.borrow_and_update()) {
             (Some(a), true) => a.partitions_of(&state.info.server_id).into_iter().collect(),
             _ => BTreeSet::new(),
         };
-        for p in owned.difference(&mine) {
-            let _ = tx
-                .send(Ownership::Lose(*p, close_for(&state, a.as_deref(), *p)))
-                .await;
+        let (lose, gain) = moves(&owned, &mine, std::mem::take(&mut woke));
+        for p in lose {
+            let close = match mine.contains(&p) {
+                true => Ending::leaving(crate::session::WOKE),
+                false => close_for(&state, a.as_deref(), p),
+            };
+            let _ = tx.send(Ownership::Lose(p, close)).await;
         }
-        for p in mine.difference(&owned) {
-            let _ = tx.send(Ownership::Gain(*p)).await;
+        for p in gain {
+            let _ = tx.send(Ownership::Gain(p)).await;
         }
         if owned != mine {
             info!(epoch = a.as_ref().map(|a| a.epoch), partitions = ?mine, "ownership changed");
@@ -245,9 +254,28 @@ pub async fn run_ownership(
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             r = registered.changed() => if r.is_err() { return },
+            r = woken.changed() => match r {
+                Ok(()) => woke = true,
+                Err(_) => return,
+            },
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Partitions to lose, then to gain, going from `owned` to `mine`; after a
+/// freeze (`woke`) all of `owned` is lost and all of `mine` gained anew.
+fn moves(owned: &BTreeSet<u32>, mine: &BTreeSet<u32>, woke: bool) -> (Vec<u32>, Vec<u32>) {
+    if woke {
+        return (
+            owned.iter().copied().collect(),
+            mine.iter().copied().collect(),
+        );
+    }
+    (
+        owned.difference(mine).copied().collect(),
+        mine.difference(owned).copied().collect(),
+    )
 }
 
 /// Closes every session with 4006 and a redirect to its partition's new owner.
@@ -256,4 +284,44 @@ pub fn close_all_for_drain(state: &AppState) {
     state
         .hub
         .close_all(|_, p| close_for(state, a.as_deref(), p));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn set(v: &[u32]) -> BTreeSet<u32> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_partition_kept_across_a_freeze_is_lost_and_gained_again() {
+        let (owned, mine) = (set(&[1, 4, 6]), set(&[4, 7]));
+        assert_eq!(moves(&owned, &mine, false), (vec![1, 6], vec![7]));
+        assert_eq!(moves(&owned, &mine, true), (vec![1, 4, 6], vec![4, 7]));
+    }
+
+    proptest! {
+        /// What the hub serves after the moves is exactly `mine`; after a
+        /// freeze it served nothing (the watch's `close_all`). A loss is
+        /// always of an owned partition, a gain never of a served one.
+        #[test]
+        fn the_moves_leave_exactly_mine_served(
+            owned in proptest::collection::btree_set(0u32..16, 0..16),
+            mine in proptest::collection::btree_set(0u32..16, 0..16),
+            woke in any::<bool>(),
+        ) {
+            let mut served = if woke { BTreeSet::new() } else { owned.clone() };
+            let (lose, gain) = moves(&owned, &mine, woke);
+            for p in lose {
+                prop_assert!(owned.contains(&p), "lost {p}, never owned");
+                served.remove(&p);
+            }
+            for p in gain {
+                prop_assert!(served.insert(p), "gained {p}, already served");
+            }
+            prop_assert_eq!(served, mine);
+        }
+    }
 }

@@ -100,8 +100,17 @@ pub struct ReadLabel {
     pub read: &'static str,
 }
 
-/// One replay read in progress, counted until dropped.
+/// One read in progress, counted until dropped.
 pub struct InProgress(Gauge);
+
+impl InProgress {
+    /// Counts one more of `family` at `read` until the guard is dropped.
+    pub fn of(family: &Family<ReadLabel, Gauge>, read: &'static str) -> Self {
+        let gauge = family.get_or_create(&ReadLabel { read }).clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
 
 impl Drop for InProgress {
     fn drop(&mut self) {
@@ -140,6 +149,8 @@ pub struct Metrics {
     pub resumes: Counter,
     pub replay_retries: Counter,
     pub replay_reads: Family<ReadLabel, Gauge>,
+    /// Log range reads by step: `slot_wait`, `reading` (`log_reader`).
+    pub range_reads: Family<ReadLabel, Gauge>,
     pub overflows: Counter,
     pub closes: Family<CloseLabel, Counter>,
     pub decode_failures: Counter,
@@ -201,6 +212,7 @@ impl Default for Metrics {
             resumes: Counter::default(),
             replay_retries: Counter::default(),
             replay_reads: Family::default(),
+            range_reads: Family::default(),
             overflows: Counter::default(),
             closes: Family::default(),
             decode_failures: Counter::default(),
@@ -251,9 +263,7 @@ impl Metrics {
 
     /// A replay read now at `read`, counted until the guard is dropped.
     pub fn replay_read(&self, read: &'static str) -> InProgress {
-        let gauge = self.replay_reads.get_or_create(&ReadLabel { read }).clone();
-        gauge.inc();
-        InProgress(gauge)
+        InProgress::of(&self.replay_reads, read)
     }
 
     /// A session reached `step`, `since` its hello.
@@ -437,6 +447,11 @@ impl Metrics {
             "replay_reads_in_progress",
             "Resume replay reads now waiting for a store permit (store_wait), reading PostgreSQL (store_read) or reading the log (log_read): a count that stays up while PostgreSQL and the broker are idle is a stalled replay",
             self.replay_reads.clone(),
+        );
+        r.register(
+            "range_reads_in_progress",
+            "Log range reads (shared resume reads and channel recoveries) waiting for one of the server's reader slots (slot_wait) or reading the broker (reading)",
+            self.range_reads.clone(),
         );
         r.register(
             "consumed_run_records",

@@ -26,7 +26,8 @@ fn auth(id: u64, token: &str) -> String {
     serde_json::json!({"type": "auth", "id": id, "token": token}).to_string()
 }
 
-async fn dm(stack: &Stack, to: &str, n: usize) -> anyhow::Result<()> {
+/// A DM `{"n": n}` to `to`, posted by a backend.
+pub(crate) async fn dm(stack: &Stack, to: &str, n: usize) -> anyhow::Result<()> {
     let body = serde_json::json!({"client_msg_id": format!("tok{n}"), "to": {"user": to}, "body": {"n": n}});
     reqwest::Client::new()
         .post(format!("{}/v1/messages", stack.servers[0].url()))

@@ -17,6 +17,7 @@ mod coordinator;
 mod etcd_pings;
 mod etcd_stall;
 mod failover;
+mod freeze;
 mod fuzz;
 mod half_open;
 mod history;
@@ -51,6 +52,7 @@ fn all_tests() -> Vec<(&'static str, TestFn)> {
         idp::provider_tokens_of_each_algorithm_and_each_refusal,
         history::an_acknowledged_send_is_in_history_at_once,
         failover::a_crashed_server_is_replaced_long_before_its_lease_ends,
+        freeze::a_server_woken_from_a_freeze_serves_its_partitions_again,
         stages::a_delivered_message_moves_every_stage,
         idp::keys_rotate_survive_an_outage_and_refresh_mid_session,
         presence::presence_and_watch_across_two_servers,

@@ -39,6 +39,7 @@ impl Snapshot {
         label: &str,
     ) -> Self {
         let (prefix, key) = (format!("{name}_bucket{{"), format!("{label}="));
+        let unlabelled = label.is_empty();
         let mut buckets = BTreeMap::new();
         for line in pages.into_iter().flat_map(str::lines) {
             let Some(rest) = line.strip_prefix(prefix.as_str()) else {
@@ -53,7 +54,7 @@ impl Snapshot {
                     .find_map(|kv| kv.strip_prefix(name))
                     .map(|v| v.trim_matches('"').to_owned())
             };
-            let series = if key == "=" {
+            let series = if unlabelled {
                 Some(String::new())
             } else {
                 label(&key)
