@@ -36,6 +36,8 @@ const CONNECTING: i32 = -3;
 const FAILED_LOOKUP: i32 = -4;
 const FAILED_CONNECT: i32 = -5;
 const FAILED_WELCOME: i32 = -6;
+/// The replay after a resumed welcome is over (`synced`).
+const SYNCED: i32 = -7;
 
 fn is_back(what: i32) -> bool {
     what == RESUMED || what == FRESH
@@ -55,6 +57,7 @@ fn mark(e: &Event) -> Option<i32> {
         Event::AttemptFailed(Attempt::Lookup) => FAILED_LOOKUP,
         Event::AttemptFailed(Attempt::Connect) => FAILED_CONNECT,
         Event::AttemptFailed(Attempt::Welcome) => FAILED_WELCOME,
+        Event::Synced(_) => SYNCED,
         _ => return None,
     })
 }
@@ -67,7 +70,8 @@ pub struct DeviceEnd {
     pub synced: bool,
     pub cursor: Option<String>,
     /// Its last few events (unix µs, what: a close code, or -1 resumed,
-    /// -2 fresh, -3 connecting, -4/-5/-6 a failed lookup/connect/welcome),
+    /// -2 fresh, -3 connecting, -4/-5/-6 a failed lookup/connect/welcome,
+    /// -7 synced),
     /// to tell when a device lost with a message stopped.
     #[serde(default)]
     pub last: Vec<(u64, i32)>,
@@ -92,6 +96,10 @@ pub struct Outage {
     pub resumed: usize,
     /// Time from the failure to each device's next welcome, sorted (ms).
     pub back_ms: Vec<f64>,
+    /// From the failure to each device's having everything it missed: the
+    /// `synced` after its resumed welcome (a fresh welcome: the welcome).
+    #[serde(default)]
+    pub synced_ms: Vec<f64>,
     pub close_codes: BTreeMap<String, u64>,
     /// From the failure to the device's noticing it (its disconnect, ms).
     #[serde(default)]
@@ -115,6 +123,7 @@ impl Outage {
         self.back += o.back;
         self.resumed += o.resumed;
         self.back_ms.extend(o.back_ms);
+        self.synced_ms.extend(o.synced_ms);
         self.noticed_ms.extend(o.noticed_ms);
         self.first_route_ms.extend(o.first_route_ms);
         self.last_attempt_ms.extend(o.last_attempt_ms);
@@ -164,7 +173,19 @@ impl Outage {
         if let Some(route) = last_route {
             self.last_attempt_ms.push(ms(at, route));
         }
+        if let Some(synced) = synced_at(&h[back..]) {
+            self.synced_ms.push(ms(synced, t));
+        }
     }
+}
+
+/// When a device back from `from` on (its welcome first) had all it
+/// missed: its first `synced`, or a fresh welcome (nothing to replay) —
+/// in a later session if the first ended before its replay did.
+fn synced_at(from: &[(u64, i32)]) -> Option<u64> {
+    from.iter()
+        .find(|(_, w)| *w == SYNCED || *w == FRESH)
+        .map(|(at, _)| *at)
 }
 
 fn ms(at: u64, from: u64) -> f64 {
@@ -222,7 +243,10 @@ pub async fn hold(a: StormHoldArgs) -> anyhow::Result<()> {
         let line = told.next().await?;
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
-            (Some("status"), _) => println!("status {}", connected(&shared.histories)),
+            (Some("status"), _) => {
+                let (up, synced) = (connected(&shared.histories), synced(&shared));
+                println!("status {up} {synced}");
+            }
             (Some("go"), _) => drop(go.send_replace(true)),
             (Some("stop"), _) => drop(go.send_replace(false)),
             (Some("storm"), Some(t)) => {
@@ -264,13 +288,25 @@ fn device_address(n: usize) -> std::net::IpAddr {
 }
 
 fn is_up(h: &History) -> bool {
-    h.lock()
-        .is_ok_and(|h| h.last().is_some_and(|(_, w)| is_back(*w)))
+    h.lock().is_ok_and(|h| {
+        h.iter()
+            .rev()
+            .find(|(_, w)| *w != SYNCED)
+            .is_some_and(|(_, w)| is_back(*w))
+    })
 }
 
 /// Devices whose last event is a welcome.
 fn connected(histories: &[History]) -> usize {
     histories.iter().filter(|h| is_up(h)).count()
+}
+
+/// Devices connected and synced since their last welcome.
+fn synced(shared: &Shared) -> usize {
+    let synced = |p: &Mutex<(bool, Option<String>)>| p.lock().is_ok_and(|p| p.0);
+    (shared.histories.iter().zip(&shared.positions))
+        .filter(|(h, p)| is_up(h) && synced(p))
+        .count()
 }
 
 /// Events of a device kept in [`DeviceEnd::last`].
@@ -395,6 +431,37 @@ async fn send_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_has_all_it_missed_at_its_synced_not_at_its_welcome() {
+        let t = 1_000_000;
+        let down_then = |rest: &[(u64, i32)]| {
+            let mut h = vec![(20, FRESH), (t + 1_000, 0), (t + 2_000, CONNECTING)];
+            h.extend_from_slice(rest);
+            Mutex::new(h)
+        };
+        let histories = vec![
+            down_then(&[(t + 3_000, RESUMED), (t + 9_000, SYNCED)]),
+            // Welcomed, its replay never over.
+            down_then(&[(t + 3_000, RESUMED)]),
+            // Closed during its replay; synced in the next session.
+            down_then(&[
+                (t + 3_000, RESUMED),
+                (t + 4_000, 4006),
+                (t + 5_000, CONNECTING),
+                (t + 6_000, RESUMED),
+                (t + 7_000, SYNCED),
+            ]),
+            // No cursor: nothing to replay.
+            down_then(&[(t + 4_000, FRESH)]),
+        ];
+        let o = outage(&histories, t);
+        assert_eq!(o.back, 4);
+        let mut synced = o.synced_ms.clone();
+        synced.sort_by(f64::total_cmp);
+        assert_eq!(synced, vec![4.0, 7.0, 9.0]);
+        assert_eq!(connected(&histories), 4, "a synced device is connected");
+    }
 
     #[test]
     fn an_outage_counts_each_attempt_and_where_it_failed() {

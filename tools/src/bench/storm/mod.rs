@@ -99,8 +99,37 @@ impl Holders {
     }
 
     async fn connected(&mut self) -> anyhow::Result<usize> {
+        Ok(self.counts().await?.0)
+    }
+
+    /// Devices connected, and of them synced since their welcome.
+    async fn counts(&mut self) -> anyhow::Result<(usize, usize)> {
         let lines = self.ask("status", "status").await?;
-        Ok(lines.iter().filter_map(|l| l.parse::<usize>().ok()).sum())
+        let field = |l: &str, i: usize| {
+            l.split_whitespace()
+                .nth(i)
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        let sum = |i| lines.iter().filter_map(|l| field(l, i)).sum();
+        Ok((sum(0), sum(1)))
+    }
+
+    /// Waits (at most `limit`) until every device has all it missed —
+    /// a device counts as back at its welcome, as synced once its replay
+    /// is over — so the outage is read after the last `synced`.
+    async fn all_synced(&mut self, devices: usize, limit: Duration) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let (_, synced) = self.counts().await?;
+            if synced >= devices {
+                return Ok(());
+            }
+            if t0.elapsed() > limit {
+                println!("  devices not synced within {limit:?}: {synced} of {devices}");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Waits until every device is connected again; seconds it took.
@@ -169,6 +198,7 @@ where
         .all_back_sampled(devices, settle, Some(&mut timeline))
         .await?
         + notice.as_secs_f64();
+    holders.all_synced(devices, settle).await?;
     let servers: Vec<String> = watch.servers.iter().chain(&watch.fresh).cloned().collect();
     let pages_after = probe::pages(&servers).await;
     let start_steps_ms = probe::step_quantiles(&pages_before, &pages_after);
@@ -195,6 +225,8 @@ where
         back_p99_ms: q(&mut all.back_ms, 0.99),
         back_max_ms: q(&mut all.back_ms, 1.0),
         noticed_ms: p50_p99(&mut all.noticed_ms),
+        devices_synced: all.synced_ms.len(),
+        synced_ms: p50_p99(&mut all.synced_ms),
         first_route_ms: p50_p99(&mut all.first_route_ms),
         last_attempt_ms: p50_p99(&mut all.last_attempt_ms),
         attempts: all.attempts,

@@ -25,6 +25,12 @@ pub struct OutageReport {
     /// From the failure to each device's noticing it (its disconnect):
     /// p50, p99 (ms).
     pub noticed_ms: [f64; 2],
+    /// From the failure to each device's having all it missed (its
+    /// `synced`): p50, p99 (ms); `devices_synced` of them got there.
+    #[serde(default)]
+    pub synced_ms: [f64; 2],
+    #[serde(default)]
+    pub devices_synced: usize,
     /// From the failure to each device's first route answer: p50, p99 (ms).
     pub first_route_ms: [f64; 2],
     /// The attempt that got each device back, from its route answer to
