@@ -5,7 +5,7 @@
 //! storm bench found a woken server that never reopened such a partition:
 //! its devices were sent away as "moved" to the same server for minutes.)
 
-use harness::{free_port, wait_until, Event, Infra, Process, Stack, WsClient};
+use harness::{free_port, wait_until, Event, Infra, Stack, WsClient};
 use protocol::{partition_for, ServerFrame, ServerId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,23 +17,6 @@ const FREEZE: Duration = Duration::from_secs(16);
 /// A woken server serves its partitions again within this.
 const SERVED_WITHIN: Duration = Duration::from_secs(10);
 const NAME: &str = "frozen";
-
-fn spawn(stack: &Stack, infra: &Infra, port: u16) -> anyhow::Result<Process> {
-    Process::spawn(
-        "messaging-server",
-        &[
-            ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
-            ("SWITCHBOARD_SERVER_ID", NAME.into()),
-            ("SWITCHBOARD_ETCD_ENDPOINTS", infra.etcd.clone()),
-            ("SWITCHBOARD_ETCD_PREFIX", stack.prefix.clone()),
-            ("SWITCHBOARD_LEASE_TTL_SECS", LEASE_TTL_SECS.to_string()),
-            ("SWITCHBOARD_KAFKA_BROKERS", infra.kafka.clone()),
-            ("SWITCHBOARD_TOPIC", stack.topic.clone()),
-            ("SWITCHBOARD_DATABASE_URL", stack.database_url.clone()),
-            ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
-        ],
-    )
-}
 
 /// Users whose partition `frozen` owns, one per partition it owns.
 async fn its_users(stack: &Stack) -> anyhow::Result<Vec<String>> {
@@ -63,7 +46,8 @@ pub async fn a_server_woken_from_a_freeze_serves_its_partitions_again(
 ) -> anyhow::Result<()> {
     let stack = Stack::start(&infra, "freeze", 1, false).await?;
     let port = free_port()?;
-    let server = spawn(&stack, &infra, port)?;
+    let ttl = ("SWITCHBOARD_LEASE_TTL_SECS", LEASE_TTL_SECS.to_string());
+    let server = stack.server_process(NAME, port, &[ttl])?;
     let (ws_url, base) = (
         format!("ws://127.0.0.1:{port}/v1/ws"),
         format!("http://127.0.0.1:{port}"),

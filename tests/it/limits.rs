@@ -25,32 +25,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn spawn_server(stack: &Stack, infra: &Infra, port: u16) -> anyhow::Result<Process> {
-    spawn_limited(stack, infra, port, MAX_CONNECTIONS)
+fn spawn_server(stack: &Stack, port: u16) -> anyhow::Result<Process> {
+    spawn_limited(stack, port, MAX_CONNECTIONS)
 }
 
-fn spawn_limited(
-    stack: &Stack,
-    infra: &Infra,
-    port: u16,
-    max_connections: usize,
-) -> anyhow::Result<Process> {
-    Process::spawn(
-        "messaging-server",
-        &[
-            ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
-            ("SWITCHBOARD_SERVER_ID", "limited".into()),
-            ("SWITCHBOARD_ETCD_ENDPOINTS", infra.etcd.clone()),
-            ("SWITCHBOARD_ETCD_PREFIX", stack.prefix.clone()),
-            ("SWITCHBOARD_LEASE_TTL_SECS", "2".into()),
-            ("SWITCHBOARD_KAFKA_BROKERS", infra.kafka.clone()),
-            ("SWITCHBOARD_TOPIC", stack.topic.clone()),
-            ("SWITCHBOARD_DATABASE_URL", stack.database_url.clone()),
-            ("SWITCHBOARD_JWT_SECRET", harness::stack::JWT_SECRET.into()),
-            ("SWITCHBOARD_MAX_CONNECTIONS", max_connections.to_string()),
-            ("SWITCHBOARD_MAX_DEVICES_PER_USER", MAX_DEVICES.to_string()),
-        ],
-    )
+fn spawn_limited(stack: &Stack, port: u16, max_connections: usize) -> anyhow::Result<Process> {
+    let limits = [
+        ("SWITCHBOARD_LEASE_TTL_SECS", "2".to_owned()),
+        ("SWITCHBOARD_MAX_CONNECTIONS", max_connections.to_string()),
+        ("SWITCHBOARD_MAX_DEVICES_PER_USER", MAX_DEVICES.to_string()),
+    ];
+    stack.server_process("limited", port, &limits)
 }
 
 async fn hello(ws_url: &str, user: &str, device: &str) -> anyhow::Result<(WsClient, Event)> {
@@ -64,7 +49,7 @@ pub async fn limits_refuse_past_the_bound_and_keep_sessions(
 ) -> anyhow::Result<()> {
     let stack = Stack::start(&infra, "limits", 1, false).await?;
     let port = free_port()?;
-    let server = spawn_server(&stack, &infra, port)?;
+    let server = spawn_server(&stack, port)?;
     let ws_url = format!("ws://127.0.0.1:{port}/v1/ws");
     wait_until(
         "the limited server owns partitions",
@@ -205,8 +190,8 @@ pub async fn connection_limit_fits_the_open_file_limit(infra: Arc<Infra>) -> any
     let (big, small) = (free_port()?, free_port()?);
     let configured = 10_000_000;
     let servers = [
-        spawn_limited(&stack, &infra, big, configured)?,
-        spawn_limited(&stack, &infra, small, MAX_CONNECTIONS)?,
+        spawn_limited(&stack, big, configured)?,
+        spawn_limited(&stack, small, MAX_CONNECTIONS)?,
     ];
     let mut limits = [None, None];
     for (i, port) in [big, small].into_iter().enumerate() {

@@ -246,6 +246,29 @@ impl Stack {
         self.servers.iter().find(|s| s.name == id).map(|s| s.url())
     }
 
+    /// A messaging server of this stack as a process of its own (to
+    /// signal it, or read its RSS) on 127.0.0.1:`port`, with `extra`
+    /// settings beside the stack's own.
+    pub fn server_process(
+        &self,
+        id: &str,
+        port: u16,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<crate::Process> {
+        let mut env = vec![
+            ("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}")),
+            ("SWITCHBOARD_SERVER_ID", id.to_owned()),
+            ("SWITCHBOARD_ETCD_ENDPOINTS", self.etcd.join(",")),
+            ("SWITCHBOARD_ETCD_PREFIX", self.prefix.clone()),
+            ("SWITCHBOARD_KAFKA_BROKERS", self.kafka.clone()),
+            ("SWITCHBOARD_TOPIC", self.topic.clone()),
+            ("SWITCHBOARD_DATABASE_URL", self.database_url.clone()),
+            ("SWITCHBOARD_JWT_SECRET", JWT_SECRET.to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        crate::Process::spawn("messaging-server", &env)
+    }
+
     pub fn take_server(&mut self, id: &str) -> Option<ServiceHandle> {
         let i = self.servers.iter().position(|s| s.name == id)?;
         Some(self.servers.remove(i))
