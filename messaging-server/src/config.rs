@@ -50,7 +50,8 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// PostgreSQL connections this server opens at most; resumes' replays
-    /// use half of them at a time and queue for the rest.
+    /// use half of them at a time and queue for the rest. (One more is
+    /// kept for reading the persister's position.)
     #[arg(long, env = "SWITCHBOARD_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
     /// How client tokens are verified: local keys and identity providers.

@@ -293,6 +293,10 @@ fn build_state(
     assignment_rx: service::etcd::AssignmentRx,
     stop: CancellationToken,
 ) -> anyhow::Result<Arc<AppState>> {
+    // The persister's position has a connection of its own: every resume
+    // plans with it, and behind a herd's replays it came too late (persisted.rs).
+    let positions = store::Store::connect_lazy(&config.database.url, 1, DB_WAIT)
+        .context("invalid database url")?;
     let metrics = metrics::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -335,7 +339,7 @@ fn build_state(
             max_pending: config.anycast_max_pending,
             max_wait: config.anycast_max_wait,
         })),
-        persisted: persisted::PersistedOffsets::new(store.clone(), &config.kafka.topic),
+        persisted: persisted::PersistedOffsets::new(positions, &config.kafka.topic),
         replay_reads: tokio::sync::Semaphore::new(replay_reads(config.db_connections)),
         members: members::MemberCache::new(store, config.member_cache_entries),
         api_keys: auth::ApiKeys::new(config.api_keys()),

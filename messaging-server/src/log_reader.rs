@@ -1,8 +1,7 @@
 //! Bounded log reads for resumes and channel recoveries.
 
 use crate::coalesce::Coalescer;
-use crate::metrics::{InProgress, ReadLabel};
-use prometheus_client::metrics::{family::Family, gauge::Gauge};
+use crate::metrics::{InProgress, RangeReads};
 use protocol::record::RecordError;
 use protocol::{ChannelName, ChannelRecord, Record, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -70,12 +69,9 @@ fn readable<R>(decoded: Result<R, RecordError>) -> Result<Option<R>, u32> {
 const READERS: usize = 4;
 
 impl LogReader {
-    /// `steps` counts range reads waiting for a slot and reading.
-    pub fn new(
-        brokers: &str,
-        topic: &str,
-        steps: Family<ReadLabel, Gauge>,
-    ) -> Result<Self, KafkaError> {
+    /// `metrics` counts range reads waiting for a slot and reading, and
+    /// times them.
+    pub fn new(brokers: &str, topic: &str, metrics: RangeReads) -> Result<Self, KafkaError> {
         Ok(Self {
             topic: topic.to_owned(),
             channel_topic: protocol::channel_topic(topic),
@@ -83,7 +79,7 @@ impl LogReader {
             client: Arc::new(consumer_config(brokers, "switchboard-resume").create()?),
             marks: Arc::default(),
             reads: Arc::default(),
-            readers: Arc::new(Readers::new(brokers, steps)),
+            readers: Arc::new(Readers::new(brokers, metrics)),
         })
     }
 
@@ -173,16 +169,16 @@ pub(crate) struct Readers {
     brokers: String,
     idle: std::sync::Mutex<Vec<BaseConsumer>>,
     slots: Arc<Semaphore>,
-    steps: Family<ReadLabel, Gauge>,
+    metrics: RangeReads,
 }
 
 impl Readers {
-    pub(crate) fn new(brokers: &str, steps: Family<ReadLabel, Gauge>) -> Self {
+    pub(crate) fn new(brokers: &str, metrics: RangeReads) -> Self {
         Self {
             brokers: brokers.to_owned(),
             idle: std::sync::Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(READERS)),
-            steps,
+            metrics,
         }
     }
 
@@ -209,7 +205,7 @@ async fn read_where<T: Send + 'static>(
     range: Range<i64>,
     pick: impl Fn(&[u8]) -> Result<Option<T>, u32> + Send + 'static,
 ) -> Result<Vec<(i64, T)>, ReadError> {
-    let waiting = InProgress::of(&readers.steps, "slot_wait");
+    let waiting = InProgress::of(&readers.metrics.steps, "slot_wait");
     let Ok(slot) = readers.slots.clone().acquire_owned().await else {
         return Err(KafkaError::Canceled.into());
     };
@@ -219,9 +215,23 @@ async fn read_where<T: Send + 'static>(
     // waiting does not end a blocking read, so it must not free its slot.
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let _reading = InProgress::of(&readers.steps, "reading");
+        let _reading = InProgress::of(&readers.metrics.steps, "reading");
+        let started = Instant::now();
         let c = readers.take()?;
+        let (from, span) = (range.start, range.end - range.start);
         let out = read_with(&c, &topic, partition, range, pick);
+        let took = started.elapsed();
+        readers.metrics.seconds.observe(took.as_secs_f64());
+        readers.metrics.offsets.observe(span as f64);
+        tracing::debug!(
+            partition,
+            from,
+            span,
+            kept = out.as_ref().map_or(0, Vec::len),
+            took_ms = took.as_millis() as u64,
+            ok = out.is_ok(),
+            "log range read"
+        );
         // A consumer that failed is dropped, not reused.
         if out.is_ok() && c.assign(&TopicPartitionList::new()).is_ok() {
             readers.give_back(c);
@@ -412,8 +422,10 @@ mod tests {
         }
     }
 
-    fn count(steps: &Family<ReadLabel, Gauge>, read: &'static str) -> i64 {
-        steps.get_or_create(&ReadLabel { read }).get()
+    fn count(m: &RangeReads, read: &'static str) -> i64 {
+        m.steps
+            .get_or_create(&crate::metrics::ReadLabel { read })
+            .get()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +434,7 @@ mod tests {
         // until `READ_STALL`.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let broker = silent.local_addr().expect("addr").to_string();
-        let steps = Family::<ReadLabel, Gauge>::default();
+        let steps = RangeReads::default();
         let readers = Arc::new(Readers::new(&broker, steps.clone()));
         let pick = |_: &[u8]| Ok(Some(()));
         let callers: Vec<_> = (0..READERS + 1)

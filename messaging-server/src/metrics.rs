@@ -138,6 +138,26 @@ fn stage_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
 }
 
+/// Log range reads (`log_reader`): in progress by step (`slot_wait`,
+/// `reading`), and each finished read's time and span of offsets.
+#[derive(Clone)]
+pub struct RangeReads {
+    pub steps: Family<ReadLabel, Gauge>,
+    pub seconds: Histogram,
+    pub offsets: Histogram,
+}
+
+impl Default for RangeReads {
+    fn default() -> Self {
+        Self {
+            steps: Family::default(),
+            seconds: start_histogram(),
+            // 1 to ~1M offsets, quadrupling.
+            offsets: Histogram::new(exponential_buckets(1.0, 4.0, 11)),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub connections: Gauge,
@@ -148,9 +168,9 @@ pub struct Metrics {
     pub replayed: Counter,
     pub resumes: Counter,
     pub replay_retries: Counter,
+    pub log_only_plans: Counter,
     pub replay_reads: Family<ReadLabel, Gauge>,
-    /// Log range reads by step: `slot_wait`, `reading` (`log_reader`).
-    pub range_reads: Family<ReadLabel, Gauge>,
+    pub range_reads: RangeReads,
     pub overflows: Counter,
     pub closes: Family<CloseLabel, Counter>,
     pub decode_failures: Counter,
@@ -211,8 +231,9 @@ impl Default for Metrics {
             replayed: Counter::default(),
             resumes: Counter::default(),
             replay_retries: Counter::default(),
+            log_only_plans: Counter::default(),
             replay_reads: Family::default(),
-            range_reads: Family::default(),
+            range_reads: RangeReads::default(),
             overflows: Counter::default(),
             closes: Family::default(),
             decode_failures: Counter::default(),
@@ -444,6 +465,11 @@ impl Metrics {
             self.stages.clone(),
         );
         r.register(
+            "resume_plans_log_only",
+            "Resumes planned from the log alone because the persister's position could not be read from PostgreSQL: each reads its whole gap from the log",
+            self.log_only_plans.clone(),
+        );
+        r.register(
             "replay_reads_in_progress",
             "Resume replay reads now waiting for a store permit (store_wait), reading PostgreSQL (store_read) or reading the log (log_read): a count that stays up while PostgreSQL and the broker are idle is a stalled replay",
             self.replay_reads.clone(),
@@ -451,7 +477,17 @@ impl Metrics {
         r.register(
             "range_reads_in_progress",
             "Log range reads (shared resume reads and channel recoveries) waiting for one of the server's reader slots (slot_wait) or reading the broker (reading)",
-            self.range_reads.clone(),
+            self.range_reads.steps.clone(),
+        );
+        r.register(
+            "range_read_seconds",
+            "Time each log range read took, from its reader slot to its last record",
+            self.range_reads.seconds.clone(),
+        );
+        r.register(
+            "range_read_offsets",
+            "Offsets each log range read spanned (a shared resume read spans the union of its devices' ranges)",
+            self.range_reads.offsets.clone(),
         );
         r.register(
             "consumed_run_records",

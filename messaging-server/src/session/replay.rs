@@ -174,6 +174,9 @@ pub(crate) trait ReplaySource: Sync {
     ) -> impl Future<Output = anyhow::Result<Vec<(i64, Record)>>> + Send;
     /// Told each time a read failed busy and is tried again.
     fn waited(&self) {}
+    /// Told each time a resume is planned from the log alone: the
+    /// persister's position could not be read.
+    fn planned_from_log(&self) {}
 }
 
 /// How long a welcomed device's replay keeps retrying a read that failed
@@ -254,6 +257,10 @@ impl ReplaySource for StateSource<'_> {
     fn waited(&self) {
         self.0.metrics.replay_retries.inc();
     }
+
+    fn planned_from_log(&self) {
+        self.0.metrics.log_only_plans.inc();
+    }
 }
 
 /// The resume plan for a device whose cursor is at `after`: from the store
@@ -270,11 +277,15 @@ pub(super) async fn plan(
     };
     match source.persisted_next(start.partition).await {
         Ok(next) => Ok(resume::plan(after, next, log_start, start.live_from)),
-        Err(e) => resume::plan_from_log(after, log_start, start.live_from).ok_or_else(|| {
-            anyhow::anyhow!(
-                "the messages to replay are only in PostgreSQL, which does not answer: {e}"
-            )
-        }),
+        Err(e) => {
+            source.planned_from_log();
+            tracing::debug!(partition = start.partition, after, error = %e, "resume planned from the log alone");
+            resume::plan_from_log(after, log_start, start.live_from).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the messages to replay are only in PostgreSQL, which does not answer: {e}"
+                )
+            })
+        }
     }
 }
 

@@ -18,6 +18,8 @@ struct Fake {
     busy_stores: AtomicUsize,
     busy_logs: AtomicUsize,
     waits: AtomicUsize,
+    /// Plans made from the log alone, as the source was told.
+    log_only: AtomicUsize,
     /// The store read never answers (nor fails).
     stalls: bool,
 }
@@ -99,6 +101,10 @@ impl ReplaySource for Fake {
     fn waited(&self) {
         self.waits.fetch_add(1, Ordering::SeqCst);
     }
+
+    fn planned_from_log(&self) {
+        self.log_only.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn start(live_from: i64) -> Start {
@@ -146,6 +152,7 @@ async fn the_gap_comes_from_the_store_then_the_log_each_offset_once() {
     let (offsets, last) = replayed(&source, 9, source.end).await.unwrap();
     assert_eq!(offsets, (10..100).collect::<Vec<_>>());
     assert_eq!(last, 99);
+    assert_eq!(source.log_only.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -178,6 +185,7 @@ async fn without_postgresql_the_log_alone_serves_a_gap_it_holds_and_refuses_one_
         refused.is_err(),
         "a gap only PostgreSQL holds must not be skipped"
     );
+    assert_eq!(source.log_only.load(Ordering::SeqCst), 2, "both counted");
 }
 
 /// Frames from the client while nothing arrives (the socket stays open).
