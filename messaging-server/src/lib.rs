@@ -230,6 +230,12 @@ fn spawn_tasks(
         membership::run_ownership(state.clone(), own_tx, stop.clone()),
     );
     tasks.spawn("reaper", reaper::run(state.clone(), stop.clone()));
+    let positions = (state.clone(), stop.clone());
+    tasks.spawn("persister-positions", async move {
+        let (state, stop) = positions;
+        let partitions = || state.assignment().map(|a| a.partitions);
+        state.persisted.keep_fresh(partitions, stop).await;
+    });
     tasks.spawn(
         "jwks-refresh",
         state.auth.clone().refresh_keys(stop.clone()),
