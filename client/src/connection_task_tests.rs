@@ -542,3 +542,36 @@ async fn a_route_lookup_asks_the_coordinator_to_close_after_its_answer() {
     assert!(request.contains("\r\nconnection: close\r\n"), "{request}");
     client.close().await;
 }
+
+/// A client starved of CPU past its silence limit (here its only thread
+/// blocked) wakes to the silence deadline and to a frame already in its
+/// socket at once: the frame was heard in time, the connection is kept.
+/// Without that rule each round is a coin toss (`select!` picks a ready
+/// branch at random), so sixteen rounds almost surely catch it.
+#[tokio::test]
+async fn a_frame_waiting_when_a_starved_client_wakes_counts_as_heard() {
+    let (base, mut sockets) = fake_server().await;
+    let mut client = Client::start(config(&base));
+    let mut ws = next_socket(&mut sockets).await;
+    assert_eq!(hello_cursor(&mut ws).await, None);
+    let mut hello = welcome(false, Cursor::new("e1", 0));
+    if let ServerFrame::Welcome(w) = &mut hello {
+        // Silent for 2 × 100 ms: dead.
+        w.ping_ms = Some(100);
+    }
+    write(&mut ws, hello).await;
+    write(&mut ws, synced(0)).await;
+    for n in 1..=16u128 {
+        write(&mut ws, message(n, n as i64, false)).await;
+        std::thread::sleep(Duration::from_millis(300));
+        let body = n.to_string();
+        assert_eq!(
+            messages(&mut client, 1).await,
+            seen(&[(false, body.as_str())])
+        );
+    }
+    assert!(
+        sockets.try_recv().is_err(),
+        "the client reconnected: a waiting frame was taken for silence"
+    );
+}

@@ -4,7 +4,7 @@
 use crate::connection::{Attempt, ClientConfig, Event, Reply, SendError};
 use crate::route::{Endpoint, Routing};
 use crate::seen::Seen;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use protocol::frames::{Auth, Hello};
 use protocol::{
     ChannelName, ClientFrame, CloseCode, Cursor, DeviceId, ErrorCode, Kind, MsgId, ServerFrame,
@@ -325,14 +325,23 @@ impl Runner {
                 // Not even the server's pings for two intervals: a half-open
                 // connection (a cut link, a server frozen or gone without a
                 // FIN), which TCP alone would report only after many minutes.
-                _ = tokio::time::sleep_until(heard + self.silence) => return self.closed(None).await,
+                // But a process starved of CPU (a loaded host, a phone back
+                // from the background) wakes to this deadline and to frames
+                // it has not read yet at once, and `select!` may pick either:
+                // a frame already there was heard in time.
+                _ = tokio::time::sleep_until(heard + self.silence) => match ws.next().now_or_never() {
+                    Some(m) => {
+                        heard = tokio::time::Instant::now();
+                        if let Some(end) = self.heard(&mut ws, m, &mut redirect).await {
+                            return end;
+                        }
+                    }
+                    None => return self.closed(None).await,
+                },
                 m = ws.next() => {
                     heard = tokio::time::Instant::now();
-                    if let Some(end) = self.on_ws(m, &mut redirect).await {
+                    if let Some(end) = self.heard(&mut ws, m, &mut redirect).await {
                         return end;
-                    }
-                    for (channel, msg_id) in std::mem::take(&mut self.rehandle) {
-                        self.handled(&mut ws, channel, msg_id).await;
                     }
                 }
                 o = self.out.recv() => {
@@ -359,6 +368,23 @@ impl Runner {
                 retry.reset();
             }
         }
+    }
+
+    /// One read from the socket and the anycast answers it left to
+    /// send; `Some` when the session is over.
+    async fn heard(
+        &mut self,
+        ws: &mut Socket,
+        m: Option<Result<Ws, tokio_tungstenite::tungstenite::Error>>,
+        redirect: &mut Option<Endpoint>,
+    ) -> Option<Outcome> {
+        if let Some(end) = self.on_ws(m, redirect).await {
+            return Some(end);
+        }
+        for (channel, msg_id) in std::mem::take(&mut self.rehandle) {
+            self.handled(ws, channel, msg_id).await;
+        }
+        None
     }
 
     /// One read from the socket; `Some` when the session is over.
