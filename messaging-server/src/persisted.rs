@@ -6,14 +6,16 @@
 //! as its question, so a resume never plans with an older position than a
 //! query of its own would have given — while PostgreSQL answers.
 //!
-//! When it does not answer in time (a pool busy with a herd's replays), a
-//! recent answer is given instead: the persister's position only grows, so
-//! an earlier one is a lower bound — the store holds every offset below it,
-//! and the resume reads the few after it from the log. Without it the
-//! resume read its whole gap from the log: in a 36,000-device rolling
-//! restart, 3,181 resumes did, in shared reads of 2,000–3,000 offsets
-//! that held every other device of their partition for seconds
-//! (docs/benchmarks.md, "Resumes that read their whole gap from the log").
+//! The query has a connection of its own (behind a herd's replays in the
+//! shared pool it timed out: 3,181 resumes of one restarted server at
+//! 36,000 devices then read their whole gap from the log, in shared reads
+//! of 2,000–3,000 offsets that held every other device of their partition;
+//! docs/benchmarks.md, "Resumes that read their whole gap from the log"),
+//! kept open by a background read of every partition each 10 s. When it
+//! fails anyway, the resume reads its gap from the log if the log still
+//! holds it — as while PostgreSQL is down — and only otherwise plans with
+//! the last position read (`recent`): the persister's position only grows,
+//! so an earlier one is a lower bound (the store holds everything below it).
 
 use crate::coalesce::Coalescer;
 use std::collections::{BTreeMap, HashMap};
@@ -28,11 +30,10 @@ use tokio_util::sync::CancellationToken;
 /// the persister had not written then.
 const KNOWN_FOR: Duration = Duration::from_secs(60);
 
-/// How often every partition's position is read in the background, so a
-/// recent answer exists before a herd asks: a server that has just started
-/// has none, and its first query — its connection's setup included — took
-/// over 2 s on a busy PostgreSQL (3,453 resumes of a restarted server went
-/// to the log for it).
+/// How often every partition's position is read in the background: the
+/// connection stays open (a restarted server's first queries — the
+/// connection's setup included — took over 2 s on a busy PostgreSQL, and
+/// 3,453 resumes went to the log for it) and a recent position is known.
 const REFRESH: Duration = Duration::from_secs(10);
 
 /// Where positions are read (PostgreSQL; a fake in tests).
@@ -85,22 +86,11 @@ impl<P: Positions> PersistedOffsets<P> {
         }
     }
 
-    /// The first offset of `partition` the persister has not written (or
-    /// had not, within `KNOWN_FOR`, when PostgreSQL does not answer now).
+    /// The first offset of `partition` the persister has not written.
     pub async fn next(&self, partition: u32) -> anyhow::Result<i64> {
-        match self.ask(partition).await {
-            Ok(next) => {
-                self.remember(partition, next);
-                Ok(next)
-            }
-            Err(e) => match self.recent(partition) {
-                Some(next) => {
-                    tracing::debug!(partition, next, error = %e, "persister position not read; planning with a recent one");
-                    Ok(next)
-                }
-                None => Err(e),
-            },
-        }
+        let next = self.ask(partition).await?;
+        self.remember(partition, next);
+        Ok(next)
     }
 
     /// Reads every partition's position each `REFRESH` until `stop`;
@@ -109,7 +99,11 @@ impl<P: Positions> PersistedOffsets<P> {
         loop {
             let read = match partitions() {
                 Some(n) => self.refresh(n).await,
-                None => false,
+                None => {
+                    // Before the first map: open the connection at least.
+                    self.refresh(0).await;
+                    false
+                }
             };
             let pause = if read {
                 REFRESH
@@ -170,7 +164,8 @@ impl<P: Positions> PersistedOffsets<P> {
         }
     }
 
-    fn recent(&self, partition: u32) -> Option<i64> {
+    /// The last position read for `partition` within `KNOWN_FOR`.
+    pub fn recent(&self, partition: u32) -> Option<i64> {
         let (next, at) = *self.lock().get(&partition)?;
         (at.elapsed() <= KNOWN_FOR).then_some(next)
     }
@@ -207,20 +202,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_busy_database_gives_the_last_position_read_never_a_newer_one() {
+    async fn a_busy_database_leaves_the_last_position_read_never_a_newer_one() {
         let db = Db::default();
         let offsets = PersistedOffsets::new(db.clone(), "t");
         db.0.store(-1, Ordering::SeqCst);
-        assert!(offsets.next(3).await.is_err(), "nothing read yet");
+        assert!(offsets.next(3).await.is_err());
+        assert_eq!(offsets.recent(3), None, "nothing read yet");
         db.0.store(40, Ordering::SeqCst);
         assert_eq!(offsets.next(3).await.expect("answered"), 40);
         db.0.store(-1, Ordering::SeqCst);
-        assert_eq!(offsets.next(3).await.expect("a recent answer"), 40);
-        assert!(offsets.next(4).await.is_err(), "another partition's");
+        assert!(offsets.next(3).await.is_err(), "a failure is told");
+        assert_eq!(offsets.recent(3), Some(40));
+        assert_eq!(offsets.recent(4), None, "another partition's");
         db.0.store(55, Ordering::SeqCst);
         assert_eq!(offsets.next(3).await.expect("answered"), 55);
-        db.0.store(-1, Ordering::SeqCst);
-        assert_eq!(offsets.next(3).await.expect("a recent answer"), 55);
+        assert_eq!(offsets.recent(3), Some(55));
     }
 
     #[tokio::test]
@@ -232,12 +228,11 @@ mod tests {
         if let Some(at) = Instant::now().checked_sub(KNOWN_FOR + Duration::from_secs(1)) {
             offsets.lock().insert(3, (40, at));
         }
-        db.0.store(-1, Ordering::SeqCst);
-        assert!(offsets.next(3).await.is_err(), "too old to stand in");
+        assert_eq!(offsets.recent(3), None, "too old to stand in");
     }
 
     #[tokio::test]
-    async fn positions_read_in_the_background_stand_in_before_any_resume_asked() {
+    async fn positions_are_read_in_the_background_before_any_resume_asks() {
         let db = Db::default();
         let offsets = Arc::new(PersistedOffsets::new(db.clone(), "t"));
         db.0.store(70, Ordering::SeqCst);
@@ -251,14 +246,10 @@ mod tests {
             assert!(Instant::now() < deadline, "never read");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        db.0.store(-1, Ordering::SeqCst);
         for p in 0..4 {
-            assert_eq!(offsets.next(p).await.expect("read before"), 70);
+            assert_eq!(offsets.recent(p), Some(70));
         }
-        assert!(
-            offsets.next(4).await.is_err(),
-            "not a partition of the topic"
-        );
+        assert_eq!(offsets.recent(4), None, "not a partition of the topic");
         stop.cancel();
         fresh.await.expect("ends when stopped");
     }

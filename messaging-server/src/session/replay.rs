@@ -177,6 +177,10 @@ pub(crate) trait ReplaySource: Sync {
     /// Told each time a resume is planned from the log alone: the
     /// persister's position could not be read.
     fn planned_from_log(&self) {}
+    /// The last persister position read for `partition` lately, if any.
+    fn recent_persisted(&self, _partition: u32) -> Option<i64> {
+        None
+    }
 }
 
 /// How long a welcomed device's replay keeps retrying a read that failed
@@ -261,6 +265,10 @@ impl ReplaySource for StateSource<'_> {
     fn planned_from_log(&self) {
         self.0.metrics.log_only_plans.inc();
     }
+
+    fn recent_persisted(&self, partition: u32) -> Option<i64> {
+        self.0.persisted.recent(partition)
+    }
 }
 
 /// The resume plan for a device whose cursor is at `after`: from the store
@@ -277,15 +285,21 @@ pub(super) async fn plan(
     };
     match source.persisted_next(start.partition).await {
         Ok(next) => Ok(resume::plan(after, next, log_start, start.live_from)),
-        Err(e) => {
-            source.planned_from_log();
-            tracing::debug!(partition = start.partition, after, error = %e, "resume planned from the log alone");
-            resume::plan_from_log(after, log_start, start.live_from).ok_or_else(|| {
-                anyhow::anyhow!(
+        // As while PostgreSQL is down: the log, if it still holds the gap;
+        // else the last position read, if any (a lower bound).
+        Err(e) => match resume::plan_from_log(after, log_start, start.live_from) {
+            Some(plan) => {
+                source.planned_from_log();
+                tracing::debug!(partition = start.partition, after, error = %e, "resume planned from the log alone");
+                Ok(plan)
+            }
+            None => match source.recent_persisted(start.partition) {
+                Some(next) => Ok(resume::plan(after, next, log_start, start.live_from)),
+                None => Err(anyhow::anyhow!(
                     "the messages to replay are only in PostgreSQL, which does not answer: {e}"
-                )
-            })
-        }
+                )),
+            },
+        },
     }
 }
 

@@ -20,6 +20,8 @@ struct Fake {
     waits: AtomicUsize,
     /// Plans made from the log alone, as the source was told.
     log_only: AtomicUsize,
+    /// The last persister position read, while `db_down`.
+    recent: Option<i64>,
     /// The store read never answers (nor fails).
     stalls: bool,
 }
@@ -105,6 +107,10 @@ impl ReplaySource for Fake {
     fn planned_from_log(&self) {
         self.log_only.fetch_add(1, Ordering::SeqCst);
     }
+
+    fn recent_persisted(&self, _: u32) -> Option<i64> {
+        self.recent
+    }
 }
 
 fn start(live_from: i64) -> Start {
@@ -185,7 +191,37 @@ async fn without_postgresql_the_log_alone_serves_a_gap_it_holds_and_refuses_one_
         refused.is_err(),
         "a gap only PostgreSQL holds must not be skipped"
     );
-    assert_eq!(source.log_only.load(Ordering::SeqCst), 2, "both counted");
+    assert_eq!(
+        source.log_only.load(Ordering::SeqCst),
+        1,
+        "the one the log held"
+    );
+}
+
+#[tokio::test]
+async fn without_postgresql_a_gap_the_log_lacks_is_planned_with_the_last_position_read() {
+    let mut source = Fake {
+        log_start: 20,
+        end: 60,
+        persisted: 0,
+        db_down: true,
+        recent: Some(30),
+        ..Fake::default()
+    };
+    let held = plan(&source, &start(60), 24)
+        .await
+        .expect("the log holds it");
+    assert_eq!((held.from_store, held.from_log), (None, Some(25..60)));
+    let lacked = plan(&source, &start(60), 5).await.expect("planned");
+    assert_eq!(
+        (lacked.from_store, lacked.from_log),
+        (Some(6..30), Some(30..60))
+    );
+    source.recent = None;
+    assert!(
+        plan(&source, &start(60), 5).await.is_err(),
+        "nothing to plan with"
+    );
 }
 
 /// Frames from the client while nothing arrives (the socket stays open).
